@@ -1,0 +1,298 @@
+"""The bus interface, with all transport-independent behaviour.
+
+A transport only moves bytes: it implements ``connect``/``close``, ``_send``, ``_send_command``
+and the ``_listen_*`` subscriptions. Correlation, deadlines, fail-fast on absent adapters,
+cancellation and presence are here, so NATS and Kafka behave the same.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+import msgspec
+
+from bus import headers as hdr
+from bus.correlation import Pending
+from bus.naming import Names
+from bus.presence import PresenceView
+from contracts.codec import decode, encode
+from contracts.errors import (
+    BusgateError,
+    BusUnavailable,
+    DeadlineExceeded,
+    NoResponders,
+    Remote,
+)
+from contracts.wire import Cancel, Presence, Reply, Request, StreamStep
+
+log = logging.getLogger("busgate.bus")
+
+Handler = Callable[[Request, "Responder"], Awaitable[None]]
+
+
+class Responder:
+    """How an adapter answers one request: a reply, or a sequence of stream steps."""
+
+    __slots__ = ("_bus", "_seq", "cancelled", "request")
+
+    def __init__(self, bus: Bus, request: Request) -> None:
+        self._bus = bus
+        self.request = request
+        self.cancelled = asyncio.Event()
+        """Set when the edge sends Cancel for this request (the client went away)."""
+        self._seq = 0
+
+    async def reply(self, reply: Reply) -> None:
+        await self._bus._send(
+            self.request.reply_to, encode(reply), hdr.for_reply(reply.id, self.request.kind)
+        )
+
+    async def step(
+        self,
+        items: list[bytes],
+        *,
+        next: str | None = None,
+        last: bool = False,
+        error: BusgateError | None = None,
+    ) -> None:
+        self._seq += 1
+        step = StreamStep(
+            id=self.request.id,
+            seq=self._seq,
+            items=items,
+            next=next,
+            last=last,
+            error=error.to_wire() if error else None,
+        )
+        await self._bus._send(
+            self.request.reply_to, encode(step), hdr.for_reply(step.id, self.request.kind)
+        )
+
+
+class Bus(abc.ABC):
+    requires_presence: bool = True
+    """Whether a request needs a live Presence for its system before it is sent; NATS
+    learns about absent adapters from the server itself ("no responders")."""
+
+    def __init__(self, *, node: str, prefix: str = "busgate") -> None:
+        self.node = node
+        self.names = Names(prefix)
+        self.pending = Pending()
+        self.presence = PresenceView()
+        self._inflight: dict[str, Responder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handler: Handler | None = None
+        self._served: tuple[str, ...] = ()
+        self._capacity = 0
+        self.dropped_expired = 0
+        """Requests an adapter received after their deadline, and so never started."""
+
+    # -- what a transport implements ------------------------------------------------
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect, subscribe to this node's replies and to the control subject."""
+
+    @abc.abstractmethod
+    async def _close_transport(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool: ...
+
+    @abc.abstractmethod
+    def reply_address(self, request_id: str) -> str:
+        """Where an adapter sends the replies to ``request_id``."""
+
+    @abc.abstractmethod
+    async def _send(
+        self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
+    ) -> None:
+        """Hand one message to the transport; raise BusUnavailable when it cannot."""
+
+    @abc.abstractmethod
+    async def publish_command(
+        self, name: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish durably: return only once the broker has acknowledged the message."""
+
+    @abc.abstractmethod
+    async def _listen_requests(self, system: str) -> None:
+        """Join the system's queue/consumer group; feed each message to ``_on_request``."""
+
+    # -- callbacks for transports -------------------------------------------------------
+
+    def _on_reply(self, data: bytes) -> None:
+        try:
+            msg = decode(data)
+        except msgspec.DecodeError:
+            self.pending.counters.undecodable += 1
+            return
+        if isinstance(msg, Reply):
+            self.pending.resolve(msg)
+        elif isinstance(msg, StreamStep):
+            self.pending.step(msg)
+
+    def _on_control(self, data: bytes) -> None:
+        try:
+            msg = decode(data)
+        except msgspec.DecodeError:
+            self.pending.counters.undecodable += 1
+            return
+        if isinstance(msg, Presence):
+            self.presence.update(msg)
+        elif isinstance(msg, Cancel):
+            responder = self._inflight.get(msg.id)
+            if responder is not None:
+                responder.cancelled.set()
+
+    def _on_request(self, data: bytes) -> None:
+        try:
+            req = decode(data)
+        except msgspec.DecodeError:
+            self.pending.counters.undecodable += 1
+            return
+        if not isinstance(req, Request) or self._handler is None:
+            return
+        if req.deadline and time.time() >= req.deadline:
+            self.dropped_expired += 1
+            return
+        responder = Responder(self, req)
+        self._spawn(self._handle(req, responder))
+
+    async def _handle(self, req: Request, responder: Responder) -> None:
+        assert self._handler is not None
+        self._inflight[req.id] = responder
+        try:
+            await self._handler(req, responder)
+        except Exception:
+            log.exception("handler failed for %s", req.id)
+        finally:
+            self._inflight.pop(req.id, None)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the edge side ----------------------------------------------------------------
+
+    def _check_ready(self, system: str) -> None:
+        if not self.connected:
+            raise BusUnavailable("the message bus is not connected; try again shortly")
+        if self.requires_presence and not self.presence.serves(system):
+            raise NoResponders(f"no adapter serves system {system!r}")
+
+    async def request(self, req: Request) -> Reply:
+        """Send ``req`` to its system's adapters and wait for the Reply until its deadline."""
+        self._check_ready(req.system)
+        if not req.reply_to:
+            req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
+        fut = self.pending.expect_reply(req.id)
+        try:
+            await self._send(
+                self.names.request(req.system),
+                encode(req),
+                hdr.for_request(req),
+                reply=req.reply_to,
+            )
+            remaining = req.deadline - time.time() if req.deadline else None
+            try:
+                async with asyncio.timeout(remaining):
+                    return await fut
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no reply from system {req.system!r} before the deadline"
+                ) from None
+        finally:
+            self.pending.discard(req.id)
+
+    async def stream(self, req: Request, *, idle_timeout: float) -> AsyncIterator[StreamStep]:
+        """Send ``req`` and yield its StreamSteps until the last one.
+
+        Raises the step's error when the stream fails. Closing the iterator early (the client
+        went away) broadcasts a Cancel so the adapter stops the saga loop.
+        """
+        self._check_ready(req.system)
+        if not req.reply_to:
+            req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
+        queue = self.pending.expect_stream(req.id)
+        finished = False
+        try:
+            await self._send(
+                self.names.request(req.system),
+                encode(req),
+                hdr.for_request(req),
+                reply=req.reply_to,
+            )
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        item = await queue.get()
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"no stream step from system {req.system!r} within {idle_timeout:g} s"
+                    ) from None
+                if isinstance(item, BusgateError):
+                    finished = isinstance(item, NoResponders)
+                    raise item
+                if item.error is not None:
+                    finished = True
+                    raise Remote(item.error)
+                finished = item.last
+                yield item
+                if item.last:
+                    return
+        finally:
+            self.pending.discard(req.id)
+            if not finished:
+                with contextlib.suppress(BusgateError):
+                    await self.cancel(req.id)
+
+    async def cancel(self, request_id: str, reason: str = "client went away") -> None:
+        await self._send(
+            self.names.control, encode(Cancel(id=request_id, reason=reason)), {}
+        )
+
+    # -- the adapter side -------------------------------------------------------------
+
+    async def serve(self, systems: Iterable[str], handler: Handler, *, capacity: int = 0) -> None:
+        """Take requests for ``systems`` (shared with the other adapters of each system)."""
+        self._handler = handler
+        self._served = tuple(systems)
+        self._capacity = capacity
+        for system in self._served:
+            await self._listen_requests(system)
+        await self.announce()
+
+    async def announce(self, ttl: float = 6.0) -> None:
+        """Broadcast this adapter's Presence; ttl=0 says goodbye."""
+        beat = Presence(node=self.node, systems=self._served, capacity=self._capacity, ttl=ttl)
+        await self._send(self.names.control, encode(beat), {})
+
+    async def announce_forever(self, interval: float = 2.0, ttl: float = 6.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.announce(ttl)
+            except BusgateError:
+                log.warning("presence heartbeat not sent: bus unavailable")
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Let in-flight handlers finish (graceful shutdown of an adapter)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def close(self) -> None:
+        if self._served and self.connected:
+            with contextlib.suppress(Exception):
+                await self.announce(ttl=0)
+        for task in list(self._tasks):
+            task.cancel()
+        self.pending.close(BusUnavailable("the bus connection is closing"))
+        await self._close_transport()

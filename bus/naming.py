@@ -1,0 +1,30 @@
+"""Subject and topic names, all under one configurable prefix (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    prefix: str = "busgate"
+
+    def request(self, system: str) -> str:
+        return f"{self.prefix}.req.{system}"
+
+    def group(self, system: str) -> str:
+        """Queue group (NATS) / consumer group (Kafka) shared by a system's adapters."""
+        return f"{self.prefix}.adapter.{system}"
+
+    def reply(self, node: str) -> str:
+        return f"{self.prefix}.reply.{node}"
+
+    def command(self, name: str = "") -> str:
+        return f"{self.prefix}.cmd.{name}" if name else f"{self.prefix}.cmd"
+
+    def track(self, channel: str = "") -> str:
+        return f"{self.prefix}.track.{channel}" if channel else f"{self.prefix}.track"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"

@@ -1,0 +1,146 @@
+"""NATS transport.
+
+Replies come back on one wildcard subscription per edge node, ``PREFIX.reply.NODE.>``, with
+the request id as the last token: the server's "no responders" status message carries no
+body, so the subject is what correlates it. Requests go to ``PREFIX.req.SYSTEM`` and are
+shared by the system's adapters through a queue group. Durable commands go to JetStream.
+
+FastStream was considered for the adapter subscribers and left out: it would hide the
+message headers, the raw MessagePack bytes and the no-responders status that the
+correlation here is built on, for one ``subscribe`` call per system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError
+from nats.js.api import StreamConfig
+from nats.js.errors import NoStreamResponseError
+
+from bus.base import Bus
+from contracts.errors import BusUnavailable, NoResponders
+
+log = logging.getLogger("busgate.bus.nats")
+
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+class NatsBus(Bus):
+    requires_presence = False
+
+    def __init__(
+        self, servers: list[str], *, node: str, prefix: str = "busgate", connect_timeout: float = 10
+    ) -> None:
+        super().__init__(node=node, prefix=prefix)
+        self.servers = servers
+        self.connect_timeout = connect_timeout
+        self.nc = Client()
+        self._subs: list[Subscription] = []
+        self._reply_prefix = f"{self.names.reply(node)}."
+        self._stream_ready = False
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    def reply_address(self, request_id: str) -> str:
+        return self._reply_prefix + request_id
+
+    async def connect(self) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats: %s", exc or type(exc).__name__)
+
+        async def on_disconnect() -> None:
+            log.warning("nats: disconnected; reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("nats: reconnected to %s", self.nc.connected_url)
+
+        await asyncio.wait_for(
+            self.nc.connect(
+                self.servers,
+                name=self.node,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            ),
+            self.connect_timeout,
+        )
+        self._subs.append(await self.nc.subscribe(self._reply_prefix + ">", cb=self._reply_msg))
+        self._subs.append(await self.nc.subscribe(self.names.control, cb=self._control_msg))
+
+    async def _reply_msg(self, msg: Msg) -> None:
+        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            request_id = msg.subject[len(self._reply_prefix) :]
+            self.pending.fail(request_id, NoResponders("no adapter serves this system"))
+            return
+        self._on_reply(msg.data)
+
+    async def _control_msg(self, msg: Msg) -> None:
+        self._on_control(msg.data)
+
+    async def _request_msg(self, msg: Msg) -> None:
+        self._on_request(msg.data)
+
+    async def _listen_requests(self, system: str) -> None:
+        self._subs.append(
+            await self.nc.subscribe(
+                self.names.request(system),
+                queue=self.names.group(system),
+                cb=self._request_msg,
+                pending_msgs_limit=65536,
+            )
+        )
+
+    async def _send(
+        self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
+    ) -> None:
+        if not self.nc.is_connected:
+            raise BusUnavailable("the NATS connection is down; try again shortly")
+        try:
+            await self.nc.publish(dest, data, reply=reply, headers=headers or None)
+        except (ConnectionClosedError, OutboundBufferLimitError) as exc:
+            raise BusUnavailable(f"NATS publish failed: {type(exc).__name__}") from None
+
+    async def _ensure_command_stream(self) -> None:
+        if self._stream_ready:
+            return
+        js = self.nc.jetstream()
+        name = f"{self.names.prefix}_cmd".replace(".", "_").upper()
+        config = StreamConfig(name=name, subjects=[self.names.command() + ".>"])
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+        self._stream_ready = True
+
+    async def publish_command(
+        self, name: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        if not self.nc.is_connected:
+            raise BusUnavailable("the NATS connection is down; try again shortly")
+        try:
+            await self._ensure_command_stream()
+            await self.nc.jetstream().publish(self.names.command(name), data, headers=headers)
+        except (NoStreamResponseError, nats.errors.TimeoutError) as exc:
+            raise BusUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from None
+
+    async def _close_transport(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), 5)
+        except (TimeoutError, ConnectionClosedError):
+            await self.nc.close()

@@ -1,0 +1,45 @@
+"""A live view of which adapters serve which systems, fed by their Presence heartbeats.
+
+Kafka cannot say "no consumer" the way NATS says "no responders", and consumer-group
+membership is unreliable on some brokers, so adapters announce themselves on the control
+subject/topic and every node keeps this view with a TTL. It feeds fail-fast 503s, ``/readyz``
+and the status endpoint alike, on both buses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from contracts.wire import Presence
+
+
+class PresenceView:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._expiry: dict[str, dict[str, float]] = {}
+        self._capacity: dict[str, int] = {}
+
+    def update(self, beat: Presence) -> None:
+        now = self._clock()
+        for nodes in self._expiry.values():
+            nodes.pop(beat.node, None)
+        if beat.ttl <= 0:  # an adapter saying goodbye
+            self._capacity.pop(beat.node, None)
+            return
+        for system in beat.systems:
+            self._expiry.setdefault(system, {})[beat.node] = now + beat.ttl
+        self._capacity[beat.node] = beat.capacity
+
+    def nodes(self, system: str) -> list[str]:
+        now = self._clock()
+        nodes = self._expiry.get(system, {})
+        for node in [n for n, exp in nodes.items() if exp <= now]:
+            del nodes[node]
+        return sorted(nodes)
+
+    def serves(self, system: str) -> bool:
+        return bool(self.nodes(system))
+
+    def snapshot(self) -> dict[str, list[str]]:
+        return {system: self.nodes(system) for system in sorted(self._expiry)}

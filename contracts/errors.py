@@ -1,0 +1,93 @@
+"""busgate's error hierarchy: each class knows its HTTP status and its wire form.
+
+Adapters raise these; they cross the bus as :class:`contracts.wire.Error`; the edge maps
+them to JSON responses in exactly one place (``edge.middleware.errors``).
+"""
+
+from __future__ import annotations
+
+from contracts.wire import Error
+
+
+class BusgateError(Exception):
+    status: int = 500
+    code: str = "internal"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_wire(self) -> Error:
+        return Error(
+            code=self.code, message=self.message, status=self.status, retryable=self.retryable
+        )
+
+
+class BadRequest(BusgateError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(BusgateError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(BusgateError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(BusgateError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(BusgateError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(BusgateError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(BusgateError):
+    status, code = 415, "unsupported_media_type"
+
+
+class RateLimited(BusgateError):
+    status, code, retryable = 429, "rate_limited", True
+
+
+class UpstreamError(BusgateError):
+    """The runner answered with a server error."""
+
+    status, code = 502, "upstream_error"
+
+
+class UpstreamUnreachable(BusgateError):
+    """The runner could not be reached at all."""
+
+    status, code, retryable = 502, "upstream_unreachable", True
+
+
+class NoResponders(BusgateError):
+    """No adapter serves the system right now."""
+
+    status, code, retryable = 503, "no_adapter", True
+
+
+class BusUnavailable(BusgateError):
+    """The bus connection is down (broker restarting, network)."""
+
+    status, code, retryable = 503, "bus_unavailable", True
+
+
+class DeadlineExceeded(BusgateError, TimeoutError):
+    status, code, retryable = 504, "deadline_exceeded", True
+
+
+class Remote(BusgateError):
+    """An Error that came over the bus; keeps the status and code the adapter gave it."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(error.message)
+        self.status, self.code, self.retryable = error.status, error.code, error.retryable

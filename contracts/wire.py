@@ -1,0 +1,114 @@
+"""Messages that cross the bus between edge nodes and adapters.
+
+Every message is a tagged Struct (tag field ``t``) carrying a version ``v``. Decoders
+ignore unknown fields and every field added later gets a default, so a newer edge and an
+older adapter can run side by side during a rolling deploy. Bodies stay raw bytes: the
+edge never re-parses what it forwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+WIRE_VERSION = 1
+
+Kind = Literal["request", "stream", "command", "message", "track"]
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="t"):
+    """Base of every bus message: tagged, versioned, tolerant of unknown fields."""
+
+    v: int = WIRE_VERSION
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who made the call, once authenticated; runners see it as ``meta.identity``."""
+
+    subject: str
+    roles: tuple[str, ...] = ()
+    claims: dict[str, Any] = {}
+    session_id: str | None = None
+
+
+class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where the call came from, as the edge saw it."""
+
+    client_ip: str = ""
+    user_agent: str = ""
+    forwarded_for: str = ""
+
+
+class Error(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A typed failure; ``status`` is the HTTP status the edge answers with."""
+
+    code: str
+    message: str
+    status: int = 502
+    retryable: bool = False
+
+
+class Request(Wire, frozen=True, tag="req"):
+    """One call from a client, on its way to the adapter of ``system``."""
+
+    id: str
+    kind: Kind = "request"
+    traceparent: str = ""
+    tracestate: str = ""
+    channel: str = ""
+    system: str = ""
+    path: str = ""
+    method: str = "POST"
+    query: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    body: bytes = b""
+    identity: Identity | None = None
+    origin: Origin | None = None
+    reply_to: str = ""
+    deadline: float = 0.0
+    """Absolute, in seconds since the epoch; 0 means none."""
+    attempt: int = 1
+    resume: str | None = None
+    """For streams: the ``next`` cursor to resume after (SSE ``Last-Event-ID``)."""
+
+
+class Reply(Wire, frozen=True, tag="reply"):
+    """The answer to a Request: the runner's status, headers and body, or an Error."""
+
+    id: str
+    status: int = 200
+    headers: dict[str, str] = {}
+    body: bytes = b""
+    error: Error | None = None
+
+
+class StreamStep(Wire, frozen=True, tag="step"):
+    """One saga step of a stream; the last one (or one carrying an error) ends it."""
+
+    id: str
+    seq: int
+    items: list[bytes] = []
+    """Each item already encoded as JSON, so the edge writes it without re-encoding."""
+    next: str | None = None
+    last: bool = False
+    error: Error | None = None
+
+
+class Cancel(Wire, frozen=True, tag="cancel"):
+    """The client went away: stop the saga loop for ``id``."""
+
+    id: str
+    reason: str = ""
+
+
+class Presence(Wire, frozen=True, tag="presence"):
+    """An adapter's heartbeat: which systems it serves, broadcast on the control subject."""
+
+    node: str
+    systems: tuple[str, ...] = ()
+    capacity: int = 0
+    ttl: float = 6.0
+
+
+Message = Request | Reply | StreamStep | Cancel | Presence
