@@ -255,9 +255,7 @@ class Bus(abc.ABC):
                     await self.cancel(req.id)
 
     async def cancel(self, request_id: str, reason: str = "client went away") -> None:
-        await self._send(
-            self.names.control, encode(Cancel(id=request_id, reason=reason)), {}
-        )
+        await self._send(self.names.control, encode(Cancel(id=request_id, reason=reason)), {})
 
     # -- the adapter side -------------------------------------------------------------
 
@@ -283,10 +281,10 @@ class Bus(abc.ABC):
             except BusgateError:
                 log.warning("presence heartbeat not sent: bus unavailable")
 
-    async def drain(self, timeout: float = 10.0) -> None:
+    async def drain(self, grace: float = 10.0) -> None:
         """Let in-flight handlers finish (graceful shutdown of an adapter)."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=grace)
 
     async def close(self) -> None:
         if self._served and self.connected:

@@ -29,7 +29,7 @@ class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
     """Base of every config table."""
 
 
-class Gateway(Section):
+class Gateway(Section, frozen=True):
     id: str = "busgate"
     bus: str = "nats://127.0.0.1:4222"
     """``nats://host:port[,nats://…]`` or ``kafka://host:port[,host:port]``."""
@@ -55,7 +55,7 @@ class Gateway(Section):
     presence_ttl: float = 6.0
 
 
-class RpcSystem(Section, tag="rpc", tag_field="type"):
+class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     base_url: str
     timeout: float = 30.0
     max_connections: int = 100
@@ -65,7 +65,7 @@ class RpcSystem(Section, tag="rpc", tag_field="type"):
 System = RpcSystem
 
 
-class Channel(Section):
+class Channel(Section, frozen=True):
     system: str
     methods: tuple[str, ...] = METHODS
     timeout: float | None = None
@@ -77,7 +77,7 @@ class Channel(Section):
             raise ValueError(f"unknown method(s) {bad}; allowed: {list(METHODS)}")
 
 
-class Config(Section):
+class Config(Section, frozen=True):
     gateway: Gateway = msgspec.field(default_factory=Gateway)
     systems: dict[str, System] = {}
     channels: dict[str, Channel] = {}

@@ -58,7 +58,8 @@ class NatsBus(Bus):
             log.warning("nats: %s", exc or type(exc).__name__)
 
         async def on_disconnect() -> None:
-            log.warning("nats: disconnected; reconnecting")
+            if not self.nc.is_closed and not self.nc.is_draining:
+                log.warning("nats: disconnected; reconnecting")
 
         async def on_reconnect() -> None:
             log.info("nats: reconnected to %s", self.nc.connected_url)
@@ -68,7 +69,7 @@ class NatsBus(Bus):
                 self.servers,
                 name=self.node,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # accepts float
                 connect_timeout=2,
                 ping_interval=5,
                 max_outstanding_pings=2,

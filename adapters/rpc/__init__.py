@@ -1,0 +1,1 @@
+"""The ``rpc`` system type: runners reached over HTTP (``POST {base_url}/{path}``)."""

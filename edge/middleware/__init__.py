@@ -1,0 +1,1 @@
+"""Edge middlewares, one concern per module, outermost first in ``edge.app``."""

@@ -1,0 +1,18 @@
+"""``/api/request/{channel}/{path}``: one call, one reply, through the bus."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from contracts.errors import Remote
+from edge import envelope, keys
+from edge.responses import from_reply
+
+
+async def handle_request(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    envelope_ = await envelope.build(request, app[keys.CONFIG], "request")
+    reply = await app[keys.BUS].request(envelope_)
+    if reply.error is not None:
+        raise Remote(reply.error)
+    return from_reply(reply)

@@ -1,0 +1,43 @@
+"""The shapes of edge responses: JSON errors and bus replies turned into HTTP."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from contracts.codec import json_encode
+from contracts.errors import BusgateError
+from contracts.wire import Reply
+
+JSON = "application/json"
+
+# Headers of a runner's reply that the edge passes on; hop-by-hop ones never.
+PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
+
+
+def error_body(code: str, message: str, request_id: str | None) -> bytes:
+    error: dict[str, str] = {"code": code, "message": message}
+    if request_id:
+        error["requestId"] = request_id
+    return json_encode({"error": error})
+
+
+def error_response(exc: BusgateError, request_id: str | None) -> web.Response:
+    response = web.Response(
+        status=exc.status,
+        body=error_body(exc.code, exc.message, request_id),
+        content_type=JSON,
+    )
+    if exc.retry_after is not None or exc.status in (429, 503):
+        response.headers["Retry-After"] = str(int(exc.retry_after or 30))
+    return response
+
+
+def from_reply(reply: Reply) -> web.Response:
+    response = web.Response(status=reply.status, body=reply.body)
+    for name in PASS_HEADERS:
+        value = reply.headers.get(name)
+        if value is not None:
+            response.headers[name] = value
+    if "content-type" not in reply.headers:
+        response.headers["Content-Type"] = JSON
+    return response

@@ -1,0 +1,96 @@
+"""The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
+
+Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count``. It keeps a short
+log of the calls it received (``GET /calls``) so tests can check what crossed the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+CALLS = web.AppKey("calls", collections.deque)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(data), status=status, content_type="application/json")
+
+
+def _int(params: dict[str, Any], key: str, default: int) -> int:
+    try:
+        return int(params.get(key, default))
+    except (TypeError, ValueError):
+        raise web.HTTPBadRequest(
+            body=_encode({"error": f"parameter {key!r} must be an integer"}),
+            content_type="application/json",
+        ) from None
+
+
+def count_step(params: dict[str, Any]) -> dict[str, Any]:
+    first, to, batch = _int(params, "from", 1), _int(params, "to", 10), _int(params, "batch", 1)
+    wait = _int(params, "wait", 1000)
+    previous = params.get("previous")
+    start = first if previous in (None, "") else int(previous) + 1
+    numbers = list(range(start, min(start + max(batch, 1), to + 1)))
+    last = numbers[-1] if numbers else (start - 1)
+    return {"list": numbers, "continue": last < to, "wait": wait, "next": last}
+
+
+async def saga(request: web.Request) -> web.Response:
+    raw = await request.read()
+    try:
+        envelope = _decode(raw) if raw else {}
+    except msgspec.DecodeError:
+        return _json({"error": "body is not JSON"}, 400)
+    params = envelope.get("parameters") if isinstance(envelope, dict) else None
+    meta = envelope.get("meta", {}) if isinstance(envelope, dict) else {}
+    name = request.match_info["saga"]
+    request.app[CALLS].append(
+        {
+            "saga": name,
+            "requestId": meta.get("requestId"),
+            "x-request-id": request.headers.get("X-Request-Id"),
+            "traceparent": request.headers.get("traceparent"),
+            "parameters": params,
+        }
+    )
+    p = params if isinstance(params, dict) else {}
+    match name:
+        case "echo":
+            return _json(params)
+        case "meta":
+            return _json(meta)
+        case "sleep":
+            await asyncio.sleep(_int(p, "ms", 100) / 1000)
+            return _json({"slept": _int(p, "ms", 100)})
+        case "fail":
+            status = _int(p, "status", 500)
+            return _json({"error": p.get("message", "failed on purpose")}, status)
+        case "count":
+            return _json(count_step(p))
+    return _json({"error": f"no saga {name!r}"}, 404)
+
+
+async def calls(request: web.Request) -> web.Response:
+    return _json(list(request.app[CALLS]))
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app[CALLS] = collections.deque(maxlen=1000)
+    app.router.add_post("/api/{runner}/{saga:.*}", saga)
+    app.router.add_get("/calls", calls)
+    app.router.add_get("/healthz", lambda _: _json({"status": "ok"}))
+    return app
+
+
+def run(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    web.run_app(create_app(), host=host or "127.0.0.1", port=int(port), access_log=None, print=None)
