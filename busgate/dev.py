@@ -116,7 +116,9 @@ def run(*, bus: str, listen: str, config: str) -> int:
         host, _, port = listen.rpartition(":")
         url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
         wait_ready(url, "demo", stack)
-        print(f"busgate dev ready: {url}  (bus {broker.url}; Ctrl-C stops)", flush=True)
+        print(f"busgate dev: bus    {broker.url}", flush=True)
+        print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        print(f"busgate dev ready: {url}  (Ctrl-C stops)", flush=True)
         while not stopping:
             problem = stack.dead()
             if problem:

@@ -15,3 +15,8 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", Config)
 BUS = web.AppKey("bus", Bus)
 IDS: web.AppKey[IdFactory] = web.AppKey("ids")
+
+# Per-call state, set by the ids middleware.
+REQUEST_ID = web.RequestKey("request_id", str)
+TRACEPARENT = web.RequestKey("traceparent", str)
+TRACE_ID = web.RequestKey("trace_id", str)

@@ -7,10 +7,9 @@ from aiohttp.typedefs import Handler
 
 from contracts.config import Gateway
 from edge.ids import IdFactory
+from edge.keys import REQUEST_ID, TRACE_ID, TRACEPARENT
 
-REQUEST_ID = "busgate.request_id"
-TRACEPARENT = "busgate.traceparent"
-TRACE_ID = "busgate.trace_id"
+__all__ = ["REQUEST_ID", "TRACEPARENT", "TRACE_ID", "ids_middleware"]
 
 
 def ids_middleware(gateway: Gateway, ids: IdFactory) -> web.middleware:  # type: ignore[valid-type]

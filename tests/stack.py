@@ -1,0 +1,76 @@
+"""A whole busgate stack as separate processes, started through ``busgate dev``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from busgate.brokers import free_port
+
+_READY = re.compile(r"busgate dev ready: (\S+)")
+_PART = re.compile(r"busgate dev: (\w+)\s+(\S+)")
+
+
+@dataclass
+class DevStack:
+    bus: str
+    url: str = ""
+    parts: dict[str, str] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[str] | None = None
+
+    @property
+    def runner(self) -> str:
+        """The sample runner's base URL (its ``/calls`` log is at the root)."""
+        return self.parts["runner"].rsplit("/api/", 1)[0]
+
+
+@contextlib.contextmanager
+def dev_stack(
+    bus: str = "nats", env: dict[str, str] | None = None, timeout: float = 90
+) -> Iterator[DevStack]:
+    port = free_port()
+    stack = DevStack(bus=bus)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busgate", "dev", "--bus", bus, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    stack.proc = proc
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            stack.output.append(line.rstrip())
+            if m := _PART.match(line):
+                stack.parts[m.group(1)] = m.group(2)
+            if m := _READY.search(line):
+                stack.url = m.group(1)
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        if not ready.wait(timeout) or not stack.url:
+            raise RuntimeError("busgate dev did not get ready:\n" + "\n".join(stack.output))
+        yield stack
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(5)
