@@ -1,0 +1,145 @@
+"""The request path end to end: client → edge → bus → adapter → runner, separate processes,
+over NATS and over Kafka."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from busgate.brokers import free_port, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+
+async def calls(http, stack) -> list[dict]:
+    async with http.get(f"{stack.runner}/calls") as resp:
+        return await resp.json()
+
+
+async def test_echo_crosses_the_bus_and_the_runner_sees_the_clients_ids(stack, http):
+    async with http.post(f"{stack.url}/api/request/demo/echo", json={"hello": "world"}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"hello": "world"}
+        request_id = resp.headers["X-Request-Id"]
+        trace_id = resp.headers["X-Trace-Id"]
+    assert request_id.startswith("dev-")
+    seen = [c for c in await calls(http, stack) if c["requestId"] == request_id]
+    assert len(seen) == 1
+    assert seen[0]["x-request-id"] == request_id
+    assert seen[0]["traceparent"].split("-")[1] == trace_id
+    assert seen[0]["parameters"] == {"hello": "world"}
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+async def test_methods_with_a_body(stack, http, method):
+    async with http.request(method, f"{stack.url}/api/request/demo/meta", json={"a": 1}) as resp:
+        assert resp.status == 200
+        meta = await resp.json()
+    assert (meta["method"], meta["channel"], meta["path"]) == (method, "demo", "meta")
+    assert meta["requestId"] == resp.headers["X-Request-Id"]
+    assert meta["traceId"] == resp.headers["X-Trace-Id"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_methods_with_query_payload(stack, http, method):
+    async with http.request(method, f"{stack.url}/api/request/demo/echo?x=1&y=2") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"x": "1", "y": "2"}
+
+
+async def error_of(resp, status: int) -> dict:
+    assert resp.status == status, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["requestId"] == resp.headers["X-Request-Id"]
+    return error
+
+
+async def test_malformed_json_is_400(stack, http):
+    headers = {"Content-Type": "application/json"}
+    async with http.post(f"{stack.url}/api/request/demo/echo", data=b'{"a":', headers=headers) as r:
+        assert (await error_of(r, 400))["code"] == "bad_request"
+
+
+async def test_unknown_channel_is_404(stack, http):
+    async with http.post(f"{stack.url}/api/request/missing/echo", json={}) as resp:
+        assert (await error_of(resp, 404))["code"] == "not_found"
+
+
+async def test_oversized_body_is_413(stack, http):
+    body = {"blob": "x" * 70_000}
+    async with http.post(f"{stack.url}/api/request/demo/echo", json=body) as resp:
+        assert (await error_of(resp, 413))["code"] == "payload_too_large"
+
+
+async def test_unsupported_media_type_is_415(stack, http):
+    headers = {"Content-Type": "application/xml"}
+    async with http.post(f"{stack.url}/api/request/demo/echo", data=b"<a/>", headers=headers) as r:
+        assert (await error_of(r, 415))["code"] == "unsupported_media_type"
+
+
+async def test_runner_5xx_is_502(stack, http):
+    async with http.post(f"{stack.url}/api/request/demo/fail", json={"status": 500}) as resp:
+        assert (await error_of(resp, 502))["code"] == "upstream_error"
+
+
+async def test_unreachable_runner_is_502(stack, http):
+    async with http.post(f"{stack.url}/api/request/down/anything", json={}) as resp:
+        assert (await error_of(resp, 502))["code"] == "upstream_unreachable"
+
+
+async def test_runner_4xx_passes_through_with_its_body(stack, http):
+    payload = {"status": 409, "message": "already there"}
+    async with http.post(f"{stack.url}/api/request/demo/fail", json=payload) as resp:
+        assert resp.status == 409
+        assert await resp.json() == {"error": "already there"}
+
+
+async def test_deadline_is_504_at_the_configured_timeout(stack, http):
+    started = time.monotonic()
+    async with http.post(f"{stack.url}/api/request/demo/sleep", json={"ms": 4000}) as resp:
+        assert (await error_of(resp, 504))["code"] == "deadline_exceeded"
+    assert 1.4 <= time.monotonic() - started < 3.5
+
+
+@pytest.fixture
+def lonely_edge(stack, tmp_path):
+    """A second edge node, its own process, with a channel to a system nobody serves."""
+    port = free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "second"
+bus = "{stack.parts["bus"]}"
+listen = "127.0.0.1:{port}"
+return_ids = "always"
+[systems.lonely]
+type = "rpc"
+base_url = "http://127.0.0.1:9/api/lonely"
+timeout = 10.0
+[channels.lonely]
+system = "lonely"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUSGATE__")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busgate", "edge", "--config", str(config)], env=env
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_system_no_adapter_serves_is_503_fast(lonely_edge, http):
+    started = time.monotonic()
+    async with http.post(f"{lonely_edge}/api/request/lonely/x", json={}) as resp:
+        assert (await error_of(resp, 503))["code"] == "no_adapter"
+        assert resp.headers["Retry-After"]
+    assert time.monotonic() - started < 1.0
