@@ -82,12 +82,16 @@ async def calls(request: web.Request) -> web.Response:
     return _json(list(request.app[CALLS]))
 
 
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
 def create_app() -> web.Application:
     app = web.Application()
     app[CALLS] = collections.deque(maxlen=1000)
     app.router.add_post("/api/{runner}/{saga:.*}", saga)
     app.router.add_get("/calls", calls)
-    app.router.add_get("/healthz", lambda _: _json({"status": "ok"}))
+    app.router.add_get("/healthz", healthz)
     return app
 
 

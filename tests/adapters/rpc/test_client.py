@@ -1,0 +1,111 @@
+"""The RPC adapter against the real sample runner over HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from adapters.rpc.client import RpcClient
+from busgate.brokers import free_port
+from contracts import errors
+from contracts.codec import json_decode
+from contracts.config import Gateway, RpcSystem
+from contracts.wire import Identity, Request
+from runners.rpc import CALLS, create_app
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+async def runner():
+    app = create_app()
+    server = TestServer(app)
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def client(runner):
+    system = RpcSystem(base_url=str(runner.make_url("/api/demo")), timeout=2.0)
+    rpc = RpcClient("demo", system, Gateway())
+    yield rpc
+    await rpc.close()
+
+
+def request(path: str, body: bytes = b"{}", **kw) -> Request:
+    return Request(
+        id="gw-x-1",
+        traceparent=TRACEPARENT,
+        channel="demo",
+        system="demo",
+        path=path,
+        body=body,
+        deadline=kw.pop("deadline", time.time() + 5),
+        **kw,
+    )
+
+
+async def test_payload_is_wrapped_as_parameters_byte_for_byte(client, runner):
+    reply = await client.call(request("echo", b'{"a": [1, 2]}'))
+    assert reply.status == 200
+    assert json_decode(reply.body) == {"a": [1, 2]}
+    assert reply.headers["content-type"].startswith("application/json")
+
+
+async def test_runner_gets_meta_ids_and_identity(client, runner):
+    identity = Identity(subject="demo", roles=("user",), session_id="s1")
+    reply = await client.call(request("meta", identity=identity, method="PUT"))
+    meta = json_decode(reply.body)
+    assert meta == {
+        "requestId": "gw-x-1",
+        "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "channel": "demo",
+        "path": "meta",
+        "method": "PUT",
+        "identity": {"subject": "demo", "roles": ["user"], "session_id": "s1"},
+    }
+    (call,) = runner.app[CALLS]
+    assert call["x-request-id"] == "gw-x-1"
+    assert call["traceparent"] == TRACEPARENT
+
+
+async def test_runner_5xx_is_an_upstream_error(client):
+    with pytest.raises(errors.UpstreamError, match="503"):
+        await client.call(request("fail", b'{"status": 503}'))
+
+
+async def test_runner_4xx_is_a_reply_not_an_error(client):
+    reply = await client.call(request("fail", b'{"status": 422, "message": "no"}'))
+    assert (reply.status, json_decode(reply.body)) == (422, {"error": "no"})
+
+
+async def test_slow_runner_is_cut_at_the_deadline(client):
+    started = time.monotonic()
+    with pytest.raises(errors.DeadlineExceeded):
+        await client.call(request("sleep", b'{"ms": 3000}', deadline=time.time() + 0.3))
+    assert time.monotonic() - started < 1.5
+
+
+async def test_no_work_starts_past_the_deadline(client, runner):
+    with pytest.raises(errors.DeadlineExceeded):
+        await client.call(request("echo", deadline=time.time() - 1))
+    assert len(runner.app[CALLS]) == 0
+
+
+async def test_unreachable_runner_is_502():
+    system = RpcSystem(base_url=f"http://127.0.0.1:{free_port()}/api/demo", timeout=2.0)
+    rpc = RpcClient("demo", system, Gateway())
+    try:
+        with pytest.raises(errors.UpstreamUnreachable):
+            await rpc.call(request("echo"))
+    finally:
+        await rpc.close()
+
+
+async def test_connections_are_reused(client, runner):
+    for _ in range(5):
+        await client.call(request("echo"))
+    assert len({id(p) for p in runner.runner.server.connections}) <= 1
