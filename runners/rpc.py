@@ -59,6 +59,7 @@ async def saga(request: web.Request) -> web.Response:
             "x-request-id": request.headers.get("X-Request-Id"),
             "traceparent": request.headers.get("traceparent"),
             "parameters": params,
+            "peer": request.transport.get_extra_info("peername") if request.transport else None,
         }
     )
     p = params if isinstance(params, dict) else {}
