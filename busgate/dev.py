@@ -8,7 +8,6 @@ children also die with this process if it is killed outright (PR_SET_PDEATHSIG o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -16,22 +15,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 
-from busgate.brokers import Broker, NatsServer, TansuBroker, free_port, wait_for_port
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return preexec
+from busgate.brokers import (
+    Broker,
+    NatsServer,
+    TansuBroker,
+    die_with_parent,
+    free_port,
+    wait_for_port,
+)
 
 
 class Stack:
@@ -46,7 +38,7 @@ class Stack:
             [sys.executable, "-m", "busgate", *args],
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         self.procs.append((name, proc))
         return proc

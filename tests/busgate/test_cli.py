@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+BUSGATE = [sys.executable, "-m", "busgate"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BUSGATE, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_config_check_accepts_a_valid_file(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        '[systems.a]\ntype = "rpc"\nbase_url = "http://x"\n[channels.a]\nsystem = "a"\n'
+    )
+    result = run("config", "check", str(path))
+    assert result.returncode == 0
+    assert "1 system(s), 1 channel(s)" in result.stdout
+
+
+def test_config_check_names_the_key_path_and_fails(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[systems.a]\ntype = "rpc"\nbase_url = "http://x"\ntimeout = "soon"\n')
+    result = run("config", "check", str(path))
+    assert result.returncode == 2
+    assert "systems.a.timeout: Expected `float`, got `str`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_adapter_refuses_an_unknown_system(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[systems.a]\ntype = "rpc"\nbase_url = "http://x"\n')
+    result = run("adapter", "--config", str(path), "--system", "nope")
+    assert result.returncode == 2
+    assert "unknown system(s) ['nope']" in result.stderr

@@ -1,0 +1,72 @@
+"""``busgate dev`` starts every part as its own process and leaves no orphan behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.stack import dev_stack
+
+pytestmark = pytest.mark.e2e
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_dev_stops_every_child_on_signal(sig):
+    with dev_stack("nats") as stack:
+        assert stack.proc is not None
+        with urllib.request.urlopen(f"{stack.url}/readyz", timeout=5) as resp:
+            assert resp.status == 200
+        children = descendants(stack.proc.pid)
+        # broker, runner, adapter, edge
+        assert len(children) >= 4
+        stack.proc.send_signal(sig)
+        assert stack.proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in children if alive(p)]
+
+
+def test_children_die_with_a_killed_dev_process():
+    with dev_stack("nats") as stack:
+        assert stack.proc is not None
+        children = descendants(stack.proc.pid)
+        os.kill(stack.proc.pid, signal.SIGKILL)
+        stack.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        survivors = [p for p in children if alive(p)]
+        for p in survivors:  # clean up before failing
+            os.kill(p, signal.SIGKILL)
+        assert not survivors
