@@ -29,6 +29,54 @@ class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
     """Base of every config table."""
 
 
+class Cors(Section, frozen=True):
+    """Cross-origin calls from browsers; preflights are answered at the edge.
+
+    ``origins`` are exact (``https://app.example.com``) or ``*`` (any, never with
+    ``credentials``); ``origin_patterns`` are regular expressions matched against the whole
+    origin (``https://[a-z0-9-]+\\.example\\.com``).
+    """
+
+    enabled: bool = True
+    origins: tuple[str, ...] = ()
+    origin_patterns: tuple[str, ...] = ()
+    methods: tuple[str, ...] = METHODS
+    headers: tuple[str, ...] = (
+        "authorization",
+        "content-type",
+        "x-request-id",
+        "x-csrf-token",
+        "x-api-key",
+        "last-event-id",
+    )
+    expose_headers: tuple[str, ...] = ("x-request-id", "x-trace-id", "www-authenticate")
+    credentials: bool = False
+    max_age: int = 1800
+    """Seconds a browser may cache a preflight answer."""
+
+    def __post_init__(self) -> None:
+        if self.credentials and "*" in self.origins:
+            raise ValueError("origins: '*' cannot be combined with credentials = true")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown method(s) {bad}; allowed: {list(METHODS)}")
+        for pattern in self.origin_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"origin_patterns: {pattern!r} is not a regex: {exc}") from None
+
+
+class Csrf(Section, frozen=True):
+    """Double-submit cookie: a call authenticated by cookie that changes state must repeat
+    the ``cookie``'s value in ``header``. Calls with a bearer token or an API key are exempt
+    (a browser never adds those on its own)."""
+
+    enabled: bool = False
+    cookie: str = "busgate_csrf"
+    header: str = "X-CSRF-Token"
+
+
 class Gateway(Section, frozen=True):
     id: str = "busgate"
     bus: str = "nats://127.0.0.1:4222"
@@ -53,6 +101,8 @@ class Gateway(Section, frozen=True):
     """0 = unlimited."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
+    cors: Cors = msgspec.field(default_factory=Cors)
+    csrf: Csrf = msgspec.field(default_factory=Csrf)
 
 
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
@@ -65,22 +115,171 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
 System = RpcSystem
 
 
+Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"]
+ASYMMETRIC = ("RS256", "ES256", "EdDSA")
+RESERVED_CLAIMS = frozenset({"iss", "aud", "exp", "nbf", "iat", "jti", "sid", "typ", "rti"})
+_PATH_KEY = re.compile(r"^(\*|[^*]+/\*|[^*]*)$")
+
+
+class Claim(Section, frozen=True):
+    """One claim of the tokens a provider's answer turns into.
+
+    Exactly one of ``source`` (a dotted path into the provider's JSON answer), ``value`` (a
+    constant) or ``special`` (``session_id``, ``client_ip``, ``user_agent``). ``sub`` is the
+    subject and ``roles`` the roles. ``remove`` keeps the claim out of the token, out of the
+    identity runners see, and strips its source from the answer returned with ``thru``.
+    """
+
+    name: str
+    type: Literal["string", "int", "float", "bool", "list"] = "string"
+    source: str = ""
+    value: str | int | float | bool | None = None
+    special: Literal["", "session_id", "client_ip", "user_agent"] = ""
+    remove: bool = False
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        given = sum((bool(self.source), self.value is not None, bool(self.special)))
+        if given != 1:
+            raise ValueError(f"claim {self.name!r}: give exactly one of source, value, special")
+        if self.name in RESERVED_CLAIMS:
+            raise ValueError(f"claim {self.name!r} is reserved; choose another name")
+
+
+class TokenCookies(Section, frozen=True):
+    """Cookies set when an auth call asks for them (``cookie=true``)."""
+
+    access: str = "busgate_access"
+    refresh: str = "busgate_refresh"
+    domain: str = ""
+    same_site: Literal["Strict", "Lax", "None"] = "Strict"
+    http_only: bool = True
+    secure: bool = True
+    path: str = "/api"
+    refresh_path: str = "/api/auth/refresh"
+
+
+class ApiKey(Section, frozen=True):
+    """A server-to-server caller. Only the key's hash is stored: ``sha256:<64 hex>`` (keys
+    are long random strings, so a fast hash is enough and keeps the check a dict lookup)."""
+
+    hash: str
+    subject: str = ""
+    """Defaults to the key's name."""
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", self.hash):
+            raise ValueError("hash: expected 'sha256:' followed by 64 lowercase hex digits")
+
+
+class Verifiable(Section, frozen=True):
+    """Also accept tokens of an external identity provider, verified against its JWKS."""
+
+    jwks_url: str
+    issuer: str = ""
+    audience: str = ""
+    algorithms: tuple[Literal["RS256", "ES256", "EdDSA"], ...] = ("RS256",)
+    subject_claim: str = "sub"
+    roles_claim: str = "roles"
+    """Dotted path (``realm_access.roles``)."""
+    cache_ttl: float = 3600.0
+    """Seconds the key set is kept before it is fetched again."""
+    refetch_interval: float = 10.0
+    """At most one fetch per interval when a token names an unknown ``kid``."""
+    timeout: float = 5.0
+
+
+class Token(Section, frozen=True):
+    """How tokens are issued and checked. Secrets and keys are a literal, ``env:NAME`` or
+    ``file:PATH``; keep them out of the file with the last two."""
+
+    header: str = "Authorization"
+    """Where a bearer token comes (``Bearer …``); its cookie is ``cookies.access``."""
+    api_key_header: str = ""
+    """Header of server-to-server API keys (``X-Api-Key``); empty = API keys off."""
+    expiration: int = 900
+    """Lifetime of an access token, seconds."""
+    grace: int = 0
+    """A cookie-borne access token this close to expiry is renewed on the response."""
+    refresh_expiration: int = 86_400
+    long_expiration: int = 30 * 86_400
+    """Refresh lifetime when the login asked ``remember=true``."""
+    algorithm: Algorithm = "HS512"
+    secret: str = ""
+    private_key: str = ""
+    public_key: str = ""
+    key_id: str = ""
+    """``kid`` of the tokens issued here; defaults to the token's name."""
+    issuer: str = "busgate"
+    audience: str = "busgate"
+    leeway: int = 0
+    """Clock skew allowed on ``exp``/``nbf``, seconds."""
+    can_ignore: bool = False
+    """A missing or invalid token makes the call anonymous instead of failing it."""
+    max_size: int = 8192
+    """Longer tokens are refused before any parsing."""
+    cookies: TokenCookies = msgspec.field(default_factory=TokenCookies)
+    claims: tuple[Claim, ...] = (
+        Claim(name="sub", source="username", required=True),
+        Claim(name="roles", type="list", source="roles"),
+    )
+    verifiable: Verifiable | None = None
+    api_keys: dict[str, ApiKey] = {}
+
+    def __post_init__(self) -> None:
+        if self.algorithm in ASYMMETRIC:
+            if not self.private_key or not self.public_key:
+                raise ValueError(f"algorithm {self.algorithm}: set private_key and public_key")
+        elif not self.secret:
+            raise ValueError(f"algorithm {self.algorithm}: set secret")
+        if not any(c.name == "sub" for c in self.claims):
+            raise ValueError("claims: one claim must be named 'sub' (the subject)")
+        for name in ("expiration", "refresh_expiration", "long_expiration", "max_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+
+
+class PathRule(Section, frozen=True):
+    """Access to the paths a key matches: ``*`` (all), ``prefix/*`` (below prefix) or an
+    exact path; the most specific key wins. ``roles`` maps a method (or ``*``) to the roles
+    of which the caller needs one; no entry, ``[]`` or ``["*"]`` = any authenticated caller.
+    A ``disabled`` path answers 404, as if it did not exist."""
+
+    public: bool = False
+    disabled: bool = False
+    roles: dict[str, tuple[str, ...]] = {}
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.roles if m != "*" and m not in METHODS]
+        if bad:
+            raise ValueError(f"roles: unknown method(s) {bad}; use {list(METHODS)} or '*'")
+
+
 class Channel(Section, frozen=True):
     system: str
     methods: tuple[str, ...] = METHODS
     timeout: float | None = None
     """Overrides the system's timeout for calls on this channel."""
+    auth: str | None = None
+    """The token (``tokens.NAME``) calls on this channel are checked against; for the auth
+    API, the token it issues. None = every path is public."""
+    paths: dict[str, PathRule] = {}
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; allowed: {list(METHODS)}")
+        for key in self.paths:
+            if not _PATH_KEY.match(key):
+                raise ValueError(f'paths."{key}": use "*", "prefix/*" or an exact path')
 
 
 class Config(Section, frozen=True):
     gateway: Gateway = msgspec.field(default_factory=Gateway)
     systems: dict[str, System] = {}
     channels: dict[str, Channel] = {}
+    tokens: dict[str, Token] = {}
 
     def __post_init__(self) -> None:
         for name, ch in self.channels.items():
@@ -88,6 +287,10 @@ class Config(Section, frozen=True):
                 raise ValueError(
                     f"channels.{name}.system: unknown system {ch.system!r}; "
                     f"known: {sorted(self.systems)}"
+                )
+            if ch.auth is not None and ch.auth not in self.tokens:
+                raise ValueError(
+                    f"channels.{name}.auth: unknown token {ch.auth!r}; known: {sorted(self.tokens)}"
                 )
 
 
@@ -133,6 +336,28 @@ def _named_tables() -> dict[str, Any]:
     }
 
 
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def _check(raw: Any, kind: Any, parts: list[str]) -> None:
+    """Validate ``raw`` as ``kind``; on failure look into its named sub-tables first, so that
+    an error names ``channels.secure.paths."admin/*".roles`` rather than ``paths[...]``."""
+    try:
+        msgspec.convert(raw, kind)
+        return
+    except msgspec.ValidationError as exc:
+        error = exc
+    if isinstance(raw, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        for f in msgspec.structs.fields(kind):
+            sub = raw.get(f.encode_name)
+            if getattr(f.type, "__origin__", None) is dict and isinstance(sub, dict):
+                for name, entry in sub.items():
+                    _check(entry, f.type.__args__[1], [*parts, f.name, _key(name)])
+    path, message = _split(str(error))
+    raise _error(*parts, path, message=message) from None
+
+
 def parse(raw: dict[str, Any]) -> Config:
     # Entries of named tables are validated one by one first, so that an error names
     # ``systems.demo`` rather than ``systems[...]``.
@@ -141,11 +366,7 @@ def parse(raw: dict[str, Any]) -> Config:
         if not isinstance(entries, dict):
             continue
         for name, entry in entries.items():
-            try:
-                msgspec.convert(entry, entry_type)
-            except msgspec.ValidationError as exc:
-                path, message = _split(str(exc))
-                raise _error(table, name, path, message=message) from None
+            _check(entry, entry_type, [table, _key(name)])
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
