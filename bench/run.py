@@ -1,0 +1,495 @@
+"""One benchmark run: brokers, stacks, load in alternation, RSS, ratios, targets.
+
+All stacks on one bus run side by side on one broker and take turns under load (A B A B),
+so drifting machine noise (other work on the box, thermal, page cache) hits the floor and
+busgate alike, and the ratio of the two is what the targets judge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import mean, median
+from typing import Any
+
+from bench import load as loadgen
+from bench.procs import (
+    HOST,
+    RESULTS,
+    ROOT,
+    Proc,
+    Processes,
+    ProcessFailed,
+    ProcSpec,
+    Ready,
+    rss_kb,
+)
+from bench.scenarios import (
+    ALL,
+    STACKS,
+    STREAM,
+    STREAM_BODY,
+    TARGETS,
+    Env,
+    Pending,
+    Stack,
+    busgate,
+    find_busgate,
+    has_command,
+)
+from busgate.brokers import NatsServer, TansuBroker
+
+EXPECTED = {"hello": "world"}
+
+
+@dataclass
+class Options:
+    scenarios: list[str] = field(default_factory=lambda: list(ALL))
+    duration: float = 10.0
+    latency_duration: float = 5.0
+    rounds: int = 2
+    connections: int = 64
+    threads: int = 1
+    warmup: float = 1.0
+    load: str = "wrk"
+    requests: int = 0
+    """Python load only: requests per run instead of ``duration``."""
+    sse_counts: list[int] = field(default_factory=lambda: [2000, 10_000])
+    output: Path = RESULTS / "latest.json"
+    install: bool = True
+    probe_timeout: float = 45.0
+
+
+@dataclass
+class Live:
+    """A started stack and its processes."""
+
+    stack: Stack
+    procs: list[Proc]
+
+
+class BenchError(RuntimeError):
+    """A scenario could not be measured; the message says why."""
+
+
+class PendingError(BenchError):
+    """The stack runs but cannot do what the scenario measures yet."""
+
+
+def _post(
+    url: str, headers: dict[str, str], body: bytes = loadgen.BODY, timeout: float = 5.0
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError as exc:
+        return 0, str(exc).encode()
+
+
+def probe(stack: Stack, timeout: float) -> None:
+    """Wait until one request makes the whole trip and comes back right (for Kafka this
+    covers the consumer group join; for busgate, the edge seeing the adapter)."""
+    end = time.monotonic() + timeout
+    status, body = 0, b""
+    while time.monotonic() < end:
+        status, body = _post(stack.url, stack.headers)
+        if status == 200:
+            with contextlib.suppress(ValueError):
+                if json.loads(body) == EXPECTED:
+                    return
+        time.sleep(0.2)
+    raise BenchError(f"no correct answer from {stack.url} in {timeout} s: {status} {body[:300]!r}")
+
+
+def _sum_rss(procs: list[Proc]) -> dict[str, float]:
+    return {p.spec.name: p.rss_mb() for p in procs}
+
+
+def _cpu(procs: list[Proc]) -> dict[str, float]:
+    return {p.spec.name: p.cpu() for p in procs}
+
+
+class Bench:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.workdir = RESULTS / "run"
+        self.env = Env(
+            python=sys.executable,
+            busgate=find_busgate(),
+            busgate_runner=False,
+            workdir=self.workdir,
+        )
+        self.env.busgate_runner = has_command(self.env.busgate, "runner", "rpc")
+        self.wrk: str | None = None
+        self.results: dict[str, Any] = {}
+
+    # --- load -----------------------------------------------------------------------------
+
+    def _load(
+        self, stack: Stack, connections: int, seconds: float, *, warm: bool = False
+    ) -> loadgen.LoadResult:
+        if self.opts.load == "wrk":
+            assert self.wrk is not None
+            return loadgen.run_wrk(
+                stack.url,
+                connections=connections,
+                seconds=seconds,
+                threads=1 if connections == 1 else self.opts.threads,
+                headers=stack.headers,
+                wrk=self.wrk,
+            )
+        requests = 0 if warm or not self.opts.requests else self.opts.requests
+        return loadgen.run_python(
+            stack.url,
+            connections=connections,
+            seconds=0.0 if requests else seconds,
+            requests=requests,
+            headers=stack.headers,
+        )
+
+    def measure(self, live: Live, mode: str, broker: Proc) -> dict[str, Any]:
+        """One measured run: a short warm-up, the load, then RSS and CPU of every process."""
+        latency = mode == "latency"
+        connections = 1 if latency else self.opts.connections
+        seconds = self.opts.latency_duration if latency else self.opts.duration
+        if self.opts.warmup > 0:
+            self._load(live.stack, connections, self.opts.warmup, warm=True)
+        procs = [*live.procs, broker]
+        before = _cpu(procs)
+        result = self._load(live.stack, connections, seconds).to_dict()
+        after = _cpu(procs)
+        result["rss_mb"] = _sum_rss(procs)
+        result["cpu_s"] = {k: round(after[k] - before[k], 2) for k in after}
+        return result
+
+    # --- stacks ---------------------------------------------------------------------------
+
+    def start_stack(self, procs: Processes, stack: Stack) -> Live:
+        started = [procs.start(spec, tag=stack.name) for spec in stack.processes]
+        live = Live(stack, started)
+        try:
+            probe(stack, self.opts.probe_timeout)
+        except BenchError as exc:
+            tails = "\n".join(f"--- {p.spec.name} ({p.log}):\n{p.tail(8)}" for p in started)
+            raise BenchError(f"{exc}\n{tails}") from None
+        if stack.check_rejects:
+            status, body = _post(stack.url, {})
+            if status not in (401, 403):
+                raise PendingError(
+                    f"auth not enforced yet: a request without the token got {status} "
+                    f"{body[:120]!r}"
+                )
+        return live
+
+    def broker(self, procs: Processes, bus: str) -> tuple[Proc, str, Path | None]:
+        if bus == "nats":
+            nats = NatsServer()
+            spec = ProcSpec("nats-server", nats.command(), Ready(port=nats.port), under_test=False)
+            return procs.start(spec, tag="broker"), nats.url, Path(nats.store)
+        tansu = TansuBroker()
+        spec = ProcSpec("tansu", tansu.command(), Ready(port=tansu.port), under_test=False)
+        return procs.start(spec, tag="broker"), tansu.url, None
+
+    def run_bus(self, bus: str, names: list[str], sse: bool) -> None:
+        """Everything on one broker: start the stacks, alternate the load, then SSE."""
+        scenarios = self.results["scenarios"]
+        modes = [m for m in ("throughput", "latency") if self._wants(m, names)]
+        with Processes() as procs:
+            store: Path | None = None
+            try:
+                broker, url, store = self.broker(procs, bus)
+                live: dict[str, Live] = {}
+                for name in names:
+                    entry = scenarios[name]
+                    built = STACKS[name].build(self.env, url)
+                    if isinstance(built, Pending):
+                        entry.update(status="pending", reason=built.reason)
+                        continue
+                    try:
+                        live[name] = self.start_stack(procs, built)
+                    except PendingError as exc:
+                        entry.update(status="pending", reason=str(exc))
+                        procs.stop(built.name)
+                        continue
+                    except (BenchError, ProcessFailed) as exc:
+                        entry.update(status="failed", reason=str(exc))
+                        procs.stop(built.name)
+                        print(f"bench: {name} failed:\n{exc}", file=sys.stderr)
+                        continue
+                    entry.update(
+                        status="ok",
+                        reason=None,
+                        url=built.url,
+                        processes={p.spec.name: p.spec.argv for p in live[name].procs},
+                        pids={p.spec.name: p.pid for p in live[name].procs},
+                        idle_rss_mb=_sum_rss(live[name].procs),
+                    )
+                    self._say(f"{name}: up, idle RSS {entry['idle_rss_mb']}")
+                for mode in modes:
+                    for round_ in range(self.opts.rounds):
+                        for name, stack in live.items():
+                            self._say(f"{name}: {mode} round {round_ + 1}/{self.opts.rounds}")
+                            run = self.measure(stack, mode, broker)
+                            run["round"] = round_ + 1
+                            scenarios[name].setdefault(mode, {"runs": []})["runs"].append(run)
+                self.results["brokers"][bus] = {"rss_mb": broker.rss_mb(), "pid": broker.pid}
+                if sse:
+                    self.sse_idle(procs, url)
+            finally:
+                procs.stop()
+                if store is not None:
+                    shutil.rmtree(store, ignore_errors=True)
+
+    def _wants(self, mode: str, names: list[str]) -> bool:
+        if mode == "latency":
+            return "latency" in self.opts.scenarios
+        return any(n in self.opts.scenarios for n in names)
+
+    # --- SSE ------------------------------------------------------------------------------
+
+    def sse_idle(self, procs: Processes, bus_url: str) -> None:
+        """RSS of one fresh busgate edge holding N idle streams, for each N."""
+        entry = self.results["scenarios"]["sse-idle"]
+        built = busgate(self.env, bus_url, name="busgate-sse")
+        if isinstance(built, Pending):
+            entry.update(status="pending", reason=built.reason)
+            return
+        try:
+            live = self.start_stack(procs, built)
+        except (BenchError, ProcessFailed) as exc:
+            entry.update(status="failed", reason=str(exc))
+            return
+        edge = next(p for p in live.procs if p.spec.name == "edge")
+        url = f"http://{HOST}:{built.edge_port}{STREAM}"
+        status, body = self._stream_probe(url)
+        if status in (404, 405):
+            entry.update(status="pending", reason=f"POST {STREAM} answered {status}: no SSE yet")
+            procs.stop(built.name)
+            return
+        if status != 200:
+            entry.update(status="failed", reason=f"POST {STREAM} answered {status} {body!r}")
+            procs.stop(built.name)
+            return
+        entry.update(
+            status="ok",
+            reason=None,
+            url=url,
+            pids={p.spec.name: p.pid for p in live.procs},
+            idle_rss_mb=edge.rss_mb(),
+            streams={},
+        )
+        for count in self.opts.sse_counts:
+            self._say(f"sse-idle: {count} streams")
+            entry["streams"][str(count)] = self._hold(url, count, edge)
+        procs.stop(built.name)
+
+    def _stream_probe(self, url: str) -> tuple[int, str]:
+        """Open one stream, read its head, close it."""
+        req = urllib.request.Request(
+            url,
+            data=STREAM_BODY,
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                kind = resp.headers.get("Content-Type", "")
+                if "text/event-stream" not in kind:
+                    return 415, kind
+                return int(resp.status), kind
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()[:200].decode(errors="replace")
+        except OSError as exc:
+            return 0, str(exc)
+
+    def _hold(self, url: str, count: int, edge: Proc) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "bench.sse_hold", url, "--count", str(count)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        holder = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None
+            line = holder.stdout.readline().split(maxsplit=3)
+            if not line or line[0] != "OPEN":
+                return {"opened": 0, "failed": count, "error": "holder died"}
+            time.sleep(2.0)  # let the edge settle (first steps sent, buffers trimmed)
+            rss = edge.rss_mb()
+            return {
+                "opened": int(line[1]),
+                "failed": int(line[2]),
+                "first_error": line[3].strip() if len(line) > 3 and int(line[2]) else None,
+                "rss_mb": rss,
+                "holder_rss_mb": round(rss_kb(holder.pid) / 1024, 1),
+            }
+        finally:
+            with contextlib.suppress(OSError):
+                assert holder.stdin is not None
+                holder.stdin.close()
+            try:
+                holder.wait(15)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+
+    # --- whole run ------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+    def run(self) -> dict[str, Any]:
+        opts = self.opts
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if opts.load == "wrk":
+            self.wrk = loadgen.ensure_wrk(opts.install)
+            if self.wrk is None:
+                raise SystemExit(
+                    "bench: wrk is missing (apt-get install wrk), or use --load python"
+                )
+        self.results = {
+            "version": 1,
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "system": platform.platform(),
+            },
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+            "load_tool": self._tool_version(),
+            "runner": self.env.runner_name,
+            "busgate_cli": " ".join(self.env.busgate) if self.env.busgate else None,
+            "brokers": {},
+            "scenarios": {
+                name: {"status": "skipped", "reason": "not selected"}
+                | ({"bus": STACKS[name].bus, "floor": STACKS[name].floor} if name in STACKS else {})
+                for name in ALL
+            },
+        }
+        wanted = [n for n in STACKS if n in opts.scenarios]
+        if not wanted and "latency" in opts.scenarios:
+            wanted = list(STACKS)
+        sse = "sse-idle" in opts.scenarios
+        interrupted = False
+        try:
+            for bus in ("nats", "kafka"):
+                names = [n for n in wanted if STACKS[n].bus == bus]
+                if names or (sse and bus == "nats"):
+                    self.run_bus(bus, names, sse and bus == "nats")
+        except KeyboardInterrupt:
+            interrupted = True
+            self._say("interrupted: every process stopped; writing what was measured")
+        finally:
+            summarise(self.results)
+            self.results["interrupted"] = interrupted
+            self.results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            opts.output.parent.mkdir(parents=True, exist_ok=True)
+            opts.output.write_text(json.dumps(self.results, indent=2) + "\n")
+        return self.results
+
+    def _tool_version(self) -> str:
+        if self.opts.load != "wrk" or self.wrk is None:
+            return "python (bench.pyload)"
+        done = subprocess.run([self.wrk, "-v"], capture_output=True, text=True, check=False)
+        first = (done.stdout or done.stderr).splitlines()
+        return first[0].strip() if first else "wrk"
+
+
+# --- aggregation ----------------------------------------------------------------------------
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean req/s over rounds, median percentiles, summed errors, peak RSS per process."""
+    rss: dict[str, float] = {}
+    for run in runs:
+        for name, mb in run["rss_mb"].items():
+            rss[name] = max(rss.get(name, 0.0), mb)
+    return {
+        "rps": round(mean(r["rps"] for r in runs), 1),
+        "p50_ms": round(median(r["p50_ms"] for r in runs), 3),
+        "p99_ms": round(median(r["p99_ms"] for r in runs), 3),
+        "p999_ms": round(median(r["p999_ms"] for r in runs), 3),
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "rss_mb": rss,
+    }
+
+
+def summarise(results: dict[str, Any]) -> None:
+    """Aggregate the rounds, compute the ratios against each floor, judge the targets."""
+    scenarios = results["scenarios"]
+    for entry in scenarios.values():
+        for mode in ("throughput", "latency"):
+            if mode in entry and entry[mode]["runs"]:
+                entry[mode].update(_aggregate(entry[mode]["runs"]))
+    for entry in scenarios.values():
+        floor = scenarios.get(entry.get("floor") or "")
+        if not floor:
+            continue
+        mine, base = entry.get("throughput"), floor.get("throughput")
+        if mine and base and base.get("rps"):
+            entry["ratio"] = round(mine["rps"] / base["rps"], 3)
+        mine, base = entry.get("latency"), floor.get("latency")
+        if mine and base and "p99_ms" in mine and "p99_ms" in base:
+            entry["p99_delta_ms"] = round(mine["p99_ms"] - base["p99_ms"], 3)
+            entry["p50_delta_ms"] = round(mine["p50_ms"] - base["p50_ms"], 3)
+    results["errors"] = sum(
+        entry.get(mode, {}).get("errors", 0)
+        for entry in scenarios.values()
+        for mode in ("throughput", "latency")
+    )
+    results["targets"] = [
+        judge(t.label, t.scenario, t.metric, t.limit, t.at_least, scenarios) for t in TARGETS
+    ]
+
+
+def judge(
+    label: str, scenario: str, metric: str, limit: float, at_least: bool, scenarios: dict[str, Any]
+) -> dict[str, Any]:
+    entry = scenarios.get(scenario, {})
+    row: dict[str, Any] = {"target": label, "limit": limit, "value": None}
+    status = entry.get("status", "skipped")
+    if status != "ok":
+        row["status"] = {"pending": "PENDING", "failed": "MISS"}.get(status, "SKIPPED")
+        row["note"] = entry.get("reason")
+        return row
+    value: float | None = None
+    errors = 0
+    match metric:
+        case "ratio" | "p99_delta_ms":
+            value = entry.get(metric)
+            errors = entry.get("throughput" if metric == "ratio" else "latency", {}).get(
+                "errors", 0
+            )
+        case "p50_ms":
+            value = entry.get("latency", {}).get("p50_ms")
+            errors = entry.get("latency", {}).get("errors", 0)
+        case "idle_rss_mb":
+            value = entry.get("idle_rss_mb", {}).get("edge")
+        case "sse_rss_mb":
+            value = entry.get("streams", {}).get("10000", {}).get("rss_mb")
+            errors = entry.get("streams", {}).get("10000", {}).get("failed", 0)
+    if value is None:
+        row.update(status="SKIPPED", note="not measured in this run (mode or floor not selected)")
+        return row
+    row["value"] = value
+    ok = value >= limit if at_least else value <= limit
+    row["status"] = "PASS" if ok and not errors else "MISS"
+    if errors:
+        row["note"] = f"{errors} errors"
+    return row

@@ -1,0 +1,282 @@
+"""The scenarios, as data: for each, the processes to start (argv + readiness check), the
+URL and headers to load, and the floor it is compared with.
+
+A scenario that cannot run yet in this tree (the busgate CLI is missing, the config does not
+accept tokens, the edge has no ``/api/stream``) builds a :class:`Pending` with the reason,
+which the report prints instead of a number: nothing is faked.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.procs import HOST, ROOT, ProcSpec, Ready
+from busgate.brokers import free_port
+
+ECHO = "/api/request/demo/echo"
+FLOOR_ECHO = ECHO  # the floor edge forwards any path; the same one keeps logs comparable
+STREAM = "/api/stream/demo/count"
+STREAM_BODY = b'{"from":1,"to":2,"batch":1,"wait":3600000}'
+"""One event at once, then an hour's wait: the stream stays open and idle."""
+
+SECURE_SECRET = secrets.token_hex(32)
+SECURE_FRAGMENT = f"""
+# Bearer tokens (HS512), required on every path of the demo channel.
+[tokens.bench]
+secret = "{SECURE_SECRET}"
+algorithm = "HS512"
+issuer = "busgate-bench"
+
+[channels.demo.auth]
+"*" = "token"
+"""
+"""Config added for ``busgate-nats-secure``; edit it to the token schema once auth lands.
+Until ``busgate config check`` accepts it, the scenario is reported as pending."""
+
+
+@dataclass
+class Env:
+    """What the scenarios are built from: interpreters and commands found in this tree."""
+
+    python: str
+    busgate: list[str] | None
+    """argv prefix of the busgate CLI, or None while it is not in the tree."""
+    busgate_runner: bool
+    """``busgate runner rpc`` exists (else the stand-in runner serves both sides)."""
+    workdir: Path
+    secure_fragment: str = SECURE_FRAGMENT
+
+    def runner(self, port: int) -> ProcSpec:
+        listen = f"{HOST}:{port}"
+        if self.busgate is not None and self.busgate_runner:
+            argv = [*self.busgate, "runner", "rpc", "--listen", listen]
+        else:
+            argv = [self.python, "-m", "bench.floor.runner", "--listen", listen]
+        return ProcSpec("runner", argv, Ready(port=port))
+
+    @property
+    def runner_name(self) -> str:
+        if self.busgate is not None and self.busgate_runner:
+            return "busgate runner rpc"
+        return "bench.floor.runner (stand-in: busgate runner rpc not in this tree)"
+
+
+@dataclass
+class Stack:
+    """One system under test, ready to start."""
+
+    name: str
+    bus: str
+    processes: list[ProcSpec]
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    floor: str | None = None
+    check_rejects: bool = False
+    """Also check that a request without ``headers`` is refused (auth really enforced)."""
+    edge_port: int = 0
+
+
+@dataclass
+class Pending:
+    """A scenario this tree cannot run yet, and why."""
+
+    reason: str
+
+
+Builder = Callable[[Env, str], "Stack | Pending"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    bus: str
+    build: Builder
+    floor: str | None = None
+
+
+def _cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    assert env.busgate is not None
+    return subprocess.run(
+        [*env.busgate, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, check=False
+    )
+
+
+def find_busgate(python: str = sys.executable) -> list[str] | None:
+    """The busgate CLI as an argv prefix: ``python -m busgate`` when the tree has it."""
+    if (ROOT / "busgate" / "__main__.py").exists() and (ROOT / "busgate" / "cli.py").exists():
+        return [python, "-m", "busgate"]
+    script = Path(python).with_name("busgate")
+    return [str(script)] if script.exists() else None
+
+
+def has_command(busgate: list[str] | None, *words: str) -> bool:
+    """Whether ``busgate WORDS --help`` works, i.e. the subcommand exists."""
+    if busgate is None:
+        return False
+    try:
+        done = subprocess.run(
+            [*busgate, *words, "--help"], capture_output=True, timeout=30, cwd=ROOT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def floor(env: Env, bus_url: str) -> Stack:
+    runner, edge = free_port(), free_port()
+    py = env.python
+    kind = bus_url.partition("://")[0]
+    return Stack(
+        name=f"floor-{kind}",
+        bus=kind,
+        processes=[
+            env.runner(runner),
+            ProcSpec(
+                "responder",
+                [
+                    *(py, "-m", "bench.floor.responder", "--bus", bus_url),
+                    *("--runner", f"http://{HOST}:{runner}/api/demo/echo"),
+                ],
+            ),
+            ProcSpec(
+                "edge",
+                [py, "-m", "bench.floor.edge", "--bus", bus_url, "--listen", f"{HOST}:{edge}"],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{FLOOR_ECHO}",
+        edge_port=edge,
+    )
+
+
+def busgate_config(name: str, bus_url: str, listen: str, runner: int, extra: str = "") -> str:
+    """The issue's config; a prefix and id per stack keep stacks on one broker apart."""
+    return f"""[gateway]
+id = "{name}"
+prefix = "{name}"
+bus = "{bus_url}"
+listen = "{listen}"
+max_streams = 20000
+max_streams_per_client = 20000
+
+[systems.demo]
+type = "rpc"
+base_url = "http://{HOST}:{runner}/api/demo"
+timeout = 5.0
+
+[channels.demo]
+system = "demo"
+{extra}"""
+
+
+def hs512_token(secret: str, subject: str = "bench", ttl: int = 3600) -> str:
+    """A signed JWT for the secure scenario (stdlib only: the bench adds no dependency)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = int(time.time())
+    header = b64(json.dumps({"alg": "HS512", "typ": "JWT"}).encode())
+    claims = {"sub": subject, "iss": "busgate-bench", "iat": now, "exp": now + ttl}
+    payload = b64(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha512)
+    return f"{header}.{payload}.{b64(signature.digest())}"
+
+
+def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack | Pending:
+    if env.busgate is None or not has_command(env.busgate, "edge"):
+        return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
+    runner, edge = free_port(), free_port()
+    extra = env.secure_fragment if secure else ""
+    config = env.workdir / f"{name}.toml"
+    config.write_text(busgate_config(name, bus_url, f"{HOST}:{edge}", runner, extra))
+    if has_command(env.busgate, "config", "check"):
+        check = _cli(env, "config", "check", str(config))
+        if check.returncode != 0:
+            why = (check.stderr or check.stdout).strip().splitlines()
+            detail = why[-1] if why else f"exit {check.returncode}"
+            if secure:
+                return Pending(f"config does not take bearer tokens yet: {detail}")
+            return Pending(f"busgate rejects the bench config: {detail}")
+    headers = {"Authorization": f"Bearer {hs512_token(SECURE_SECRET)}"} if secure else {}
+    cfg = str(config)
+    return Stack(
+        name=name,
+        bus=bus_url.partition("://")[0],
+        processes=[
+            env.runner(runner),
+            ProcSpec("adapter", [*env.busgate, "adapter", "--config", cfg], Ready(settle=0.5)),
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", cfg],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{ECHO}",
+        headers=headers,
+        check_rejects=secure,
+        edge_port=edge,
+    )
+
+
+def _busgate(name: str, secure: bool = False) -> Builder:
+    return functools.partial(busgate, name=name, secure=secure)
+
+
+STACKS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("floor-nats", "nats", floor),
+        Scenario("busgate-nats", "nats", _busgate("busgate-nats"), floor="floor-nats"),
+        Scenario(
+            "busgate-nats-secure",
+            "nats",
+            _busgate("busgate-nats-secure", secure=True),
+            floor="floor-nats",
+        ),
+        Scenario("floor-kafka", "kafka", floor),
+        Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
+    )
+}
+"""Scenarios that run under load; ``latency`` and ``sse-idle`` are measured on them."""
+
+MODES = ("latency", "sse-idle")
+ALL = (*STACKS, *MODES)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal from the issue, printed as PASS/MISS next to the numbers."""
+
+    label: str
+    scenario: str
+    metric: str
+    """``ratio`` (throughput / floor's), ``p99_delta_ms``, ``p50_ms``, ``idle_rss_mb``,
+    ``sse_rss_mb``."""
+    limit: float
+    at_least: bool = False
+
+
+TARGETS = (
+    Target("busgate-nats ≥ 0.9 x floor-nats req/s", "busgate-nats", "ratio", 0.9, True),
+    Target("busgate-nats p99 @1 in flight ≤ floor + 1 ms", "busgate-nats", "p99_delta_ms", 1.0),
+    Target(
+        "busgate-nats-secure ≥ 0.8 x floor-nats req/s", "busgate-nats-secure", "ratio", 0.8, True
+    ),
+    Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
+    Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),
+    Target("idle busgate-nats edge ≤ 80 MB RSS", "busgate-nats", "idle_rss_mb", 80.0),
+    Target("idle busgate-kafka edge ≤ 80 MB RSS", "busgate-kafka", "idle_rss_mb", 80.0),
+    Target("10,000 idle SSE streams ≤ 400 MB edge RSS", "sse-idle", "sse_rss_mb", 400.0),
+)
