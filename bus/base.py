@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import msgspec
@@ -31,6 +32,10 @@ from contracts.errors import (
 from contracts.wire import Cancel, Presence, Reply, Request, StreamStep
 
 log = logging.getLogger("busgate.bus")
+
+CANCEL_MEMORY = 60.0
+"""Seconds an adapter remembers a Cancel whose request it has not seen."""
+CANCEL_MEMORY_SIZE = 10_000
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
 
@@ -85,6 +90,8 @@ class Bus(abc.ABC):
         self.pending = Pending()
         self.presence = PresenceView()
         self._inflight: dict[str, Responder] = {}
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        """Cancels that arrived before their request (an adapter's view; see ``_remember``)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._handler: Handler | None = None
         self._served: tuple[str, ...] = ()
@@ -150,6 +157,22 @@ class Bus(abc.ABC):
             responder = self._inflight.get(msg.id)
             if responder is not None:
                 responder.cancelled.set()
+            elif self._served:
+                self._remember_cancel(msg.id)
+
+    def _remember_cancel(self, request_id: str) -> None:
+        """Keep a Cancel whose request has not arrived (yet).
+
+        Requests and Cancels travel on different subjects/topics, so on Kafka a Cancel can
+        overtake its request; the request is then dropped on arrival. Bounded in time and size:
+        most remembered ids are requests another adapter of the group serves.
+        """
+        now = time.monotonic()
+        self._cancelled[request_id] = now + CANCEL_MEMORY
+        while self._cancelled and (
+            len(self._cancelled) > CANCEL_MEMORY_SIZE or next(iter(self._cancelled.values())) < now
+        ):
+            self._cancelled.popitem(last=False)
 
     def _on_request(self, data: bytes) -> None:
         try:
@@ -162,12 +185,15 @@ class Bus(abc.ABC):
         if req.deadline and time.time() >= req.deadline:
             self.dropped_expired += 1
             return
+        if self._cancelled.pop(req.id, None) is not None:
+            return
         responder = Responder(self, req)
+        # Registered now, not in the task: a Cancel may be handled before the task runs.
+        self._inflight[req.id] = responder
         self._spawn(self._handle(req, responder))
 
     async def _handle(self, req: Request, responder: Responder) -> None:
         assert self._handler is not None
-        self._inflight[req.id] = responder
         try:
             await self._handler(req, responder)
         except Exception:

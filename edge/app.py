@@ -12,9 +12,12 @@ from edge import health, keys
 from edge.ids import IdFactory
 from edge.middleware.errors import errors_middleware
 from edge.middleware.ids import ids_middleware
+from edge.open_streams import OpenStreams
 from edge.request import handle_request
+from edge.stream import handle_stream
 
 API_PATH = "/api/request/{channel}/{path:.*}"
+STREAM_PATH = "/api/stream/{channel}/{path:.*}"
 
 
 def create_app(config: Config, *, bus: bus_.Bus | None = None) -> web.Application:
@@ -23,9 +26,15 @@ def create_app(config: Config, *, bus: bus_.Bus | None = None) -> web.Applicatio
     app = web.Application(
         middlewares=[ids_middleware(config.gateway, ids), errors_middleware],
         client_max_size=config.gateway.max_body,
+        # A client that drops its connection cancels its handler: an SSE stream notices at
+        # once and cancels its saga (edge.stream); a plain call stops waiting for its reply.
+        handler_args={"handler_cancellation": True},
     )
     app[keys.CONFIG] = config
     app[keys.IDS] = ids
+    app[keys.STREAMS] = OpenStreams(
+        config.gateway.max_streams, config.gateway.max_streams_per_client
+    )
 
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = bus is None
@@ -40,8 +49,14 @@ def create_app(config: Config, *, bus: bus_.Bus | None = None) -> web.Applicatio
             await the_bus.close()
 
     app.cleanup_ctx.append(bus_ctx)
+
+    async def close_streams(app: web.Application) -> None:
+        app[keys.STREAMS].stop_all()  # before the bus closes: their Cancels still go out
+
+    app.on_shutdown.append(close_streams)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         app.router.add_route(method, API_PATH, handle_request)
+        app.router.add_route(method, STREAM_PATH, handle_stream)
     return app

@@ -11,10 +11,12 @@ from contracts.config import Config
 
 if TYPE_CHECKING:
     from edge.ids import IdFactory
+    from edge.open_streams import OpenStreams
 
 CONFIG = web.AppKey("config", Config)
 BUS = web.AppKey("bus", Bus)
 IDS: web.AppKey[IdFactory] = web.AppKey("ids")
+STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)

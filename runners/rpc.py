@@ -1,7 +1,8 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
-Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count``. It keeps a short
-log of the calls it received (``GET /calls``) so tests can check what crossed the gateway.
+Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
+``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). It keeps a
+short log of the calls it received (``GET /calls``) so tests can check what crossed the gateway.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ async def saga(request: web.Request) -> web.Response:
             status = _int(p, "status", 500)
             return _json({"error": p.get("message", "failed on purpose")}, status)
         case "count":
-            return _json(count_step(p))
+            step = count_step(p)
+            if "fail_at" in p and any(n >= _int(p, "fail_at", 0) for n in step["list"]):
+                return _json({"error": "count failed on purpose"}, 500)
+            return _json(step)
     return _json({"error": f"no saga {name!r}"}, 404)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -33,6 +34,19 @@ class SagaStep(msgspec.Struct):
 
 
 _saga_decoder = msgspec.json.Decoder(SagaStep)
+log = logging.getLogger("busgate.adapter.rpc")
+
+
+def cursor_text(cursor: Any) -> str | None:
+    """A runner's ``next`` as the text the edge sends as the SSE ``id``.
+
+    Strings pass as they are; other JSON values (``4``, ``{"page": 2}``) as their JSON text.
+    Within one loop the runner gets its cursor back as it sent it; after a reconnect it gets
+    this text (``previous = "4"``), so runners should accept both.
+    """
+    if cursor is None or isinstance(cursor, str):
+        return cursor
+    return json_encode(cursor).decode()
 
 
 def _meta(req: Request, trace_id: str) -> bytes:
@@ -118,7 +132,20 @@ class RpcClient:
         return Reply(id=req.id, status=status, headers=headers, body=payload)
 
     async def stream(self, req: Request, responder: Responder) -> None:
-        """The saga loop: call, send the step, wait, call again with ``previous``."""
+        """The saga loop: call the runner, send its ``list`` as one step, wait, call again.
+
+        Each call gets the request's parameters plus ``previous`` = the last step's ``next``
+        (at the start: the client's ``Last-Event-ID``, as text). The loop goes on while the
+        runner answers ``"continue": true``, pausing ``wait`` ms between calls (default
+        ``gateway.stream_wait``), and stops on the last step, on an error (sent as the final
+        step) or on Cancel, which is checked before every call and ends a pause at once.
+
+        Keepalives: during a pause longer than ``gateway.stream_heartbeat`` an empty step (no
+        items, no cursor) goes out every heartbeat. The edge thus hears from a live saga at
+        least every ``heartbeat + system timeout`` seconds whatever ``wait`` the runner
+        chooses, and can give up on a dead adapter after that (see ``edge.stream``), instead
+        of trusting a ``wait`` it never sees.
+        """
         try:
             parameters = json_decode(req.body) if req.body else {}
         except msgspec.DecodeError:
@@ -126,37 +153,59 @@ class RpcClient:
         if not isinstance(parameters, dict):
             parameters = {"value": parameters}
         previous: Any = req.resume
-        default_wait = self.gateway.stream_wait
-        while not responder.cancelled.is_set():
-            if previous is not None:
-                parameters["previous"] = previous
-            deadline = time.time() + self.system.timeout
-            step_req = msgspec.structs.replace(req, deadline=deadline)
-            try:
-                status, _, payload = await self._post(step_req, json_encode(parameters))
-                if status >= 400:
-                    raise errors.UpstreamError(
-                        f"runner of system {self.name!r} answered {status}: "
-                        f"{payload[:200].decode(errors='replace')}"
-                    )
+        cancelled = responder.cancelled
+        try:
+            while not cancelled.is_set():
+                if previous is not None:
+                    parameters["previous"] = previous
                 try:
-                    step = _saga_decoder.decode(payload)
-                except msgspec.DecodeError:
-                    raise errors.UpstreamError(
-                        f"runner of system {self.name!r} answered a non-saga body"
-                    ) from None
-            except errors.BusgateError as exc:
-                await responder.step([], last=True, error=exc)
-                return
-            last = not step.continue_
-            cursor = None if step.next is None else str(step.next)
-            await responder.step([bytes(item) for item in step.items], next=cursor, last=last)
-            if last:
-                return
-            previous = step.next
-            wait = default_wait if step.wait is None else step.wait / 1000
+                    step = await self._saga_step(req, parameters)
+                except errors.BusgateError as exc:
+                    if not cancelled.is_set():
+                        await responder.step([], last=True, error=exc)
+                    return
+                if cancelled.is_set():
+                    return
+                last = not step.continue_
+                await responder.step(
+                    [bytes(item) for item in step.items], next=cursor_text(step.next), last=last
+                )
+                if last:
+                    return
+                previous = step.next
+                wait = self.gateway.stream_wait if step.wait is None else step.wait / 1000
+                await self._pause(responder, max(wait, 0.0))
+        except errors.BusUnavailable:
+            log.warning("stream %s stopped: the bus is unavailable", req.id)
+
+    async def _saga_step(self, req: Request, parameters: dict[str, Any]) -> SagaStep:
+        """One runner call of a saga, with the system's timeout for each call."""
+        step_req = msgspec.structs.replace(req, deadline=time.time() + self.system.timeout)
+        status, _, payload = await self._post(step_req, json_encode(parameters))
+        if status >= 400:
+            raise errors.UpstreamError(
+                f"runner of system {self.name!r} answered {status}: "
+                f"{payload[:200].decode(errors='replace')}"
+            )
+        try:
+            return _saga_decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise errors.UpstreamError(
+                f"runner of system {self.name!r} answered a non-saga body: {exc}"
+            ) from None
+
+    async def _pause(self, responder: Responder, wait: float) -> None:
+        """Wait between steps, ended early by Cancel; keepalive steps on long pauses."""
+        heartbeat = self.gateway.stream_heartbeat
+        end = time.monotonic() + wait
+        while (remaining := end - time.monotonic()) > 0:
+            chunk = min(remaining, heartbeat) if heartbeat > 0 else remaining
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(responder.cancelled.wait(), wait)
+                async with asyncio.timeout(chunk):
+                    await responder.cancelled.wait()
+                return  # cancelled
+            if end - time.monotonic() > 0:
+                await responder.step([])
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,0 +1,94 @@
+"""The open SSE streams of one edge node: its limits, and closing them all at shutdown.
+
+``gateway.max_streams`` bounds the streams of the node, ``gateway.max_streams_per_client``
+those of one client: the authenticated subject when there is one, else the client's IP
+address. Past either, a new stream is refused with 429 and ``Retry-After`` (the call never
+reaches the bus). A limit of 0 means none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from contracts.errors import RateLimited
+from contracts.wire import Request
+
+RETRY_AFTER = 5.0
+"""Seconds a refused client is told to wait; a slot frees whenever any stream ends."""
+
+
+def client_key(req: Request) -> str:
+    """Whose stream this is, for the per-client limit."""
+    if req.identity is not None:
+        return f"subject:{req.identity.subject}"
+    return f"ip:{req.origin.client_ip if req.origin else ''}"
+
+
+class Slot:
+    """One admitted stream. ``stopping`` resolves when the node wants it closed."""
+
+    __slots__ = ("_owner", "client", "closed", "stopping")
+
+    def __init__(self, owner: OpenStreams, client: str) -> None:
+        self._owner = owner
+        self.client = client
+        self.closed = False
+        self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self) -> None:
+        """Give the slot back (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            self._owner._release(self)
+
+
+class OpenStreams:
+    def __init__(self, max_streams: int, max_per_client: int) -> None:
+        self.max_streams = max_streams
+        self.max_per_client = max_per_client
+        self._slots: set[Slot] = set()
+        self._per_client: dict[str, int] = {}
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def of(self, client: str) -> int:
+        return self._per_client.get(client, 0)
+
+    def open(self, client: str) -> Slot:
+        """Admit one more stream for ``client``, or raise RateLimited."""
+        if self.max_streams > 0 and len(self._slots) >= self.max_streams:
+            self.refused += 1
+            raise RateLimited(
+                f"this edge node has {len(self._slots)} open streams, its limit",
+                retry_after=RETRY_AFTER,
+            )
+        held = self._per_client.get(client, 0)
+        if self.max_per_client > 0 and held >= self.max_per_client:
+            self.refused += 1
+            raise RateLimited(
+                f"too many open streams for this client (limit {self.max_per_client})",
+                retry_after=RETRY_AFTER,
+            )
+        slot = Slot(self, client)
+        self._slots.add(slot)
+        self._per_client[client] = held + 1
+        return slot
+
+    def _release(self, slot: Slot) -> None:
+        self._slots.discard(slot)
+        held = self._per_client.get(slot.client, 0) - 1
+        if held > 0:
+            self._per_client[slot.client] = held
+        else:
+            self._per_client.pop(slot.client, None)
+
+    def stop_all(self) -> int:
+        """Ask every open stream to close (graceful shutdown); returns how many."""
+        stopped = 0
+        for slot in self._slots:
+            if not slot.stopping.done():
+                slot.stopping.set_result(None)
+                stopped += 1
+        return stopped

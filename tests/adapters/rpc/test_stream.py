@@ -1,0 +1,162 @@
+"""The RPC adapter's saga loop (``RpcClient.stream``) against the real sample runner."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestServer
+
+from adapters.rpc.client import RpcClient, cursor_text
+from contracts import errors
+from contracts.codec import json_encode
+from contracts.config import Gateway, RpcSystem
+from contracts.wire import Request
+from runners.rpc import CALLS, create_app
+
+
+class Steps:
+    """Stands in for the bus Responder: records the steps, can be cancelled."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.cancelled = asyncio.Event()
+        self.steps: list[dict] = []
+        self.cancel_after = cancel_after
+        self.arrived = asyncio.Queue()
+
+    async def step(self, items, *, next=None, last=False, error=None) -> None:
+        self.steps.append({"items": items, "next": next, "last": last, "error": error})
+        self.arrived.put_nowait(self.steps[-1])
+        if self.cancel_after is not None and len(self.steps) >= self.cancel_after:
+            self.cancelled.set()
+
+
+@pytest.fixture
+async def runner():
+    server = TestServer(create_app())
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def client_for(runner):
+    clients = []
+
+    def make(**gateway) -> RpcClient:
+        system = RpcSystem(base_url=str(runner.make_url("/api/demo")), timeout=2.0)
+        clients.append(RpcClient("demo", system, Gateway(**gateway)))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def stream_request(body: dict, resume: str | None = None) -> Request:
+    return Request(
+        id="gw-s-1",
+        kind="stream",
+        channel="demo",
+        system="demo",
+        path="count",
+        body=json_encode(body),
+        deadline=time.time() + 5,
+        resume=resume,
+    )
+
+
+def params(runner) -> list[dict]:
+    return [call["parameters"] for call in runner.app[CALLS]]
+
+
+async def test_the_loop_passes_next_as_previous_until_continue_is_false(client_for, runner):
+    steps = Steps()
+    await client_for().stream(stream_request({"to": 5, "batch": 2, "wait": 0}), steps)
+    assert [(s["items"], s["next"], s["last"]) for s in steps.steps] == [
+        ([b"1", b"2"], "2", False),
+        ([b"3", b"4"], "4", False),
+        ([b"5"], "5", True),
+    ]
+    assert [p.get("previous") for p in params(runner)] == [None, 2, 4]
+
+
+async def test_resume_starts_after_the_clients_last_event_id(client_for, runner):
+    steps = Steps()
+    await client_for().stream(stream_request({"to": 3, "wait": 0}, resume="1"), steps)
+    assert [s["items"] for s in steps.steps] == [[b"2"], [b"3"]]
+    assert params(runner)[0]["previous"] == "1"
+
+
+async def test_cancel_stops_the_loop_before_the_next_call(client_for, runner):
+    steps = Steps()
+    saga = asyncio.ensure_future(
+        client_for().stream(stream_request({"to": 9, "wait": 60000}), steps)
+    )
+    await steps.arrived.get()
+    steps.cancelled.set()  # in the middle of a 60 s pause
+    await asyncio.wait_for(saga, 10)
+    assert len(steps.steps) == 1
+    assert len(runner.app[CALLS]) == 1
+
+
+async def test_a_cancel_during_a_call_sends_nothing_more(client_for, runner):
+    steps = Steps(cancel_after=1)
+    await client_for().stream(stream_request({"to": 9, "wait": 0}), steps)
+    assert len(steps.steps) == 1
+    assert len(runner.app[CALLS]) == 1
+
+
+async def test_the_default_wait_applies_when_the_runner_names_none(client_for, runner):
+    steps = Steps()
+    # echo answers its parameters: one item, "continue": true and no "wait".
+    req = msgspec.structs.replace(stream_request({"list": [1], "continue": True}), path="echo")
+    saga = asyncio.ensure_future(client_for(stream_wait=3600).stream(req, steps))
+    await steps.arrived.get()
+    steps.cancelled.set()
+    await asyncio.wait_for(saga, 10)
+    assert len(runner.app[CALLS]) == 1  # with no pause, a second call would have started
+
+
+async def test_long_pauses_send_keepalive_steps(client_for, runner):
+    steps = Steps()
+    saga = asyncio.ensure_future(
+        client_for(stream_heartbeat=0.02).stream(stream_request({"to": 2, "wait": 60000}), steps)
+    )
+    first = await steps.arrived.get()
+    keepalives = [await steps.arrived.get() for _ in range(2)]
+    steps.cancelled.set()
+    await asyncio.wait_for(saga, 10)
+    assert first["items"] == [b"1"]
+    assert keepalives == [{"items": [], "next": None, "last": False, "error": None}] * 2
+    assert len(runner.app[CALLS]) == 1
+
+
+async def test_a_runner_error_is_the_last_step(client_for, runner):
+    steps = Steps()
+    body = {"to": 9, "batch": 2, "wait": 0, "fail_at": 3}
+    await client_for().stream(stream_request(body), steps)
+    assert [s["items"] for s in steps.steps] == [[b"1", b"2"], []]
+    failed = steps.steps[-1]
+    assert failed["last"] is True
+    assert isinstance(failed["error"], errors.UpstreamError)
+    assert "500" in failed["error"].message
+
+
+async def test_an_answer_that_is_no_saga_step_is_an_error(client_for):
+    steps = Steps()
+    req = msgspec.structs.replace(stream_request({"list": "not a list"}), path="echo")
+    await client_for().stream(req, steps)
+    (failed,) = steps.steps
+    assert failed["last"] is True
+    assert isinstance(failed["error"], errors.UpstreamError)
+    assert "non-saga" in failed["error"].message
+
+
+def test_cursors_become_text():
+    assert cursor_text(None) is None
+    assert cursor_text("abc") == "abc"
+    assert cursor_text(4) == "4"
+    assert cursor_text({"page": 2}) == '{"page":2}'

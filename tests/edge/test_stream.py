@@ -1,0 +1,185 @@
+"""``/api/stream`` against real parts: an edge app on a real port, a real nats-server, an adapter
+on the bus and the sample runner as its own process (see ``stream_stack``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.sse_client import collect, events
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def url(server, path: str) -> str:
+    return str(server.make_url(path))
+
+
+async def test_steps_become_events_with_the_cursor_as_id_then_end(edge_server, http):
+    server = await edge_server()
+    async with http.get(url(server, "/api/stream/demo/count?to=5&batch=2&wait=20")) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.headers["Cache-Control"] == "no-cache"
+        assert resp.headers["X-Request-Id"]
+        got = await collect(resp)
+    assert [(e.kind, e.data, e.id) for e in got] == [
+        ("message", "1", None),
+        ("message", "2", "2"),
+        ("message", "3", None),
+        ("message", "4", "4"),
+        ("message", "5", "5"),
+        ("end", "{}", None),
+    ]
+
+
+async def test_the_first_event_arrives_while_the_saga_is_still_running(
+    edge_server, http, stream_stack
+):
+    server = await edge_server()
+    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as resp:
+        request_id = resp.headers["X-Request-Id"]
+        first = await anext(events(resp))
+        assert (first.data, first.id) == ("1", "1")
+        assert not stream_stack.watched.finished[request_id].is_set()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+async def test_a_json_body_carries_the_parameters(edge_server, http, stream_stack, method):
+    server = await edge_server()
+    body = {"from": 3, "to": 4, "batch": 5}
+    async with http.request(method, url(server, "/api/stream/demo/count"), json=body) as resp:
+        assert resp.status == 200
+        got = await collect(resp)
+    assert [e.data for e in got] == ["3", "4", "{}"]
+    (call,) = await stream_stack.calls(resp.headers["X-Request-Id"])
+    assert call["parameters"] == body
+
+
+async def test_last_event_id_resumes_after_that_step(edge_server, http, stream_stack):
+    server = await edge_server()
+    stream = url(server, "/api/stream/demo/count?to=5&batch=2&wait=0")
+    async with http.get(stream, headers={"Last-Event-ID": "2"}) as resp:
+        got = await collect(resp)
+    assert [e.data for e in got] == ["3", "4", "5", "{}"]
+    calls = await stream_stack.calls(resp.headers["X-Request-Id"])
+    assert calls[0]["parameters"]["previous"] == "2"
+
+
+async def error_of(resp, status: int) -> dict:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    error = (await resp.json())["error"]
+    assert error["requestId"] == resp.headers["X-Request-Id"]
+    return error
+
+
+async def test_failures_before_the_first_step_are_json_errors(edge_server, http):
+    server = await edge_server()
+    async with http.get(url(server, "/api/stream/missing/count")) as resp:
+        assert (await error_of(resp, 404))["code"] == "not_found"
+    async with http.post(url(server, "/api/stream/readonly/count"), json={}) as resp:
+        assert (await error_of(resp, 405))["code"] == "method_not_allowed"
+    headers = {"Content-Type": "application/json"}
+    async with http.post(url(server, "/api/stream/demo/count"), data=b"{", headers=headers) as r:
+        assert (await error_of(r, 400))["code"] == "bad_request"
+    async with http.get(url(server, "/api/stream/idle/count")) as resp:  # no adapter serves it
+        assert (await error_of(resp, 503))["code"] == "no_adapter"
+    async with http.get(url(server, "/api/stream/demo/count?to=many")) as resp:
+        assert (await error_of(resp, 502))["code"] == "upstream_error"
+
+
+async def test_a_failure_mid_stream_is_an_error_event_then_the_end(edge_server, http):
+    server = await edge_server()
+    stream = url(server, "/api/stream/demo/count?to=9&batch=2&wait=0&fail_at=3")
+    async with http.get(stream) as resp:
+        assert resp.status == 200
+        got = await collect(resp)
+        request_id = resp.headers["X-Request-Id"]
+    assert [e.data for e in got[:2]] == ["1", "2"]
+    assert len(got) == 3
+    assert got[2].kind == "error"
+    error = json.loads(got[2].data)["error"]
+    assert error["code"] == "upstream_error"
+    assert "500" in error["message"]
+    assert error["requestId"] == request_id
+
+
+async def test_a_disconnect_cancels_the_saga_before_its_next_call(edge_server, http, stream_stack):
+    server = await edge_server()
+    # The pause is long so that only the Cancel can end it early.
+    resp = await http.get(url(server, "/api/stream/demo/count?to=9&wait=60000"))
+    request_id = resp.headers["X-Request-Id"]
+    assert (await anext(events(resp))).data == "1"
+    resp.close()  # drops the connection
+    await stream_stack.finished(request_id)
+    assert len(await stream_stack.calls(request_id)) == 1
+
+
+async def test_comments_keep_an_idle_stream_open(edge_server, http):
+    server = await edge_server(stream_heartbeat=0.05)
+    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as resp:
+        seen = []
+        async for event in events(resp):
+            seen.append(event.kind)
+            if seen.count("comment") == 2:
+                break
+    assert seen[0] == "message"
+    assert seen[1:] == ["comment", "comment"]
+
+
+async def test_the_node_limit_refuses_with_429_and_retry_after(edge_server, http):
+    server = await edge_server(max_streams=1)
+    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as first:
+        await anext(events(first))
+        async with http.get(url(server, "/api/stream/demo/count")) as second:
+            assert (await error_of(second, 429))["code"] == "rate_limited"
+            assert int(second.headers["Retry-After"]) > 0
+        async with http.get(url(server, "/api/request/demo/echo")) as call:
+            assert call.status == 200  # plain calls are not limited by it
+
+
+async def test_the_per_client_limit_counts_one_clients_streams(edge_server, http):
+    server = await edge_server(max_streams=10, max_streams_per_client=2)
+    stream = url(server, "/api/stream/demo/count?to=9&wait=60000")
+    async with http.get(stream) as one, http.get(stream) as two:
+        await anext(events(one))
+        await anext(events(two))
+        async with http.get(stream) as three:
+            assert (await error_of(three, 429))["code"] == "rate_limited"
+            assert "client" in (await three.json())["error"]["message"]
+
+
+async def test_max_duration_ends_the_stream_with_an_error_event(edge_server, http):
+    server = await edge_server(max_stream_duration=0.3)
+    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as resp:
+        got = await collect(resp)
+    assert [e.kind for e in got] == ["message", "error"]
+    error = json.loads(got[1].data)["error"]
+    assert error["code"] == "deadline_exceeded"
+    assert "maximum duration" in error["message"]
+
+
+async def test_shutdown_closes_open_streams_and_cancels_their_sagas(
+    edge_server, http, stream_stack
+):
+    server = await edge_server()
+    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as resp:
+        request_id = resp.headers["X-Request-Id"]
+        reading = events(resp)
+        assert (await anext(reading)).data == "1"
+        closing = asyncio.ensure_future(server.close())
+        rest = [e async for e in reading]
+    await closing
+    assert [e.kind for e in rest] == ["comment"]  # no `end`: an EventSource reconnects
+    await stream_stack.finished(request_id)
+    assert len(await stream_stack.calls(request_id)) == 1
