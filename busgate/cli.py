@@ -55,6 +55,10 @@ def cmd_runner(args: argparse.Namespace) -> int:
         from runners.rpc import run
 
         run(args.listen)
+    elif args.kind == "auth":
+        from runners.auth import run as run_auth
+
+        run_auth(args.listen, args.db, args.seed)
     return 0
 
 
@@ -94,8 +98,15 @@ def parser() -> argparse.ArgumentParser:
     adapter.set_defaults(func=cmd_adapter)
 
     runner = sub.add_parser("runner", help="run a shipped sample runner")
-    runner.add_argument("kind", choices=("rpc",))
+    runner.add_argument("kind", choices=("rpc", "auth"))
     runner.add_argument("--listen", default="127.0.0.1:9001")
+    runner.add_argument("--db", default="busgate-users.db", help="auth: the SQLite user store")
+    runner.add_argument(
+        "--seed",
+        action="append",
+        metavar="USER=ROLE[,ROLE]",
+        help="auth: create or reset a user; password from $BUSGATE_AUTH_SEED_PASSWORD",
+    )
     runner.set_defaults(func=cmd_runner)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -217,8 +217,8 @@ class Token(Section, frozen=True):
     """Clock skew allowed on ``exp``/``nbf``, seconds."""
     can_ignore: bool = False
     """A missing or invalid token makes the call anonymous instead of failing it."""
-    max_size: int = 8192
-    """Longer tokens are refused before any parsing."""
+    max_size: int = 4096
+    """Longer tokens are refused before any parsing (a cookie holds 4096 bytes at most)."""
     cookies: TokenCookies = msgspec.field(default_factory=TokenCookies)
     claims: tuple[Claim, ...] = (
         Claim(name="sub", source="username", required=True),

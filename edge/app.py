@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 import bus as bus_
+from bus.sessions import SessionStore
 from contracts.config import Config
 from edge import health, keys
 from edge.ids import IdFactory
@@ -14,13 +15,16 @@ from edge.middleware.errors import errors_middleware
 from edge.middleware.ids import ids_middleware
 from edge.open_streams import OpenStreams
 from edge.request import handle_request
+from edge.security import install as install_security
 from edge.stream import handle_stream
 
 API_PATH = "/api/request/{channel}/{path:.*}"
 STREAM_PATH = "/api/stream/{channel}/{path:.*}"
 
 
-def create_app(config: Config, *, bus: bus_.Bus | None = None) -> web.Application:
+def create_app(
+    config: Config, *, bus: bus_.Bus | None = None, sessions: SessionStore | None = None
+) -> web.Application:
     """The edge app; it connects its own bus unless one is given (tests, embedding)."""
     ids = IdFactory(config.gateway.id)
     app = web.Application(
@@ -59,4 +63,5 @@ def create_app(config: Config, *, bus: bus_.Bus | None = None) -> web.Applicatio
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         app.router.add_route(method, API_PATH, handle_request)
         app.router.add_route(method, STREAM_PATH, handle_stream)
+    install_security(app, config, sessions=sessions)
     return app

@@ -15,6 +15,7 @@ from contracts import errors
 from contracts.codec import json_encode
 from contracts.config import Channel, Config
 from contracts.wire import Kind, Origin, Request
+from edge.keys import IDENTITY
 from edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
 _json_check = msgspec.json.Decoder()
@@ -103,6 +104,7 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         query=dict(request.query) if request.query else {},
         headers=forwarded,
         body=body,
+        identity=request.get(IDENTITY),
         origin=origin_of(request),
         deadline=time.time() + timeout,
         resume=request.headers.get("Last-Event-ID") if kind == "stream" else None,

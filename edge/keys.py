@@ -8,17 +8,23 @@ from aiohttp import web
 
 from bus.base import Bus
 from contracts.config import Config
+from contracts.wire import Identity
 
 if TYPE_CHECKING:
+    from edge.auth import AuthContext
     from edge.ids import IdFactory
     from edge.open_streams import OpenStreams
 
 CONFIG = web.AppKey("config", Config)
 BUS = web.AppKey("bus", Bus)
 IDS: web.AppKey[IdFactory] = web.AppKey("ids")
+AUTH: web.AppKey[AuthContext] = web.AppKey("auth")
 STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)
 TRACEPARENT = web.RequestKey("traceparent", str)
 TRACE_ID = web.RequestKey("trace_id", str)
+
+# Set by the auth middleware when the caller is authenticated.
+IDENTITY = web.RequestKey("identity", Identity)

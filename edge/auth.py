@@ -1,0 +1,89 @@
+"""The edge's auth state, built once from config: token services, per-channel access rules
+and the shared session store (set when the bus is up)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bus.sessions import SessionStore
+from contracts import errors
+from contracts.config import Config
+from contracts.wire import Identity
+from edge.access import ChannelAccess
+from edge.responses import error_response
+from edge.tokens import TokenService
+
+
+class AuthContext:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tokens = {name: TokenService(name, token) for name, token in config.tokens.items()}
+        self.access = {name: ChannelAccess(ch) for name, ch in config.channels.items()}
+        self.channel_tokens = {
+            name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth
+        }
+        self.sessions: SessionStore | None = None
+
+    @property
+    def session_ttl(self) -> float:
+        """How long the shared store keeps a session: the longest refresh lifetime, plus a
+        margin for clock skew between edges."""
+        tokens = self.config.tokens.values()
+        lifetimes = [max(t.long_expiration, t.refresh_expiration) for t in tokens]
+        return float(max(lifetimes, default=86_400) + 3600)
+
+    def is_revoked(self, identity: Identity) -> bool:
+        sid = identity.session_id
+        return sid is not None and self.sessions is not None and self.sessions.is_revoked(sid)
+
+    async def close(self) -> None:
+        for service in self.tokens.values():
+            await service.close()
+
+
+def unauthorized(
+    exc: errors.BusgateError, request_id: str | None, *, missing: bool = False
+) -> web.Response:
+    """A 401 that tells the client how to authenticate (RFC 6750 §3)."""
+    response = error_response(exc, request_id)
+    if missing:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="busgate"'
+    else:
+        description = exc.message.replace('"', "'")
+        response.headers["WWW-Authenticate"] = (
+            f'Bearer realm="busgate", error="invalid_token", error_description="{description}"'
+        )
+    return response
+
+
+def set_token_cookies(
+    response: web.StreamResponse,
+    service: TokenService,
+    *,
+    access: str | None = None,
+    refresh: str | None = None,
+    max_age: int | None = None,
+) -> None:
+    """HttpOnly cookies: the access token on ``/api``, the refresh token only where it is
+    used (``/api/auth/refresh``). Without ``max_age`` they last as long as the browser."""
+    c = service.config.cookies
+    common = {
+        "domain": c.domain or None,
+        "secure": c.secure,
+        "httponly": c.http_only,
+        "samesite": c.same_site,
+        "max_age": max_age,
+    }
+    if access is not None:
+        response.set_cookie(c.access, access, path=c.path, **common)  # type: ignore[arg-type]
+    if refresh is not None:
+        response.set_cookie(c.refresh, refresh, path=c.refresh_path, **common)  # type: ignore[arg-type]
+
+
+def clear_token_cookies(response: web.StreamResponse, service: TokenService) -> None:
+    c = service.config.cookies
+    domain = c.domain or None
+    response.del_cookie(c.access, path=c.path, domain=domain, secure=c.secure, samesite=c.same_site)
+    response.del_cookie(
+        c.refresh, path=c.refresh_path, domain=domain, secure=c.secure, samesite=c.same_site
+    )

@@ -1,0 +1,66 @@
+"""Wires the security concerns into an edge app: CORS, CSRF, auth (one middleware each, in
+``edge.middleware``), the auth API routes and the shared session store.
+
+Middlewares run after the ids and errors ones, so refusals get request ids and the JSON
+error shape; CORS headers on actual answers are added in ``on_response_prepare``, so errors
+and SSE streams carry them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from bus.sessions import SessionStore, open_store
+from contracts.config import Config
+from edge import keys
+from edge.auth import AuthContext
+from edge.auth_api import ROUTE, AuthApi
+from edge.middleware.auth import auth_middleware
+from edge.middleware.cors import CorsPolicy, cors_middleware
+from edge.middleware.csrf import csrf_middleware
+
+
+def install(app: web.Application, config: Config, *, sessions: SessionStore | None = None) -> None:
+    """Call after the bus's cleanup context is registered (the session store needs it)."""
+    ctx = AuthContext(config)
+    app[keys.AUTH] = ctx
+    gateway = config.gateway
+    if gateway.cors.enabled:
+        policy = CorsPolicy(gateway.cors)
+        app.middlewares.append(cors_middleware(policy))
+        app.on_response_prepare.append(policy.on_prepare)
+    if gateway.csrf.enabled and ctx.tokens:
+        cookies = frozenset(
+            name
+            for service in ctx.tokens.values()
+            for name in (service.config.cookies.access, service.config.cookies.refresh)
+        )
+        skip = frozenset(
+            h
+            for service in ctx.tokens.values()
+            for h in (service.config.header, service.config.api_key_header)
+            if h
+        )
+        app.middlewares.append(csrf_middleware(gateway.csrf, cookies, skip))
+    if ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
+        app.middlewares.append(auth_middleware(ctx))
+    if not ctx.tokens:
+        return
+
+    async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = sessions or open_store(
+            app[keys.BUS], gateway.bus, prefix=gateway.prefix, ttl=ctx.session_ttl
+        )
+        if sessions is None:
+            await store.start()
+        ctx.sessions = store
+        yield
+        ctx.sessions = None
+        if sessions is None:
+            await store.close()
+        await ctx.close()
+
+    app.cleanup_ctx.append(sessions_ctx)
+    app.router.add_post(ROUTE, AuthApi(ctx).handle)
