@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 HEADER = ["scenario", "status", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]
-HEADER += ["RSS MB at end of load", "vs floor"]
+HEADER += ["CPU µs/req", "RSS MB at end of load", "vs floor"]
+BROKERS = ("nats-server", "tansu")
+
+
+def _cpu(data: dict[str, Any]) -> str:
+    """CPU per request of the stack's own processes (the broker is shared, so left out)."""
+    per = data.get("cpu_us_per_request", {})
+    mine = [us for name, us in per.items() if name not in BROKERS]
+    return f"{sum(mine):,}" if mine else "-"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -34,6 +42,9 @@ def render(results: dict[str, Any]) -> str:
         ("throughput", "Throughput ({c} connections)"),
         ("latency", "Latency (one request in flight)"),
     ):
+        selected = results["settings"]["scenarios"]
+        if mode == "latency" and "latency" not in selected:
+            continue
         rows = []
         for name, entry in scenarios.items():
             if "bus" not in entry:
@@ -42,7 +53,7 @@ def render(results: dict[str, Any]) -> str:
             if entry["status"] != "ok" or not data or "rps" not in data:
                 if entry["status"] in ("pending", "failed"):
                     reason = (entry.get("reason") or "").splitlines()[0][:70]
-                    rows.append([name, entry["status"].upper(), *["-"] * 6, reason])
+                    rows.append([name, entry["status"].upper(), *["-"] * 7, reason])
                 continue
             if mode == "throughput":
                 vs = f"x{entry['ratio']:.2f} of floor" if "ratio" in entry else ""
@@ -57,6 +68,7 @@ def render(results: dict[str, Any]) -> str:
                     _fmt(data["p99_ms"]),
                     _fmt(data["p999_ms"]),
                     str(data["errors"]),
+                    _cpu(data),
                     _rss(data["rss_mb"]),
                     vs,
                 ]

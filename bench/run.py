@@ -407,7 +407,8 @@ class Bench:
             return "python (bench.pyload)"
         done = subprocess.run([self.wrk, "-v"], capture_output=True, text=True, check=False)
         first = (done.stdout or done.stderr).splitlines()
-        return first[0].strip() if first else "wrk"
+        words = first[0].split() if first else []
+        return " ".join(words[:2]) if words else "wrk"
 
 
 # --- aggregation ----------------------------------------------------------------------------
@@ -416,9 +417,15 @@ class Bench:
 def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean req/s over rounds, median percentiles, summed errors, peak RSS per process."""
     rss: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for run in runs:
         for name, mb in run["rss_mb"].items():
             rss[name] = max(rss.get(name, 0.0), mb)
+        for name, seconds in run["cpu_s"].items():
+            cpu[name] = cpu.get(name, 0.0) + seconds
+    requests = sum(r["requests"] for r in runs) or 1
+    # CPU per request holds up better than req/s when other work shares the machine.
+    per_request = {name: round(seconds / requests * 1e6) for name, seconds in cpu.items()}
     return {
         "rps": round(mean(r["rps"] for r in runs), 1),
         "p50_ms": round(median(r["p50_ms"] for r in runs), 3),
@@ -427,6 +434,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "requests": sum(r["requests"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "rss_mb": rss,
+        "cpu_us_per_request": per_request,
     }
 
 

@@ -31,18 +31,18 @@ STREAM_BODY = b'{"from":1,"to":2,"batch":1,"wait":3600000}'
 """One event at once, then an hour's wait: the stream stays open and idle."""
 
 SECURE_SECRET = secrets.token_hex(32)
-SECURE_FRAGMENT = f"""
-# Bearer tokens (HS512), required on every path of the demo channel.
-[tokens.bench]
-secret = "{SECURE_SECRET}"
+SECURE_TOKEN = "bench"
+SECURE_CHANNEL = f'auth = "{SECURE_TOKEN}"'
+"""Keys added to ``[channels.demo]``: every path of the channel needs a valid token."""
+SECURE_TABLES = f"""
+[tokens.{SECURE_TOKEN}]
 algorithm = "HS512"
+secret = "{SECURE_SECRET}"
 issuer = "busgate-bench"
-
-[channels.demo.auth]
-"*" = "token"
+audience = "busgate-bench"
 """
-"""Config added for ``busgate-nats-secure``; edit it to the token schema once auth lands.
-Until ``busgate config check`` accepts it, the scenario is reported as pending."""
+"""Tables added for ``busgate-nats-secure``. While ``busgate config check`` refuses them, or
+the edge still answers a call without the token, the scenario is reported as pending."""
 
 
 @dataclass
@@ -55,7 +55,6 @@ class Env:
     busgate_runner: bool
     """``busgate runner rpc`` exists (else the stand-in runner serves both sides)."""
     workdir: Path
-    secure_fragment: str = SECURE_FRAGMENT
 
     def runner(self, port: int) -> ProcSpec:
         listen = f"{HOST}:{port}"
@@ -133,6 +132,14 @@ def has_command(busgate: list[str] | None, *words: str) -> bool:
     return done.returncode == 0
 
 
+def _importable(env: Env, statement: str) -> bool:
+    """Whether the tree (as the processes will see it) can run ``statement``."""
+    done = subprocess.run(
+        [env.python, "-c", statement], capture_output=True, cwd=ROOT, timeout=30, check=False
+    )
+    return done.returncode == 0
+
+
 def floor(env: Env, bus_url: str) -> Stack:
     runner, edge = free_port(), free_port()
     py = env.python
@@ -160,7 +167,9 @@ def floor(env: Env, bus_url: str) -> Stack:
     )
 
 
-def busgate_config(name: str, bus_url: str, listen: str, runner: int, extra: str = "") -> str:
+def busgate_config(
+    name: str, bus_url: str, listen: str, runner: int, channel: str = "", tables: str = ""
+) -> str:
     """The issue's config; a prefix and id per stack keep stacks on one broker apart."""
     return f"""[gateway]
 id = "{name}"
@@ -177,7 +186,8 @@ timeout = 5.0
 
 [channels.demo]
 system = "demo"
-{extra}"""
+{channel}
+{tables}"""
 
 
 def hs512_token(secret: str, subject: str = "bench", ttl: int = 3600) -> str:
@@ -187,8 +197,16 @@ def hs512_token(secret: str, subject: str = "bench", ttl: int = 3600) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     now = int(time.time())
-    header = b64(json.dumps({"alg": "HS512", "typ": "JWT"}).encode())
-    claims = {"sub": subject, "iss": "busgate-bench", "iat": now, "exp": now + ttl}
+    header = b64(json.dumps({"alg": "HS512", "typ": "JWT", "kid": SECURE_TOKEN}).encode())
+    claims = {
+        "sub": subject,
+        "iss": "busgate-bench",
+        "aud": "busgate-bench",
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "typ": "access",
+    }
     payload = b64(json.dumps(claims).encode())
     signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha512)
     return f"{header}.{payload}.{b64(signature.digest())}"
@@ -197,10 +215,17 @@ def hs512_token(secret: str, subject: str = "bench", ttl: int = 3600) -> str:
 def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack | Pending:
     if env.busgate is None or not has_command(env.busgate, "edge"):
         return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
+    kind = bus_url.partition("://")[0]
+    if kind == "kafka" and not _importable(env, "from bus.kafka import KafkaBus"):
+        return Pending("busgate has no Kafka transport in this tree yet (bus.kafka.KafkaBus)")
     runner, edge = free_port(), free_port()
-    extra = env.secure_fragment if secure else ""
     config = env.workdir / f"{name}.toml"
-    config.write_text(busgate_config(name, bus_url, f"{HOST}:{edge}", runner, extra))
+    listen = f"{HOST}:{edge}"
+    if secure:
+        text = busgate_config(name, bus_url, listen, runner, SECURE_CHANNEL, SECURE_TABLES)
+    else:
+        text = busgate_config(name, bus_url, listen, runner)
+    config.write_text(text)
     if has_command(env.busgate, "config", "check"):
         check = _cli(env, "config", "check", str(config))
         if check.returncode != 0:
@@ -213,7 +238,7 @@ def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack
     cfg = str(config)
     return Stack(
         name=name,
-        bus=bus_url.partition("://")[0],
+        bus=kind,
         processes=[
             env.runner(runner),
             ProcSpec("adapter", [*env.busgate, "adapter", "--config", cfg], Ready(settle=0.5)),
