@@ -53,7 +53,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     remember: bool = False
     revoked: bool = False
     prev: int = 0
-    """Kafka only: the revision this write was based on; 0 = unconditional."""
+    """Kafka only: the revision (offset + 1) this write was based on; 0 = unconditional."""
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -351,10 +351,11 @@ class KafkaSessions(SessionStore):
 
     def _on_record(self, key: bytes | None, value: bytes | None, offset: int) -> None:
         self._position = offset + 1
+        revision = offset + 1  # 0 stays free to mean "unconditional"
         if key is not None:
             session_id = key.decode()
             if value is None:
-                self._apply(session_id, None, offset)
+                self._apply(session_id, None, revision)
             else:
                 try:
                     session = _decode(value)
@@ -365,7 +366,7 @@ class KafkaSessions(SessionStore):
                     current = self._sessions.get(session_id)
                     # A conditional write applies only if it was based on the latest.
                     if session.prev == 0 or (current is not None and current[1] == session.prev):
-                        self._apply(session_id, session, offset)
+                        self._apply(session_id, session, revision)
         for waited in [o for o in self._waiters if o < self._position]:
             fut = self._waiters.pop(waited)
             if not fut.done():
@@ -384,7 +385,7 @@ class KafkaSessions(SessionStore):
         if offset >= self._position:
             fut = self._waiters.setdefault(offset, asyncio.get_running_loop().create_future())
             await asyncio.wait_for(asyncio.shield(fut), 10)
-        return offset
+        return offset + 1
 
     async def close(self) -> None:
         if self._task is not None:
@@ -404,9 +405,9 @@ class KafkaSessions(SessionStore):
 
     async def replace(self, session: Session, revision: int) -> bool:
         based = msgspec.structs.replace(session, prev=revision)
-        offset = await self._write(session.id, _encode(based))
+        revision = await self._write(session.id, _encode(based))
         current = self._sessions.get(session.id)
-        return current is not None and current[1] == offset
+        return current is not None and current[1] == revision
 
     async def _put(self, session: Session) -> None:
         await self._write(session.id, _encode(msgspec.structs.replace(session, prev=0)))
