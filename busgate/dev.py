@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import urllib.request
 
 from busgate.brokers import (
@@ -80,6 +83,30 @@ def wait_ready(url: str, system: str, stack: Stack, timeout: float = 60) -> None
     raise TimeoutError(f"the dev stack was not ready after {timeout} s")
 
 
+def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> str | None:
+    """The sample auth runner, when the config has an ``auth`` system: a user store seeded
+    with ``demo`` (role user) and ``admin`` (roles user, admin). Their password is
+    ``$BUSGATE_DEV_PASSWORD``, else generated and returned (to be printed once). The token
+    signing secret is generated too (unless ``$BUSGATE_TOKEN_SECRET`` is set) and reaches
+    the edge through the environment only — never a file or a log."""
+    with open(config, "rb") as f:
+        if "auth" not in tomllib.load(f).get("systems", {}):
+            return None
+    env.setdefault("BUSGATE_TOKEN_SECRET", secrets.token_urlsafe(48))
+    password = env.pop("BUSGATE_DEV_PASSWORD", "")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(12)
+    port = free_port()
+    env["BUSGATE__SYSTEMS__AUTH__BASE_URL"] = f"http://127.0.0.1:{port}/api/auth"
+    args = ["runner", "auth", "--listen", f"127.0.0.1:{port}"]
+    args += ["--db", os.path.join(workdir, "users.db"), "--seed", "demo=user"]
+    args += ["--seed", "admin=user,admin"]
+    runner = stack.spawn("auth", args, {**env, "BUSGATE_AUTH_SEED_PASSWORD": password})
+    wait_for_port("127.0.0.1", port, 30, runner)  # type: ignore[arg-type]
+    return password if generated else None
+
+
 def run(*, bus: str, listen: str, config: str) -> int:
     stack = Stack()
     stopping = False
@@ -90,6 +117,7 @@ def run(*, bus: str, listen: str, config: str) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    workdir = tempfile.TemporaryDirectory(prefix="busgate-dev-")
     try:
         broker: Broker = TansuBroker() if bus == "kafka" else NatsServer()
         stack.broker = broker
@@ -103,6 +131,7 @@ def run(*, bus: str, listen: str, config: str) -> int:
             "runner", ["runner", "rpc", "--listen", f"127.0.0.1:{runner_port}"], env
         )
         wait_for_port("127.0.0.1", runner_port, 30, runner)  # type: ignore[arg-type]
+        password = start_auth(stack, env, config, workdir.name)
         stack.spawn("adapter", ["adapter", "--config", config], env)
         stack.spawn("edge", ["edge", "--config", config], env)
         host, _, port = listen.rpartition(":")
@@ -110,6 +139,8 @@ def run(*, bus: str, listen: str, config: str) -> int:
         wait_ready(url, "demo", stack)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        if password:  # generated here: shown once, on the console only
+            print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)
         print(f"busgate dev ready: {url}  (Ctrl-C stops)", flush=True)
         while not stopping:
             problem = stack.dead()
@@ -124,4 +155,5 @@ def run(*, bus: str, listen: str, config: str) -> int:
         return 1
     finally:
         stack.stop()
+        workdir.cleanup()
     return 0

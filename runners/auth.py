@@ -177,8 +177,16 @@ async def saga(request: web.Request) -> web.Response:
     return _error(404, "not_found", f"no auth saga {action!r}")
 
 
-def create_app(db: str, seeds: list[tuple[str, list[str]]] | None = None) -> web.Application:
-    store = UserStore(db)
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def create_app(
+    db: str,
+    seeds: list[tuple[str, list[str]]] | None = None,
+    hasher: PasswordHasher | None = None,
+) -> web.Application:
+    store = UserStore(db, hasher)
     if seeds:
         password = os.environ.get(SEED_PASSWORD_ENV, "")
         if len(password) < _MIN_PASSWORD:
@@ -193,7 +201,7 @@ def create_app(db: str, seeds: list[tuple[str, list[str]]] | None = None) -> web
 
     app.on_cleanup.append(close)
     app.router.add_post("/api/{runner}/{action}/{type}", saga)
-    app.router.add_get("/healthz", lambda _: _json({"status": "ok"}))
+    app.router.add_get("/healthz", healthz)
     return app
 
 
