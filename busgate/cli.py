@@ -33,7 +33,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from edge.server import run
 
     use_uvloop()
-    run(_config(args.config))
+    try:
+        run(_config(args.config))
+    except ConfigError as exc:  # found while building the app: a secret or key not readable
+        print(f"busgate: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

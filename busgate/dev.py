@@ -103,7 +103,7 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     args += ["--db", os.path.join(workdir, "users.db"), "--seed", "demo=user"]
     args += ["--seed", "admin=user,admin"]
     runner = stack.spawn("auth", args, {**env, "BUSGATE_AUTH_SEED_PASSWORD": password})
-    wait_for_port("127.0.0.1", port, 30, runner)  # type: ignore[arg-type]
+    wait_for_port("127.0.0.1", port, 30, runner)
     return password if generated else None
 
 

@@ -270,9 +270,11 @@ class Channel(Section, frozen=True):
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; allowed: {list(METHODS)}")
-        for key in self.paths:
+        for key, rule in self.paths.items():
             if not _PATH_KEY.match(key):
                 raise ValueError(f'paths."{key}": use "*", "prefix/*" or an exact path')
+            if rule.roles and self.auth is None:
+                raise ValueError(f'paths."{key}".roles: set auth (a token) to check roles')
 
 
 class Config(Section, frozen=True):

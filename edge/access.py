@@ -53,7 +53,7 @@ class ChannelAccess:
             if key == "*":
                 self.default = needs
             elif key.endswith("/*"):
-                prefixes.append((key[:-2].strip("/"), needs))
+                prefixes.append((key[:-2].strip("/") + "/", needs))
             else:
                 self.exact[key.strip("/")] = needs
         self.prefixes = sorted(prefixes, key=lambda p: len(p[0]), reverse=True)
@@ -63,8 +63,8 @@ class ChannelAccess:
         found = self.exact.get(path)
         if found is not None:
             return found
-        for prefix, needs in self.prefixes:
-            if path == prefix or path.startswith(prefix + "/"):
+        for prefix, needs in self.prefixes:  # each ends with "/"
+            if path.startswith(prefix) or path == prefix[:-1]:
                 return needs
         return self.default
 

@@ -8,6 +8,8 @@ and SSE streams carry them too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -20,6 +22,14 @@ from edge.auth_api import ROUTE, AuthApi
 from edge.middleware.auth import auth_middleware
 from edge.middleware.cors import CorsPolicy, cors_middleware
 from edge.middleware.csrf import csrf_middleware
+
+
+async def _prune_forever(store: SessionStore, every: float = 60.0) -> None:
+    """The stores expire old sessions silently; the local copy forgets them here."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            await asyncio.sleep(every)
+            store.prune()
 
 
 def install(app: web.Application, config: Config, *, sessions: SessionStore | None = None) -> None:
@@ -56,7 +66,9 @@ def install(app: web.Application, config: Config, *, sessions: SessionStore | No
         if sessions is None:
             await store.start()
         ctx.sessions = store
+        pruning = asyncio.create_task(_prune_forever(store))
         yield
+        pruning.cancel()
         ctx.sessions = None
         if sessions is None:
             await store.close()
