@@ -4,6 +4,7 @@ its own process) plus a second edge process, over NATS and over Kafka."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -163,3 +164,30 @@ async def test_refresh_on_one_edge_and_reuse_on_the_other(auth_stack, second_edg
             ) as resp:
                 status = resp.status
         assert status == 401
+
+
+@pytest.fixture(scope="module")
+def generated_stack():
+    # An empty BUSGATE_DEV_PASSWORD counts as unset: busgate dev makes one up.
+    with dev_stack("nats", env={"BUSGATE_DEV_PASSWORD": ""}) as running:
+        yield running
+
+
+@pytest.mark.nats
+async def test_a_generated_password_is_printed_once_and_works(generated_stack, http):
+    shown = [line for line in generated_stack.output if "password:" in line]
+    assert len(shown) == 1, generated_stack.output
+    match = re.search(r"\(password: (\S+)\)", shown[0])
+    assert match is not None
+    password = match.group(1)
+    assert len(password) >= 12
+    async with http.post(
+        f"{generated_stack.url}/api/auth/login/auth/password",
+        json={"username": "admin", "password": password},
+    ) as resp:
+        assert resp.status == 200
+        token = (await resp.json())["access_token"]
+    async with http.get(
+        f"{generated_stack.url}/api/request/secure/meta", headers=bearer(token)
+    ) as resp:
+        assert (await resp.json())["identity"]["roles"] == ["user", "admin"]
