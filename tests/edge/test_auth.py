@@ -301,3 +301,13 @@ async def test_the_cache_never_outlives_a_token(secured):
     service._cache[token] = (identity, time.time() - 1)  # as if its exp had passed
     assert service.cached(token) is None
     assert token not in service._cache
+
+
+async def test_streams_are_guarded_like_requests(secured):
+    s = await secured()
+    resp, body = await s.get("/api/stream/secure/meta")
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="busgate"'
+    tokens = await s.login()
+    resp, body = await s.get("/api/stream/secure/admin/meta", tokens["access_token"])
+    assert resp.status == 403
+    assert [c for c in s.provider.calls if c.system == "demo"] == []
