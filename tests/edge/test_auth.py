@@ -305,9 +305,9 @@ async def test_the_cache_never_outlives_a_token(secured):
 
 async def test_streams_are_guarded_like_requests(secured):
     s = await secured()
-    resp, body = await s.get("/api/stream/secure/meta")
+    resp, _ = await s.get("/api/stream/secure/meta")
     assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="busgate"'
     tokens = await s.login()
-    resp, body = await s.get("/api/stream/secure/admin/meta", tokens["access_token"])
+    resp, _ = await s.get("/api/stream/secure/admin/meta", tokens["access_token"])
     assert resp.status == 403
     assert [c for c in s.provider.calls if c.system == "demo"] == []
