@@ -11,6 +11,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.procs import die_with_parent
+
 BODY = b'{"hello":"world"}'
 LUA = Path(__file__).with_name("wrk") / "post.lua"
 MARK = "BENCH_JSON "
@@ -108,7 +110,14 @@ def run_wrk(
         *_header_args("-H", headers or {}),
         url,
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=seconds + 60)
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=seconds + 60,
+        preexec_fn=die_with_parent,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
     return parse(done.stdout, connections, "wrk")
@@ -139,7 +148,14 @@ def run_python(
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": root}
     done = subprocess.run(
-        cmd, capture_output=True, text=True, check=False, timeout=seconds + 120, cwd=root, env=env
+        cmd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=seconds + 120,
+        cwd=root,
+        env=env,
+        preexec_fn=die_with_parent,
     )
     if done.returncode != 0:
         raise RuntimeError(f"pyload failed ({done.returncode}): {done.stderr.strip()[-2000:]}")

@@ -54,11 +54,16 @@ class ProcessFailed(RuntimeError):
     """A process died or never became ready; the message carries its log's tail."""
 
 
-def _pdeathsig() -> None:
-    """In the child, before exec: die with the harness, in a session of its own."""
-    os.setsid()
+def die_with_parent() -> None:
+    """In a child, before exec: be killed when the harness dies, even by SIGKILL (a process
+    under test may take its time over SIGTERM; the orderly path sends that first)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _own_session() -> None:
+    os.setsid()
+    die_with_parent()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -177,7 +182,7 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 env=env,
-                preexec_fn=_pdeathsig,  # the harness is single-threaded
+                preexec_fn=_own_session,  # the harness is single-threaded
             )
         proc = Proc(spec, popen, log, tag)
         self.procs.append(proc)

@@ -33,6 +33,7 @@ from bench.procs import (
     ProcessFailed,
     ProcSpec,
     Ready,
+    die_with_parent,
     rss_kb,
 )
 from bench.scenarios import (
@@ -243,11 +244,19 @@ class Bench:
                     self._say(f"{name}: up, idle RSS {entry['idle_rss_mb']}")
                 for mode in modes:
                     for round_ in range(self.opts.rounds):
-                        for name, stack in live.items():
+                        for name, stack in list(live.items()):
                             self._say(f"{name}: {mode} round {round_ + 1}/{self.opts.rounds}")
-                            run = self.measure(stack, mode, broker)
+                            try:
+                                run = self.measure(stack, mode, broker)
+                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                                self._fail(procs, live, name, f"{mode}: {exc}")
+                                continue
                             run["round"] = round_ + 1
                             scenarios[name].setdefault(mode, {"runs": []})["runs"].append(run)
+                            dead = [p for p in stack.procs if not p.alive()]
+                            if dead:
+                                tails = "\n".join(f"--- {p.spec.name}:\n{p.tail(8)}" for p in dead)
+                                self._fail(procs, live, name, f"{mode}: died under load\n{tails}")
                 self.results["brokers"][bus] = {"rss_mb": broker.rss_mb(), "pid": broker.pid}
                 if sse:
                     self.sse_idle(procs, url)
@@ -255,6 +264,12 @@ class Bench:
                 procs.stop()
                 if store is not None:
                     shutil.rmtree(store, ignore_errors=True)
+
+    def _fail(self, procs: Processes, live: dict[str, Live], name: str, reason: str) -> None:
+        """Take a stack out of the run; the others go on."""
+        self.results["scenarios"][name].update(status="failed", reason=reason)
+        print(f"bench: {name} failed: {reason}", file=sys.stderr)
+        procs.stop(live.pop(name).stack.name)
 
     def _wants(self, mode: str, names: list[str]) -> bool:
         if mode == "latency":
@@ -322,7 +337,13 @@ class Bench:
         cmd = [sys.executable, "-m", "bench.sse_hold", url, "--count", str(count)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         holder = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
         )
         try:
             assert holder.stdout is not None
