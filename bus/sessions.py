@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -192,6 +192,7 @@ class NatsSessions(SessionStore):
         self.kv: Any = None
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from nats.js.api import KeyValueConfig, StorageType
@@ -205,13 +206,36 @@ class NatsSessions(SessionStore):
             self.kv = await js.create_key_value(config)
         except BadRequestError:  # exists with other settings: use it as it is
             self.kv = await js.key_value(self.bucket)
-        self._watcher = await self.kv.watchall()
+        await self._rewatch()
+        self._guard = asyncio.create_task(self._guard_reconnects())
+
+    async def _rewatch(self) -> None:
+        """(Re)start the watch; it first delivers the latest value of every key."""
+        await self._stop_watch()
+        self._watcher = watcher = await self.kv.watchall()
         loaded = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._watch(loaded))
+        self._task = asyncio.create_task(self._watch(watcher, loaded))
         await asyncio.wait_for(asyncio.shield(loaded), 10)
 
-    async def _watch(self, loaded: asyncio.Future[None]) -> None:
-        async for entry in self._watcher:
+    async def _guard_reconnects(self, every: float = 0.25) -> None:
+        """After a reconnect the watch's consumer may be gone (a restarted server) and only
+        noticed after missed heartbeats, seconds later: start a new watch at once instead,
+        which also brings in what changed during the outage."""
+        seen = self.nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(every)
+            now = self.nc.stats["reconnects"]
+            if now == seen or not self.nc.is_connected:
+                continue
+            try:
+                await self._rewatch()
+                seen = now
+                log.info("sessions: watching again after a reconnect")
+            except Exception as exc:  # the server not ready yet: try on the next tick
+                log.warning("sessions: watch not restarted yet: %s", type(exc).__name__)
+
+    async def _watch(self, watcher: Any, loaded: asyncio.Future[None]) -> None:
+        async for entry in watcher:
             if entry is None:  # the initial values are all in
                 if not loaded.done():
                     loaded.set_result(None)
@@ -228,25 +252,49 @@ class NatsSessions(SessionStore):
         if not loaded.done():
             loaded.set_result(None)
 
-    async def close(self) -> None:
+    async def _stop_watch(self) -> None:
         if self._watcher is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()
+                await asyncio.wait_for(self._watcher.stop(), 2)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._watcher = self._task = None
+
+    async def close(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard
+        await self._stop_watch()
 
     def _check(self) -> None:
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """NATS failures (JetStream not answering, a restarting server) as a 503."""
+        import nats.errors
+        from nats.js.errors import KeyValueError
+
+        try:
+            yield
+        except KeyValueError:  # not found, deleted, wrong revision: the caller's business
+            raise
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusUnavailable(
+                f"the session store did not answer: {type(exc).__name__}"
+            ) from None
 
     async def get(self, session_id: str) -> tuple[Session, int] | None:
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
         self._check()
         try:
-            entry = await self.kv.get(session_id)
+            with self._unavailable():
+                entry = await self.kv.get(session_id)
         except (KeyNotFoundError, KeyDeletedError):
             return None
         if not entry.value:
@@ -255,7 +303,8 @@ class NatsSessions(SessionStore):
 
     async def create(self, session: Session) -> int:
         self._check()
-        revision = int(await self.kv.create(session.id, _encode(session)))
+        with self._unavailable():
+            revision = int(await self.kv.create(session.id, _encode(session)))
         self._apply(session.id, session, revision)
         return revision
 
@@ -264,7 +313,8 @@ class NatsSessions(SessionStore):
 
         self._check()
         try:
-            new = int(await self.kv.update(session.id, _encode(session), last=revision))
+            with self._unavailable():
+                new = int(await self.kv.update(session.id, _encode(session), last=revision))
         except KeyWrongLastSequenceError:
             return False
         self._apply(session.id, session, new)
@@ -272,7 +322,8 @@ class NatsSessions(SessionStore):
 
     async def _put(self, session: Session) -> None:
         self._check()
-        await self.kv.put(session.id, _encode(session))
+        with self._unavailable():
+            await self.kv.put(session.id, _encode(session))
 
 
 class KafkaSessions(SessionStore):

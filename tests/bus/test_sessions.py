@@ -13,6 +13,7 @@ import pytest
 
 from bus.sessions import KafkaSessions, MemorySessions, NatsSessions, Session, SessionStore
 from busgate.brokers import NatsServer, TansuBroker
+from contracts.errors import BusUnavailable
 
 Opener = Callable[[], Awaitable[SessionStore]]
 
@@ -147,3 +148,37 @@ async def test_memory_store_compare_and_set():
     assert store.is_revoked(s.id)
     assert store.prune(now=time.time() + 7200) == 1
     assert not store.is_revoked(s.id)
+
+
+@pytest.mark.nats
+async def test_the_watch_survives_a_nats_restart():
+    """A restarted server loses the watch's consumer; the store watches again at once after
+    the reconnect (not after missed heartbeats) and keeps propagating."""
+    with NatsServer() as server:
+        options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.1}
+        na, nb = (
+            await nats.connect(server.url, **options),
+            await nats.connect(server.url, **options),
+        )
+        a, b = NatsSessions(na, prefix="r", ttl=3600), NatsSessions(nb, prefix="r", ttl=3600)
+        await a.start()
+        await b.start()
+        try:
+            s = session()
+            await a.create(s)
+            await eventually(b, lambda: b.cached(s.id) is not None)
+            server.stop()
+            server.start()
+            async with asyncio.timeout(15):
+                while True:  # JetStream takes a moment after a restart: 503 until then
+                    try:
+                        await a.revoke(s.id)
+                        break
+                    except BusUnavailable:
+                        await asyncio.sleep(0.1)
+            await eventually(b, lambda: b.is_revoked(s.id), within=2.0)
+        finally:
+            await a.close()
+            await b.close()
+            await na.close()
+            await nb.close()
