@@ -75,12 +75,16 @@ def ensure_wrk(install: bool = True) -> str | None:
     if found or not install or os.geteuid() != 0 or not shutil.which("apt-get"):
         return found
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "wrk"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+
+    def apt(*args: str) -> int:
+        out = subprocess.DEVNULL
+        done = subprocess.run(["apt-get", *args], stdout=out, stderr=out, env=env, check=False)
+        return done.returncode
+
     print("bench: installing wrk (apt-get install wrk)…", file=sys.stderr)
-    if subprocess.run(cmd, check=False, **quiet).returncode != 0:  # type: ignore[call-overload]
-        subprocess.run(["apt-get", "update", "-q"], check=False, **quiet)  # type: ignore[call-overload]
-        subprocess.run(cmd, check=False, **quiet)  # type: ignore[call-overload]
+    if apt("install", "-y", "-q", "wrk") != 0:
+        apt("update", "-q")
+        apt("install", "-y", "-q", "wrk")
     return shutil.which("wrk")
 
 
