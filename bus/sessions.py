@@ -435,7 +435,10 @@ class KafkaSessions(SessionStore):
         offset = int(meta.offset)
         if offset >= self._position:
             fut = self._waiters.setdefault(offset, asyncio.get_running_loop().create_future())
-            await asyncio.wait_for(asyncio.shield(fut), 10)
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), 10)
+            except TimeoutError:
+                raise BusUnavailable("the session was written but not read back in time") from None
         return offset + 1
 
     async def close(self) -> None:
