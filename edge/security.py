@@ -37,7 +37,8 @@ def install(app: web.Application, config: Config, *, sessions: SessionStore | No
     ctx = AuthContext(config)
     app[keys.AUTH] = ctx
     gateway = config.gateway
-    if gateway.cors.enabled:
+    cors = gateway.cors
+    if cors.enabled and (cors.origins or cors.origin_patterns):  # else no cost per call
         policy = CorsPolicy(gateway.cors)
         app.middlewares.append(cors_middleware(policy))
         app.on_response_prepare.append(policy.on_prepare)

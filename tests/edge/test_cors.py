@@ -99,4 +99,7 @@ async def test_no_origins_configured_refuses_every_preflight(secured):
     resp = await s.client.options(
         "/api/request/demo/meta", headers=preflight("https://app.example.com")
     )
-    assert resp.status == 403
+    assert resp.status == 405  # CORS is not even installed: OPTIONS has no route
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    resp = await s.client.get("/api/request/demo/meta", headers={"Origin": "https://a.test"})
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
