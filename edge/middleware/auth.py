@@ -34,10 +34,13 @@ async def authenticate(
     header = request.headers.get(config.header)
     cookie_token: str | None = None
     if header is not None:
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise errors.Unauthorized(f"expected '{config.header}: Bearer <token>'")
+        if header.startswith("Bearer "):  # the common spelling: one slice, no more
+            token = header[7:]
+        else:
+            scheme, _, token = header.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise errors.Unauthorized(f"expected '{config.header}: Bearer <token>'")
     elif config.api_key_header and (key := request.headers.get(config.api_key_header)):
         identity = service.api_key(key)
         if identity is None:
