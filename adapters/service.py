@@ -56,7 +56,13 @@ class AdapterService:
             if client is None:
                 await responder.step([], last=True, error=NotFound(f"no system {req.system!r}"))
                 return
-            await client.stream(req, responder)
+            try:
+                await client.stream(req, responder)
+            except Exception:
+                # End the client's stream now rather than at the edge's idle timeout.
+                log.exception("stream %s failed", req.id)
+                with contextlib.suppress(BusgateError):
+                    await responder.step([], last=True, error=BusgateError("internal error"))
             return
         try:
             if client is None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
@@ -48,8 +47,6 @@ from contracts.wire import Request, StreamStep
 from edge import envelope, keys, sse
 from edge.open_streams import Slot, client_key
 from edge.responses import error_body
-
-log = logging.getLogger("busgate.edge.stream")
 
 IDLE_MARGIN = 5.0
 """Seconds added to ``heartbeat + system timeout`` for bus latency and a loaded adapter."""
