@@ -45,7 +45,7 @@ def second_edge(auth_stack):
         [sys.executable, "-m", "busgate", "edge", "--config", str(DEV_CONFIG)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port("127.0.0.1", port, 60, proc)
