@@ -216,7 +216,10 @@ class AuthApi:
             session_id=session_id,
             origin=envelope.origin_of(request),
         )
-        subject = str(claims.pop("sub"))
+        subject = claims.pop("sub", None)
+        if not subject:
+            raise errors.UpstreamError("the auth provider's answer names no subject")
+        subject = str(subject)
         remember = _flag(request, "remember")
         now = time.time()
         lifetime = service.config.long_expiration if remember else service.config.refresh_expiration

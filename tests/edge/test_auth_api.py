@@ -334,3 +334,12 @@ async def test_no_renewal_outside_the_grace_period(secured):
     )
     resp = await s.client.get("/api/request/secure/meta")
     assert resp.status == 200 and "Set-Cookie" not in resp.headers
+
+
+async def test_a_provider_answer_without_a_subject_is_a_502(secured):
+    s = await secured(
+        auth_config(token={"claims": [{"name": "sub", "source": "login"}]})  # not "username"
+    )
+    resp = await s.client.post(LOGIN, json={"username": "demo", "password": PASSWORD})
+    assert resp.status == 502
+    assert "no subject" in (await resp.json())["error"]["message"]
