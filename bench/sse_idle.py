@@ -50,6 +50,12 @@ system = "demo"
 """
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -171,7 +177,7 @@ def summary(samples: list[float]) -> str:
     )
 
 
-async def main(stages: list[int], sagas: int, steps: int, wait_ms: int) -> None:
+async def main(stages: list[int], sagas: int, steps: int, wait_ms: int, rounds: int) -> None:
     with stack() as (url, edge_pid, adapter_pid, nats_url):
         host, port = url.removeprefix("http://").split(":")
         await asyncio.sleep(1)
@@ -192,10 +198,15 @@ async def main(stages: list[int], sagas: int, steps: int, wait_ms: int) -> None:
                 f"{rss_mb(adapter_pid):.1f} MB; opened in {time.monotonic() - started:.1f} s "
                 f"({retried[0]} connects retried)"
             )
-        print(
-            f"delay, {len(held)} idle streams:",
-            summary(await delays(url, nats_url, sagas, steps, wait_ms)),
-        )
+        for _ in range(rounds):
+            edge_cpu, adapter_cpu, started = cpu_s(edge_pid), cpu_s(adapter_pid), time.monotonic()
+            got = summary(await delays(url, nats_url, sagas, steps, wait_ms))
+            took = time.monotonic() - started
+            print(
+                f"delay, {len(held)} idle streams: {got}; over {took:.1f} s the edge used "
+                f"{(cpu_s(edge_pid) - edge_cpu) / took:.0%} CPU, the adapter "
+                f"{(cpu_s(adapter_pid) - adapter_cpu) / took:.0%}"
+            )
         for writer in held:
             writer.close()
 
@@ -206,9 +217,10 @@ if __name__ == "__main__":
     parser.add_argument("--sagas", type=int, default=20, help="concurrent fast sagas")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--wait", type=int, default=20, help="ms between steps")
+    parser.add_argument("--rounds", type=int, default=3, help="delay runs at the last stage")
     args = parser.parse_args()
     import uvloop
 
     uvloop.install()
     stages = sorted(int(s) for s in args.stages.split(","))
-    asyncio.run(main(stages, args.sagas, args.steps, args.wait))
+    asyncio.run(main(stages, args.sagas, args.steps, args.wait, args.rounds))
