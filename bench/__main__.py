@@ -88,6 +88,11 @@ def options(argv: list[str] | None = None) -> Options:
         help="idle stream counts for sse-idle",
     )
     p.add_argument("--output", type=Path, default=Path(_env("OUTPUT", str(d.output))))
+    p.add_argument(
+        "--isolate",
+        default=_env("ISOLATE", ",".join(d.isolate)),
+        help="buses whose stacks run one at a time, restarted per turn ('' = none)",
+    )
     p.add_argument("--no-install", action="store_true", help="do not apt-get install wrk")
     a = p.parse_args(argv)
     chosen = [s.strip() for s in a.scenarios.split(",") if s.strip()]
@@ -107,6 +112,7 @@ def options(argv: list[str] | None = None) -> Options:
         sse_counts=_ints(a.sse_counts),
         output=a.output,
         install=not a.no_install,
+        isolate=tuple(b.strip() for b in a.isolate.split(",") if b.strip()),
     )
 
 

@@ -71,6 +71,8 @@ class Options:
     output: Path = RESULTS / "latest.json"
     install: bool = True
     probe_timeout: float = 45.0
+    isolate: tuple[str, ...] = ("kafka",)
+    """Buses whose stacks run one at a time (started and stopped for each turn)."""
 
 
 @dataclass
@@ -209,55 +211,37 @@ class Bench:
         return procs.start(spec, tag="broker"), tansu.url, None
 
     def run_bus(self, bus: str, names: list[str], sse: bool) -> None:
-        """Everything on one broker: start the stacks, alternate the load, then SSE."""
-        scenarios = self.results["scenarios"]
+        """Everything on one broker: the stacks take turns under load, then SSE.
+
+        On NATS the stacks run side by side and only the load alternates. On Kafka (see
+        ``Options.isolate``) each stack runs alone for its turn and is stopped after it:
+        idle consumers keep polling the broker, and with both stacks up the one under load
+        measured about twice its one-in-flight latency.
+        """
         modes = [m for m in ("throughput", "latency") if self._wants(m, names)]
         with Processes() as procs:
             store: Path | None = None
             try:
                 broker, url, store = self.broker(procs, bus)
-                live: dict[str, Live] = {}
-                for name in names:
-                    entry = scenarios[name]
-                    built = STACKS[name].build(self.env, url)
-                    if isinstance(built, Pending):
-                        entry.update(status="pending", reason=built.reason)
-                        continue
-                    try:
-                        live[name] = self.start_stack(procs, built)
-                    except PendingError as exc:
-                        entry.update(status="pending", reason=str(exc))
-                        procs.stop(built.name)
-                        continue
-                    except (BenchError, ProcessFailed) as exc:
-                        entry.update(status="failed", reason=str(exc))
-                        procs.stop(built.name)
-                        print(f"bench: {name} failed:\n{exc}", file=sys.stderr)
-                        continue
-                    entry.update(
-                        status="ok",
-                        reason=None,
-                        url=built.url,
-                        processes={p.spec.name: p.spec.argv for p in live[name].procs},
-                        pids={p.spec.name: p.pid for p in live[name].procs},
-                        idle_rss_mb=_sum_rss(live[name].procs),
-                    )
-                    self._say(f"{name}: up, idle RSS {entry['idle_rss_mb']}")
-                for mode in modes:
-                    for round_ in range(self.opts.rounds):
-                        for name, stack in list(live.items()):
-                            self._say(f"{name}: {mode} round {round_ + 1}/{self.opts.rounds}")
-                            try:
-                                run = self.measure(stack, mode, broker)
-                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                                self._fail(procs, live, name, f"{mode}: {exc}")
+                if bus in self.opts.isolate:
+                    for round_ in range(1, self.opts.rounds + 1):
+                        for name in names:
+                            if self.results["scenarios"][name]["status"] in ("pending", "failed"):
                                 continue
-                            run["round"] = round_ + 1
-                            scenarios[name].setdefault(mode, {"runs": []})["runs"].append(run)
-                            dead = [p for p in stack.procs if not p.alive()]
-                            if dead:
-                                tails = "\n".join(f"--- {p.spec.name}:\n{p.tail(8)}" for p in dead)
-                                self._fail(procs, live, name, f"{mode}: died under load\n{tails}")
+                            live = self.bring_up(procs, name, url)
+                            for mode in modes:
+                                if name in live:
+                                    self.turn(procs, live, name, mode, round_, broker)
+                            if name in live:
+                                procs.stop(name)
+                else:
+                    live = {}
+                    for name in names:
+                        live.update(self.bring_up(procs, name, url))
+                    for mode in modes:
+                        for round_ in range(1, self.opts.rounds + 1):
+                            for name in list(live):
+                                self.turn(procs, live, name, mode, round_, broker)
                 self.results["brokers"][bus] = {"rss_mb": broker.rss_mb(), "pid": broker.pid}
                 if sse:
                     self.sse_idle(procs, url)
@@ -265,6 +249,61 @@ class Bench:
                 procs.stop()
                 if store is not None:
                     shutil.rmtree(store, ignore_errors=True)
+
+    def bring_up(self, procs: Processes, name: str, url: str) -> dict[str, Live]:
+        """Build and start one stack; record it as ok, pending or failed."""
+        entry = self.results["scenarios"][name]
+        built = STACKS[name].build(self.env, url)
+        if isinstance(built, Pending):
+            entry.update(status="pending", reason=built.reason)
+            return {}
+        try:
+            live = self.start_stack(procs, built)
+        except PendingError as exc:
+            entry.update(status="pending", reason=str(exc))
+            procs.stop(built.name)
+            return {}
+        except (BenchError, ProcessFailed) as exc:
+            entry.update(status="failed", reason=str(exc))
+            procs.stop(built.name)
+            print(f"bench: {name} failed:\n{exc}", file=sys.stderr)
+            return {}
+        first = entry["status"] != "ok"
+        entry.update(
+            status="ok",
+            reason=None,
+            url=built.url,
+            processes={p.spec.name: p.spec.argv for p in live.procs},
+            pids={p.spec.name: p.pid for p in live.procs},
+        )
+        if first:
+            entry["idle_rss_mb"] = _sum_rss(live.procs)
+            self._say(f"{name}: up, idle RSS {entry['idle_rss_mb']}")
+        return {name: live}
+
+    def turn(
+        self,
+        procs: Processes,
+        live: dict[str, Live],
+        name: str,
+        mode: str,
+        round_: int,
+        broker: Proc,
+    ) -> None:
+        """One stack's turn under load; a stack that fails leaves the run, the rest go on."""
+        stack = live[name]
+        self._say(f"{name}: {mode} round {round_}/{self.opts.rounds}")
+        try:
+            run = self.measure(stack, mode, broker)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            self._fail(procs, live, name, f"{mode}: {exc}")
+            return
+        run["round"] = round_
+        self.results["scenarios"][name].setdefault(mode, {"runs": []})["runs"].append(run)
+        dead = [p for p in stack.procs if not p.alive()]
+        if dead:
+            tails = "\n".join(f"--- {p.spec.name}:\n{p.tail(8)}" for p in dead)
+            self._fail(procs, live, name, f"{mode}: died under load\n{tails}")
 
     def _fail(self, procs: Processes, live: dict[str, Live], name: str, reason: str) -> None:
         """Take a stack out of the run; the others go on."""
