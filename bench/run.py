@@ -1,8 +1,9 @@
 """One benchmark run: brokers, stacks, load in alternation, RSS, ratios, targets.
 
-All stacks on one bus run side by side on one broker and take turns under load (A B A B),
-so drifting machine noise (other work on the box, thermal, page cache) hits the floor and
-busgate alike, and the ratio of the two is what the targets judge.
+The stacks of one bus share one broker and take turns under load (A B A B), so drifting
+machine noise (other work on the box, thermal, page cache) hits the floor and busgate alike,
+and the ratio of the two is what the targets judge. NATS stacks stay up side by side; Kafka
+stacks run one at a time (see ``Bench.run_bus``).
 """
 
 from __future__ import annotations
