@@ -16,7 +16,7 @@ from edge.middleware.ids import ids_middleware
 from edge.open_streams import OpenStreams
 from edge.request import handle_request
 from edge.security import install as install_security
-from edge.stream import handle_stream
+from edge.stream import handle_stream, sweeper
 
 API_PATH = "/api/request/{channel}/{path:.*}"
 STREAM_PATH = "/api/stream/{channel}/{path:.*}"
@@ -58,6 +58,7 @@ def create_app(
         app[keys.STREAMS].stop_all()  # before the bus closes: their Cancels still go out
 
     app.on_shutdown.append(close_streams)
+    app.cleanup_ctx.append(sweeper)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):

@@ -1,20 +1,30 @@
-"""The open SSE streams of one edge node: its limits, and closing them all at shutdown.
+"""The open SSE streams of one edge node: their limits, and asking them to stop.
 
 ``gateway.max_streams`` bounds the streams of the node, ``gateway.max_streams_per_client``
 those of one client: the authenticated subject when there is one, else the client's IP
 address. Past either, a new stream is refused with 429 and ``Retry-After`` (the call never
 reaches the bus). A limit of 0 means none.
+
+Each admitted stream holds a :class:`Slot`: the little state that the node-wide heartbeat
+sweep (``edge.stream.sweep``) needs, so that an idle stream costs no timer or task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
 
 from contracts.errors import RateLimited
 from contracts.wire import Request
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 RETRY_AFTER = 5.0
 """Seconds a refused client is told to wait; a slot frees whenever any stream ends."""
+
+StopReason = Literal["shutdown", "duration"]
 
 
 def client_key(req: Request) -> str:
@@ -25,15 +35,42 @@ def client_key(req: Request) -> str:
 
 
 class Slot:
-    """One admitted stream. ``stopping`` resolves when the node wants it closed."""
+    """One admitted stream and what the sweep needs to know about it."""
 
-    __slots__ = ("_owner", "client", "closed", "stopping")
+    __slots__ = (
+        "_owner",
+        "client",
+        "closed",
+        "opened",
+        "reason",
+        "response",
+        "task",
+        "transport",
+        "waiting",
+        "written",
+    )
 
     def __init__(self, owner: OpenStreams, client: str) -> None:
         self._owner = owner
         self.client = client
         self.closed = False
-        self.stopping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.opened = self.written = asyncio.get_running_loop().time()
+        self.response: web.StreamResponse | None = None
+        """Set once the stream's headers are sent."""
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[object] | None = asyncio.current_task()
+        self.waiting = False
+        """True while the stream's task waits for its next step (and may be cancelled)."""
+        self.reason: StopReason | None = None
+        """Why the node wants the stream to end, once it does."""
+
+    def stop(self, reason: StopReason) -> None:
+        """Ask the stream to end: at once if it waits for a step, else after its write."""
+        if self.reason is not None or self.closed:
+            return
+        self.reason = reason
+        if self.waiting and self.task is not None:
+            self.task.cancel()
 
     def close(self) -> None:
         """Give the slot back (idempotent)."""
@@ -52,6 +89,10 @@ class OpenStreams:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def __iter__(self) -> Iterator[Slot]:
+        """The open slots (a copy: the set may change while the caller awaits)."""
+        return iter(list(self._slots))
 
     def of(self, client: str) -> int:
         return self._per_client.get(client, 0)
@@ -85,10 +126,8 @@ class OpenStreams:
             self._per_client.pop(slot.client, None)
 
     def stop_all(self) -> int:
-        """Ask every open stream to close (graceful shutdown); returns how many."""
-        stopped = 0
-        for slot in self._slots:
-            if not slot.stopping.done():
-                slot.stopping.set_result(None)
-                stopped += 1
-        return stopped
+        """Ask every open stream to end (graceful shutdown); returns how many."""
+        stopping = [slot for slot in self._slots if slot.reason is None]
+        for slot in stopping:
+            slot.stop("shutdown")
+        return len(stopping)

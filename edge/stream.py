@@ -19,34 +19,42 @@ Timing:
   ``heartbeat + system timeout`` seconds, whatever the wait, and the edge gives up on a
   silent stream after that plus :data:`IDLE_MARGIN` (50 s with the defaults), ending it
   with an error event: the adapter died or the bus lost the stream.
-- Heartbeat. A comment goes to the client whenever nothing was written for
-  ``gateway.stream_heartbeat`` seconds, to keep proxies and load balancers from closing an
-  idle connection. Write errors here are how a vanished client is noticed at the latest.
-- Duration. Past ``gateway.max_stream_duration`` (0 = no limit) the stream ends with an
-  error event (``deadline_exceeded``).
+- Heartbeat and duration. One sweep per node (:func:`sweeper`, every ``heartbeat / 2`` s at
+  most) writes a comment to each stream silent for ``gateway.stream_heartbeat`` seconds, to
+  keep proxies and load balancers from closing it, and stops streams older than
+  ``gateway.max_stream_duration`` (0 = no limit), which end with an error event
+  (``deadline_exceeded``). An idle stream thus has no timer or task of its own: at 10,000
+  streams, fewer long-lived objects mean shorter garbage-collector pauses for every stream.
 
 Client gone. The app enables aiohttp's handler cancellation (``edge.app``), so a dropped
 connection cancels this handler at once; closing the bus stream then broadcasts Cancel and
 the adapter stops before its next runner call. A failed write ends the stream the same way.
 
-Shutdown. ``on_shutdown`` asks every open stream to stop: each ends without ``end``, so an
-``EventSource`` reconnects (to another node) and resumes after its last id.
+Stopping. The node stops a stream (:meth:`edge.open_streams.Slot.stop`) by cancelling its
+handler while it waits for a step, or after its current write. ``on_shutdown`` stops every
+open stream: each ends without ``end``, so an ``EventSource`` reconnects (to another node)
+and resumes after its last id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
 
-from contracts.config import Config
+from contracts.config import Config, Gateway
 from contracts.errors import BusgateError, BusUnavailable, DeadlineExceeded
-from contracts.wire import Request, StreamStep
+from contracts.wire import Request
 from edge import envelope, keys, sse
-from edge.open_streams import Slot, client_key
+from edge.open_streams import OpenStreams, Slot, client_key
 from edge.responses import error_body
+
+log = logging.getLogger("busgate.edge.stream")
+
+HEARTBEAT = sse.comment()
 
 IDLE_MARGIN = 5.0
 """Seconds added to ``heartbeat + system timeout`` for bus latency and a loaded adapter."""
@@ -68,7 +76,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         slot.close()
 
 
-async def _prepare(request: web.Request, req: Request) -> web.StreamResponse:
+async def _prepare(request: web.Request, req: Request, slot: Slot) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse.HEADERS)
     response.content_type = sse.CONTENT_TYPE
     gateway = request.app[keys.CONFIG].gateway
@@ -76,85 +84,124 @@ async def _prepare(request: web.Request, req: Request) -> web.StreamResponse:
         response.headers[gateway.request_id_header] = req.id
         response.headers[gateway.trace_id_header] = request[keys.TRACE_ID]
     await response.prepare(request)
+    slot.transport = request.transport
+    slot.response = response
     return response
 
 
 async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamResponse:
-    app = request.app
-    config = app[keys.CONFIG]
-    gateway = config.gateway
+    config = request.app[keys.CONFIG]
+    steps = request.app[keys.BUS].stream(req, idle_timeout=idle_timeout(config, req.system))
     loop = asyncio.get_running_loop()
-    steps = app[keys.BUS].stream(req, idle_timeout=idle_timeout(config, req.system))
-    stop_at = loop.time() + gateway.max_stream_duration if gateway.max_stream_duration else None
-    heartbeat = gateway.stream_heartbeat if gateway.stream_heartbeat > 0 else None
-    response: web.StreamResponse | None = None
-    written = loop.time()
-    # The next step is awaited in a task, so that a heartbeat or a stop does not cancel the
-    # wait (cancelling it would close the bus stream).
-    waiter: asyncio.Future[StreamStep] | None = None
     try:
-        while True:
-            if waiter is None:
-                waiter = asyncio.ensure_future(_next(steps))
-            due = stop_at
-            if response is not None and heartbeat is not None:
-                due = min(written + heartbeat, due or float("inf"))
-            done, _ = await asyncio.wait(
-                {waiter, slot.stopping},
-                timeout=None if due is None else max(0.0, due - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if slot.stopping.done():
-                if response is None:
-                    raise BusUnavailable("this edge node is shutting down; try again")
-                await response.write(sse.comment("edge node shutting down; reconnect"))
-                return response
-            if waiter not in done:
-                if stop_at is not None and loop.time() >= stop_at:
-                    raise DeadlineExceeded(
-                        f"the stream reached its maximum duration of "
-                        f"{gateway.max_stream_duration:g} s"
-                    )
-                assert response is not None
-                await response.write(sse.comment())
-                written = loop.time()
-                continue
-            step = waiter.result()  # raises the stream's error
-            waiter = None
+        while slot.reason is None:
+            slot.waiting = True
+            try:
+                step = await anext(steps, None)
+            except asyncio.CancelledError:
+                if slot.reason is None:
+                    raise  # the client went away: aiohttp cancels its handler
+                _uncancel()  # the node stopped the stream (slot.stop)
+                break
+            finally:
+                slot.waiting = False
+            if step is None:  # only after the last step, which returns first
+                raise BusUnavailable("the stream ended without its last step")
             chunk = sse.step(step.items, step.next)
             if step.last:
                 chunk += sse.END
-            if response is None:
-                if not chunk:
-                    continue  # a keepalive before the first step
-                response = await _prepare(request, req)
-            if chunk:
+            if chunk:  # else a keepalive: nothing to write
+                response = slot.response or await _prepare(request, req, slot)
                 await response.write(chunk)
-                written = loop.time()
+                slot.written = loop.time()
             if step.last:
-                return response
+                assert slot.response is not None
+                return slot.response
+        if slot.reason == "duration":
+            raise DeadlineExceeded(
+                f"the stream reached its maximum duration of "
+                f"{config.gateway.max_stream_duration:g} s"
+            )
+        if slot.response is None:
+            raise BusUnavailable("this edge node is shutting down; try again")
+        # No `end`: an EventSource reconnects, to another node, and resumes.
+        await slot.response.write(sse.comment("edge node shutting down; reconnect"))
+        return slot.response
     except BusgateError as exc:
-        if response is None:
+        if slot.response is None:
             raise  # not started: an ordinary JSON error
         with contextlib.suppress(ConnectionResetError):
-            await response.write(sse.error(error_body(exc.code, exc.message, req.id)))
-        return response
+            await slot.response.write(sse.error(error_body(exc.code, exc.message, req.id)))
+        return slot.response
     except ConnectionResetError:
-        # The client went away; the handler may still be running if it was not cancelled.
-        assert response is not None
-        return response
+        # The client went away (noticed by a write rather than by handler cancellation).
+        assert slot.response is not None
+        return slot.response
     finally:
-        if waiter is not None:
-            waiter.cancel()  # a no-op when it is done; awaiting it then retrieves its error
-            with contextlib.suppress(asyncio.CancelledError, BusgateError):
-                await waiter
         if isinstance(steps, AsyncGenerator):
             await steps.aclose()  # broadcasts Cancel unless the last step came
 
 
-async def _next(steps: AsyncIterator[StreamStep]) -> StreamStep:
-    try:
-        return await anext(steps)
-    except StopAsyncIteration:
-        # Only after the last step, which ends the loop before asking again.
-        raise BusUnavailable("the stream ended without its last step") from None
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def sweep_interval(gateway: Gateway) -> float:
+    """How often the sweep runs: often enough for the heartbeat and the duration limit."""
+    every = [1.0]
+    if gateway.stream_heartbeat > 0:
+        every.append(gateway.stream_heartbeat / 2)
+    if gateway.max_stream_duration > 0:
+        every.append(gateway.max_stream_duration / 10)
+    return max(0.01, min(every))
+
+
+async def sweep(streams: OpenStreams, gateway: Gateway) -> None:
+    """One pass over the node's open streams: heartbeats and the duration limit.
+
+    A comment goes to each stream silent for ``stream_heartbeat`` seconds or more, unless its
+    connection still has unsent data (then it is not idle, and a write could block the sweep).
+    """
+    now = asyncio.get_running_loop().time()
+    heartbeat, longest = gateway.stream_heartbeat, gateway.max_stream_duration
+    for slot in streams:
+        if slot.closed or slot.reason is not None:
+            continue
+        if longest > 0 and now - slot.opened >= longest:
+            slot.stop("duration")
+            continue
+        transport = slot.transport
+        if (
+            heartbeat <= 0
+            or slot.response is None
+            or now - slot.written < heartbeat
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            continue
+        slot.written = now
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await slot.response.write(HEARTBEAT)
+
+
+async def sweeper(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx`` of the edge app: runs :func:`sweep` for the app's whole life."""
+    streams, gateway = app[keys.STREAMS], app[keys.CONFIG].gateway
+    interval = sweep_interval(gateway)
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await sweep(streams, gateway)
+            except Exception:  # a bug here must not end heartbeats for good
+                log.exception("stream sweep failed")
+
+    task = asyncio.ensure_future(forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from contracts.errors import RateLimited
@@ -48,14 +50,27 @@ async def test_zero_means_no_limit():
     assert streams.of("ip:a") == 50
 
 
-async def test_stop_all_resolves_every_open_slot():
+async def test_stop_all_marks_every_open_slot_and_cancels_only_waiting_ones():
     streams = OpenStreams(max_streams=10, max_per_client=10)
-    a, b, gone = streams.open("ip:a"), streams.open("ip:b"), streams.open("ip:c")
+    waiting, busy, gone = streams.open("ip:a"), streams.open("ip:b"), streams.open("ip:c")
+    tasks = [asyncio.ensure_future(asyncio.Event().wait()) for _ in range(2)]
+    waiting.task, busy.task = tasks
+    waiting.waiting = True
     gone.close()
     assert streams.stop_all() == 2
-    assert a.stopping.done() and b.stopping.done()
-    assert not gone.stopping.done()
+    assert (waiting.reason, busy.reason, gone.reason) == ("shutdown", "shutdown", None)
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    assert not tasks[1].done()  # it ends after its current write, seeing the reason
     assert streams.stop_all() == 0
+    tasks[1].cancel()
+
+
+async def test_a_stop_reason_is_kept_once_set():
+    slot = OpenStreams(0, 0).open("ip:a")
+    slot.stop("duration")
+    slot.stop("shutdown")
+    assert slot.reason == "duration"
 
 
 def test_the_client_is_the_subject_when_authenticated_else_the_ip():
