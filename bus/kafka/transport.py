@@ -1,0 +1,676 @@
+"""Kafka transport (aiokafka).
+
+Topics (see DESIGN.md): requests for system S go to ``PREFIX.req.S``, read by the consumer
+group ``PREFIX.adapter.S`` so a system's adapters share the load; replies and stream steps to
+edge node N go to ``PREFIX.reply.N``; Presence heartbeats and Cancels are broadcast on
+``PREFIX.control``; durable commands go to ``PREFIX.cmd``.
+
+Every node reads its reply topic and the control topic with one consumer *without* a group:
+it assigns itself all their partitions and starts at the end, so there is no group join to
+wait for and no offsets to commit. Messages are keyed by request id (by node for control
+messages), so the steps of one stream stay in one partition and in order, whatever number of
+partitions a topic ended up with.
+
+Things aiokafka does not do by itself, done here by a supervisor task (every
+``health_interval`` seconds):
+
+* tell whether the broker is there: a metadata request for this node's topics. ``connected``
+  is that answer (and a send that gets no acknowledgement in time clears it too), so calls
+  during an outage fail fast with 503 instead of waiting out aiokafka's 40 s defaults;
+* create the topics this node needs when they are missing (a broker restarted without
+  persistent storage, or someone deleted them) and add partitions to request topics that were
+  auto-created with fewer than ``request_partitions``;
+* follow partition changes of the reply and control topics (re-assign, keeping positions);
+* notice a log that restarted below a consumer's position (the topic was recreated): a real
+  Kafka broker answers such a fetch with OFFSET_OUT_OF_RANGE and aiokafka resets the position,
+  but not every Kafka-protocol broker does, so the supervisor compares positions with the log
+  end offsets and rewinds such partitions to their beginning itself;
+* restart a consumer whose read loop died.
+
+Groups: a partition of a request topic without a committed offset (a new group, or the group
+state was lost with the broker) starts at the first request produced since this adapter
+started, less ``replay_window`` seconds -- not at the start of the topic's history, and not at
+its end, which would drop requests sent while the group was still joining. Expired requests
+are dropped by the base class anyway.
+
+Fetch latency: a broker that long-polls returns a fetch as soon as data arrives, so a long
+``fetch_max_wait_ms`` costs nothing there; some Kafka-protocol brokers (Tansu, used in the
+tests) hold every fetch for the whole wait instead. Consumers therefore fetch with a short wait
+(``fetch_wait_ms``) while they are busy -- requests awaiting replies, messages received in the
+last ``hot_window`` seconds -- and with a long one (``idle_fetch_wait_ms``) when idle, so an
+idle node does not spin. On a real Kafka cluster both may be set to 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import KafkaError
+
+from bus import headers as hdr
+from bus.base import Bus
+from contracts.errors import BusUnavailable
+
+log = logging.getLogger("busgate.bus.kafka")
+
+_NO_ERROR = 0
+_TOPIC_ALREADY_EXISTS = 36
+
+OnRecord = Callable[[str, bytes], None]
+
+
+def _partition(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """The partition for a message: by key (request id, or node for control messages), so a
+    stream's steps stay in order. CRC-32, because aiokafka's default murmur2 is pure Python
+    and costs more than the rest of sending a message."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    partitions = sorted(all_partitions)
+    return partitions[zlib.crc32(key) % len(partitions)]
+
+
+def _set_fetch_wait(consumer: Any, wait_ms: int) -> None:
+    """Change how long the broker may hold this consumer's next fetch.
+
+    aiokafka reads the value for every fetch it builds but has no public setter; without the
+    attribute (another aiokafka version) the consumer keeps the wait it was created with.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+        fetcher._fetch_max_wait_ms = wait_ms
+
+
+class _Reader:
+    """One aiokafka consumer and the task that feeds its records to ``on_record``."""
+
+    def __init__(
+        self, name: str, consumer: Any, on_record: OnRecord, *, hot_ms: int, idle_ms: int
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.on_record = on_record
+        self.hot_ms = hot_ms
+        self.idle_ms = idle_ms
+        self.wait_ms = idle_ms
+        self.last_active = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._read(), name=f"kafka-read-{self.name}")
+
+    @property
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def heat(self) -> None:
+        """Busy: fetch with the short wait from the next fetch on."""
+        self.last_active = time.monotonic()
+        if self.wait_ms != self.hot_ms:
+            self.wait_ms = self.hot_ms
+            _set_fetch_wait(self.consumer, self.hot_ms)
+
+    def cool(self, now: float, window: float) -> None:
+        if self.wait_ms != self.idle_ms and now - self.last_active > window:
+            self.wait_ms = self.idle_ms
+            _set_fetch_wait(self.consumer, self.idle_ms)
+
+    async def _read(self) -> None:
+        consumer = self.consumer
+        failing = False
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000)
+            except KafkaError as exc:
+                if not failing:
+                    log.warning("kafka: %s: read failed (%r); retrying", self.name, exc)
+                failing = True
+                await asyncio.sleep(0.2)
+                continue
+            failing = False
+            for tp, records in batches.items():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        self.on_record(tp.topic, record.value)
+                    except Exception:
+                        log.exception("kafka: %s: record from %s not handled", self.name, tp)
+
+    async def stop(self, grace: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        try:
+            await asyncio.wait_for(self.consumer.stop(), grace)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("kafka: %s: consumer did not stop cleanly: %r", self.name, exc)
+
+
+class _StartAtRecent(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Positions assigned request partitions that have no committed offset.
+
+    They start at the first message produced at or after ``since_ms`` (or at the end when
+    there is none), instead of the whole history or only what comes after the join.
+    """
+
+    def __init__(self, name: str, since_ms: int, timeout: float) -> None:
+        self.name = name
+        self.since_ms = since_ms
+        self.timeout = timeout
+        self.consumer: Any = None
+        self.assigned = asyncio.Event()
+        """Set once the first assignment is positioned."""
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        consumer = self.consumer
+        try:
+            async with asyncio.timeout(self.timeout):
+                fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+                if fresh:
+                    found = await consumer.offsets_for_times({tp: self.since_ms for tp in fresh})
+                    to_end = []
+                    for tp in fresh:
+                        hit = found.get(tp)
+                        # Kafka answers "no such message" with offset -1 (None here); some
+                        # brokers send offset 0 with timestamp -1 instead.
+                        if hit is None or hit.timestamp < 0:
+                            to_end.append(tp)
+                        else:
+                            consumer.seek(tp, hit.offset)
+                    if to_end:
+                        await consumer.seek_to_end(*to_end)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "kafka: %s: could not position new partitions (%r); using the reset policy",
+                self.name,
+                exc,
+            )
+        finally:
+            self.assigned.set()
+
+
+class KafkaBus(Bus):
+    requires_presence = True
+
+    def __init__(
+        self,
+        servers: str | list[str],
+        *,
+        node: str,
+        prefix: str = "busgate",
+        connect_timeout: float = 10.0,
+        send_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+        request_partitions: int = 2,
+        replication_factor: int | None = None,
+        fetch_wait_ms: int = 2,
+        idle_fetch_wait_ms: int = 100,
+        hot_window: float = 2.0,
+        health_interval: float = 0.5,
+        join_timeout: float = 30.0,
+        replay_window: float = 60.0,
+    ) -> None:
+        """``servers``: bootstrap servers, ``host:port`` separated by commas (or a list).
+
+        ``replication_factor`` of the topics this node creates defaults to the number of
+        brokers, at most 3. See the module docstring for the fetch waits.
+        """
+        super().__init__(node=node, prefix=prefix)
+        self.servers = servers if isinstance(servers, str) else ",".join(servers)
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.command_timeout = command_timeout
+        self.request_partitions = request_partitions
+        self.replication_factor = replication_factor
+        self.fetch_wait_ms = fetch_wait_ms
+        self.idle_fetch_wait_ms = idle_fetch_wait_ms
+        self.hot_window = hot_window
+        self.health_interval = health_interval
+        self.join_timeout = join_timeout
+        self.replay_window = replay_window
+
+        self._reply_topic = self.names.reply(node)
+        self._topics: dict[str, int] = {}
+        """The topics this node makes sure exist, with the partitions each should have."""
+        self._admin: Any = None
+        self._producer: Any = None
+        self._command_producer: Any = None
+        self._command_lock = asyncio.Lock()
+        self._node_reader: _Reader | None = None
+        self._request_readers: dict[str, _Reader] = {}
+        self._joins: dict[str, _StartAtRecent] = {}
+        self._join_waited: set[str] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._healthy = False
+        self._closing = False
+        self._started_at = time.time()
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None and self._healthy and not self._closing
+
+    def reply_address(self, request_id: str) -> str:
+        return self._reply_topic
+
+    def _mark_down(self, why: str) -> None:
+        if self._healthy:
+            log.warning("kafka: %s; calls fail fast until the broker answers again", why)
+        self._healthy = False
+
+    # -- connecting -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._started_at = time.time()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                self._admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.servers,
+                    client_id=f"busgate-{self.node}-admin",
+                    request_timeout_ms=10_000,
+                )
+                await self._admin.start()
+                if self.replication_factor is None:
+                    cluster = await self._admin.describe_cluster()
+                    self.replication_factor = max(1, min(3, len(cluster.get("brokers", []))))
+                self._topics[self._reply_topic] = 1
+                self._topics[self.names.control] = 1
+                await self._ensure_topics([self._reply_topic, self.names.control])
+                self._producer = AIOKafkaProducer(
+                    bootstrap_servers=self.servers,
+                    client_id=f"busgate-{self.node}",
+                    acks=1,
+                    linger_ms=0,
+                    request_timeout_ms=int(self.send_timeout * 1000),
+                    partitioner=_partition,
+                )
+                await self._producer.start()
+                await self._start_node_reader()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._close_transport()
+            raise BusUnavailable(f"cannot connect to Kafka at {self.servers}: {exc!r}") from None
+        self._healthy = True
+        self._supervisor = asyncio.create_task(
+            self._supervise(), name=f"kafka-supervise-{self.node}"
+        )
+
+    async def _ensure_topics(self, topics: Iterable[str]) -> dict[str, int]:
+        """Create the missing ones of ``topics``, grow request topics that have too few
+        partitions; return each topic's partition count."""
+        wanted = {t: self._topics[t] for t in topics}
+        response = await self._admin.create_topics(
+            [NewTopic(t, n, self.replication_factor or 1) for t, n in wanted.items()]
+        )
+        for entry in response.topic_errors:
+            topic, code = entry[0], entry[1]
+            if code == _NO_ERROR:
+                log.info("kafka: created topic %s", topic)
+            elif code != _TOPIC_ALREADY_EXISTS:
+                log.warning("kafka: cannot create topic %s (error %s)", topic, code)
+        counts = await self._partition_counts(list(wanted))
+        grow = {
+            t: NewPartitions(n) for t, n in wanted.items() if n > 1 and 0 < counts.get(t, 0) < n
+        }
+        if grow:
+            try:
+                await self._admin.create_partitions(grow)
+                log.info("kafka: added partitions to %s", sorted(grow))
+                counts = await self._partition_counts(list(wanted))
+            except KafkaError as exc:
+                log.warning("kafka: cannot add partitions to %s: %r", sorted(grow), exc)
+        return counts
+
+    async def _partition_counts(self, topics: list[str]) -> dict[str, int]:
+        described = await self._admin.describe_topics(topics)
+        return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == _NO_ERROR}
+
+    def _node_record(self, topic: str, value: bytes) -> None:
+        if topic == self._reply_topic:
+            assert self._node_reader is not None
+            self._node_reader.heat()
+            self._on_reply(value)
+        else:
+            self._on_control(value)
+
+    async def _start_node_reader(self, positions: dict[TopicPartition, int] | None = None) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.servers,
+            client_id=f"busgate-{self.node}-node",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.idle_fetch_wait_ms,
+            fetch_min_bytes=1,
+        )
+        await consumer.start()
+        reader = _Reader(
+            "node",
+            consumer,
+            self._node_record,
+            hot_ms=self.fetch_wait_ms,
+            idle_ms=self.idle_fetch_wait_ms,
+        )
+        try:
+            tps = await self._node_partitions()
+            consumer.assign(list(tps))
+            await self._position(consumer, tps, positions or {}, new_at_end=True)
+        except BaseException:
+            await reader.stop(2)
+            raise
+        self._node_reader = reader
+        reader.start()
+
+    async def _node_partitions(self) -> set[TopicPartition]:
+        counts = await self._partition_counts([self._reply_topic, self.names.control])
+        return {
+            TopicPartition(topic, p)
+            for topic in (self._reply_topic, self.names.control)
+            for p in range(counts.get(topic, 1))
+        }
+
+    @staticmethod
+    async def _position(
+        consumer: Any,
+        tps: set[TopicPartition],
+        positions: dict[TopicPartition, int],
+        *,
+        new_at_end: bool,
+    ) -> None:
+        """Seek known partitions to ``positions``, the others to their end or beginning."""
+        for tp, offset in positions.items():
+            if tp in tps:
+                consumer.seek(tp, offset)
+        new = [tp for tp in tps if tp not in positions]
+        if new:
+            if new_at_end:
+                await consumer.seek_to_end(*new)
+            else:
+                await consumer.seek_to_beginning(*new)
+
+    # -- sending --------------------------------------------------------------------
+
+    async def _send(
+        self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
+    ) -> None:
+        # No timer per message (asyncio.timeout costs as much as the rest of this call):
+        # the producer's request_timeout_ms is send_timeout, and aiokafka bounds every step
+        # by it -- the metadata wait, a full buffer, and the batch's delivery, which fails
+        # once expired.
+        producer = self._producer
+        if producer is None or not self._healthy or self._closing:
+            raise BusUnavailable("the Kafka connection is down; try again shortly")
+        if self.pending and self._node_reader is not None:
+            self._node_reader.heat()  # replies are awaited: fetch them promptly
+        key = headers.get(hdr.REQUEST_ID, self.node).encode()
+        kafka_headers = [(k, v.encode()) for k, v in headers.items()]
+        try:
+            delivery = await producer.send(dest, data, key=key, headers=kafka_headers)
+            await delivery
+        except KafkaError as exc:
+            self._mark_down(f"produce to {dest} failed ({type(exc).__name__})")
+            raise BusUnavailable(f"Kafka produce failed: {type(exc).__name__}") from None
+
+    async def _ready_command_producer(self) -> Any:
+        async with self._command_lock:
+            if self._command_producer is None:
+                topic = self.names.command()
+                self._topics[topic] = self.request_partitions
+                await self._ensure_topics([topic])
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.servers,
+                    client_id=f"busgate-{self.node}-cmd",
+                    acks="all",
+                    linger_ms=0,
+                    partitioner=_partition,
+                    request_timeout_ms=int(self.command_timeout * 1000),
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), 2)
+                    raise
+                self._command_producer = producer
+            return self._command_producer
+
+    async def publish_command(
+        self, name: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        if not self.connected:
+            raise BusUnavailable("the Kafka connection is down; try again shortly")
+        kafka_headers = [(k, v.encode()) for k, v in (headers or {}).items()]
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                producer = await self._ready_command_producer()
+                delivery = await producer.send(
+                    self.names.command(), data, key=name.encode(), headers=kafka_headers
+                )
+                await delivery
+        except TimeoutError:
+            self._mark_down(f"no acknowledgement from Kafka within {self.command_timeout:g} s")
+            raise BusUnavailable("Kafka did not acknowledge the command in time") from None
+        except KafkaError as exc:
+            raise BusUnavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from None
+
+    # -- adapters -------------------------------------------------------------------
+
+    async def _listen_requests(self, system: str) -> None:
+        topic = self.names.request(system)
+        self._topics[topic] = self.request_partitions
+        try:
+            await asyncio.wait_for(self._ensure_topics([topic]), self.connect_timeout)
+            await asyncio.wait_for(self._start_request_reader(system), self.connect_timeout)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BusUnavailable(f"cannot consume {topic}: {exc!r}") from None
+
+    async def _start_request_reader(self, system: str) -> None:
+        topic = self.names.request(system)
+        since_ms = int((self._started_at - self.replay_window) * 1000)
+        listener = _StartAtRecent(f"requests {system}", since_ms, timeout=10)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.servers,
+            client_id=f"busgate-{self.node}-{system}",
+            group_id=self.names.group(system),
+            enable_auto_commit=True,
+            auto_commit_interval_ms=1000,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.idle_fetch_wait_ms,
+            fetch_min_bytes=1,
+            metadata_max_age_ms=30_000,
+        )
+        listener.consumer = consumer
+        consumer.subscribe([topic], listener=listener)
+
+        def on_request(_topic: str, value: bytes) -> None:
+            reader.heat()
+            self._on_request(value)
+
+        reader = _Reader(
+            f"requests {system}",
+            consumer,
+            on_request,
+            hot_ms=self.fetch_wait_ms,
+            idle_ms=self.idle_fetch_wait_ms,
+        )
+        await consumer.start()
+        self._request_readers[system] = reader
+        self._joins[system] = listener
+        reader.start()
+
+    async def announce(self, ttl: float = 6.0) -> None:
+        """Broadcast Presence, the first time only once the request consumers have joined
+        their groups (bounded by ``join_timeout``): an adapter announces what it can take."""
+        if ttl > 0:
+            waiting = {s: j for s, j in self._joins.items() if s not in self._join_waited}
+            if waiting:
+                self._join_waited.update(waiting)
+                try:
+                    async with asyncio.timeout(self.join_timeout):
+                        await asyncio.gather(*(j.assigned.wait() for j in waiting.values()))
+                except TimeoutError:
+                    log.warning(
+                        "kafka: consumer groups for %s not joined after %g s; announcing anyway",
+                        sorted(waiting),
+                        self.join_timeout,
+                    )
+        await super().announce(ttl)
+
+    # -- supervision ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            try:
+                await self._check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("kafka: supervisor check failed")
+
+    async def _check(self) -> None:
+        now = time.monotonic()
+        node = self._node_reader
+        if node is not None and self.pending:
+            node.heat()
+        for reader in self._readers():
+            reader.cool(now, self.hot_window)
+
+        try:
+            async with asyncio.timeout(max(self.health_interval, 1.0)):
+                counts = await self._partition_counts(list(self._topics))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._mark_down(f"broker not answering ({type(exc).__name__})")
+            return
+        if not self._healthy:
+            log.info("kafka: broker answering again")
+        self._healthy = True
+
+        short = [t for t, n in self._topics.items() if counts.get(t, 0) < n]
+        if short:
+            try:
+                async with asyncio.timeout(5):
+                    counts.update(await self._ensure_topics(short))
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("kafka: cannot recreate topics %s: %r", short, exc)
+                return
+
+        await self._check_node_reader(counts)
+        for system, reader in list(self._request_readers.items()):
+            if not reader.alive and not self._closing:
+                log.warning("kafka: request reader for %s died; restarting it", system)
+                await reader.stop(2)
+                await self._start_request_reader(system)
+                continue
+            await self._check_positions(reader)
+
+    def _readers(self) -> list[_Reader]:
+        readers = list(self._request_readers.values())
+        if self._node_reader is not None:
+            readers.append(self._node_reader)
+        return readers
+
+    async def _check_node_reader(self, counts: dict[str, int]) -> None:
+        reader = self._node_reader
+        if reader is None:
+            return
+        if not reader.alive:
+            log.warning("kafka: reply/control reader died; restarting it")
+            await reader.stop(2)
+            self._node_reader = None
+            await self._start_node_reader()
+            return
+        consumer = reader.consumer
+        want = {
+            TopicPartition(topic, p)
+            for topic in (self._reply_topic, self.names.control)
+            for p in range(counts.get(topic, 0))
+        }
+        have = set(consumer.assignment())
+        if want and not want <= have:
+            positions = await self._positions(consumer, have)
+            log.info("kafka: reading %d partitions of reply/control topics now", len(want))
+            consumer.assign(list(want | have))
+            # Partitions that appeared after we started hold only news: read them whole.
+            await asyncio.wait_for(
+                self._position(consumer, want | have, positions, new_at_end=False), 5
+            )
+            return
+        await self._check_positions(reader)
+
+    @staticmethod
+    async def _positions(consumer: Any, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        positions: dict[TopicPartition, int] = {}
+        for tp in tps:
+            try:
+                positions[tp] = await asyncio.wait_for(consumer.position(tp), 0.5)
+            except (TimeoutError, KafkaError):
+                continue
+        return positions
+
+    async def _check_positions(self, reader: _Reader) -> None:
+        """Rewind partitions whose log now ends below our position (the topic was recreated).
+
+        The high watermark comes with every fetch response; a consumer's position never
+        exceeds it unless the log behind it was replaced by a shorter one.
+        """
+        consumer = reader.consumer
+        positions = await self._positions(consumer, consumer.assignment())
+        behind = []
+        for tp, pos in positions.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None and pos > highwater:
+                behind.append(tp)
+        if behind:
+            log.warning(
+                "kafka: %s: %s restarted below our position (topic recreated?); "
+                "reading from their beginning",
+                reader.name,
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind),
+            )
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(consumer.seek_to_beginning(*behind), 2.0)
+
+    # -- closing --------------------------------------------------------------------
+
+    async def _close_transport(self) -> None:
+        self._closing = True
+        self._healthy = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        readers = self._readers()
+        self._node_reader = None
+        self._request_readers.clear()
+        await asyncio.gather(*(r.stop(5) for r in readers))
+        for producer in (self._producer, self._command_producer):
+            if producer is not None:
+                try:
+                    await asyncio.wait_for(producer.stop(), 5)
+                except (TimeoutError, KafkaError, OSError) as exc:
+                    log.warning("kafka: producer did not stop cleanly: %r", exc)
+        self._producer = self._command_producer = None
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._admin.close(), 5)
+            self._admin = None
