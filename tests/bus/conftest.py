@@ -1,0 +1,163 @@
+"""Real brokers and buses for the transport contract tests.
+
+One NATS server and one Tansu broker per session, and per transport one edge bus and two
+adapter buses serving the same system (one queue / consumer group): a Kafka group join takes
+seconds, so the adapters join once and every contract test shares them. ``world`` is
+parametrized over the transports, so each contract test runs on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+
+from bus import Bus, Responder, from_url
+from bus.base import Handler
+from busgate.brokers import Broker, NatsServer, TansuBroker
+from contracts.errors import UpstreamError
+from contracts.wire import Kind, Reply, Request
+
+SYSTEM = "svc"
+
+TRANSPORTS = [
+    pytest.param("nats", marks=pytest.mark.nats, id="nats"),
+    pytest.param("kafka", marks=pytest.mark.kafka, id="kafka"),
+]
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[TansuBroker]:
+    with TansuBroker() as broker:
+        yield broker
+
+
+async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:
+    """Poll ``check()`` until it holds; fail after ``within`` seconds."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within:g} s")
+
+
+def make_request(
+    path: str,
+    *,
+    system: str = SYSTEM,
+    timeout: float = 5.0,
+    kind: Kind = "request",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+) -> Request:
+    return Request(
+        id=uuid.uuid4().hex,
+        kind=kind,
+        system=system,
+        path=path,
+        body=body,
+        headers=headers or {},
+        query=query or {},
+        deadline=time.time() + timeout,
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+
+
+@dataclass
+class Adapters:
+    """What the test adapters saw: which node handled which request, and their responders."""
+
+    handled: dict[str, str] = field(default_factory=dict)
+    responders: dict[str, Responder] = field(default_factory=dict)
+
+    def handler_for(self, node: str) -> Handler:
+        async def handle(req: Request, responder: Responder) -> None:
+            self.handled[req.id] = node
+            self.responders[req.id] = responder
+            if req.path == "echo":
+                await responder.reply(
+                    Reply(
+                        id=req.id,
+                        status=201,
+                        headers={**req.headers, "x-adapter": node},
+                        body=req.body,
+                    )
+                )
+            elif req.path == "sleep":
+                await asyncio.sleep(float(req.query["seconds"]))
+                await responder.reply(Reply(id=req.id, body=b"late"))
+            elif req.path == "stream":
+                count = int(req.query["count"])
+                for i in range(count):
+                    await responder.step(
+                        [json.dumps({"i": i}).encode()], next=str(i), last=i == count - 1
+                    )
+            elif req.path == "forever":
+                i = 0
+                while not responder.cancelled.is_set():
+                    await responder.step([json.dumps({"i": i}).encode()], next=str(i))
+                    i += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(responder.cancelled.wait(), 0.05)
+            elif req.path == "error":
+                await responder.step([b'{"ok":true}'])
+                await responder.step([], error=UpstreamError("the runner fell over"))
+
+        return handle
+
+
+@dataclass
+class World:
+    transport: str
+    broker: Broker
+    edge: Bus
+    adapters: list[Bus]
+    seen: Adapters
+    prefix: str
+
+
+async def open_world(transport: str, broker: Broker, *, adapters: int = 2) -> World:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    edge = from_url(broker.url, node=f"edge-{prefix}", prefix=prefix)
+    nodes = [
+        from_url(broker.url, node=f"adapter{i}-{prefix}", prefix=prefix) for i in range(adapters)
+    ]
+    seen = Adapters()
+    await asyncio.gather(edge.connect(), *(bus.connect() for bus in nodes))
+    await asyncio.gather(*(bus.serve([SYSTEM], seen.handler_for(bus.node)) for bus in nodes))
+    for bus in nodes:
+        bus._spawn(bus.announce_forever(interval=1.0, ttl=4.0))
+    if edge.requires_presence:
+        await eventually(lambda: len(edge.presence.nodes(SYSTEM)) == adapters, within=30)
+    return World(transport, broker, edge, nodes, seen, prefix)
+
+
+async def close_world(world: World) -> None:
+    await asyncio.gather(*(bus.close() for bus in [world.edge, *world.adapters]))
+
+
+@pytest_asyncio.fixture(scope="session", params=TRANSPORTS)
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    broker: Broker = request.getfixturevalue(
+        "nats_server" if request.param == "nats" else "tansu_broker"
+    )
+    opened = await open_world(request.param, broker)
+    try:
+        yield opened
+    finally:
+        await close_world(opened)
