@@ -15,6 +15,7 @@ presenting a used one again revokes the whole session (its access tokens with it
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -89,6 +90,11 @@ class AuthApi:
         return channel, service
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # The edge cancels handlers whose client went away (for streams); session writes
+        # (create, rotate, revoke) must not stop half-way, so auth actions run to the end.
+        return await asyncio.shield(self._dispatch(request))
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         action = info["action"]
         channel, service = self._channel(info["channel"])
