@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -83,6 +84,18 @@ def _partition(key: bytes | None, all_partitions: list[int], available: list[int
     return partitions[zlib.crc32(key) % len(partitions)]
 
 
+def _relay(waiter: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
+    """Pass a delivery's outcome on to the future a send awaits."""
+    if waiter.done():
+        return
+    if delivery.cancelled():
+        waiter.set_exception(BusUnavailable("the message was not delivered"))
+    elif (exc := delivery.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(None)
+
+
 def _set_fetch_wait(consumer: Any, wait_ms: int) -> None:
     """Change how long the broker may hold this consumer's next fetch.
 
@@ -94,11 +107,36 @@ def _set_fetch_wait(consumer: Any, wait_ms: int) -> None:
         fetcher._fetch_max_wait_ms = wait_ms
 
 
+def _group_member(consumer: Any) -> bool:
+    """Whether a group consumer holds a valid membership (generation) right now.
+
+    After the group forgot the member (its state was lost with a broker restart) aiokafka
+    resets the generation to -1 and then commits its *old* positions once more before
+    rejoining; Kafka accepts a commit with generation -1 for an empty group, so those
+    positions -- beyond the end of the recreated topic -- would become the group's offsets.
+    Offsets are therefore committed here, and only while this holds.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", -1)
+    return isinstance(generation, int) and generation >= 0
+
+
 class _Reader:
-    """One aiokafka consumer and the task that feeds its records to ``on_record``."""
+    """One aiokafka consumer and the task that feeds its records to ``on_record``.
+
+    For a group consumer (``group=True``) it also keeps the offsets of what it handed on and
+    commits them (``commit``) -- aiokafka's auto-commit is off, see ``_group_member``.
+    """
 
     def __init__(
-        self, name: str, consumer: Any, on_record: OnRecord, *, hot_ms: int, idle_ms: int
+        self,
+        name: str,
+        consumer: Any,
+        on_record: OnRecord,
+        *,
+        hot_ms: int,
+        idle_ms: int,
+        group: bool = False,
     ) -> None:
         self.name = name
         self.consumer = consumer
@@ -106,8 +144,11 @@ class _Reader:
         self.hot_ms = hot_ms
         self.idle_ms = idle_ms
         self.wait_ms = idle_ms
+        self.group = group
         self.last_active = 0.0
         self.task: asyncio.Task[None] | None = None
+        self.consumed: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._read(), name=f"kafka-read-{self.name}")
@@ -131,9 +172,10 @@ class _Reader:
     async def _read(self) -> None:
         consumer = self.consumer
         failing = False
+        checked = 0.0
         while True:
             try:
-                batches = await consumer.getmany(timeout_ms=1000)
+                batches = await consumer.getmany(timeout_ms=100)
             except KafkaError as exc:
                 if not failing:
                     log.warning("kafka: %s: read failed (%r); retrying", self.name, exc)
@@ -149,38 +191,97 @@ class _Reader:
                         self.on_record(tp.topic, record.value)
                     except Exception:
                         log.exception("kafka: %s: record from %s not handled", self.name, tp)
+                if self.group and records:
+                    self.consumed[tp] = records[-1].offset + 1
+            now = time.monotonic()
+            if now - checked >= 0.1:
+                checked = now
+                await self._rewind_recreated()
+
+    async def _rewind_recreated(self) -> None:
+        """Read from the beginning the partitions whose log now ends below our position.
+
+        Every fetch response carries the partition's high watermark, and a position never
+        exceeds it -- unless the topic was deleted and recreated (a broker that lost its
+        data): a real Kafka broker then answers OFFSET_OUT_OF_RANGE and aiokafka resets the
+        position itself, but not every Kafka-protocol broker does. Checked often, so little
+        can land in the new log below the stale position before it is noticed.
+        """
+        consumer = self.consumer
+        behind = []
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 0.05)
+            except (TimeoutError, KafkaError):
+                continue
+            if position > highwater:
+                behind.append(tp)
+        if behind:
+            log.warning(
+                "kafka: %s: %s now end below our position (topic recreated?); "
+                "reading them from the beginning",
+                self.name,
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind),
+            )
+            for tp in behind:
+                self.consumed.pop(tp, None)
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(consumer.seek_to_beginning(*behind), 2.0)
+
+    async def commit(self) -> None:
+        """Commit the offsets handed on since the last commit (group consumers only)."""
+        due = {tp: n for tp, n in self.consumed.items() if self.committed.get(tp) != n}
+        if not due or not _group_member(self.consumer):
+            return
+        try:
+            await asyncio.wait_for(self.consumer.commit(due), 2.0)
+        except (TimeoutError, KafkaError) as exc:
+            log.debug("kafka: %s: commit failed: %r", self.name, exc)
+            return
+        self.committed.update(due)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.consumed.pop(tp, None)
+            self.committed.pop(tp, None)
 
     async def stop(self, grace: float) -> None:
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        if self.group:
+            await self.commit()
         try:
             await asyncio.wait_for(self.consumer.stop(), grace)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("kafka: %s: consumer did not stop cleanly: %r", self.name, exc)
 
 
-class _StartAtRecent(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Positions assigned request partitions that have no committed offset.
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commits before partitions go, positions partitions that come without an offset.
 
-    They start at the first message produced at or after ``since_ms`` (or at the end when
+    Those start at the first message produced at or after ``since_ms`` (or at the end when
     there is none), instead of the whole history or only what comes after the join.
     """
 
-    def __init__(self, name: str, since_ms: int, timeout: float) -> None:
-        self.name = name
+    def __init__(self, reader: _Reader, since_ms: int, timeout: float) -> None:
+        self.reader = reader
         self.since_ms = since_ms
         self.timeout = timeout
-        self.consumer: Any = None
         self.assigned = asyncio.Event()
         """Set once the first assignment is positioned."""
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        pass
+        revoked = list(revoked)
+        await self.reader.commit()  # no-op when the group forgot us
+        self.reader.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        consumer = self.consumer
+        consumer = self.reader.consumer
         try:
             async with asyncio.timeout(self.timeout):
                 fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
@@ -197,10 +298,17 @@ class _StartAtRecent(ConsumerRebalanceListener):  # type: ignore[misc]
                             consumer.seek(tp, hit.offset)
                     if to_end:
                         await consumer.seek_to_end(*to_end)
+                    log.debug(
+                        "kafka: %s: partitions %s had no offset; start at %s (at the end: %s)",
+                        self.reader.name,
+                        sorted(tp.partition for tp in fresh),
+                        {tp.partition: hit for tp, hit in found.items()},
+                        sorted(tp.partition for tp in to_end),
+                    )
         except (TimeoutError, KafkaError) as exc:
             log.warning(
                 "kafka: %s: could not position new partitions (%r); using the reset policy",
-                self.name,
+                self.reader.name,
                 exc,
             )
         finally:
@@ -256,9 +364,11 @@ class KafkaBus(Bus):
         self._command_lock = asyncio.Lock()
         self._node_reader: _Reader | None = None
         self._request_readers: dict[str, _Reader] = {}
-        self._joins: dict[str, _StartAtRecent] = {}
+        self._joins: dict[str, _Rebalance] = {}
         self._join_waited: set[str] = set()
         self._supervisor: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Future[None]] = set()
+        """Sends waiting for the broker's acknowledgement (see ``_mark_down``)."""
         self._healthy = False
         self._closing = False
         self._started_at = time.time()
@@ -276,6 +386,11 @@ class KafkaBus(Bus):
         if self._healthy:
             log.warning("kafka: %s; calls fail fast until the broker answers again", why)
         self._healthy = False
+        # Sends still waiting for their acknowledgement give up now rather than when
+        # aiokafka expires their batch (send_timeout).
+        for waiter in self._acks:
+            if not waiter.done():
+                waiter.set_exception(BusUnavailable("the Kafka broker is not answering"))
 
     # -- connecting -----------------------------------------------------------------
 
@@ -424,7 +539,16 @@ class KafkaBus(Bus):
         kafka_headers = [(k, v.encode()) for k, v in headers.items()]
         try:
             delivery = await producer.send(dest, data, key=key, headers=kafka_headers)
-            await delivery
+            if delivery.done():
+                delivery.result()
+                return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            delivery.add_done_callback(functools.partial(_relay, waiter))
+            self._acks.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._acks.discard(waiter)
         except KafkaError as exc:
             self._mark_down(f"produce to {dest} failed ({type(exc).__name__})")
             raise BusUnavailable(f"Kafka produce failed: {type(exc).__name__}") from None
@@ -484,21 +608,16 @@ class KafkaBus(Bus):
 
     async def _start_request_reader(self, system: str) -> None:
         topic = self.names.request(system)
-        since_ms = int((self._started_at - self.replay_window) * 1000)
-        listener = _StartAtRecent(f"requests {system}", since_ms, timeout=10)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.servers,
             client_id=f"busgate-{self.node}-{system}",
             group_id=self.names.group(system),
-            enable_auto_commit=True,
-            auto_commit_interval_ms=1000,
+            enable_auto_commit=False,  # committed by _Reader.commit
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.idle_fetch_wait_ms,
             fetch_min_bytes=1,
             metadata_max_age_ms=30_000,
         )
-        listener.consumer = consumer
-        consumer.subscribe([topic], listener=listener)
 
         def on_request(_topic: str, value: bytes) -> None:
             reader.heat()
@@ -510,7 +629,11 @@ class KafkaBus(Bus):
             on_request,
             hot_ms=self.fetch_wait_ms,
             idle_ms=self.idle_fetch_wait_ms,
+            group=True,
         )
+        since_ms = int((self._started_at - self.replay_window) * 1000)
+        listener = _Rebalance(reader, since_ms, timeout=10)
+        consumer.subscribe([topic], listener=listener)
         await consumer.start()
         self._request_readers[system] = reader
         self._joins[system] = listener
@@ -580,7 +703,22 @@ class KafkaBus(Bus):
                 await reader.stop(2)
                 await self._start_request_reader(system)
                 continue
-            await self._check_positions(reader)
+            self._refresh_if_stale(reader.consumer, self.names.request(system), counts)
+            await reader.commit()
+
+    @staticmethod
+    def _refresh_if_stale(consumer: Any, topic: str, counts: dict[str, int]) -> None:
+        """Have a group consumer refresh its metadata now when ``topic`` changed partitions.
+
+        aiokafka notices new partitions at its next periodic metadata refresh and only then
+        rebalances the group; after a broker restart that auto-created the topic with another
+        partition count, that would be one more rebalance much later, not right away.
+        """
+        known = consumer.partitions_for_topic(topic)
+        if counts.get(topic) and (known is None or len(known) != counts[topic]):
+            client = getattr(consumer, "_client", None)
+            if client is not None:
+                client.force_metadata_update()
 
     def _readers(self) -> list[_Reader]:
         readers = list(self._request_readers.values())
@@ -613,8 +751,6 @@ class KafkaBus(Bus):
             await asyncio.wait_for(
                 self._position(consumer, want | have, positions, new_at_end=False), 5
             )
-            return
-        await self._check_positions(reader)
 
     @staticmethod
     async def _positions(consumer: Any, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -625,29 +761,6 @@ class KafkaBus(Bus):
             except (TimeoutError, KafkaError):
                 continue
         return positions
-
-    async def _check_positions(self, reader: _Reader) -> None:
-        """Rewind partitions whose log now ends below our position (the topic was recreated).
-
-        The high watermark comes with every fetch response; a consumer's position never
-        exceeds it unless the log behind it was replaced by a shorter one.
-        """
-        consumer = reader.consumer
-        positions = await self._positions(consumer, consumer.assignment())
-        behind = []
-        for tp, pos in positions.items():
-            highwater = consumer.highwater(tp)
-            if highwater is not None and pos > highwater:
-                behind.append(tp)
-        if behind:
-            log.warning(
-                "kafka: %s: %s restarted below our position (topic recreated?); "
-                "reading from their beginning",
-                reader.name,
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in behind),
-            )
-            with contextlib.suppress(TimeoutError, KafkaError):
-                await asyncio.wait_for(consumer.seek_to_beginning(*behind), 2.0)
 
     # -- closing --------------------------------------------------------------------
 
