@@ -19,7 +19,11 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import ConnectionClosedError, OutboundBufferLimitError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
+)
 from nats.js.api import StreamConfig
 from nats.js.errors import NoStreamResponseError
 
@@ -60,6 +64,10 @@ class NatsBus(Bus):
         async def on_disconnect() -> None:
             if not self.nc.is_closed and not self.nc.is_draining:
                 log.warning("nats: disconnected; reconnecting")
+                # Replies cannot reach this node until it is back, and a request written just
+                # before the drop waits in the client's buffer: answer 503 now, not at the
+                # deadline.
+                self.pending.close(BusUnavailable("the NATS connection dropped; try again"))
 
         async def on_reconnect() -> None:
             log.info("nats: reconnected to %s", self.nc.connected_url)
@@ -143,5 +151,5 @@ class NatsBus(Bus):
             return
         try:
             await asyncio.wait_for(self.nc.drain(), 5)
-        except (TimeoutError, ConnectionClosedError):
+        except (TimeoutError, ConnectionClosedError, ConnectionReconnectingError):
             await self.nc.close()
