@@ -39,6 +39,10 @@ CANCEL_MEMORY_SIZE = 10_000
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
 
+_NO_HEADERS: dict[str, str] = {}
+"""Replies and steps carry no bus headers: the reply subject (NATS) or message key (Kafka)
+already names the request, and parsing headers is a measurable part of an edge's work."""
+
 
 class Responder:
     """How an adapter answers one request: a reply, or a sequence of stream steps."""
@@ -54,7 +58,7 @@ class Responder:
 
     async def reply(self, reply: Reply) -> None:
         await self._bus._send(
-            self.request.reply_to, encode(reply), hdr.for_reply(reply.id, self.request.kind)
+            self.request.reply_to, encode(reply), _NO_HEADERS
         )
 
     async def step(
@@ -75,7 +79,7 @@ class Responder:
             error=error.to_wire() if error else None,
         )
         await self._bus._send(
-            self.request.reply_to, encode(step), hdr.for_reply(step.id, self.request.kind)
+            self.request.reply_to, encode(step), _NO_HEADERS
         )
 
 

@@ -15,7 +15,3 @@ def for_request(req: Request) -> dict[str, str]:
     if req.traceparent:
         headers[TRACEPARENT] = req.traceparent
     return headers
-
-
-def for_reply(request_id: str, kind: str) -> dict[str, str]:
-    return {REQUEST_ID: request_id, KIND: kind}
