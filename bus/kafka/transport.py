@@ -69,6 +69,8 @@ from contracts.errors import BusUnavailable
 log = logging.getLogger("busgate.bus.kafka")
 
 _NO_ERROR = 0
+PRESENCE_REPLAY = 6.0
+"""Seconds of control messages a starting node reads back (one presence TTL)."""
 _TOPIC_ALREADY_EXISTS = 36
 
 OnRecord = Callable[[str, bytes], None]
@@ -488,11 +490,32 @@ class KafkaBus(Bus):
             tps = await self._node_partitions()
             consumer.assign(list(tps))
             await self._position(consumer, tps, positions or {}, new_at_end=True)
+            if not positions:
+                await self._replay_recent_control(consumer, tps)
         except BaseException:
             await reader.stop(2)
             raise
         self._node_reader = reader
         reader.start()
+
+    async def _replay_recent_control(self, consumer: Any, tps: set[TopicPartition]) -> None:
+        """Start the control topic a few heartbeats back, so a new node knows at once which
+        adapters are alive instead of answering 503 until their next heartbeat.
+
+        A replayed heartbeat counts as fresh, so an adapter that died just before may be taken
+        for alive for up to one TTL more; its requests then end at their deadline (504).
+        """
+        control = [tp for tp in tps if tp.topic == self.names.control]
+        since = int((time.time() - PRESENCE_REPLAY) * 1000)
+        try:
+            async with asyncio.timeout(2.0):
+                found = await consumer.offsets_for_times({tp: since for tp in control})
+        except (TimeoutError, KafkaError) as exc:
+            log.info("kafka: control topic not replayed (%r); adapters show up on heartbeat", exc)
+            return
+        for tp, hit in found.items():
+            if hit is not None and hit.timestamp >= 0:
+                consumer.seek(tp, hit.offset)
 
     async def _node_partitions(self) -> set[TopicPartition]:
         counts = await self._partition_counts([self._reply_topic, self.names.control])
