@@ -513,9 +513,21 @@ class KafkaBus(Bus):
         except (TimeoutError, KafkaError) as exc:
             log.info("kafka: control topic not replayed (%r); adapters show up on heartbeat", exc)
             return
-        for tp, hit in found.items():
-            if hit is not None and hit.timestamp >= 0:
-                consumer.seek(tp, hit.offset)
+        replay = [tp for tp, hit in found.items() if hit is not None and hit.timestamp >= 0]
+        for tp in replay:
+            consumer.seek(tp, found[tp].offset)
+        # Read the replayed part before the node takes calls (bounded), so its first
+        # request already knows the adapters.
+        try:
+            async with asyncio.timeout(2.0):
+                ends = await consumer.end_offsets(replay)
+                while replay and any([await consumer.position(tp) < ends[tp] for tp in replay]):
+                    batch = await consumer.getmany(*replay, timeout_ms=100)
+                    for records in batch.values():
+                        for record in records:
+                            self._on_control(record.value)
+        except (TimeoutError, KafkaError) as exc:
+            log.info("kafka: control replay incomplete (%r); the rest arrives as it comes", exc)
 
     async def _node_partitions(self) -> set[TopicPartition]:
         counts = await self._partition_counts([self._reply_topic, self.names.control])
