@@ -57,9 +57,7 @@ class Responder:
         self._seq = 0
 
     async def reply(self, reply: Reply) -> None:
-        await self._bus._send(
-            self.request.reply_to, encode(reply), _NO_HEADERS
-        )
+        await self._bus._send(self.request.reply_to, encode(reply), _NO_HEADERS)
 
     async def step(
         self,
@@ -78,9 +76,7 @@ class Responder:
             last=last,
             error=error.to_wire() if error else None,
         )
-        await self._bus._send(
-            self.request.reply_to, encode(step), _NO_HEADERS
-        )
+        await self._bus._send(self.request.reply_to, encode(step), _NO_HEADERS)
 
 
 class Bus(abc.ABC):
