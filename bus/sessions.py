@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from bus.tasks import stop_task
 from contracts.errors import BusUnavailable
 
 if TYPE_CHECKING:
@@ -256,17 +257,11 @@ class NatsSessions(SessionStore):
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._watcher.stop(), 2)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         self._watcher = self._task = None
 
     async def close(self) -> None:
-        if self._guard is not None:
-            self._guard.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._guard
+        await stop_task(self._guard)
         await self._stop_watch()
 
     def _check(self) -> None:
@@ -442,10 +437,7 @@ class KafkaSessions(SessionStore):
         return offset + 1
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         for client in (self._consumer, self._producer):
             if client is not None:
                 with contextlib.suppress(Exception):

@@ -64,6 +64,7 @@ from aiokafka.errors import KafkaError
 
 from bus import headers as hdr
 from bus.base import Bus
+from bus.tasks import stop_task
 from contracts.errors import BusUnavailable
 
 log = logging.getLogger("busgate.bus.kafka")
@@ -149,6 +150,7 @@ class _Reader:
         self.group = group
         self.last_active = 0.0
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False
         self.consumed: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
 
@@ -175,7 +177,7 @@ class _Reader:
         consumer = self.consumer
         failing = False
         checked = 0.0
-        while True:
+        while not self.stopping:
             try:
                 batches = await consumer.getmany(timeout_ms=100)
             except KafkaError as exc:
@@ -251,10 +253,11 @@ class _Reader:
             self.committed.pop(tp, None)
 
     async def stop(self, grace: float) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        # The flag as well as the cancel: on Python 3.11 ``asyncio.wait_for`` can swallow a
+        # cancellation that lands just as its inner call completes, and the read loop would
+        # go on for ever; a bounded wait keeps close() from hanging on it either way.
+        self.stopping = True
+        await stop_task(self.task, grace)
         if self.group:
             await self.commit()
         try:
@@ -695,7 +698,7 @@ class KafkaBus(Bus):
     # -- supervision ----------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.health_interval)
             try:
                 await self._check()
@@ -802,11 +805,8 @@ class KafkaBus(Bus):
     async def _close_transport(self) -> None:
         self._closing = True
         self._healthy = False
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        await stop_task(self._supervisor)  # see _Reader.stop
+        self._supervisor = None
         readers = self._readers()
         self._node_reader = None
         self._request_readers.clear()
