@@ -29,7 +29,7 @@ from contracts.errors import (
     NoResponders,
     Remote,
 )
-from contracts.wire import Cancel, Presence, Reply, Request, StreamStep
+from contracts.wire import Cancel, Message, Presence, Reply, Request, StreamStep
 
 log = logging.getLogger("busgate.bus")
 
@@ -134,23 +134,23 @@ class Bus(abc.ABC):
 
     # -- callbacks for transports -------------------------------------------------------
 
-    def _on_reply(self, data: bytes) -> None:
+    def _decode(self, data: bytes) -> Message | None:
+        """A message, or None (counted) for bytes no version of busgate could have sent."""
         try:
-            msg = decode(data)
+            return decode(data)
         except msgspec.DecodeError:
             self.pending.counters.undecodable += 1
-            return
+            return None
+
+    def _on_reply(self, data: bytes) -> None:
+        msg = self._decode(data)
         if isinstance(msg, Reply):
             self.pending.resolve(msg)
         elif isinstance(msg, StreamStep):
             self.pending.step(msg)
 
     def _on_control(self, data: bytes) -> None:
-        try:
-            msg = decode(data)
-        except msgspec.DecodeError:
-            self.pending.counters.undecodable += 1
-            return
+        msg = self._decode(data)
         if isinstance(msg, Presence):
             self.presence.update(msg)
         elif isinstance(msg, Cancel):
@@ -175,11 +175,7 @@ class Bus(abc.ABC):
             self._cancelled.popitem(last=False)
 
     def _on_request(self, data: bytes) -> None:
-        try:
-            req = decode(data)
-        except msgspec.DecodeError:
-            self.pending.counters.undecodable += 1
-            return
+        req = self._decode(data)
         if not isinstance(req, Request) or self._handler is None:
             return
         if req.deadline and time.time() >= req.deadline:
