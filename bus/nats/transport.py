@@ -112,6 +112,9 @@ class NatsBus(Bus):
                 pending_msgs_limit=65536,
             )
         )
+        # Return once the server knows the subscription: until then a request from another
+        # connection is answered "no responders" although serve() has returned.
+        await self.nc.flush()
 
     async def _send(
         self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
