@@ -7,25 +7,31 @@ edge node N go to ``PREFIX.reply.N``; Presence heartbeats and Cancels are broadc
 
 Every node reads its reply topic and the control topic with one consumer *without* a group:
 it assigns itself all their partitions and starts at the end, so there is no group join to
-wait for and no offsets to commit. Messages are keyed by request id (by node for control
-messages), so the steps of one stream stay in one partition and in order, whatever number of
-partitions a topic ended up with.
+wait for and no offsets to commit. Requests are keyed by request id, everything else by the
+sending node (replies and steps carry no headers to take an id from), so the steps of one
+stream stay in one partition and in order, whatever number of partitions a topic ended up
+with.
 
 Things aiokafka does not do by itself, done here by a supervisor task (every
 ``health_interval`` seconds):
 
 * tell whether the broker is there: a metadata request for this node's topics. ``connected``
-  is that answer (and a send that gets no acknowledgement in time clears it too), so calls
-  during an outage fail fast with 503 instead of waiting out aiokafka's 40 s defaults;
+  is that answer (a failed send clears it too, and fails the sends still awaiting their
+  acknowledgement), so calls during an outage fail fast with 503 instead of waiting out
+  aiokafka's 40 s defaults;
 * create the topics this node needs when they are missing (a broker restarted without
   persistent storage, or someone deleted them) and add partitions to request topics that were
   auto-created with fewer than ``request_partitions``;
-* follow partition changes of the reply and control topics (re-assign, keeping positions);
-* notice a log that restarted below a consumer's position (the topic was recreated): a real
-  Kafka broker answers such a fetch with OFFSET_OUT_OF_RANGE and aiokafka resets the position,
-  but not every Kafka-protocol broker does, so the supervisor compares positions with the log
-  end offsets and rewinds such partitions to their beginning itself;
+* follow partition changes: re-assign the reply and control topics (keeping positions), and
+  have a group consumer refresh its metadata at once, so its group rebalances now;
+* commit the request groups' offsets (see ``_group_member`` for why not aiokafka's
+  auto-commit);
 * restart a consumer whose read loop died.
+
+Each read loop also watches for a log that now ends below its position (the topic was
+recreated): a real Kafka broker answers such a fetch with OFFSET_OUT_OF_RANGE and aiokafka
+resets the position, but not every Kafka-protocol broker does, so such partitions are read
+again from their beginning.
 
 Groups: a partition of a request topic without a committed offset (a new group, or the group
 state was lost with the broker) starts at the first request produced since this adapter
@@ -34,11 +40,12 @@ its end, which would drop requests sent while the group was still joining. Expir
 are dropped by the base class anyway.
 
 Fetch latency: a broker that long-polls returns a fetch as soon as data arrives, so a long
-``fetch_max_wait_ms`` costs nothing there; some Kafka-protocol brokers (Tansu, used in the
-tests) hold every fetch for the whole wait instead. Consumers therefore fetch with a short wait
-(``fetch_wait_ms``) while they are busy -- requests awaiting replies, messages received in the
-last ``hot_window`` seconds -- and with a long one (``idle_fetch_wait_ms``) when idle, so an
-idle node does not spin. On a real Kafka cluster both may be set to 500.
+``fetch_max_wait_ms`` costs nothing there; some Kafka-protocol brokers hold a fetch for its
+wait whether data arrives or not (Tansu, used in the tests, answers after about half of it).
+Consumers therefore fetch with a short wait (``fetch_wait_ms``) while they are busy --
+requests awaiting replies, messages received in the last ``hot_window`` seconds -- and with a
+long one (``idle_fetch_wait_ms``) when idle, so an idle node does not spin. On a real Kafka
+cluster both may be set to 500.
 """
 
 from __future__ import annotations
@@ -401,6 +408,7 @@ class KafkaBus(Bus):
 
     async def connect(self) -> None:
         self._started_at = time.time()
+        self._closing = False
         try:
             async with asyncio.timeout(self.connect_timeout):
                 self._admin = AIOKafkaAdminClient(
