@@ -67,7 +67,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from bus import headers as hdr
 from bus.base import Bus
@@ -596,7 +596,10 @@ class KafkaBus(Bus):
             finally:
                 self._acks.discard(waiter)
         except KafkaError as exc:
-            self._mark_down(f"produce to {dest} failed ({type(exc).__name__})")
+            if exc.retriable or isinstance(exc, KafkaTimeoutError):
+                # The broker (or this partition's leader) is out of reach, not just this
+                # message at fault (too large, not authorized, ...).
+                self._mark_down(f"produce to {dest} failed ({type(exc).__name__})")
             raise BusUnavailable(f"Kafka produce failed: {type(exc).__name__}") from None
 
     async def _ready_command_producer(self) -> Any:
