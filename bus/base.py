@@ -40,8 +40,9 @@ CANCEL_MEMORY_SIZE = 10_000
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
 
 _NO_HEADERS: dict[str, str] = {}
-"""Replies and steps carry no bus headers: the reply subject (NATS) or message key (Kafka)
-already names the request, and parsing headers is a measurable part of an edge's work."""
+"""Replies and steps carry no bus headers: on NATS the reply subject names the request, on
+Kafka the request id is inside the message (keyed by adapter, so a stream's steps keep their
+order), and parsing headers is a measurable part of an edge's work."""
 
 
 class Responder:
