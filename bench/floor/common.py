@@ -45,6 +45,20 @@ def run(main: Coroutine[Any, Any, None]) -> None:
             uvloop.run(main)
 
 
+async def serve(application: Any, listen: str) -> None:
+    """Serve an aiohttp app on ``listen`` until cancelled (both floor servers do this)."""
+    from aiohttp import web
+
+    host, port = host_port(listen)
+    runner = web.AppRunner(application, access_log=None, handle_signals=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
 async def ensure_topics(bootstrap: str, topics: list[str]) -> None:
     """Create one-partition topics up front, so consumers can ``assign`` without a group join."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic

@@ -23,8 +23,8 @@ from bench.floor.common import (
     REPLY_TOPIC_PREFIX,
     REQUEST_SUBJECT,
     ensure_topics,
-    host_port,
     run,
+    serve,
     split_bus,
 )
 
@@ -126,14 +126,7 @@ def app(bus: str) -> web.Application:
 
 
 async def main(args: argparse.Namespace) -> None:
-    host, port = host_port(args.listen)
-    runner = web.AppRunner(app(args.bus), access_log=None, handle_signals=True)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=1024).start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(app(args.bus), args.listen)
 
 
 def cli() -> None:

@@ -10,12 +10,11 @@ ratio compares the code between edge and runner, not the runners.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import msgspec
 from aiohttp import web
 
-from bench.floor.common import host_port, run
+from bench.floor.common import run, serve
 
 
 class Call(msgspec.Struct):
@@ -38,17 +37,10 @@ async def readyz(_: web.Request) -> web.Response:
 
 
 async def main(args: argparse.Namespace) -> None:
-    host, port = host_port(args.listen)
     application = web.Application()
     application.router.add_post("/api/demo/echo", echo)
     application.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(application, access_log=None, handle_signals=True)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=1024).start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(application, args.listen)
 
 
 def cli() -> None:
