@@ -2,13 +2,15 @@
 
 Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
 ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). It keeps a
-short log of the calls it received (``GET /calls``) so tests can check what crossed the gateway.
+short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
+can check what crossed the gateway and when.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 
 import msgspec
@@ -61,6 +63,8 @@ async def saga(request: web.Request) -> web.Response:
             "traceparent": request.headers.get("traceparent"),
             "parameters": params,
             "peer": request.transport.get_extra_info("peername") if request.transport else None,
+            # CLOCK_MONOTONIC is system-wide on Linux: tests on this host can compare it.
+            "at": time.monotonic(),
         }
     )
     p = params if isinstance(params, dict) else {}
