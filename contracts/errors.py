@@ -63,6 +63,17 @@ class UpstreamError(BusgateError):
     status, code = 502, "upstream_error"
 
 
+class RunnerRefused(BusgateError):
+    """The runner refused a saga step with a 4xx: the client's fault, so its status passes
+    through as ``/api/request`` passes a 4xx through, instead of becoming a 502."""
+
+    code = "runner_refused"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class UpstreamUnreachable(BusgateError):
     """The runner could not be reached at all."""
 

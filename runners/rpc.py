@@ -31,7 +31,7 @@ def _int(params: dict[str, Any], key: str, default: int) -> int:
         return int(params.get(key, default))
     except (TypeError, ValueError):
         raise web.HTTPBadRequest(
-            body=_encode({"error": f"parameter {key!r} must be an integer"}),
+            text=_encode({"error": f"parameter {key!r} must be an integer"}).decode(),
             content_type="application/json",
         ) from None
 

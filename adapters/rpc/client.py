@@ -183,10 +183,10 @@ class RpcClient:
         step_req = msgspec.structs.replace(req, deadline=time.time() + self.system.timeout)
         status, _, payload = await self._post(step_req, json_encode(parameters))
         if status >= 400:
-            raise errors.UpstreamError(
-                f"runner of system {self.name!r} answered {status}: "
-                f"{payload[:200].decode(errors='replace')}"
-            )
+            said = payload[:200].decode(errors="replace")
+            if status < 500:
+                raise errors.RunnerRefused(status, f"runner of system {self.name!r}: {said}")
+            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}: {said}")
         try:
             return _saga_decoder.decode(payload)
         except msgspec.DecodeError as exc:

@@ -79,6 +79,15 @@ async def test_failures_before_the_first_step_are_json_errors(stack, http):
         assert error["requestId"] == resp.headers["X-Request-Id"]
 
 
+async def test_a_runner_refusing_the_first_step_passes_its_4xx_through(stack, http):
+    async with http.get(f"{stack.url}/api/stream/demo/count?to=ten") as resp:
+        assert resp.status == 400
+        assert resp.content_type == "application/json"
+        error = (await resp.json())["error"]
+    assert error["code"] == "runner_refused"
+    assert "parameter 'to' must be an integer" in error["message"]
+
+
 async def test_a_failure_mid_stream_is_an_error_event(stack, http):
     url = f"{stack.url}/api/stream/demo/count?to=9&batch=2&wait=0&fail_at=3"
     async with http.get(url) as resp:

@@ -95,6 +95,8 @@ async def test_failures_before_the_first_step_are_json_errors(edge_server, http)
     async with http.get(url(server, "/api/stream/idle/count")) as resp:  # no adapter serves it
         assert (await error_of(resp, 503))["code"] == "no_adapter"
     async with http.get(url(server, "/api/stream/demo/count?to=many")) as resp:
+        assert (await error_of(resp, 400))["code"] == "runner_refused"
+    async with http.get(url(server, "/api/stream/demo/count?fail_at=1")) as resp:
         assert (await error_of(resp, 502))["code"] == "upstream_error"
 
 

@@ -145,6 +145,16 @@ async def test_a_runner_error_is_the_last_step(client_for, runner):
     assert "500" in failed["error"].message
 
 
+async def test_a_runner_4xx_keeps_its_status_and_says_why(client_for):
+    steps = Steps()
+    await client_for().stream(stream_request({"to": "ten"}), steps)
+    (failed,) = steps.steps
+    assert failed["last"] is True
+    assert isinstance(failed["error"], errors.RunnerRefused)
+    assert failed["error"].to_wire().status == 400
+    assert "parameter 'to' must be an integer" in failed["error"].message
+
+
 async def test_an_answer_that_is_no_saga_step_is_an_error(client_for):
     steps = Steps()
     req = msgspec.structs.replace(stream_request({"list": "not a list"}), path="echo")
