@@ -91,6 +91,9 @@ class Bus(abc.ABC):
         self.pending = Pending()
         self.presence = PresenceView()
         self._inflight: dict[str, Responder] = {}
+        self._idle = asyncio.Event()
+        """Set whenever no handler is running (``drain`` waits for it)."""
+        self._idle.set()
         self._cancelled: OrderedDict[str, float] = OrderedDict()
         """Cancels that arrived before their request (an adapter's view; see ``_remember``)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,6 +135,10 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def _listen_requests(self, system: str) -> None:
         """Join the system's queue/consumer group; feed each message to ``_on_request``."""
+
+    @abc.abstractmethod
+    async def _stop_requests(self) -> None:
+        """Leave the request groups; the requests already received are still handed on."""
 
     # -- callbacks for transports -------------------------------------------------------
 
@@ -187,6 +194,7 @@ class Bus(abc.ABC):
         responder = Responder(self, req)
         # Registered now, not in the task: a Cancel may be handled before the task runs.
         self._inflight[req.id] = responder
+        self._idle.clear()
         self._spawn(self._handle(req, responder))
 
     async def _handle(self, req: Request, responder: Responder) -> None:
@@ -197,6 +205,8 @@ class Bus(abc.ABC):
             log.exception("handler failed for %s", req.id)
         finally:
             self._inflight.pop(req.id, None)
+            if not self._inflight:
+                self._idle.set()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -304,10 +314,24 @@ class Bus(abc.ABC):
             except BusgateError:
                 log.warning("presence heartbeat not sent: bus unavailable")
 
+    async def stop_serving(self) -> None:
+        """Take no more requests: say goodbye, then leave the queue/consumer groups, so the
+        other adapters of each system get what this one would have been sent."""
+        if not self._served:
+            return
+        if self.connected:
+            with contextlib.suppress(BusgateError):
+                await self.announce(ttl=0)
+        self._served = ()
+        await self._stop_requests()
+
     async def drain(self, grace: float = 10.0) -> None:
-        """Let in-flight handlers finish (graceful shutdown of an adapter)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        """Graceful shutdown of an adapter: stop taking requests, then give the ones in hand
+        up to ``grace`` seconds to finish, so a rolling restart loses none."""
+        await self.stop_serving()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
 
     async def close(self) -> None:
         if self._served and self.connected:

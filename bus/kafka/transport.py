@@ -694,6 +694,14 @@ class KafkaBus(Bus):
         self._joins[system] = listener
         reader.start()
 
+    async def _stop_requests(self) -> None:
+        """Stop the request consumers: each commits what it handed on and leaves its group,
+        whose other members then take its partitions from those offsets."""
+        readers = list(self._request_readers.values())
+        self._request_readers.clear()
+        self._joins.clear()
+        await asyncio.gather(*(r.stop(5) for r in readers))
+
     async def announce(self, ttl: float = 6.0) -> None:
         """Broadcast Presence, the first time only once the request consumers have joined
         their groups (bounded by ``join_timeout``): an adapter announces what it can take."""
@@ -753,6 +761,8 @@ class KafkaBus(Bus):
 
         await self._check_node_reader(counts)
         for system, reader in list(self._request_readers.items()):
+            if self._request_readers.get(system) is not reader:
+                continue  # stopped meanwhile (stop_serving)
             if not reader.alive and not self._closing:
                 log.warning("kafka: request reader for %s died; restarting it", system)
                 await reader.stop(2)

@@ -13,6 +13,7 @@ correlation here is built on, for one ``subscribe`` call per system.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats
@@ -47,6 +48,7 @@ class NatsBus(Bus):
         self.connect_timeout = connect_timeout
         self.nc = Client()
         self._subs: list[Subscription] = []
+        self._request_subs: list[Subscription] = []
         self._reply_prefix = f"{self.names.reply(node)}."
         self._stream_ready = False
 
@@ -104,17 +106,26 @@ class NatsBus(Bus):
         self._on_request(msg.data)
 
     async def _listen_requests(self, system: str) -> None:
-        self._subs.append(
-            await self.nc.subscribe(
-                self.names.request(system),
-                queue=self.names.group(system),
-                cb=self._request_msg,
-                pending_msgs_limit=65536,
-            )
+        sub = await self.nc.subscribe(
+            self.names.request(system),
+            queue=self.names.group(system),
+            cb=self._request_msg,
+            pending_msgs_limit=65536,
         )
+        self._subs.append(sub)
+        self._request_subs.append(sub)
         # Return once the server knows the subscription: until then a request from another
         # connection is answered "no responders" although serve() has returned.
         await self.nc.flush()
+
+    async def _stop_requests(self) -> None:
+        subs, self._request_subs = self._request_subs, []
+        for sub in subs:
+            self._subs.remove(sub)
+            # Unsubscribes, then hands on what the server had already sent us; from then on
+            # the server gives the queue group's requests to the other members only.
+            with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
+                await sub.drain()  # type: ignore[no-untyped-call]
 
     async def _send(
         self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""

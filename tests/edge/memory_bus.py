@@ -47,3 +47,6 @@ class MemoryBus(Bus):
 
     async def _listen_requests(self, system: str) -> None:
         pass
+
+    async def _stop_requests(self) -> None:
+        pass

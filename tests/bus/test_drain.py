@@ -1,0 +1,53 @@
+"""A rolling restart of an adapter loses no request, on each transport: the leaving adapter
+stops taking requests, finishes the ones in hand, and the other adapter of its system takes
+everything else -- on Kafka after the consumer group has moved the leaver's partitions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from contracts.wire import Reply
+from tests.bus.conftest import TRANSPORTS, close_world, eventually, make_request, open_world
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_a_draining_adapter_finishes_its_requests_and_loses_none(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    broker = request.getfixturevalue("nats_server" if transport == "nats" else "tansu_broker")
+    world = await open_world(transport, broker)
+    leaving, staying = world.adapters
+    calls: list[asyncio.Future[Reply]] = []
+
+    async def steady_flow(count: int) -> None:
+        """One request every 10 ms, before, during and after the drain."""
+        for _ in range(count):
+            req = make_request("sleep", query={"seconds": "0.05"}, timeout=30)
+            calls.append(asyncio.ensure_future(world.edge.request(req)))
+            await asyncio.sleep(0.01)
+
+    try:
+        sender = asyncio.ensure_future(steady_flow(150))
+        await eventually(lambda: len(leaving._inflight) >= 2, within=20)
+        in_hand = set(leaving._inflight)
+        await leaving.drain(grace=10)
+        assert not leaving._inflight
+        handled_by_leaver = {i for i, n in world.seen.handled.items() if n == leaving.node}
+        drained_at = len(calls)
+        await leaving.close()
+        await sender
+        replies = await asyncio.gather(*calls)  # a lost request raises DeadlineExceeded
+    finally:
+        await close_world(world)
+    assert [r.body for r in replies] == [b"late"] * len(calls)
+    assert in_hand <= handled_by_leaver
+    # Nothing reached the leaver once its drain had returned: the rest went to the other.
+    assert {i for i, n in world.seen.handled.items() if n == leaving.node} == handled_by_leaver
+    after = [c.result().id for c in calls[drained_at:]]
+    assert after and all(world.seen.handled[i] == staying.node for i in after)
