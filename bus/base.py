@@ -100,6 +100,8 @@ class Bus(abc.ABC):
         self._handler: Handler | None = None
         self._served: tuple[str, ...] = ()
         self._capacity = 0
+        self._ttl = 6.0
+        """The TTL of this adapter's last heartbeat, for announcements between beats."""
         self.dropped_expired = 0
         """Requests an adapter received after their deadline, and so never started."""
 
@@ -303,8 +305,20 @@ class Bus(abc.ABC):
 
     async def announce(self, ttl: float = 6.0) -> None:
         """Broadcast this adapter's Presence; ttl=0 says goodbye."""
-        beat = Presence(node=self.node, systems=self._served, capacity=self._capacity, ttl=ttl)
+        if ttl > 0:
+            self._ttl = ttl
+        beat = Presence(
+            node=self.node,
+            systems=self._served,
+            capacity=self._capacity,
+            ttl=ttl,
+            partitions=self._held_partitions() if ttl > 0 else {},
+        )
         await self._send(self.names.control, encode(beat), {})
+
+    def _held_partitions(self) -> dict[str, tuple[int, ...]]:
+        """What a partitioned transport tells edges in Presence (see ``Presence.partitions``)."""
+        return {}
 
     async def announce_forever(self, interval: float = 2.0, ttl: float = 6.0) -> None:
         while True:

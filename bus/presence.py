@@ -19,6 +19,7 @@ class PresenceView:
         self._clock = clock
         self._expiry: dict[str, dict[str, float]] = {}
         self._capacity: dict[str, int] = {}
+        self._partitions: dict[str, dict[str, tuple[int, ...]]] = {}
 
     def update(self, beat: Presence) -> None:
         now = self._clock()
@@ -26,10 +27,12 @@ class PresenceView:
             nodes.pop(beat.node, None)
         if beat.ttl <= 0:  # an adapter saying goodbye
             self._capacity.pop(beat.node, None)
+            self._partitions.pop(beat.node, None)
             return
         for system in beat.systems:
             self._expiry.setdefault(system, {})[beat.node] = now + beat.ttl
         self._capacity[beat.node] = beat.capacity
+        self._partitions[beat.node] = beat.partitions
 
     def nodes(self, system: str) -> list[str]:
         now = self._clock()
@@ -40,6 +43,17 @@ class PresenceView:
 
     def serves(self, system: str) -> bool:
         return bool(self.nodes(system))
+
+    def partitions(self, system: str) -> list[int]:
+        """The partitions of ``system``'s request topic that live adapters hold; empty when
+        that is not known (an adapter that does not say, or a group between assignments)."""
+        held: set[int] = set()
+        for node in self.nodes(system):
+            mine = self._partitions.get(node, {}).get(system)
+            if mine is None:
+                return []
+            held.update(mine)
+        return sorted(held)
 
     def snapshot(self) -> dict[str, list[str]]:
         return {system: self.nodes(system) for system in sorted(self._expiry)}

@@ -109,6 +109,10 @@ class Presence(Wire, frozen=True, tag="presence"):
     systems: tuple[str, ...] = ()
     capacity: int = 0
     ttl: float = 6.0
+    partitions: dict[str, tuple[int, ...]] = {}
+    """Kafka: the request-topic partitions this adapter holds now, per system. Edges send
+    requests only to partitions some live adapter holds, so a request never waits in the
+    partition of an adapter that left until its group has rebalanced."""
 
 
 Message = Request | Reply | StreamStep | Cancel | Presence

@@ -280,10 +280,17 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     there is none), instead of the whole history or only what comes after the join.
     """
 
-    def __init__(self, reader: _Reader, since_ms: int, timeout: float) -> None:
+    def __init__(
+        self,
+        reader: _Reader,
+        since_ms: int,
+        timeout: float,
+        on_assigned: Callable[[], None] = lambda: None,
+    ) -> None:
         self.reader = reader
         self.since_ms = since_ms
         self.timeout = timeout
+        self.on_assigned = on_assigned
         self.assigned = asyncio.Event()
         """Set once the first assignment is positioned."""
 
@@ -325,6 +332,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         finally:
             self.assigned.set()
+            self.on_assigned()
 
 
 class KafkaBus(Bus):
@@ -348,6 +356,7 @@ class KafkaBus(Bus):
         join_timeout: float = 30.0,
         replay_window: float = 60.0,
         session_timeout: float = 6.0,
+        handoff: float = 0.5,
     ) -> None:
         """``servers``: bootstrap servers, ``host:port`` separated by commas (or a list).
 
@@ -368,6 +377,7 @@ class KafkaBus(Bus):
         self.join_timeout = join_timeout
         self.replay_window = replay_window
         self.session_timeout = session_timeout
+        self.handoff = handoff
 
         self._reply_topic = self.names.reply(node)
         self._topics: dict[str, int] = {}
@@ -386,6 +396,7 @@ class KafkaBus(Bus):
         self._healthy = False
         self._closing = False
         self._started_at = time.time()
+        self._request_prefix = self.names.request("")
 
     # -- state ----------------------------------------------------------------------
 
@@ -585,8 +596,13 @@ class KafkaBus(Bus):
             self._node_reader.heat()  # replies are awaited: fetch them promptly
         key = headers.get(hdr.REQUEST_ID, self.node).encode()
         kafka_headers = [(k, v.encode()) for k, v in headers.items()]
+        partition = None
+        if dest.startswith(self._request_prefix):
+            partition = self._live_partition(producer, dest, key)
         try:
-            delivery = await producer.send(dest, data, key=key, headers=kafka_headers)
+            delivery = await producer.send(
+                dest, data, key=key, headers=kafka_headers, partition=partition
+            )
             if delivery.done():
                 delivery.result()
                 return
@@ -603,6 +619,20 @@ class KafkaBus(Bus):
                 # message at fault (too large, not authorized, ...).
                 self._mark_down(f"produce to {dest} failed ({type(exc).__name__})")
             raise BusUnavailable(f"Kafka produce failed: {type(exc).__name__}") from None
+
+    def _live_partition(self, producer: Any, topic: str, key: bytes) -> int | None:
+        """A partition of request topic ``topic`` that a live adapter holds (by the Presence
+        of the system's adapters), or None to let the partitioner choose among all: an
+        adapter that said goodbye, or fell silent, has its partitions skipped at once,
+        while its group still takes seconds to hand them to the others."""
+        held = self.presence.partitions(topic[len(self._request_prefix) :])
+        if not held:
+            return None
+        known = producer.client.cluster.partitions_for_topic(topic)
+        if known is None:
+            return None
+        held = [p for p in held if p in known]
+        return held[zlib.crc32(key) % len(held)] if held else None
 
     async def _ready_command_producer(self) -> Any:
         async with self._command_lock:
@@ -687,16 +717,38 @@ class KafkaBus(Bus):
             group=True,
         )
         since_ms = int((self._started_at - self.replay_window) * 1000)
-        listener = _Rebalance(reader, since_ms, timeout=10)
+        listener = _Rebalance(reader, since_ms, timeout=10, on_assigned=self._reannounce)
         consumer.subscribe([topic], listener=listener)
         await consumer.start()
         self._request_readers[system] = reader
         self._joins[system] = listener
         reader.start()
 
+    def _held_partitions(self) -> dict[str, tuple[int, ...]]:
+        return {
+            system: tuple(sorted(tp.partition for tp in reader.consumer.assignment()))
+            for system, reader in self._request_readers.items()
+        }
+
+    def _reannounce(self) -> None:
+        """Tell the edges at once which partitions this adapter holds after a rebalance,
+        rather than at the next heartbeat (the first announcement waits for the join)."""
+        if self._served and self._join_waited and not self._closing:
+            self._spawn(self._announce_quietly())
+
+    async def _announce_quietly(self) -> None:
+        try:
+            await self.announce(self._ttl)
+        except BusUnavailable:
+            log.debug("kafka: presence after a rebalance not sent: bus unavailable")
+
     async def _stop_requests(self) -> None:
         """Stop the request consumers: each commits what it handed on and leaves its group,
-        whose other members then take its partitions from those offsets."""
+        whose other members then take its partitions from those offsets.
+
+        First, for ``handoff`` seconds, go on reading: edges that sent a request here before
+        they had this adapter's goodbye would otherwise see it wait for the rebalance."""
+        await asyncio.sleep(self.handoff)
         readers = list(self._request_readers.values())
         self._request_readers.clear()
         self._joins.clear()

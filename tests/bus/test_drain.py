@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from contracts.wire import Reply
-from tests.bus.conftest import TRANSPORTS, close_world, eventually, make_request, open_world
+from tests.bus.conftest import SYSTEM, TRANSPORTS, close_world, eventually, make_request, open_world
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -24,16 +24,21 @@ async def test_a_draining_adapter_finishes_its_requests_and_loses_none(
     world = await open_world(transport, broker)
     leaving, staying = world.adapters
     calls: list[asyncio.Future[Reply]] = []
+    flowing = True
 
-    async def steady_flow(count: int) -> None:
+    async def steady_flow() -> None:
         """One request every 10 ms, before, during and after the drain."""
-        for _ in range(count):
+        while flowing:
             req = make_request("sleep", query={"seconds": "0.05"}, timeout=30)
             calls.append(asyncio.ensure_future(world.edge.request(req)))
             await asyncio.sleep(0.01)
 
+    async def more_calls(count: int) -> None:
+        sent = len(calls)
+        await eventually(lambda: len(calls) >= sent + count, within=10)
+
     try:
-        sender = asyncio.ensure_future(steady_flow(150))
+        sender = asyncio.ensure_future(steady_flow())
         await eventually(lambda: len(leaving._inflight) >= 2, within=20)
         in_hand = set(leaving._inflight)
         await leaving.drain(grace=10)
@@ -41,9 +46,18 @@ async def test_a_draining_adapter_finishes_its_requests_and_loses_none(
         handled_by_leaver = {i for i, n in world.seen.handled.items() if n == leaving.node}
         drained_at = len(calls)
         await leaving.close()
+        if transport == "kafka":
+            # On through the group's rebalance, until the edge sees the other adapter hold
+            # every partition of the request topic.
+            partitions = world.edge.presence.partitions
+            await eventually(lambda: len(partitions(SYSTEM)) == 1, within=10)
+            await eventually(lambda: len(partitions(SYSTEM)) == 2, within=30)
+        await more_calls(20)
+        flowing = False
         await sender
         replies = await asyncio.gather(*calls)  # a lost request raises DeadlineExceeded
     finally:
+        flowing = False
         await close_world(world)
     assert [r.body for r in replies] == [b"late"] * len(calls)
     assert in_hand <= handled_by_leaver

@@ -34,3 +34,24 @@ def test_a_heartbeat_replaces_the_systems_an_adapter_serves():
     view.update(Presence(node="a1", systems=("demo", "crm")))
     view.update(Presence(node="a1", systems=("crm",)))
     assert view.snapshot() == {"crm": ["a1"], "demo": []}
+
+
+def test_requests_go_only_to_partitions_live_adapters_hold():
+    clock = Clock()
+    view = PresenceView(clock)
+    view.update(Presence(node="a1", systems=("demo",), ttl=6, partitions={"demo": (0, 1)}))
+    view.update(Presence(node="a2", systems=("demo",), ttl=9, partitions={"demo": (2,)}))
+    assert view.partitions("demo") == [0, 1, 2]
+    view.update(Presence(node="a2", systems=("demo",), ttl=0))  # goodbye
+    assert view.partitions("demo") == [0, 1]
+    view.update(Presence(node="a2", systems=("demo",), ttl=9, partitions={"demo": (2,)}))
+    clock.now += 7  # a1 fell silent
+    assert view.partitions("demo") == [2]
+
+
+def test_partitions_are_unknown_while_any_live_adapter_does_not_say():
+    view = PresenceView(Clock())
+    view.update(Presence(node="a1", systems=("demo",), partitions={"demo": (0,)}))
+    view.update(Presence(node="old", systems=("demo",)))  # a busgate without the field
+    assert view.partitions("demo") == []
+    assert view.partitions("nobody") == []
