@@ -48,10 +48,15 @@ async def test_a_draining_adapter_finishes_its_requests_and_loses_none(
         await leaving.close()
         if transport == "kafka":
             # On through the group's rebalance, until the edge sees the other adapter hold
-            # every partition of the request topic.
-            partitions = world.edge.presence.partitions
-            await eventually(lambda: len(partitions(SYSTEM)) == 1, within=10)
-            await eventually(lambda: len(partitions(SYSTEM)) == 2, within=30)
+            # every partition of the request topic (the two held one each before).
+            presence = world.edge.presence
+            await eventually(
+                lambda: (
+                    presence.nodes(SYSTEM) == [staying.node]
+                    and len(presence.partitions(SYSTEM)) == 2
+                ),
+                within=30,
+            )
         await more_calls(20)
         flowing = False
         await sender
