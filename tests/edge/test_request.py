@@ -213,3 +213,13 @@ async def test_health_and_readiness(edge):
     assert (await ready.json())["bus"] == "connected"
     bus.up = False
     assert (await client.get("/readyz")).status == 503
+
+
+async def test_the_server_header_names_no_versions(edge):
+    client, _ = await edge()
+    for resp in (
+        await client.post("/api/request/demo/echo", json={}),
+        await client.post("/api/request/nope/echo", json={}),  # an error, too
+        await client.get("/healthz"),
+    ):
+        assert resp.headers["Server"] == "busgate"
