@@ -6,24 +6,71 @@ deadlines, cancellation) lives in the base class, so the two behave alike.
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import parse_qsl
+
 from bus.base import Bus, Responder
+
+KAFKA_OPTIONS: dict[str, tuple[str, type]] = {
+    "partitions": ("request_partitions", int),
+    "replication": ("replication_factor", int),
+    "session_timeout": ("session_timeout", float),
+    "fetch_wait_ms": ("fetch_wait_ms", int),
+    "idle_fetch_wait_ms": ("idle_fetch_wait_ms", int),
+}
+"""``kafka://…?name=value`` options: name → (KafkaBus argument, type). ``partitions`` (of
+the request topics busgate creates; at least the number of adapters a system will have,
+since a partition is read by one adapter of the group) and ``replication`` matter on a real
+cluster; the fetch waits are explained in ``bus.kafka.transport``."""
+
+
+def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
+    """``(scheme, servers, transport options)`` of a bus URL; ValueError says what is wrong.
+
+    ``nats://a:4222,nats://b:4222`` or ``kafka://a:9092,b:9092?partitions=12&replication=3``.
+    """
+    base, _, query = url.partition("?")
+    scheme = base.split("://", 1)[0].lower()
+    if scheme in ("nats", "tls", "ws", "wss"):
+        if query:
+            raise ValueError(f"bus URL {url!r}: NATS URLs take no options")
+        return "nats", base.split(","), {}
+    if scheme != "kafka":
+        raise ValueError(f"unsupported bus URL {url!r}: use nats://host:port or kafka://host:port")
+    servers = [part.split("://", 1)[-1] for part in base.split(",")]
+    options: dict[str, Any] = {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as exc:
+        raise ValueError(f"bus URL {url!r}: {exc}") from None
+    for name, value in pairs:
+        if name not in KAFKA_OPTIONS:
+            raise ValueError(
+                f"bus URL {url!r}: unknown option {name!r}; known: {', '.join(KAFKA_OPTIONS)}"
+            )
+        argument, kind = KAFKA_OPTIONS[name]
+        try:
+            options[argument] = number = kind(value)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"bus URL {url!r}: {name} must be {what}") from None
+        if number <= 0:
+            raise ValueError(f"bus URL {url!r}: {name} must be positive")
+    return "kafka", servers, options
 
 
 def from_url(url: str, *, node: str, prefix: str = "busgate") -> Bus:
-    """A bus for ``nats://…`` or ``kafka://…`` (several servers separated by commas)."""
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("nats", "tls", "ws", "wss"):
+    """A bus for ``nats://…`` or ``kafka://…`` (see :func:`parse_url`)."""
+    scheme, servers, options = parse_url(url)
+    if scheme == "nats":
         from bus.nats import NatsBus
 
-        return NatsBus(url.split(","), node=node, prefix=prefix)
-    if scheme == "kafka":
-        try:
-            from bus.kafka import KafkaBus
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError("Kafka needs aiokafka: pip install 'busgate[kafka]'") from exc
-        servers = ",".join(part.split("://", 1)[-1] for part in url.split(","))
-        return KafkaBus(servers, node=node, prefix=prefix)
-    raise ValueError(f"unsupported bus URL {url!r}: use nats://host:port or kafka://host:port")
+        return NatsBus(servers, node=node, prefix=prefix)
+    try:
+        from bus.kafka import KafkaBus
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("Kafka needs aiokafka: pip install 'busgate[kafka]'") from exc
+    return KafkaBus(servers, node=node, prefix=prefix, **options)
 
 
-__all__ = ["Bus", "Responder", "from_url"]
+__all__ = ["Bus", "Responder", "from_url", "parse_url"]

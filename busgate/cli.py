@@ -22,11 +22,18 @@ def use_uvloop() -> None:
 
 
 def _config(path: str | None) -> Config:
+    from bus import parse_url
+
     try:
-        return load(path)
+        config = load(path)
+        try:
+            parse_url(config.gateway.bus)
+        except ValueError as exc:
+            raise ConfigError(f"gateway.bus: {exc}") from None
     except ConfigError as exc:
         print(f"busgate: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return config
 
 
 def cmd_edge(args: argparse.Namespace) -> int:

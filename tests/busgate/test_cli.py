@@ -33,3 +33,13 @@ def test_adapter_refuses_an_unknown_system(tmp_path):
     result = run("adapter", "--config", str(path), "--system", "nope")
     assert result.returncode == 2
     assert "unknown system(s) ['nope']" in result.stderr
+
+
+def test_config_check_refuses_a_bad_bus_url(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[gateway]\nbus = "kafka://k1:9092?partitons=12"\n')
+    result = run("config", "check", str(path))
+    assert result.returncode == 2
+    assert "gateway.bus: bus URL" in result.stderr
+    assert "unknown option 'partitons'" in result.stderr
+    assert "Traceback" not in result.stderr
