@@ -324,9 +324,19 @@ class NatsSessions(SessionStore):
 class KafkaSessions(SessionStore):
     """A compacted topic with one partition, read from the beginning by every edge."""
 
-    def __init__(self, servers: str, *, prefix: str = "busgate", ttl: float = 30 * 86_400) -> None:
+    def __init__(
+        self,
+        servers: str,
+        *,
+        prefix: str = "busgate",
+        ttl: float = 30 * 86_400,
+        replication: int | None = None,
+    ) -> None:
+        """``replication`` of the topic, if it is created here: by default the number of
+        brokers, at most 3 (as for the bus's own topics), so sessions outlive a broker."""
         super().__init__()
         self.servers = servers
+        self.replication = replication
         self.topic = f"{prefix}.sessions"
         self.ttl = ttl
         self._producer: Any = None
@@ -342,10 +352,14 @@ class KafkaSessions(SessionStore):
         admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
         await admin.start()
         try:
+            replication = self.replication
+            if replication is None:
+                cluster = await admin.describe_cluster()
+                replication = max(1, min(3, len(cluster.get("brokers", []))))
             topic = NewTopic(
                 self.topic,
                 num_partitions=1,
-                replication_factor=1,
+                replication_factor=replication,
                 topic_configs={
                     "cleanup.policy": "compact,delete",
                     "retention.ms": str(int(self.ttl * 1000)),
@@ -466,7 +480,10 @@ def open_store(bus: Bus | None, url: str, *, prefix: str, ttl: float) -> Session
 
     if isinstance(bus, NatsBus):
         return NatsSessions(bus.nc, prefix=prefix, ttl=ttl)
-    if url.split("://", 1)[0].lower() == "kafka" and bus is not None:
-        servers = ",".join(part.split("://", 1)[-1] for part in url.split(","))
-        return KafkaSessions(servers, prefix=prefix, ttl=ttl)
+    from bus import parse_url
+
+    scheme, servers, options = parse_url(url)
+    if scheme == "kafka" and bus is not None:
+        replication = options.get("replication_factor")
+        return KafkaSessions(",".join(servers), prefix=prefix, ttl=ttl, replication=replication)
     return MemorySessions()

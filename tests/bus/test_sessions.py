@@ -182,3 +182,13 @@ async def test_the_watch_survives_a_nats_restart():
             await b.close()
             await na.close()
             await nb.close()
+
+
+def test_a_kafka_bus_url_with_options_gives_the_store_its_servers_and_replication():
+    from bus.sessions import open_store as store_for
+    from tests.edge.memory_bus import MemoryBus
+
+    url = "kafka://k1:9092,kafka://k2:9092?partitions=12&replication=3"
+    store = store_for(MemoryBus(), url, prefix="p", ttl=60)
+    assert isinstance(store, KafkaSessions)
+    assert (store.servers, store.replication, store.topic) == ("k1:9092,k2:9092", 3, "p.sessions")
