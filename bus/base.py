@@ -228,7 +228,7 @@ class Bus(abc.ABC):
         self._check_ready(req.system)
         if not req.reply_to:
             req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
-        fut = self.pending.expect_reply(req.id)
+        fut = self.pending.expect_reply(req.id, req.deadline)  # fails it past the deadline
         try:
             await self._send(
                 self.names.request(req.system),
@@ -236,10 +236,8 @@ class Bus(abc.ABC):
                 hdr.for_request(req),
                 reply=req.reply_to,
             )
-            remaining = req.deadline - time.time() if req.deadline else None
             try:
-                async with asyncio.timeout(remaining):
-                    return await fut
+                return await fut
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no reply from system {req.system!r} before the deadline"

@@ -2,17 +2,28 @@
 
 A request registers before it is published and is removed in ``finally``; what arrives for an
 id nobody waits for any more (late replies, steps after a cancel) is dropped and counted.
+
+Deadlines are kept here too, in slots of ``DEADLINE_SLOT`` seconds: one event-loop timer per
+slot fails every reply still awaited in it, rather than a timer per request. A timer per call
+(``asyncio.timeout``) cost about 10 µs of the edge's ~130 µs of CPU per call on a 2-core box,
+as much as the rest of ``Bus.request``; a slot costs a set insert and removal. A request thus
+times out at most ``DEADLINE_SLOT`` after its deadline, never before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from dataclasses import dataclass
 
 from contracts.errors import BusgateError
 from contracts.wire import Reply, StreamStep
 
 StreamItem = StreamStep | BusgateError
+
+DEADLINE_SLOT = 0.01
+"""Seconds per deadline slot: how late after its deadline a reply stops being awaited."""
 
 
 @dataclass(slots=True)
@@ -26,15 +37,36 @@ class Pending:
     def __init__(self) -> None:
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._streams: dict[str, asyncio.Queue[StreamItem]] = {}
+        self._slot_of: dict[str, int] = {}
+        """The deadline slot of each awaited reply that has a deadline."""
+        self._slots: dict[int, set[asyncio.Future[Reply]]] = {}
+        """Awaited replies by deadline slot; each slot has one timer, set by its first entry."""
         self.counters = Counters()
 
     def __len__(self) -> int:
         return len(self._futures) + len(self._streams)
 
-    def expect_reply(self, request_id: str) -> asyncio.Future[Reply]:
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+    def expect_reply(self, request_id: str, deadline: float = 0.0) -> asyncio.Future[Reply]:
+        """A future for the reply; past ``deadline`` (epoch seconds, 0 = none) it raises
+        ``TimeoutError`` (within ``DEADLINE_SLOT``)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
         self._futures[request_id] = fut
+        if deadline:
+            when = loop.time() + (deadline - time.time())
+            slot = math.ceil(when / DEADLINE_SLOT)
+            due = self._slots.get(slot)
+            if due is None:
+                due = self._slots[slot] = set()
+                loop.call_at(slot * DEADLINE_SLOT, self._expire, slot)
+            due.add(fut)
+            self._slot_of[request_id] = slot
         return fut
+
+    def _expire(self, slot: int) -> None:
+        for fut in self._slots.pop(slot, ()):
+            if not fut.done():
+                fut.set_exception(TimeoutError())
 
     def expect_stream(self, request_id: str) -> asyncio.Queue[StreamItem]:
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
@@ -42,8 +74,15 @@ class Pending:
         return queue
 
     def discard(self, request_id: str) -> None:
-        self._futures.pop(request_id, None)
+        fut = self._futures.pop(request_id, None)
         self._streams.pop(request_id, None)
+        slot = self._slot_of.pop(request_id, None)
+        if fut is None:
+            return
+        if slot is not None and (due := self._slots.get(slot)) is not None:
+            due.discard(fut)
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # retrieved: a failure nobody awaited any more is not logged
 
     def resolve(self, reply: Reply) -> None:
         fut = self._futures.get(reply.id)

@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import pytest
 
@@ -40,3 +41,21 @@ async def test_close_fails_every_waiting_request():
     pending.close(NoResponders("closing"))
     with pytest.raises(NoResponders):
         await asyncio.wait_for(fut, 1)
+
+
+async def test_a_reply_not_in_by_its_deadline_fails_the_wait():
+    pending = Pending()
+    fut = pending.expect_reply("r1", time.time() + 0.05)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(fut, 5)
+    pending.discard("r1")
+    assert not pending._slots and not pending._slot_of
+
+
+async def test_a_finished_request_leaves_no_deadline_behind():
+    pending = Pending()
+    fut = pending.expect_reply("r1", time.time() + 60)
+    pending.resolve(Reply(id="r1"))
+    await fut
+    pending.discard("r1")
+    assert not any(pending._slots.values()) and not pending._slot_of
