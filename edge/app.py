@@ -11,8 +11,7 @@ from bus.sessions import SessionStore
 from contracts.config import Config
 from edge import health, keys
 from edge.ids import IdFactory
-from edge.middleware.errors import errors_middleware
-from edge.middleware.ids import ids_middleware
+from edge.middleware.front import front_middleware
 from edge.open_streams import OpenStreams
 from edge.request import handle_request
 from edge.security import install as install_security
@@ -31,7 +30,7 @@ def create_app(
     """The edge app; it connects its own bus unless one is given (tests, embedding)."""
     ids = IdFactory(config.gateway.id)
     app = web.Application(
-        middlewares=[ids_middleware(config.gateway, ids), errors_middleware],
+        middlewares=[front_middleware(config.gateway, ids)],
         client_max_size=config.gateway.max_body,
         # A client that drops its connection cancels its handler: an SSE stream notices at
         # once and cancels its saga (edge.stream); a plain call stops waiting for its reply.

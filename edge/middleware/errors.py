@@ -2,7 +2,8 @@
 
 A BusgateError becomes its status with a JSON body; aiohttp's own HTTP errors (unknown route,
 oversized body, …) get the same JSON shape; anything else is logged with its stack and answers
-a plain 500 — the client never sees a trace.
+a plain 500 — the client never sees a trace. ``error_answer`` runs in the front middleware
+(``edge.middleware.front``), around everything else.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from contracts import errors
-from edge.middleware.ids import REQUEST_ID
+from edge.keys import REQUEST_ID
 from edge.responses import error_response
 
 log = logging.getLogger("busgate.edge")
@@ -27,15 +27,14 @@ _HTTP_CODES: dict[int, type[errors.BusgateError]] = {
 }
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except errors.BusgateError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response | None:
+    """The answer for what a handler raised; None for an HTTP redirect (status < 400), which
+    the caller raises on for aiohttp to send."""
+    if isinstance(exc, errors.BusgateError):
         return error_response(exc, request.get(REQUEST_ID))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         kind = _HTTP_CODES.get(exc.status)
         if kind is None:
             generic = errors.BusgateError(exc.reason)
@@ -50,6 +49,5 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 405 and "Allow" in exc.headers:
             mapped.headers["Allow"] = exc.headers["Allow"]
         return mapped
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return error_response(errors.BusgateError("internal error"), request.get(REQUEST_ID))
+    log.exception("unexpected error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(errors.BusgateError("internal error"), request.get(REQUEST_ID))

@@ -3,36 +3,44 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from contracts.config import Gateway
 from edge.ids import IdFactory
 from edge.keys import REQUEST_ID, TRACE_ID, TRACEPARENT
 
-__all__ = ["REQUEST_ID", "TRACEPARENT", "TRACE_ID", "ids_middleware"]
+__all__ = ["REQUEST_ID", "TRACEPARENT", "TRACE_ID", "CallIds"]
 
 
-def ids_middleware(gateway: Gateway, ids: IdFactory) -> web.middleware:  # type: ignore[valid-type]
-    id_header = gateway.request_id_header
-    trace_header = gateway.trace_id_header
-    accept_id = gateway.accept_request_id
-    accept_trace = gateway.accept_trace
-    mode = gateway.return_ids
+class CallIds:
+    """The ids half of the front middleware (``edge.middleware.front``): ``assign`` before the
+    handler runs, ``stamp`` on whatever answer comes back, error answers included."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = ids.request_id(request.headers.get(id_header) if accept_id else None)
-        traceparent, trace_id = ids.traceparent(
-            request.headers.get("traceparent") if accept_trace else None
+    __slots__ = ("accept_id", "accept_trace", "id_header", "ids", "mode", "trace_header")
+
+    def __init__(self, gateway: Gateway, ids: IdFactory) -> None:
+        self.ids = ids
+        self.id_header = gateway.request_id_header
+        self.trace_header = gateway.trace_id_header
+        self.accept_id = gateway.accept_request_id
+        self.accept_trace = gateway.accept_trace
+        self.mode = gateway.return_ids
+
+    def assign(self, request: web.Request) -> None:
+        headers = request.headers
+        ids = self.ids
+        request[REQUEST_ID] = ids.request_id(
+            headers.get(self.id_header) if self.accept_id else None
         )
-        request[REQUEST_ID] = request_id
+        traceparent, trace_id = ids.traceparent(
+            headers.get("traceparent") if self.accept_trace else None
+        )
         request[TRACEPARENT] = traceparent
         request[TRACE_ID] = trace_id
-        response = await handler(request)
-        if mode == "always" or (mode == "error" and response.status >= 400):
-            if not response.prepared:
-                response.headers[id_header] = request_id
-                response.headers[trace_header] = trace_id
-        return response
 
-    return middleware
+    def stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        mode = self.mode
+        if mode == "none" or response.prepared:
+            return
+        if mode == "always" or (mode == "error" and response.status >= 400):
+            response.headers[self.id_header] = request[REQUEST_ID]
+            response.headers[self.trace_header] = request[TRACE_ID]

