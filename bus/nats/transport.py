@@ -13,7 +13,6 @@ correlation here is built on, for one ``subscribe`` call per system.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import nats
@@ -124,8 +123,12 @@ class NatsBus(Bus):
             self._subs.remove(sub)
             # Unsubscribes, then hands on what the server had already sent us; from then on
             # the server gives the queue group's requests to the other members only.
-            with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
+            try:
                 await sub.drain()  # type: ignore[no-untyped-call]
+            except nats.errors.Error as exc:  # closed, reconnecting, flush timed out
+                log.warning(
+                    "nats: leaving %s: %r; requests in flight may be lost", sub.subject, exc
+                )
 
     async def _send(
         self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
