@@ -17,9 +17,6 @@ from edge.request import handle_request
 from edge.security import install as install_security
 from edge.stream import handle_stream, sweeper
 
-SERVER = "busgate"
-"""The ``Server`` header: the product, not the versions an attacker would look up."""
-
 API_PATH = "/api/request/{channel}/{path:.*}"
 STREAM_PATH = "/api/stream/{channel}/{path:.*}"
 
@@ -60,7 +57,6 @@ def create_app(
         app[keys.STREAMS].stop_all()  # before the bus closes: their Cancels still go out
 
     app.on_shutdown.append(close_streams)
-    app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(sweeper)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
@@ -69,7 +65,3 @@ def create_app(
         app.router.add_route(method, STREAM_PATH, handle_stream)
     install_security(app, config, sessions=sessions)
     return app
-
-
-async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = SERVER

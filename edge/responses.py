@@ -10,6 +10,10 @@ from contracts.wire import Reply
 
 JSON = "application/json"
 
+SERVER = "busgate"
+"""The ``Server`` header of every answer (set by the front middleware, and by ``edge.sse`` on
+streams): the product, not the Python and aiohttp versions an attacker would look up."""
+
 # Headers of a runner's reply that the edge passes on; hop-by-hop ones never.
 PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
 

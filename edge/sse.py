@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from edge.responses import SERVER
+
 CONTENT_TYPE = "text/event-stream"
 HEADERS = {
+    "Server": SERVER,  # sent before the front middleware sees the answer
     "Cache-Control": "no-cache",
     # Tell buffering proxies (nginx) to pass every event through at once.
     "X-Accel-Buffering": "no",

@@ -1,5 +1,6 @@
 """The outermost middleware: request ids and trace context (``edge.middleware.ids``), then
-failures turned into JSON answers (``edge.middleware.errors``), as one coroutine layer.
+failures turned into JSON answers (``edge.middleware.errors``), as one coroutine layer; it
+also names the server on every answer (cheaper here than an ``on_response_prepare`` hook).
 
 Two concerns, one layer: each aiohttp middleware is a coroutine frame that every call enters
 and every resumption of the handler passes through again; as two layers they cost about 3 µs
@@ -15,6 +16,7 @@ from contracts.config import Gateway
 from edge.ids import IdFactory
 from edge.middleware.errors import error_answer
 from edge.middleware.ids import CallIds
+from edge.responses import SERVER
 
 
 def front_middleware(gateway: Gateway, ids: IdFactory) -> web.middleware:  # type: ignore[valid-type]
@@ -30,7 +32,9 @@ def front_middleware(gateway: Gateway, ids: IdFactory) -> web.middleware:  # typ
             if answer is None:
                 raise
             response = answer
-        call_ids.stamp(request, response)
+        if not response.prepared:  # a stream sent its headers itself (edge.stream)
+            response.headers["Server"] = SERVER
+            call_ids.stamp(request, response)
         return response
 
     return middleware

@@ -38,9 +38,8 @@ class CallIds:
         request[TRACE_ID] = trace_id
 
     def stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Add the ids to an answer whose headers are not sent yet."""
         mode = self.mode
-        if mode == "none" or response.prepared:
-            return
         if mode == "always" or (mode == "error" and response.status >= 400):
             response.headers[self.id_header] = request[REQUEST_ID]
             response.headers[self.trace_header] = request[TRACE_ID]
