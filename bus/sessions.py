@@ -349,17 +349,15 @@ class KafkaSessions(SessionStore):
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
+        from bus.kafka.transport import default_replication
+
         admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
         await admin.start()
         try:
-            replication = self.replication
-            if replication is None:
-                cluster = await admin.describe_cluster()
-                replication = max(1, min(3, len(cluster.get("brokers", []))))
             topic = NewTopic(
                 self.topic,
                 num_partitions=1,
-                replication_factor=replication,
+                replication_factor=self.replication or await default_replication(admin),
                 topic_configs={
                     "cleanup.policy": "compact,delete",
                     "retention.ms": str(int(self.ttl * 1000)),

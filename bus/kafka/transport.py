@@ -87,14 +87,24 @@ _TOPIC_ALREADY_EXISTS = 36
 OnRecord = Callable[[str, bytes], None]
 
 
+def _by_key(key: bytes, partitions: list[int]) -> int:
+    """One of ``partitions`` (sorted) by key. CRC-32, because aiokafka's default murmur2 is
+    pure Python and costs more than the rest of sending a message."""
+    return partitions[zlib.crc32(key) % len(partitions)]
+
+
 def _partition(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-    """The partition for a message: by key (request id, or node for control messages), so a
-    stream's steps stay in order. CRC-32, because aiokafka's default murmur2 is pure Python
-    and costs more than the rest of sending a message."""
+    """The producer's partitioner: by key (request id, or node for replies and control
+    messages), so a stream's steps stay in order."""
     if key is None:
         return random.choice(available or all_partitions)
-    partitions = sorted(all_partitions)
-    return partitions[zlib.crc32(key) % len(partitions)]
+    return _by_key(key, sorted(all_partitions))
+
+
+async def default_replication(admin: Any) -> int:
+    """Replication of the topics busgate creates: the number of brokers, at most 3."""
+    cluster = await admin.describe_cluster()
+    return max(1, min(3, len(cluster.get("brokers", []))))
 
 
 def _relay(waiter: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
@@ -434,8 +444,7 @@ class KafkaBus(Bus):
                 )
                 await self._admin.start()
                 if self.replication_factor is None:
-                    cluster = await self._admin.describe_cluster()
-                    self.replication_factor = max(1, min(3, len(cluster.get("brokers", []))))
+                    self.replication_factor = await default_replication(self._admin)
                 self._topics[self._reply_topic] = 1
                 self._topics[self.names.control] = 1
                 await self._ensure_topics([self._reply_topic, self.names.control])
@@ -635,7 +644,7 @@ class KafkaBus(Bus):
         if known is None:
             return None
         held = [p for p in held if p in known]
-        return held[zlib.crc32(key) % len(held)] if held else None
+        return _by_key(key, held) if held else None
 
     async def _ready_command_producer(self) -> Any:
         async with self._command_lock:
