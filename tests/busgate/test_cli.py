@@ -8,20 +8,24 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*BUSGATE, *args], capture_output=True, text=True, timeout=30)
 
 
+def config_check(tmp_path, toml: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "busgate.toml"
+    path.write_text(toml)
+    return run("config", "check", str(path))
+
+
 def test_config_check_accepts_a_valid_file(tmp_path):
-    path = tmp_path / "ok.toml"
-    path.write_text(
-        '[systems.a]\ntype = "rpc"\nbase_url = "http://x"\n[channels.a]\nsystem = "a"\n'
+    result = config_check(
+        tmp_path, '[systems.a]\ntype = "rpc"\nbase_url = "http://x"\n[channels.a]\nsystem = "a"\n'
     )
-    result = run("config", "check", str(path))
     assert result.returncode == 0
     assert "1 system(s), 1 channel(s)" in result.stdout
 
 
 def test_config_check_names_the_key_path_and_fails(tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text('[systems.a]\ntype = "rpc"\nbase_url = "http://x"\ntimeout = "soon"\n')
-    result = run("config", "check", str(path))
+    result = config_check(
+        tmp_path, '[systems.a]\ntype = "rpc"\nbase_url = "http://x"\ntimeout = "soon"\n'
+    )
     assert result.returncode == 2
     assert "systems.a.timeout: Expected `float`, got `str`" in result.stderr
     assert "Traceback" not in result.stderr
@@ -36,9 +40,7 @@ def test_adapter_refuses_an_unknown_system(tmp_path):
 
 
 def test_config_check_refuses_a_bad_bus_url(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[gateway]\nbus = "kafka://k1:9092?partitons=12"\n')
-    result = run("config", "check", str(path))
+    result = config_check(tmp_path, '[gateway]\nbus = "kafka://k1:9092?partitons=12"\n')
     assert result.returncode == 2
     assert "gateway.bus: bus URL" in result.stderr
     assert "unknown option 'partitons'" in result.stderr
