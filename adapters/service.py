@@ -9,11 +9,11 @@ import secrets
 import signal
 from typing import Protocol
 
-import bus as bus_
-from bus.base import Responder
-from contracts.config import Config, RpcSystem
-from contracts.errors import BusgateError, NotFound
-from contracts.wire import Reply, Request
+from busgate import bus as bus_
+from busgate.bus.base import Responder
+from busgate.contracts.config import Config, RpcSystem
+from busgate.contracts.errors import BusgateError, NotFound
+from busgate.contracts.wire import Reply, Request
 
 log = logging.getLogger("busgate.adapter")
 
@@ -32,7 +32,7 @@ def client_for(name: str, config: Config) -> SystemClient:
     system = config.systems[name]
     match system:
         case RpcSystem():
-            from adapters.rpc.client import RpcClient
+            from busgate.adapters.rpc.client import RpcClient
 
             return RpcClient(name, system, config.gateway)
     raise ValueError(f"system {name!r}: unsupported type")  # pragma: no cover

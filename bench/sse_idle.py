@@ -30,8 +30,8 @@ from pathlib import Path
 import nats
 
 from busgate.brokers import NatsServer, free_port, wait_for_port
-from contracts.codec import decode
-from contracts.wire import StreamStep
+from busgate.contracts.codec import decode
+from busgate.contracts.wire import StreamStep
 
 IDLE_PATH = "/api/stream/demo/count?to=2&wait=3600000"
 CONFIG = """

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from bus.base import Bus, Responder
+from busgate.bus.base import Bus, Responder
 
 KAFKA_OPTIONS: dict[str, tuple[str, type]] = {
     "partitions": ("request_partitions", int),
@@ -63,11 +63,11 @@ def from_url(url: str, *, node: str, prefix: str = "busgate") -> Bus:
     """A bus for ``nats://…`` or ``kafka://…`` (see :func:`parse_url`)."""
     scheme, servers, options = parse_url(url)
     if scheme == "nats":
-        from bus.nats import NatsBus
+        from busgate.bus.nats import NatsBus
 
         return NatsBus(servers, node=node, prefix=prefix)
     try:
-        from bus.kafka import KafkaBus
+        from busgate.bus.kafka import KafkaBus
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("Kafka needs aiokafka: pip install 'busgate[kafka]'") from exc
     return KafkaBus(servers, node=node, prefix=prefix, **options)

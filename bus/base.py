@@ -17,19 +17,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import msgspec
 
-from bus import headers as hdr
-from bus.correlation import Pending
-from bus.naming import Names
-from bus.presence import PresenceView
-from contracts.codec import decode, encode
-from contracts.errors import (
+from busgate.bus import headers as hdr
+from busgate.bus.correlation import Pending
+from busgate.bus.naming import Names
+from busgate.bus.presence import PresenceView
+from busgate.contracts.codec import decode, encode
+from busgate.contracts.errors import (
     BusgateError,
     BusUnavailable,
     DeadlineExceeded,
     NoResponders,
     Remote,
 )
-from contracts.wire import Cancel, Message, Presence, Reply, Request, StreamStep
+from busgate.contracts.wire import Cancel, Message, Presence, Reply, Request, StreamStep
 
 log = logging.getLogger("busgate.bus")
 

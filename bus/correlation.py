@@ -17,8 +17,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from contracts.errors import BusgateError
-from contracts.wire import Reply, StreamStep
+from busgate.contracts.errors import BusgateError
+from busgate.contracts.wire import Reply, StreamStep
 
 StreamItem = StreamStep | BusgateError
 

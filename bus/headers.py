@@ -3,7 +3,7 @@ follow a request with ``nats sub`` or a topic reader without decoding bodies."""
 
 from __future__ import annotations
 
-from contracts.wire import Request
+from busgate.contracts.wire import Request
 
 REQUEST_ID = "busgate-request-id"
 KIND = "busgate-kind"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from contracts.wire import Presence
+from busgate.contracts.wire import Presence
 
 
 class PresenceView:

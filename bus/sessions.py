@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from bus.tasks import stop_task
-from contracts.errors import BusUnavailable
+from busgate.bus.tasks import stop_task
+from busgate.contracts.errors import BusUnavailable
 
 if TYPE_CHECKING:
-    from bus.base import Bus
+    from busgate.bus.base import Bus
 
 log = logging.getLogger("busgate.bus.sessions")
 
@@ -349,7 +349,7 @@ class KafkaSessions(SessionStore):
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
-        from bus.kafka.transport import default_replication
+        from busgate.bus.kafka.transport import default_replication
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
         await admin.start()
@@ -474,11 +474,11 @@ class KafkaSessions(SessionStore):
 def open_store(bus: Bus | None, url: str, *, prefix: str, ttl: float) -> SessionStore:
     """The session store that goes with ``bus``: its NATS connection, or the Kafka cluster
     of ``url``; a bus of neither kind (tests) gets a process-local store."""
-    from bus.nats import NatsBus
+    from busgate.bus.nats import NatsBus
 
     if isinstance(bus, NatsBus):
         return NatsSessions(bus.nc, prefix=prefix, ttl=ttl)
-    from bus import parse_url
+    from busgate.bus import parse_url
 
     scheme, servers, options = parse_url(url)
     if scheme == "kafka" and bus is not None:

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from contracts.config import Config, ConfigError, load
+from busgate.contracts.config import Config, ConfigError, load
 
 DEV_CONFIG = Path(__file__).with_name("dev.toml")
 
@@ -22,7 +22,7 @@ def use_uvloop() -> None:
 
 
 def _config(path: str | None) -> Config:
-    from bus import parse_url
+    from busgate.bus import parse_url
 
     try:
         config = load(path)
@@ -37,7 +37,7 @@ def _config(path: str | None) -> Config:
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    from edge.server import run
+    from busgate.edge.server import run
 
     use_uvloop()
     try:
@@ -49,7 +49,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def cmd_adapter(args: argparse.Namespace) -> int:
-    from adapters.service import run
+    from busgate.adapters.service import run
 
     use_uvloop()
     try:
@@ -63,11 +63,11 @@ def cmd_adapter(args: argparse.Namespace) -> int:
 def cmd_runner(args: argparse.Namespace) -> int:
     use_uvloop()
     if args.kind == "rpc":
-        from runners.rpc import run
+        from busgate.runners.rpc import run
 
         run(args.listen)
     elif args.kind == "auth":
-        from runners.auth import run as run_auth
+        from busgate.runners.auth import run as run_auth
 
         run_auth(args.listen, args.db, args.seed)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts.wire import Message
+from busgate.contracts.wire import Message
 
 _mp_encoder = msgspec.msgpack.Encoder()
 _mp_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)

@@ -6,7 +6,7 @@ them to JSON responses in exactly one place (``edge.middleware.errors``).
 
 from __future__ import annotations
 
-from contracts.wire import Error
+from busgate.contracts.wire import Error
 
 
 class BusgateError(Exception):

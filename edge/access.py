@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.config import Channel, PathRule
+from busgate.contracts.config import Channel, PathRule
 
 
 @dataclass(frozen=True, slots=True)

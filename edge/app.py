@@ -6,16 +6,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-import bus as bus_
-from bus.sessions import SessionStore
-from contracts.config import Config
-from edge import health, keys
-from edge.ids import IdFactory
-from edge.middleware.front import front_middleware
-from edge.open_streams import OpenStreams
-from edge.request import handle_request
-from edge.security import install as install_security
-from edge.stream import handle_stream, sweeper
+from busgate import bus as bus_
+from busgate.bus.sessions import SessionStore
+from busgate.contracts.config import Config
+from busgate.edge import health, keys
+from busgate.edge.ids import IdFactory
+from busgate.edge.middleware.front import front_middleware
+from busgate.edge.open_streams import OpenStreams
+from busgate.edge.request import handle_request
+from busgate.edge.security import install as install_security
+from busgate.edge.stream import handle_stream, sweeper
 
 API_PATH = "/api/request/{channel}/{path:.*}"
 STREAM_PATH = "/api/stream/{channel}/{path:.*}"

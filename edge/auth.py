@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bus.sessions import SessionStore
-from contracts import errors
-from contracts.config import Config
-from contracts.wire import Identity
-from edge.access import ChannelAccess
-from edge.responses import error_response
-from edge.tokens import TokenService
+from busgate.bus.sessions import SessionStore
+from busgate.contracts import errors
+from busgate.contracts.config import Config
+from busgate.contracts.wire import Identity
+from busgate.edge.access import ChannelAccess
+from busgate.edge.responses import error_response
+from busgate.edge.tokens import TokenService
 
 
 class AuthContext:

@@ -26,15 +26,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from bus.sessions import Session, SessionStore
-from contracts import errors
-from contracts.codec import json_decode, json_encode
-from contracts.config import Channel
-from contracts.wire import Identity, Request
-from edge import envelope, keys
-from edge.auth import AuthContext, clear_token_cookies, set_token_cookies, unauthorized
-from edge.middleware.auth import authenticate
-from edge.tokens import TokenService, map_claims, strip_removed
+from busgate.bus.sessions import Session, SessionStore
+from busgate.contracts import errors
+from busgate.contracts.codec import json_decode, json_encode
+from busgate.contracts.config import Channel
+from busgate.contracts.wire import Identity, Request
+from busgate.edge import envelope, keys
+from busgate.edge.auth import AuthContext, clear_token_cookies, set_token_cookies, unauthorized
+from busgate.edge.middleware.auth import authenticate
+from busgate.edge.tokens import TokenService, map_claims, strip_removed
 
 log = logging.getLogger("busgate.edge.auth")
 

@@ -11,12 +11,12 @@ import time
 import msgspec
 from aiohttp import web
 
-from contracts import errors
-from contracts.codec import json_encode
-from contracts.config import Channel, Config
-from contracts.wire import Kind, Origin, Request
-from edge.keys import IDENTITY
-from edge.middleware.ids import REQUEST_ID, TRACEPARENT
+from busgate.contracts import errors
+from busgate.contracts.codec import json_encode
+from busgate.contracts.config import Channel, Config
+from busgate.contracts.wire import Kind, Origin, Request
+from busgate.edge.keys import IDENTITY
+from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
 _json_check = msgspec.json.Decoder()
 _EMPTY_OBJECT = b"{}"

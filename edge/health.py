@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from contracts.codec import json_encode
-from edge import keys
+from busgate.contracts.codec import json_encode
+from busgate.edge import keys
 
 
 async def healthz(request: web.Request) -> web.Response:

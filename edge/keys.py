@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bus.base import Bus
-from contracts.config import Config
-from contracts.wire import Identity
+from busgate.bus.base import Bus
+from busgate.contracts.config import Config
+from busgate.contracts.wire import Identity
 
 if TYPE_CHECKING:
-    from edge.auth import AuthContext
-    from edge.ids import IdFactory
-    from edge.open_streams import OpenStreams
+    from busgate.edge.auth import AuthContext
+    from busgate.edge.ids import IdFactory
+    from busgate.edge.open_streams import OpenStreams
 
 CONFIG = web.AppKey("config", Config)
 BUS = web.AppKey("bus", Bus)

@@ -15,8 +15,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
-from contracts.errors import RateLimited
-from contracts.wire import Request
+from busgate.contracts.errors import RateLimited
+from busgate.contracts.wire import Request
 
 if TYPE_CHECKING:
     from aiohttp import web

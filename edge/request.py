@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from contracts.errors import Remote
-from edge import envelope, keys
-from edge.responses import from_reply
+from busgate.contracts.errors import Remote
+from busgate.edge import envelope, keys
+from busgate.edge.responses import from_reply
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from contracts.codec import json_encode
-from contracts.errors import BusgateError
-from contracts.wire import Reply
+from busgate.contracts.codec import json_encode
+from busgate.contracts.errors import BusgateError
+from busgate.contracts.wire import Reply
 
 JSON = "application/json"
 

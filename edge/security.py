@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bus.sessions import SessionStore, open_store
-from contracts.config import Config
-from edge import keys
-from edge.auth import AuthContext
-from edge.auth_api import ROUTE, AuthApi
-from edge.middleware.auth import auth_middleware
-from edge.middleware.cors import CorsPolicy, cors_middleware
-from edge.middleware.csrf import csrf_middleware
+from busgate.bus.sessions import SessionStore, open_store
+from busgate.contracts.config import Config
+from busgate.edge import keys
+from busgate.edge.auth import AuthContext
+from busgate.edge.auth_api import ROUTE, AuthApi
+from busgate.edge.middleware.auth import auth_middleware
+from busgate.edge.middleware.cors import CorsPolicy, cors_middleware
+from busgate.edge.middleware.csrf import csrf_middleware
 
 
 async def _prune_forever(store: SessionStore, every: float = 60.0) -> None:

@@ -6,8 +6,8 @@ import logging
 
 from aiohttp import web
 
-from contracts.config import Config
-from edge.app import create_app
+from busgate.contracts.config import Config
+from busgate.edge.app import create_app
 
 log = logging.getLogger("busgate.edge")
 

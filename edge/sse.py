@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from edge.responses import SERVER
+from busgate.edge.responses import SERVER
 
 CONTENT_TYPE = "text/event-stream"
 HEADERS = {

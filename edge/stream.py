@@ -45,12 +45,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
 
-from contracts.config import Config, Gateway
-from contracts.errors import BusgateError, BusUnavailable, DeadlineExceeded
-from contracts.wire import Request
-from edge import envelope, keys, sse
-from edge.open_streams import OpenStreams, Slot, client_key
-from edge.responses import error_body
+from busgate.contracts.config import Config, Gateway
+from busgate.contracts.errors import BusgateError, BusUnavailable, DeadlineExceeded
+from busgate.contracts.wire import Request
+from busgate.edge import envelope, keys, sse
+from busgate.edge.open_streams import OpenStreams, Slot, client_key
+from busgate.edge.responses import error_body
 
 log = logging.getLogger("busgate.edge.stream")
 

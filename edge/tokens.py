@@ -24,9 +24,16 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from contracts import errors
-from contracts.config import ASYMMETRIC, RESERVED_CLAIMS, Claim, ConfigError, Token, Verifiable
-from contracts.wire import Identity, Origin
+from busgate.contracts import errors
+from busgate.contracts.config import (
+    ASYMMETRIC,
+    RESERVED_CLAIMS,
+    Claim,
+    ConfigError,
+    Token,
+    Verifiable,
+)
+from busgate.contracts.wire import Identity, Origin
 
 log = logging.getLogger("busgate.edge.tokens")
 

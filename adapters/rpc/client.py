@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from bus.base import Responder
-from contracts import errors
-from contracts.codec import json_decode, json_encode
-from contracts.config import Gateway, RpcSystem
-from contracts.wire import Reply, Request
+from busgate.bus.base import Responder
+from busgate.contracts import errors
+from busgate.contracts.codec import json_decode, json_encode
+from busgate.contracts.config import Gateway, RpcSystem
+from busgate.contracts.wire import Reply, Request
 
 _PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
 

@@ -1,5 +1,5 @@
 """The Kafka transport (aiokafka): topics per system, consumer groups for adapters."""
 
-from bus.kafka.transport import KafkaBus
+from busgate.bus.kafka.transport import KafkaBus
 
 __all__ = ["KafkaBus"]

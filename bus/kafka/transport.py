@@ -72,10 +72,10 @@ from aiokafka import (
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from bus import headers as hdr
-from bus.base import Bus
-from bus.tasks import stop_task
-from contracts.errors import BusUnavailable
+from busgate.bus import headers as hdr
+from busgate.bus.base import Bus
+from busgate.bus.tasks import stop_task
+from busgate.contracts.errors import BusUnavailable
 
 log = logging.getLogger("busgate.bus.kafka")
 

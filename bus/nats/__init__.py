@@ -1,5 +1,5 @@
 """The NATS transport (nats-py): core NATS for calls, JetStream for durable commands."""
 
-from bus.nats.transport import NatsBus
+from busgate.bus.nats.transport import NatsBus
 
 __all__ = ["NatsBus"]

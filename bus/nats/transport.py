@@ -27,8 +27,8 @@ from nats.errors import (
 from nats.js.api import StreamConfig
 from nats.js.errors import NoStreamResponseError
 
-from bus.base import Bus
-from contracts.errors import BusUnavailable, NoResponders
+from busgate.bus.base import Bus
+from busgate.contracts.errors import BusUnavailable, NoResponders
 
 log = logging.getLogger("busgate.bus.nats")
 

@@ -17,11 +17,11 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from contracts import errors
-from contracts.wire import Identity
-from edge import keys
-from edge.auth import AuthContext, set_token_cookies, unauthorized
-from edge.tokens import TokenService
+from busgate.contracts import errors
+from busgate.contracts.wire import Identity
+from busgate.edge import keys
+from busgate.edge.auth import AuthContext, set_token_cookies, unauthorized
+from busgate.edge.tokens import TokenService
 
 _BAD_SEGMENTS = frozenset({".", ".."})
 

@@ -13,10 +13,10 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from contracts import errors
-from contracts.config import Cors
-from edge import keys
-from edge.responses import error_response
+from busgate.contracts import errors
+from busgate.contracts.config import Cors
+from busgate.edge import keys
+from busgate.edge.responses import error_response
 
 
 class CorsPolicy:

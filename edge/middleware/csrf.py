@@ -13,8 +13,8 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from contracts import errors
-from contracts.config import Csrf
+from busgate.contracts import errors
+from busgate.contracts.config import Csrf
 
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _EXEMPT = ("/api/auth/login/", "/api/auth/register/")

@@ -12,9 +12,9 @@ import logging
 
 from aiohttp import web
 
-from contracts import errors
-from edge.keys import REQUEST_ID
-from edge.responses import error_response
+from busgate.contracts import errors
+from busgate.edge.keys import REQUEST_ID
+from busgate.edge.responses import error_response
 
 log = logging.getLogger("busgate.edge")
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from contracts.config import Gateway
-from edge.ids import IdFactory
-from edge.middleware.errors import error_answer
-from edge.middleware.ids import CallIds
-from edge.responses import SERVER
+from busgate.contracts.config import Gateway
+from busgate.edge.ids import IdFactory
+from busgate.edge.middleware.errors import error_answer
+from busgate.edge.middleware.ids import CallIds
+from busgate.edge.responses import SERVER
 
 
 def front_middleware(gateway: Gateway, ids: IdFactory) -> web.middleware:  # type: ignore[valid-type]

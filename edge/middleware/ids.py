@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from contracts.config import Gateway
-from edge.ids import IdFactory
-from edge.keys import REQUEST_ID, TRACE_ID, TRACEPARENT
+from busgate.contracts.config import Gateway
+from busgate.edge.ids import IdFactory
+from busgate.edge.keys import REQUEST_ID, TRACE_ID, TRACEPARENT
 
 __all__ = ["REQUEST_ID", "TRACEPARENT", "TRACE_ID", "CallIds"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.service import AdapterService
-from contracts.config import parse
-from contracts.wire import Request
+from busgate.adapters.service import AdapterService
+from busgate.contracts.config import parse
+from busgate.contracts.wire import Request
 
 
 class Steps:

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import pytest
 import pytest_asyncio
 
-from bus import Bus, Responder, from_url
-from bus.base import Handler
 from busgate.brokers import Broker, NatsServer, TansuBroker
-from contracts.errors import NoResponders, UpstreamError
-from contracts.wire import Kind, Reply, Request
+from busgate.bus import Bus, Responder, from_url
+from busgate.bus.base import Handler
+from busgate.contracts.errors import NoResponders, UpstreamError
+from busgate.contracts.wire import Kind, Reply, Request
 
 SYSTEM = "svc"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bus.base import CANCEL_MEMORY_SIZE
-from contracts.codec import encode
-from contracts.wire import Cancel, Request
+from busgate.bus.base import CANCEL_MEMORY_SIZE
+from busgate.contracts.codec import encode
+from busgate.contracts.wire import Cancel, Request
 from tests.edge.memory_bus import MemoryBus
 
 

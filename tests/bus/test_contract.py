@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from nats.aio.msg import Msg
 
-from bus import headers as hdr
-from contracts.errors import DeadlineExceeded, NoResponders, Remote
-from contracts.wire import StreamStep
+from busgate.bus import headers as hdr
+from busgate.contracts.errors import DeadlineExceeded, NoResponders, Remote
+from busgate.contracts.wire import StreamStep
 from tests.bus.conftest import SYSTEM, World, eventually, make_request
 
 HeadersOf = Callable[[str], Awaitable[dict[str, str]]]

@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from bus.correlation import Pending
-from contracts.errors import NoResponders
-from contracts.wire import Reply, StreamStep
+from busgate.bus.correlation import Pending
+from busgate.contracts.errors import NoResponders
+from busgate.contracts.wire import Reply, StreamStep
 
 
 async def test_reply_resolves_the_waiting_request():

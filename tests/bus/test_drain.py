@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from contracts.wire import Reply
+from busgate.contracts.wire import Reply
 from tests.bus.conftest import SYSTEM, TRANSPORTS, close_world, eventually, make_request, open_world
 
 

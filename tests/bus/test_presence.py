@@ -1,5 +1,5 @@
-from bus.presence import PresenceView
-from contracts.wire import Presence
+from busgate.bus.presence import PresenceView
+from busgate.contracts.wire import Presence
 
 
 class Clock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bus import from_url
-from contracts.wire import Reply
+from busgate.bus import from_url
+from busgate.contracts.wire import Reply
 from tests.bus.conftest import TRANSPORTS
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from busgate.brokers import Broker, NatsServer, TansuBroker
-from contracts.errors import BusgateError, BusUnavailable, NoResponders
-from contracts.wire import StreamStep
+from busgate.contracts.errors import BusgateError, BusUnavailable, NoResponders
+from busgate.contracts.wire import StreamStep
 from tests.bus.conftest import TRANSPORTS, World, close_world, make_request, open_world
 
 

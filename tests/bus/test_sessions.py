@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import nats
 import pytest
 
-from bus.sessions import KafkaSessions, MemorySessions, NatsSessions, Session, SessionStore
 from busgate.brokers import NatsServer, TansuBroker
-from contracts.errors import BusUnavailable
+from busgate.bus.sessions import KafkaSessions, MemorySessions, NatsSessions, Session, SessionStore
+from busgate.contracts.errors import BusUnavailable
 
 Opener = Callable[[], Awaitable[SessionStore]]
 
@@ -185,7 +185,7 @@ async def test_the_watch_survives_a_nats_restart():
 
 
 def test_a_kafka_bus_url_with_options_gives_the_store_its_servers_and_replication():
-    from bus.sessions import open_store as store_for
+    from busgate.bus.sessions import open_store as store_for
     from tests.edge.memory_bus import MemoryBus
 
     url = "kafka://k1:9092,kafka://k2:9092?partitions=12&replication=3"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus import from_url, parse_url
+from busgate.bus import from_url, parse_url
 
 
 def test_nats_urls_keep_every_server():

@@ -1,6 +1,6 @@
 import pytest
 
-from contracts.config import ConfigError, load, parse
+from busgate.contracts.config import ConfigError, load, parse
 
 BASE = {
     "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9/api/demo"}},

@@ -2,7 +2,7 @@
 
 import pytest
 
-from contracts.config import ConfigError, apply_env, parse
+from busgate.contracts.config import ConfigError, apply_env, parse
 
 SECRET = "env:SOME_SECRET"
 BASE = {

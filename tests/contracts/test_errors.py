@@ -1,5 +1,5 @@
-from contracts import errors
-from contracts.wire import Error
+from busgate.contracts import errors
+from busgate.contracts.wire import Error
 
 
 def test_each_error_knows_its_status():

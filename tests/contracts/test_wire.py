@@ -1,8 +1,17 @@
 import msgspec
 import pytest
 
-from contracts.codec import decode, encode
-from contracts.wire import Cancel, Error, Identity, Origin, Presence, Reply, Request, StreamStep
+from busgate.contracts.codec import decode, encode
+from busgate.contracts.wire import (
+    Cancel,
+    Error,
+    Identity,
+    Origin,
+    Presence,
+    Reply,
+    Request,
+    StreamStep,
+)
 
 
 def test_request_round_trips_with_every_field():

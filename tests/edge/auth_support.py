@@ -14,13 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from bus.base import Responder
-from bus.sessions import MemorySessions
-from contracts.codec import json_decode, json_encode
-from contracts.config import Config, parse
-from contracts.wire import Reply, Request
-from edge.app import create_app
-from edge.tokens import api_key_hash
+from busgate.bus.base import Responder
+from busgate.bus.sessions import MemorySessions
+from busgate.contracts.codec import json_decode, json_encode
+from busgate.contracts.config import Config, parse
+from busgate.contracts.wire import Reply, Request
+from busgate.edge.app import create_app
+from busgate.edge.tokens import api_key_hash
 from tests.edge.memory_bus import MemoryBus
 
 SECRET = secrets.token_urlsafe(48)

@@ -5,10 +5,10 @@ from collections.abc import Callable
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bus.base import Responder
-from contracts.config import Config, parse
-from contracts.wire import Reply, Request
-from edge.app import create_app
+from busgate.bus.base import Responder
+from busgate.contracts.config import Config, parse
+from busgate.contracts.wire import Reply, Request
+from busgate.edge.app import create_app
 from tests.edge.memory_bus import MemoryBus
 from tests.edge.stream_stack import edge_server, nats_server, runner_url, stream_stack  # noqa: F401
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bus.base import Bus
-from contracts.errors import BusUnavailable, NoResponders
+from busgate.bus.base import Bus
+from busgate.contracts.errors import BusUnavailable, NoResponders
 
 
 class MemoryBus(Bus):

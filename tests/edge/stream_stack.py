@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.service import AdapterService
-from bus.base import Responder
+from busgate.adapters.service import AdapterService
 from busgate.brokers import NatsServer, free_port, wait_for_port
-from contracts.config import Config, parse
-from contracts.wire import Request
-from edge.app import create_app
+from busgate.bus.base import Responder
+from busgate.contracts.config import Config, parse
+from busgate.contracts.wire import Request
+from busgate.edge.app import create_app
 
 
 def stream_config(nats: str, runner: str, **gateway: Any) -> Config:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from contracts.config import Channel, ConfigError, PathRule, parse
-from edge.access import ChannelAccess
+from busgate.contracts.config import Channel, ConfigError, PathRule, parse
+from busgate.edge.access import ChannelAccess
 
 
 def access(auth: str | None = "main", **paths: PathRule) -> ChannelAccess:

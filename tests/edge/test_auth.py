@@ -13,7 +13,7 @@ import jwt
 import pytest
 from yarl import URL
 
-from edge import keys
+from busgate.edge import keys
 from tests.edge.auth_support import (  # noqa: F401  (secured_fixture: the fixture)
     API_KEY,
     SECRET,

@@ -1,6 +1,6 @@
 import re
 
-from edge.ids import IdFactory
+from busgate.edge.ids import IdFactory
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from contracts.errors import RateLimited
-from contracts.wire import Identity, Origin, Request
-from edge.open_streams import RETRY_AFTER, OpenStreams, client_key
+from busgate.contracts.errors import RateLimited
+from busgate.contracts.wire import Identity, Origin, Request
+from busgate.edge.open_streams import RETRY_AFTER, OpenStreams, client_key
 
 
 async def test_the_node_limit_counts_every_client():

@@ -3,10 +3,10 @@
 import asyncio
 import json
 
-from bus.base import Responder
-from contracts.codec import decode
-from contracts.errors import UpstreamError
-from contracts.wire import Reply, Request
+from busgate.bus.base import Responder
+from busgate.contracts.codec import decode
+from busgate.contracts.errors import UpstreamError
+from busgate.contracts.wire import Reply, Request
 from tests.edge.conftest import make_config
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge import sse
+from busgate.edge import sse
 
 
 def test_an_event_is_data_lines_and_a_blank_line():

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from busgate.brokers import free_port
-from edge import keys
-from edge.app import create_app
+from busgate.edge import keys
+from busgate.edge.app import create_app
 from tests.edge.chromium import chromium, ensure_chromium
 
 pytestmark = pytest.mark.nats

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from contracts.config import parse
-from edge import stream
+from busgate.contracts.config import parse
+from busgate.edge import stream
 from tests.sse_client import collect
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from contracts.config import Gateway
-from edge import stream
-from edge.open_streams import OpenStreams
+from busgate.contracts.config import Gateway
+from busgate.edge import stream
+from busgate.edge.open_streams import OpenStreams
 
 
 class Transport:

@@ -13,10 +13,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 
-from contracts import errors
-from contracts.config import Claim, ConfigError, Token
-from contracts.wire import Origin
-from edge.tokens import TokenService, api_key_hash, map_claims, resolve_secret, strip_removed
+from busgate.contracts import errors
+from busgate.contracts.config import Claim, ConfigError, Token
+from busgate.contracts.wire import Origin
+from busgate.edge.tokens import (
+    TokenService,
+    api_key_hash,
+    map_claims,
+    resolve_secret,
+    strip_removed,
+)
 from tests.edge.auth_support import SECRET, write_keys
 
 

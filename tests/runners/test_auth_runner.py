@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
-from runners.auth import SEED_PASSWORD_ENV, UserStore, create_app
+from busgate.runners.auth import SEED_PASSWORD_ENV, UserStore, create_app
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 

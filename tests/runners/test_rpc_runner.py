@@ -1,4 +1,4 @@
-from runners.rpc import count_step
+from busgate.runners.rpc import count_step
 
 
 def test_count_walks_in_batches_until_to():

@@ -7,13 +7,13 @@ import time
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.rpc.client import RpcClient
+from busgate.adapters.rpc.client import RpcClient
 from busgate.brokers import free_port
-from contracts import errors
-from contracts.codec import json_decode
-from contracts.config import Gateway, RpcSystem
-from contracts.wire import Identity, Request
-from runners.rpc import CALLS, create_app
+from busgate.contracts import errors
+from busgate.contracts.codec import json_decode
+from busgate.contracts.config import Gateway, RpcSystem
+from busgate.contracts.wire import Identity, Request
+from busgate.runners.rpc import CALLS, create_app
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -9,12 +9,12 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.rpc.client import RpcClient, cursor_text
-from contracts import errors
-from contracts.codec import json_encode
-from contracts.config import Gateway, RpcSystem
-from contracts.wire import Request
-from runners.rpc import CALLS, create_app
+from busgate.adapters.rpc.client import RpcClient, cursor_text
+from busgate.contracts import errors
+from busgate.contracts.codec import json_encode
+from busgate.contracts.config import Gateway, RpcSystem
+from busgate.contracts.wire import Request
+from busgate.runners.rpc import CALLS, create_app
 
 
 class Steps:
