@@ -21,7 +21,7 @@ run-kafka: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contracts bus
+	$(BIN)/mypy -p busgate
 
 test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q

@@ -45,7 +45,7 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.02)

@@ -130,7 +130,7 @@ def run(*, bus: str, listen: str, config: str) -> int:
         runner = stack.spawn(
             "runner", ["runner", "rpc", "--listen", f"127.0.0.1:{runner_port}"], env
         )
-        wait_for_port("127.0.0.1", runner_port, 30, runner)  # type: ignore[arg-type]
+        wait_for_port("127.0.0.1", runner_port, 30, runner)
         password = start_auth(stack, env, config, workdir.name)
         stack.spawn("adapter", ["adapter", "--config", config], env)
         stack.spawn("edge", ["edge", "--config", config], env)

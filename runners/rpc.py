@@ -19,7 +19,7 @@ from aiohttp import web
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
-CALLS = web.AppKey("calls", collections.deque)
+CALLS = web.AppKey("calls", collections.deque[dict[str, Any]])
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -88,7 +88,8 @@ async def saga(request: web.Request) -> web.Response:
 
 
 async def calls(request: web.Request) -> web.Response:
-    return _json(list(request.app[CALLS]))
+    made = request.app[CALLS]
+    return _json(list(made))
 
 
 async def healthz(request: web.Request) -> web.Response:
