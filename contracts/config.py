@@ -205,6 +205,9 @@ class Token(Section, frozen=True):
     refresh_expiration: int = 86_400
     long_expiration: int = 30 * 86_400
     """Refresh lifetime when the login asked ``remember=true``."""
+    session_max_age: int = 30 * 86_400
+    """Absolute lifetime of a session, seconds from its login: past it, refresh is refused
+    (however often it was refreshed) and the user logs in again."""
     algorithm: Algorithm = "HS512"
     secret: str = ""
     private_key: str = ""
@@ -235,7 +238,13 @@ class Token(Section, frozen=True):
             raise ValueError(f"algorithm {self.algorithm}: set secret")
         if not any(c.name == "sub" for c in self.claims):
             raise ValueError("claims: one claim must be named 'sub' (the subject)")
-        for name in ("expiration", "refresh_expiration", "long_expiration", "max_size"):
+        for name in (
+            "expiration",
+            "refresh_expiration",
+            "long_expiration",
+            "session_max_age",
+            "max_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from busgate.bus.base import Responder
-from busgate.bus.sessions import MemorySessions
+from busgate.bus.sessions import Sessions
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Config, parse
 from busgate.contracts.wire import Reply, Request
@@ -153,7 +153,7 @@ def write_keys(directory: Path, kind: str) -> tuple[str, str]:
 @dataclass
 class Secured:
     client: TestClient
-    sessions: MemorySessions
+    sessions: Sessions
     provider: Provider
     config: Config
 
@@ -183,7 +183,8 @@ async def secured_fixture():
         bus = MemoryBus()
         provider = Provider()
         await bus.serve(["demo", "auth"], provider)
-        sessions = MemorySessions()
+        sessions = Sessions.in_memory()
+        await sessions.start()
         config = config or auth_config()
         client = TestClient(TestServer(create_app(config, bus=bus, sessions=sessions)))
         await client.start_server()
