@@ -135,6 +135,7 @@ class Store(abc.ABC, Generic[V]):
         """Seconds an entry is kept after its last write, whatever its own expiry (the
         bucket's max age / the topic's retention); 0 = no limit."""
         self._view: dict[str, Entry[V]] = {}
+        self._proxy = MappingProxyType(self._view)
         self._callbacks: list[Callback[V]] = []
         self._changed = asyncio.Event()
         self._seen = 0
@@ -147,7 +148,7 @@ class Store(abc.ABC, Generic[V]):
     @property
     def view(self) -> Mapping[str, Entry[V]]:
         """Every entry this node knows, expired ones too until pruned (see :meth:`local`)."""
-        return MappingProxyType(self._view)
+        return self._proxy
 
     def local(self, key: str, now: float | None = None) -> Entry[V] | None:
         """The key's entry in the local view, if it has not expired."""
