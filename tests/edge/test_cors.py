@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tests.edge.auth_support import (  # noqa: F401  (secured_fixture: the fixture)
+from tests.edge.auth_support import (  # noqa: F401  (fixtures)
     auth_config,
     secured_fixture,
+    session_store_fixture,
 )
 
 CORS = {
