@@ -68,13 +68,17 @@ class Cors(Section, frozen=True):
 
 
 class Csrf(Section, frozen=True):
-    """Double-submit cookie: a call authenticated by cookie that changes state must repeat
-    the ``cookie``'s value in ``header``. Calls with a bearer token or an API key are exempt
-    (a browser never adds those on its own)."""
+    """Double-submit cookie bound to the session: a call authenticated by cookie that
+    changes state must send in ``header`` the CSRF token the login set in ``cookie`` -- an
+    HMAC of its session id, so a cookie an attacker planted does not pass. Calls with a
+    bearer token or an API key are exempt (a browser never adds those on its own)."""
 
     enabled: bool = False
     cookie: str = "busgate_csrf"
     header: str = "X-CSRF-Token"
+    secret: str = ""
+    """The HMAC key (``env:NAME`` or ``file:PATH``); empty = derived from each token's
+    signing secret or private key."""
 
 
 class Gateway(Section, frozen=True):

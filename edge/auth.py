@@ -17,7 +17,10 @@ from busgate.edge.tokens import TokenService
 class AuthContext:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.tokens = {name: TokenService(name, token) for name, token in config.tokens.items()}
+        csrf = config.gateway.csrf.secret
+        self.tokens = {
+            name: TokenService(name, token, csrf) for name, token in config.tokens.items()
+        }
         self.access = {name: ChannelAccess(ch) for name, ch in config.channels.items()}
         self.channel_tokens = {
             name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth

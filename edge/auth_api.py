@@ -187,7 +187,7 @@ class AuthApi:
         if data is not None:
             body["data"] = data
         csrf = self.ctx.config.gateway.csrf
-        csrf_token = secrets.token_urlsafe(24) if cookie and csrf.enabled else None
+        csrf_token = service.csrf_token(session.id) if cookie and csrf.enabled else None
         if csrf_token:
             body["csrf_token"] = csrf_token
         response = _json(body)

@@ -43,18 +43,13 @@ def install(app: web.Application, config: Config, *, sessions: Sessions | None =
         app.middlewares.append(cors_middleware(policy))
         app.on_response_prepare.append(policy.on_prepare)
     if gateway.csrf.enabled and ctx.tokens:
-        cookies = frozenset(
-            name
-            for service in ctx.tokens.values()
-            for name in (service.config.cookies.access, service.config.cookies.refresh)
-        )
         skip = frozenset(
             h
             for service in ctx.tokens.values()
             for h in (service.config.header, service.config.api_key_header)
             if h
         )
-        app.middlewares.append(csrf_middleware(gateway.csrf, cookies, skip))
+        app.middlewares.append(csrf_middleware(gateway.csrf, ctx.tokens.values(), skip))
     if ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
         app.middlewares.append(auth_middleware(ctx))
     if not ctx.tokens:

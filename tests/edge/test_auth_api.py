@@ -326,6 +326,39 @@ async def test_csrf_double_submit(secured):
     assert resp.status == 403
 
 
+async def test_a_planted_csrf_cookie_with_a_matching_header_is_refused(secured):
+    """Issue 8 item 10: an attacker who can set cookies for the site (a sibling subdomain,
+    plain HTTP) plants ``busgate_csrf`` and sends the same value in the header; the token is
+    an HMAC of the victim's session, so that is refused -- as is a real token of another
+    session (the attacker's own login)."""
+    config = auth_config(token={"cookies": {"secure": False}}, gateway={"csrf": {"enabled": True}})
+    s = await secured(config)
+    resp = await s.client.post(
+        LOGIN, json={"username": "admin", "password": PASSWORD}, params={"cookie": "true"}
+    )
+    attackers = (await resp.json())["csrf_token"]
+    victim = await s.edge()
+    resp = await victim.post(
+        LOGIN, json={"username": "demo", "password": PASSWORD}, params={"cookie": "true"}
+    )
+    real = (await resp.json())["csrf_token"]
+    assert real != attackers
+    for planted in ("planted-by-the-attacker", attackers):
+        victim.session.cookie_jar.update_cookies({"busgate_csrf": planted})
+        resp = await victim.post(
+            "/api/request/secure/meta", json={}, headers={"X-CSRF-Token": planted}
+        )
+        assert resp.status == 403, planted
+        assert "CSRF" in (await resp.json())["error"]["message"]
+    # The session's own token passes, whatever the CSRF cookie holds now.
+    resp = await victim.post("/api/request/secure/meta", json={}, headers={"X-CSRF-Token": real})
+    assert resp.status == 200
+    # It stays the session's token across a refresh (the session id does not change).
+    resp = await victim.post(REFRESH, headers={"X-CSRF-Token": real})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["csrf_token"] == real
+
+
 async def test_csrf_spares_bearer_calls(secured):
     s = await secured(auth_config(gateway={"csrf": {"enabled": True}}))
     tokens = await s.login()
