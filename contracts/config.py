@@ -68,13 +68,17 @@ class Cors(Section, frozen=True):
 
 
 class Csrf(Section, frozen=True):
-    """Double-submit cookie: a call authenticated by cookie that changes state must repeat
-    the ``cookie``'s value in ``header``. Calls with a bearer token or an API key are exempt
-    (a browser never adds those on its own)."""
+    """Double-submit cookie bound to the session: a call authenticated by cookie that
+    changes state must send in ``header`` the CSRF token the login set in ``cookie`` -- an
+    HMAC of its session id, so a cookie an attacker planted does not pass. Calls with a
+    bearer token or an API key are exempt (a browser never adds those on its own)."""
 
     enabled: bool = False
     cookie: str = "busgate_csrf"
     header: str = "X-CSRF-Token"
+    secret: str = ""
+    """The HMAC key (``env:NAME`` or ``file:PATH``); empty = derived from each token's
+    signing secret or private key."""
 
 
 class Gateway(Section, frozen=True):
@@ -205,6 +209,9 @@ class Token(Section, frozen=True):
     refresh_expiration: int = 86_400
     long_expiration: int = 30 * 86_400
     """Refresh lifetime when the login asked ``remember=true``."""
+    session_max_age: int = 30 * 86_400
+    """Absolute lifetime of a session, seconds from its login: past it, refresh is refused
+    (however often it was refreshed) and the user logs in again."""
     algorithm: Algorithm = "HS512"
     secret: str = ""
     private_key: str = ""
@@ -235,7 +242,13 @@ class Token(Section, frozen=True):
             raise ValueError(f"algorithm {self.algorithm}: set secret")
         if not any(c.name == "sub" for c in self.claims):
             raise ValueError("claims: one claim must be named 'sub' (the subject)")
-        for name in ("expiration", "refresh_expiration", "long_expiration", "max_size"):
+        for name in (
+            "expiration",
+            "refresh_expiration",
+            "long_expiration",
+            "session_max_age",
+            "max_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from busgate import bus as bus_
-from busgate.bus.sessions import SessionStore
+from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
 from busgate.edge import health, keys
 from busgate.edge.ids import IdFactory
@@ -22,7 +22,7 @@ STREAM_PATH = "/api/stream/{channel}/{path:.*}"
 
 
 def create_app(
-    config: Config, *, bus: bus_.Bus | None = None, sessions: SessionStore | None = None
+    config: Config, *, bus: bus_.Bus | None = None, sessions: Sessions | None = None
 ) -> web.Application:
     """The edge app; it connects its own bus unless one is given (tests, embedding)."""
     ids = IdFactory(config.gateway.id)

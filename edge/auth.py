@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from busgate.bus.sessions import SessionStore
+from busgate.bus.sessions import Sessions
 from busgate.contracts import errors
 from busgate.contracts.config import Config
 from busgate.contracts.wire import Identity
@@ -17,24 +17,32 @@ from busgate.edge.tokens import TokenService
 class AuthContext:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.tokens = {name: TokenService(name, token) for name, token in config.tokens.items()}
+        csrf = config.gateway.csrf.secret
+        self.tokens = {
+            name: TokenService(name, token, csrf) for name, token in config.tokens.items()
+        }
         self.access = {name: ChannelAccess(ch) for name, ch in config.channels.items()}
         self.channel_tokens = {
             name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth
         }
-        self.sessions: SessionStore | None = None
+        self.sessions: Sessions | None = None
 
     @property
     def session_ttl(self) -> float:
         """How long the shared store keeps a session: the longest refresh lifetime, plus a
         margin for clock skew between edges."""
         tokens = self.config.tokens.values()
-        lifetimes = [max(t.long_expiration, t.refresh_expiration) for t in tokens]
+        lifetimes = [
+            min(max(t.long_expiration, t.refresh_expiration), t.session_max_age) for t in tokens
+        ]
         return float(max(lifetimes, default=86_400) + 3600)
 
     def is_revoked(self, identity: Identity) -> bool:
         sid = identity.session_id
-        return sid is not None and self.sessions is not None and self.sessions.is_revoked(sid)
+        sessions = self.sessions
+        return (
+            sid is not None and sessions is not None and sessions.is_revoked(sid, identity.subject)
+        )
 
     async def close(self) -> None:
         for service in self.tokens.values():

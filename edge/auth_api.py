@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from busgate.bus.sessions import Session, SessionStore
+from busgate.bus.sessions import Session, Sessions
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Channel
@@ -77,7 +77,7 @@ class AuthApi:
         self.ctx = ctx
 
     @property
-    def sessions(self) -> SessionStore:
+    def sessions(self) -> Sessions:
         if self.ctx.sessions is None:
             raise errors.BusUnavailable("the session store is not ready; try again shortly")
         return self.ctx.sessions
@@ -187,7 +187,7 @@ class AuthApi:
         if data is not None:
             body["data"] = data
         csrf = self.ctx.config.gateway.csrf
-        csrf_token = secrets.token_urlsafe(24) if cookie and csrf.enabled else None
+        csrf_token = service.csrf_token(session.id) if cookie and csrf.enabled else None
         if csrf_token:
             body["csrf_token"] = csrf_token
         response = _json(body)
@@ -236,7 +236,7 @@ class AuthApi:
             claims=claims,
             refresh_id=secrets.token_urlsafe(16),
             created=now,
-            expires=now + lifetime,
+            expires=now + min(lifetime, service.config.session_max_age),
             remember=remember,
         )
         await self.sessions.create(session)
@@ -269,12 +269,19 @@ class AuthApi:
         sessions = self.sessions
         session_id = str(payload["sid"])
         found = await sessions.get(session_id)
-        if found is None or found[0].revoked:
+        if found is None or found[0].revoked or sessions.is_revoked(session_id, found[0].subject):
             return unauthorized(
                 errors.Unauthorized("the session has ended; log in again"),
                 request.get(keys.REQUEST_ID),
             )
         session, revision = found
+        now = time.time()
+        end = session.created + service.config.session_max_age
+        if now >= end:
+            return unauthorized(
+                errors.Unauthorized("the session has reached its maximum age; log in again"),
+                request.get(keys.REQUEST_ID),
+            )
         if payload["rti"] != session.refresh_id:
             await sessions.revoke(session_id)
             log.warning("refresh token reused: session %s revoked", session_id)
@@ -285,10 +292,7 @@ class AuthApi:
         config = service.config
         lifetime = config.long_expiration if session.remember else config.refresh_expiration
         rotated = msgspec.structs.replace(
-            session,
-            refresh_id=secrets.token_urlsafe(16),
-            expires=time.time() + lifetime,
-            prev=0,
+            session, refresh_id=secrets.token_urlsafe(16), expires=min(now + lifetime, end)
         )
         if not await sessions.replace(rotated, revision):
             # Another refresh with the same token won the race: that is a reuse too.
@@ -347,7 +351,8 @@ class AuthApi:
             )
         body = await envelope.read_body(request, self.ctx.config.gateway.max_body)
         await self._call_provider(request, body, identity)
-        await self.sessions.revoke(identity.session_id, subject=identity.subject)
+        # Every session of the account ends, on every edge -- not only the caller's.
+        await self.sessions.revoke_subject(identity.subject)
         response = _json({"status": "deleted"})
         clear_token_cookies(response, service)
         return response

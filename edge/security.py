@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from busgate.bus.sessions import SessionStore, open_store
+from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
 from busgate.edge import keys
 from busgate.edge.auth import AuthContext
@@ -24,7 +24,7 @@ from busgate.edge.middleware.cors import CorsPolicy, cors_middleware
 from busgate.edge.middleware.csrf import csrf_middleware
 
 
-async def _prune_forever(store: SessionStore, every: float = 60.0) -> None:
+async def _prune_forever(store: Sessions, every: float = 60.0) -> None:
     """The stores expire old sessions silently; the local copy forgets them here."""
     with contextlib.suppress(asyncio.CancelledError):
         while True:
@@ -32,7 +32,7 @@ async def _prune_forever(store: SessionStore, every: float = 60.0) -> None:
             store.prune()
 
 
-def install(app: web.Application, config: Config, *, sessions: SessionStore | None = None) -> None:
+def install(app: web.Application, config: Config, *, sessions: Sessions | None = None) -> None:
     """Call after the bus's cleanup context is registered (the session store needs it)."""
     ctx = AuthContext(config)
     app[keys.AUTH] = ctx
@@ -43,27 +43,20 @@ def install(app: web.Application, config: Config, *, sessions: SessionStore | No
         app.middlewares.append(cors_middleware(policy))
         app.on_response_prepare.append(policy.on_prepare)
     if gateway.csrf.enabled and ctx.tokens:
-        cookies = frozenset(
-            name
-            for service in ctx.tokens.values()
-            for name in (service.config.cookies.access, service.config.cookies.refresh)
-        )
         skip = frozenset(
             h
             for service in ctx.tokens.values()
             for h in (service.config.header, service.config.api_key_header)
             if h
         )
-        app.middlewares.append(csrf_middleware(gateway.csrf, cookies, skip))
+        app.middlewares.append(csrf_middleware(gateway.csrf, ctx.tokens.values(), skip))
     if ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
         app.middlewares.append(auth_middleware(ctx))
     if not ctx.tokens:
         return
 
     async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = sessions or open_store(
-            app[keys.BUS], gateway.bus, prefix=gateway.prefix, ttl=ctx.session_ttl
-        )
+        store = sessions or Sessions.open(app[keys.BUS], max_age=ctx.session_ttl)
         if sessions is None:
             await store.start()
         ctx.sessions = store

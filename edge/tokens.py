@@ -12,7 +12,9 @@ fetched with aiohttp, cached, and fetched again when a token names an unknown ``
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -214,7 +216,9 @@ class Jwks:
 class TokenService:
     """Issues and checks the tokens of one ``tokens.NAME``."""
 
-    def __init__(self, name: str, config: Token) -> None:
+    def __init__(self, name: str, config: Token, csrf_secret: str = "") -> None:
+        """``csrf_secret``: the HMAC key of CSRF tokens (``gateway.csrf.secret``, resolved
+        here); empty = derived from the signing key."""
         self.name = name
         self.config = config
         self.algorithm = config.algorithm
@@ -224,6 +228,7 @@ class TokenService:
         self._verify_key: Any
         if config.algorithm in ASYMMETRIC:
             private = resolve_secret(config.private_key, f"{where}.private_key").encode()
+            signing = private
             public = resolve_secret(config.public_key, f"{where}.public_key").encode()
             try:
                 self._sign_key = serialization.load_pem_private_key(private, password=None)
@@ -232,9 +237,13 @@ class TokenService:
                 raise ConfigError(f"{where}: cannot load the key pair: {exc}") from None
         else:
             secret = resolve_secret(config.secret, f"{where}.secret").encode()
+            signing = secret
             if len(secret) < MIN_SECRET:
                 raise ConfigError(f"{where}.secret: needs at least {MIN_SECRET} bytes")
             self._sign_key = self._verify_key = secret
+        if csrf_secret:
+            signing = resolve_secret(csrf_secret, "gateway.csrf.secret").encode()
+        self._csrf_key = hmac.new(signing, b"busgate csrf v1", hashlib.sha256).digest()
         self.api_keys = {
             key.hash: Identity(subject=key.subject or key_name, roles=key.roles)
             for key_name, key in config.api_keys.items()
@@ -404,6 +413,24 @@ class TokenService:
     def session_of(self, token: str) -> dict[str, Any]:
         """Logout: a token of ours, checked but possibly expired."""
         return self._decode(token, verify_exp=False)
+
+    def csrf_token(self, session_id: str) -> str:
+        """The CSRF token of a session: an HMAC of its id, so only who can read the
+        session's answers (the login) knows it, and a planted cookie cannot match."""
+        digest = hmac.new(self._csrf_key, session_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def session_id_of(self, token: str) -> str | None:
+        """The session of one of our tokens (access or refresh, expired or not; the
+        signature checked), or None."""
+        identity = self.cached(token)
+        if identity is not None:
+            return identity.session_id
+        try:
+            sid = self.session_of(token).get("sid")
+        except errors.Unauthorized:
+            return None
+        return sid if isinstance(sid, str) else None
 
     def api_key(self, key: str) -> Identity | None:
         if len(key) > self.config.max_size:

@@ -4,10 +4,15 @@ An RPC runner like the others: ``POST /api/{runner}/{action}/{type}`` with
 ``{"parameters", "meta"}``; the only type is ``password``. Sagas:
 
 - ``register``: ``{"username", "password"}`` → the new user, role ``user``; 409 if taken.
-- ``login``: ``{"username", "password"}`` → ``{"id", "username", "roles"}``, or 401. A wrong
-  password and an unknown user get the same answer, and take about as long: an unknown user's
-  password is checked against a dummy hash.
+- ``login``: ``{"username", "password"}`` → ``{"id", "subject", "username", "roles"}``, or
+  401. A wrong password and an unknown user get the same answer, and take about as long: an
+  unknown user's password is checked against a dummy hash.
 - ``delete``: removes the caller (``meta.identity.subject``, set by the gateway).
+
+``subject`` is a random id given at registration, never reused: map the token's ``sub`` from
+it (as ``busgate/dev.toml`` does), so that a name registered again after its account was
+deleted is another subject, and nothing issued to the old account acts as the new one.
+(``delete`` also takes a username as the subject, for configs that map ``sub`` from it.)
 
 ``--seed NAME=ROLE[,ROLE…]`` creates (or resets) users with the password in the environment
 variable ``BUSGATE_AUTH_SEED_PASSWORD`` — never on the command line, where ``ps`` shows it.
@@ -37,6 +42,12 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
+def _new_subject() -> str:
+    """A subject id: random, so never one a deleted account had; with a ``:``, which no
+    username holds, so a username never names another user's subject."""
+    return f"u:{secrets.token_hex(16)}"
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encode(data), status=status, content_type="application/json")
 
@@ -57,19 +68,32 @@ class UserStore:
             " id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " username TEXT UNIQUE NOT NULL,"
             " hash TEXT NOT NULL,"
-            " roles TEXT NOT NULL DEFAULT 'user')"
+            " roles TEXT NOT NULL DEFAULT 'user',"
+            " subject TEXT UNIQUE)"
         )
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(users)")]
+        if "subject" not in columns:  # a store from before subjects
+            self._db.execute("ALTER TABLE users ADD COLUMN subject TEXT")
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS users_subject ON users(subject)")
+        for (row_id,) in self._db.execute("SELECT id FROM users WHERE subject IS NULL").fetchall():
+            self._db.execute("UPDATE users SET subject = ? WHERE id = ?", (_new_subject(), row_id))
         self._lock = threading.Lock()
         self._dummy = self.hasher.hash(secrets.token_hex(16))
 
     @staticmethod
     def _user(row: tuple[Any, ...]) -> dict[str, Any]:
-        return {"id": row[0], "username": row[1], "roles": [r for r in row[3].split(",") if r]}
+        return {
+            "id": row[0],
+            "subject": row[4],
+            "username": row[1],
+            "roles": [r for r in row[3].split(",") if r],
+        }
 
     def _row(self, username: str) -> tuple[Any, ...] | None:
         with self._lock:
             cur = self._db.execute(
-                "SELECT id, username, hash, roles FROM users WHERE username = ?", (username,)
+                "SELECT id, username, hash, roles, subject FROM users WHERE username = ?",
+                (username,),
             )
             row: tuple[Any, ...] | None = cur.fetchone()
             return row
@@ -78,9 +102,9 @@ class UserStore:
         digest = self.hasher.hash(password)
         with self._lock:
             self._db.execute(
-                "INSERT INTO users (username, hash, roles) VALUES (?, ?, ?)"
+                "INSERT INTO users (username, hash, roles, subject) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(username) DO UPDATE SET hash = excluded.hash, roles = excluded.roles",
-                (username, digest, ",".join(roles)),
+                (username, digest, ",".join(roles), _new_subject()),
             )
 
     def register(self, username: str, password: str) -> dict[str, Any] | None:
@@ -88,8 +112,8 @@ class UserStore:
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO users (username, hash, roles) VALUES (?, ?, 'user')",
-                    (username, digest),
+                    "INSERT INTO users (username, hash, roles, subject) VALUES (?, ?, 'user', ?)",
+                    (username, digest, _new_subject()),
                 )
             except sqlite3.IntegrityError:
                 return None
@@ -111,9 +135,12 @@ class UserStore:
                 )
         return self._user(row)
 
-    def delete(self, username: str) -> bool:
+    def delete(self, subject: str) -> bool:
+        """Remove the user with this subject id (or, failing that, this username)."""
         with self._lock:
-            cur = self._db.execute("DELETE FROM users WHERE username = ?", (username,))
+            cur = self._db.execute("DELETE FROM users WHERE subject = ?", (subject,))
+            if cur.rowcount == 0:
+                cur = self._db.execute("DELETE FROM users WHERE username = ?", (subject,))
             return cur.rowcount > 0
 
     def close(self) -> None:

@@ -84,8 +84,8 @@ class CorsPolicy:
         origin = request.headers.get("Origin")
         if origin is None or not self.allows(origin):
             return
-        if "Access-Control-Allow-Origin" in response.headers:
-            return  # a preflight answer
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return  # a preflight: answered whole by ``preflight``, refusals without allows
         self._allow_origin(response, origin)
         if self.expose:
             response.headers["Access-Control-Expose-Headers"] = self.expose

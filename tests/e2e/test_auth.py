@@ -11,6 +11,7 @@ import sys
 import time
 
 import aiohttp
+import jwt
 import pytest
 
 from busgate.brokers import free_port, wait_for_port
@@ -84,7 +85,9 @@ async def test_the_three_curls(auth_stack, http):
     async with http.get(f"{url}/api/request/secure/meta", headers=bearer(token)) as resp:
         assert resp.status == 200
         meta = await resp.json()
-    assert meta["identity"]["subject"] == "demo"
+    # The subject is the account's random id, never the username (issue 8 item 6).
+    assert meta["identity"]["subject"].startswith("u:")
+    assert meta["identity"]["claims"]["name"] == "demo"
     assert meta["identity"]["roles"] == ["user"]
     async with http.get(f"{url}/api/request/secure/admin/meta", headers=bearer(token)) as resp:
         assert resp.status == 403
@@ -164,6 +167,122 @@ async def test_refresh_on_one_edge_and_reuse_on_the_other(auth_stack, second_edg
             ) as resp:
                 status = resp.status
         assert status == 401
+
+
+async def status_on(http, url: str, token: str, within: float = 1.0, want: int = 401) -> int:
+    """The status of a call with ``token``, asked again until it is ``want`` (bounded: a
+    revocation reaches another edge by watching the store, in milliseconds)."""
+    deadline = time.perf_counter() + within
+    while True:
+        async with http.get(f"{url}/api/request/secure/meta", headers=bearer(token)) as resp:
+            if resp.status == want or time.perf_counter() > deadline:
+                return resp.status
+
+
+async def refresh_on(http, url: str, refresh_token: str) -> tuple[int, dict]:
+    async with http.post(
+        f"{url}/api/auth/refresh/auth/password", json={"refresh_token": refresh_token}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def register(http, url: str, username: str) -> dict:
+    async with http.post(
+        f"{url}/api/auth/register/auth/password",
+        json={"username": username, "password": PASSWORD},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def identity(http, url: str, token: str) -> dict:
+    async with http.get(f"{url}/api/request/secure/meta", headers=bearer(token)) as resp:
+        assert resp.status == 200, await resp.text()
+        return (await resp.json())["identity"]
+
+
+async def test_deleting_an_account_ends_all_its_sessions_on_every_edge(
+    auth_stack, second_edge, http
+):
+    """Issue 8 item 6, through the real auth runner and two edge processes: two logins of
+    one user; deleting the account from one session refuses the other's access and refresh
+    tokens on the other edge; the name registered again is another subject, and the old
+    session does not act as the new account."""
+    name = f"u{secrets.token_hex(4)}"
+    await register(http, auth_stack.url, name)
+    first = await login(http, auth_stack.url, name)
+    second = await login(http, second_edge, name)
+    old_subject = (await identity(http, second_edge, second["access_token"]))["subject"]
+    assert old_subject.startswith("u:") and old_subject != name
+    async with http.post(
+        f"{auth_stack.url}/api/auth/delete/auth/password", headers=bearer(first["access_token"])
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await status_on(http, second_edge, second["access_token"]) == 401
+    status, _ = await refresh_on(http, second_edge, second["refresh_token"])
+    assert status == 401
+    assert await status_on(http, auth_stack.url, second["access_token"]) == 401
+
+    await register(http, second_edge, name)
+    new = await login(http, second_edge, name)
+    new_identity = await identity(http, auth_stack.url, new["access_token"])
+    assert new_identity["subject"] != old_subject
+    assert new_identity["claims"]["name"] == name
+    for url in (auth_stack.url, second_edge):
+        assert await status_on(http, url, second["access_token"], within=0) == 401
+        status, _ = await refresh_on(http, url, second["refresh_token"])
+        assert status == 401
+
+
+async def _backdate(bus_url: str, session_id: str, seconds: float) -> None:
+    """Make a session older in the shared store, as the passing of time would."""
+    import msgspec
+
+    from busgate.bus.sessions import Session
+    from busgate.bus.store import Store
+    from busgate.bus.store.kafka import KafkaStore
+    from busgate.bus.store.nats import NatsStore
+
+    nc = None
+    store: Store[Session]
+    if bus_url.startswith("nats"):
+        import nats
+
+        nc = await nats.connect(bus_url)
+        store = NatsStore(nc, "sessions", Session)
+    else:
+        store = KafkaStore(bus_url.split("://", 1)[1], "sessions", Session)
+    await store.start()
+    try:
+        entry = await store.get(session_id)
+        assert entry is not None
+        aged = msgspec.structs.replace(entry.value, created=entry.value.created - seconds)
+        assert await store.compare_and_set(session_id, aged, entry.revision) is not None
+    finally:
+        await store.close()
+        if nc is not None:
+            await nc.close()
+
+
+async def test_refresh_past_the_session_max_age_is_refused(auth_stack, second_edge, http):
+    """``tokens.main.session_max_age`` (30 days here): a session that started longer ago
+    is refused at refresh, on any edge."""
+    tokens = await login(http, auth_stack.url)
+    marker = await login(http, auth_stack.url)
+    status, tokens = await refresh_on(http, second_edge, tokens["refresh_token"])
+    assert status == 200
+    payload = jwt.decode(tokens["refresh_token"], options={"verify_signature": False})
+    await _backdate(auth_stack.parts["bus"], payload["sid"], 30 * 86_400 + 1)
+    # A barrier: a logout written after the backdating; once the second edge refuses that
+    # token, its view holds the older record too (one ordered log / the bucket's reads).
+    async with http.post(
+        f"{auth_stack.url}/api/auth/logout/auth/password", headers=bearer(marker["access_token"])
+    ) as resp:
+        assert resp.status == 200
+    assert await status_on(http, second_edge, marker["access_token"]) == 401
+    for url in (auth_stack.url, second_edge):
+        status, body = await refresh_on(http, url, tokens["refresh_token"])
+        assert status == 401 and "maximum age" in body["error"]["message"]
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,25 @@ the memory bus, and key pairs written to files."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from busgate.brokers import TansuBroker
 from busgate.bus.base import Responder
-from busgate.bus.sessions import MemorySessions
+from busgate.bus.sessions import Session, Sessions, SubjectEnd
+from busgate.bus.store import MemoryBackend, Store
+from busgate.bus.store.kafka import KafkaStore
+from busgate.bus.store.memory import MemoryStore
+from busgate.bus.store.nats import NatsStore
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Config, parse
 from busgate.contracts.wire import Reply, Request
@@ -153,9 +160,11 @@ def write_keys(directory: Path, kind: str) -> tuple[str, str]:
 @dataclass
 class Secured:
     client: TestClient
-    sessions: MemorySessions
+    sessions: Sessions
     provider: Provider
     config: Config
+    edge: Callable[[], Awaitable[TestClient]]
+    """Another edge node: its own app and session view, on the same bus and store."""
 
     async def login(self, user: str = "demo", **query: str) -> dict:
         async with self.client.post(
@@ -175,21 +184,95 @@ class Secured:
         return resp, body
 
 
+STORES = [
+    pytest.param("memory", id="memory"),
+    pytest.param("nats", marks=pytest.mark.nats, id="nats"),
+    pytest.param("kafka", marks=pytest.mark.kafka, id="kafka"),
+]
+
+
+@pytest.fixture(name="session_store")
+def session_store_fixture() -> str:
+    """Where the sessions live: process memory; a test module may define its own
+    ``session_store`` parametrized over ``STORES`` (and import ``tansu_fixture`` for Kafka)."""
+    return "memory"
+
+
+@pytest.fixture(name="tansu", scope="session")
+def tansu_fixture() -> Iterator[TansuBroker]:
+    with TansuBroker() as broker:
+        yield broker
+
+
+class SessionNodes:
+    """Opens the sessions of one edge node after another on one backend (as separate edges
+    would: own connections), each test in its own namespace."""
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.request = request
+        self.prefix = f"t{secrets.token_hex(4)}"
+        self.backend = MemoryBackend()
+        self.opened: list[Sessions] = []
+        self.connections: list[Any] = []
+
+    async def open(self, max_age: float = 31 * 86_400) -> Sessions:
+        stores: list[Store[Any]]
+        if self.kind == "memory":
+            stores = [
+                MemoryStore(kind, t, max_age=max_age, backend=self.backend)
+                for kind, t in (("sessions", Session), ("subjects", SubjectEnd))
+            ]
+        elif self.kind == "nats":
+            server = self.request.getfixturevalue("nats_server")
+            nc = await nats.connect(server.url)
+            self.connections.append(nc)
+            stores = [
+                NatsStore(nc, kind, t, prefix=self.prefix, max_age=max_age)
+                for kind, t in (("sessions", Session), ("subjects", SubjectEnd))
+            ]
+        else:
+            broker = self.request.getfixturevalue("tansu")
+            servers = f"{broker.host}:{broker.port}"
+            stores = [
+                KafkaStore(servers, kind, t, prefix=self.prefix, max_age=max_age)
+                for kind, t in (("sessions", Session), ("subjects", SubjectEnd))
+            ]
+        sessions = Sessions(stores[0], stores[1], max_age)
+        await sessions.start()
+        self.opened.append(sessions)
+        return sessions
+
+    async def close(self) -> None:
+        for sessions in self.opened:
+            await sessions.close()
+        for nc in self.connections:
+            await nc.close()
+
+
 @pytest.fixture(name="secured")
-async def secured_fixture():
+async def secured_fixture(session_store: str, request: pytest.FixtureRequest):
     clients: list[TestClient] = []
+    nodes = SessionNodes(session_store, request)
 
     async def start(config: Config | None = None) -> Secured:
         bus = MemoryBus()
         provider = Provider()
         await bus.serve(["demo", "auth"], provider)
-        sessions = MemorySessions()
         config = config or auth_config()
-        client = TestClient(TestServer(create_app(config, bus=bus, sessions=sessions)))
-        await client.start_server()
-        clients.append(client)
-        return Secured(client, sessions, provider, config)
+
+        async def edge() -> TestClient:
+            sessions = await nodes.open()
+            client = TestClient(TestServer(create_app(config, bus=bus, sessions=sessions)))
+            await client.start_server()
+            clients.append(client)
+            client.sessions = sessions  # type: ignore[attr-defined]
+            return client
+
+        client = await edge()
+        return Secured(client, client.sessions, provider, config, edge)  # type: ignore[attr-defined]
 
     yield start
     for client in clients:
         await client.close()
+    await nodes.close()

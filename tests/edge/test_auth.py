@@ -14,12 +14,13 @@ import pytest
 from yarl import URL
 
 from busgate.edge import keys
-from tests.edge.auth_support import (  # noqa: F401  (secured_fixture: the fixture)
+from tests.edge.auth_support import (  # noqa: F401  (fixtures)
     API_KEY,
     SECRET,
     Secured,
     auth_config,
     secured_fixture,
+    session_store_fixture,
     write_keys,
 )
 

@@ -1,23 +1,47 @@
-"""``POST /api/auth/{register|login|refresh|logout|delete}/{channel}/{type}`` on a memory bus."""
+"""``POST /api/auth/{register|login|refresh|logout|delete}/{channel}/{type}``: the edge on a
+memory bus (the provider is a fake), its sessions in process memory and on the real stores of
+both buses (NATS KV, a compacted Kafka topic), with two edge nodes where it matters."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from http.cookies import SimpleCookie
 
 import jwt
+import msgspec
 import pytest
 
-from tests.edge.auth_support import (  # noqa: F401  (secured_fixture: the fixture)
+from tests.edge.auth_support import (  # noqa: F401  (secured_fixture, tansu_fixture: fixtures)
     PASSWORD,
     SECRET,
+    STORES,
     auth_config,
     secured_fixture,
+    tansu_fixture,
 )
 
 LOGIN = "/api/auth/login/auth/password"
 REFRESH = "/api/auth/refresh/auth/password"
 LOGOUT = "/api/auth/logout/auth/password"
+DELETE = "/api/auth/delete/auth/password"
+REGISTER = "/api/auth/register/auth/password"
+
+
+@pytest.fixture(params=STORES)
+def session_store(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each store (see ``auth_support.store_kind``)."""
+    return str(request.param)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def until(sessions, condition, within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        await sessions.wait_until(condition)
 
 
 def set_cookies(resp) -> dict[str, SimpleCookie]:
@@ -302,6 +326,39 @@ async def test_csrf_double_submit(secured):
     assert resp.status == 403
 
 
+async def test_a_planted_csrf_cookie_with_a_matching_header_is_refused(secured):
+    """Issue 8 item 10: an attacker who can set cookies for the site (a sibling subdomain,
+    plain HTTP) plants ``busgate_csrf`` and sends the same value in the header; the token is
+    an HMAC of the victim's session, so that is refused -- as is a real token of another
+    session (the attacker's own login)."""
+    config = auth_config(token={"cookies": {"secure": False}}, gateway={"csrf": {"enabled": True}})
+    s = await secured(config)
+    resp = await s.client.post(
+        LOGIN, json={"username": "admin", "password": PASSWORD}, params={"cookie": "true"}
+    )
+    attackers = (await resp.json())["csrf_token"]
+    victim = await s.edge()
+    resp = await victim.post(
+        LOGIN, json={"username": "demo", "password": PASSWORD}, params={"cookie": "true"}
+    )
+    real = (await resp.json())["csrf_token"]
+    assert real != attackers
+    for planted in ("planted-by-the-attacker", attackers):
+        victim.session.cookie_jar.update_cookies({"busgate_csrf": planted})
+        resp = await victim.post(
+            "/api/request/secure/meta", json={}, headers={"X-CSRF-Token": planted}
+        )
+        assert resp.status == 403, planted
+        assert "CSRF" in (await resp.json())["error"]["message"]
+    # The session's own token passes, whatever the CSRF cookie holds now.
+    resp = await victim.post("/api/request/secure/meta", json={}, headers={"X-CSRF-Token": real})
+    assert resp.status == 200
+    # It stays the session's token across a refresh (the session id does not change).
+    resp = await victim.post(REFRESH, headers={"X-CSRF-Token": real})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["csrf_token"] == real
+
+
 async def test_csrf_spares_bearer_calls(secured):
     s = await secured(auth_config(gateway={"csrf": {"enabled": True}}))
     tokens = await s.login()
@@ -343,3 +400,87 @@ async def test_a_provider_answer_without_a_subject_is_a_502(secured):
     resp = await s.client.post(LOGIN, json={"username": "demo", "password": PASSWORD})
     assert resp.status == 502
     assert "no subject" in (await resp.json())["error"]["message"]
+
+
+# -- issue 8 item 6: account deletion, re-registration, maximum age ----------------------
+
+
+async def test_delete_ends_every_session_of_the_account_on_every_edge(secured):
+    """Two logins of one user; deleting the account from one session ends the other too:
+    its access and refresh tokens are refused on another edge node."""
+    s = await secured()
+    other = await s.edge()
+    first, second = await s.login(), await s.login()
+    sid = decode(second["access_token"])["sid"]
+    await until(other.sessions, lambda: other.sessions.cached(sid) is not None)
+    resp = await s.client.post(DELETE, headers=bearer(first["access_token"]))
+    assert resp.status == 200, await resp.text()
+    await until(other.sessions, lambda: other.sessions.is_revoked(sid, "demo"))
+    resp = await other.get("/api/request/secure/meta", headers=bearer(second["access_token"]))
+    assert resp.status == 401 and "revoked" in (await resp.json())["error"]["message"]
+    resp = await other.post(REFRESH, json={"refresh_token": second["refresh_token"]})
+    assert resp.status == 401
+    resp, _ = await s.get("/api/request/secure/meta", second["access_token"])
+    assert resp.status == 401
+
+
+async def test_an_old_session_does_not_act_as_a_new_account_of_the_same_name(secured):
+    """Even where the provider's subject is the username (this fake's), a session from
+    before the deletion stays dead after the name is registered again."""
+    s = await secured()
+    other = await s.edge()
+    old, kept = await s.login(), await s.login()
+    resp = await s.client.post(DELETE, headers=bearer(old["access_token"]))
+    assert resp.status == 200
+    resp = await s.client.post(REGISTER, json={"username": "demo", "password": PASSWORD})
+    assert resp.status == 200, await resp.text()
+    new = await resp.json()
+    new_sid = decode(new["access_token"])["sid"]
+    await until(other.sessions, lambda: other.sessions.cached(new_sid) is not None)
+    for client in (s.client, other):
+        resp = await client.get("/api/request/secure/meta", headers=bearer(kept["access_token"]))
+        assert resp.status == 401
+        resp = await client.get("/api/request/secure/meta", headers=bearer(new["access_token"]))
+        assert resp.status == 200
+    resp = await other.post(REFRESH, json={"refresh_token": kept["refresh_token"]})
+    assert resp.status == 401
+    resp = await other.post(REFRESH, json={"refresh_token": new["refresh_token"]})
+    assert resp.status == 200
+
+
+async def test_refresh_past_the_sessions_maximum_age_is_refused(secured):
+    s = await secured(auth_config(token={"session_max_age": 600}))
+    tokens = await s.login()
+    payload = decode(tokens["refresh_token"])
+    assert payload["exp"] <= time.time() + 600  # the refresh lifetime is capped too
+    resp = await s.client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 200
+    tokens = await resp.json()
+    # The session started 601 s ago (written to the shared store, as another edge would).
+    found = await s.sessions.get(payload["sid"])
+    assert found is not None
+    aged = msgspec.structs.replace(found[0], created=found[0].created - 601)
+    assert await s.sessions.replace(aged, found[1])
+    resp = await s.client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 401
+    assert "maximum age" in (await resp.json())["error"]["message"]
+
+
+async def test_concurrent_refresh_on_two_edges_has_one_winner_and_ends_the_session(secured):
+    """The same refresh token at once on two edges: one rotation wins, the other is a reuse,
+    which revokes the session (its new tokens included)."""
+    s = await secured()
+    other = await s.edge()
+    tokens = await s.login()
+    sid = decode(tokens["access_token"])["sid"]
+    await until(other.sessions, lambda: other.sessions.cached(sid) is not None)
+    body = {"refresh_token": tokens["refresh_token"]}
+    answers = await asyncio.gather(
+        s.client.post(REFRESH, json=body), other.post(REFRESH, json=body)
+    )
+    assert sorted(r.status for r in answers) == [200, 401]
+    winner = await next(r for r in answers if r.status == 200).json()
+    for node in (s.sessions, other.sessions):
+        await until(node, lambda n=node: n.is_revoked(sid))
+    resp, _ = await s.get("/api/request/secure/meta", winner["access_token"])
+    assert resp.status == 401

@@ -48,7 +48,9 @@ async def call(client, action: str, parameters=None, meta=None, kind: str = "pas
 async def test_seeded_users_log_in(runner):
     status, user = await call(runner, "login", {"username": "admin", "password": "seed-password"})
     assert status == 200
+    subject = user.pop("subject")
     assert user == {"id": 2, "username": "admin", "roles": ["user", "admin"]}
+    assert subject.startswith("u:")
 
 
 async def test_passwords_are_stored_as_argon2_hashes(runner):
@@ -118,4 +120,38 @@ def test_an_outdated_hash_is_upgraded_at_login(tmp_path):
     assert store.login("demo", "seed-password") is not None
     row = store._row("demo")
     assert row is not None and not stronger.check_needs_rehash(row[2])
+    store.close()
+
+
+async def test_a_name_registered_again_is_another_subject(runner):
+    """Issue 8 item 6: the subject is a random id per registration, not the username, so
+    nothing issued to a deleted account can act as a new one of the same name."""
+    creds = {"username": "neo", "password": "matrix-99"}
+    status, first = await call(runner, "register", creds)
+    assert status == 200 and first["subject"].startswith("u:")
+    assert first["subject"] != "neo"
+    status, login = await call(runner, "login", creds)
+    assert login["subject"] == first["subject"]
+    status, _ = await call(runner, "delete", {}, {"identity": {"subject": first["subject"]}})
+    assert status == 200
+    status, again = await call(runner, "register", creds)
+    assert status == 200 and again["subject"] not in (first["subject"], "neo")
+    # the old subject names nobody now
+    status, _ = await call(runner, "delete", {}, {"identity": {"subject": first["subject"]}})
+    assert status == 404
+
+
+def test_a_store_from_before_subjects_gets_them(tmp_path):
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT UNIQUE NOT NULL,"
+        " hash TEXT NOT NULL, roles TEXT NOT NULL DEFAULT 'user')"
+    )
+    con.execute("INSERT INTO users (username, hash) VALUES ('old', ?)", (FAST.hash("pw-pw-pw-pw"),))
+    con.commit()
+    con.close()
+    store = UserStore(str(db), FAST)
+    user = store.login("old", "pw-pw-pw-pw")
+    assert user is not None and user["subject"].startswith("u:")
     store.close()
