@@ -14,7 +14,10 @@ that issued the command (same subject; anonymous for anonymous) or one with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +27,7 @@ from aiohttp import web
 
 from busgate.bus import headers as hdr
 from busgate.bus.commands import MSG_ID, command_name
-from busgate.bus.store import Store, open_store
+from busgate.bus.store import Entry, Store, open_store
 from busgate.contracts import errors
 from busgate.contracts.codec import encode, json_encode
 from busgate.contracts.commands import CommandStatus
@@ -42,6 +45,9 @@ log = logging.getLogger("busgate.edge.commands")
 ROUTE = "/api/command/{path:.+}"
 STATUS_ROUTE = "/api/command/status/{id}"
 _BAD_SEGMENTS = frozenset({".", ".."})
+_COMMAND_ID = re.compile(r"[0-9a-f]{32}")
+VIEW_WAIT = 0.5
+"""Seconds a status read waits for a command it does not know yet (see ``_lookup``)."""
 
 
 class _Wrapped(msgspec.Struct):
@@ -181,13 +187,28 @@ class CommandApi:
         assert self.status is not None
         command_id = request.match_info["id"]
         identity = await identify(request, self.commands.token)
-        entry = await self.status.get(command_id) if command_id.isalnum() else None
+        entry = await self._lookup(command_id)
         record = entry.value if entry is not None else None
         admin = identity is not None and self.commands.admin_role in identity.roles
         caller = identity.subject if identity is not None else None
         if record is None or (record.subject != caller and not admin):
             raise errors.NotFound(f"no command {command_id!r}")
         return web.Response(body=json_encode(record.public()), content_type=JSON)
+
+    async def _lookup(self, command_id: str) -> Entry[CommandStatus] | None:
+        """The status; a command accepted by another edge a moment ago may not have reached
+        this node's view yet (Kafka reads the view), so wait for it briefly."""
+        assert self.status is not None
+        if not _COMMAND_ID.fullmatch(command_id):
+            return None
+        entry = await self.status.get(command_id)
+        if entry is None:
+            status = self.status
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(VIEW_WAIT):
+                    await status.wait_until(lambda: status.local(command_id) is not None)
+            entry = status.local(command_id)
+        return entry
 
 
 def install(app: web.Application, config: Config) -> None:
