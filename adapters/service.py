@@ -10,6 +10,8 @@ import signal
 from typing import Protocol
 
 from busgate import bus as bus_
+from busgate.adapters.commands import CommandWorker
+from busgate.adapters.detached import detached
 from busgate.bus.base import Responder
 from busgate.contracts.config import Config, RpcSystem
 from busgate.contracts.errors import BusgateError, NotFound
@@ -49,9 +51,13 @@ class AdapterService:
         self.node = f"{gateway.id}-adapter-{secrets.token_hex(3)}"
         self.bus = bus_.from_url(gateway.bus, node=self.node, prefix=gateway.prefix)
         self.clients: dict[str, SystemClient] = {}
+        self.commands: CommandWorker | None = None
 
     async def handle(self, req: Request, responder: Responder) -> None:
         client = self.clients.get(req.system)
+        if req.detach:
+            await detached(req, responder, client)
+            return
         if req.kind == "stream":
             if client is None:
                 await responder.step([], last=True, error=NotFound(f"no system {req.system!r}"))
@@ -76,9 +82,15 @@ class AdapterService:
         self.clients = {name: client_for(name, self.config) for name in self.systems}
         await self.bus.connect()
         await self.bus.serve(self.systems, self.handle, capacity=1000)
+        commands = self.config.commands
+        if commands is not None and commands.system in self.clients:
+            self.commands = CommandWorker(self.bus, commands, self.clients[commands.system])
+            await self.commands.start()
         log.info("adapter %s serving %s", self.node, ", ".join(self.systems))
 
     async def stop(self) -> None:
+        if self.commands is not None:
+            await self.commands.stop()
         await self.bus.drain()
         await self.bus.close()
         for client in self.clients.values():

@@ -107,6 +107,12 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     return password if generated else None
 
 
+def has_events(config: str) -> bool:
+    """Whether the config has the dev config's ``events`` service."""
+    with open(config, "rb") as f:
+        return "events" in tomllib.load(f).get("services", {})
+
+
 def run(*, bus: str, listen: str, config: str) -> int:
     stack = Stack()
     stopping = False
@@ -131,6 +137,9 @@ def run(*, bus: str, listen: str, config: str) -> int:
             "runner", ["runner", "rpc", "--listen", f"127.0.0.1:{runner_port}"], env
         )
         wait_for_port("127.0.0.1", runner_port, 30, runner)
+        if bus == "nats" and has_events(config):  # lands in a stream: {"stream", "seq"}
+            env.setdefault("BUSGATE__SERVICES__EVENTS__JETSTREAM", "true")
+            env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
         stack.spawn("adapter", ["adapter", "--config", config], env)
         stack.spawn("edge", ["edge", "--config", config], env)

@@ -103,6 +103,8 @@ class Gateway(Section, frozen=True):
     max_streams_per_client: int = 100
     max_stream_duration: float = 0.0
     """0 = unlimited."""
+    idempotency_window: float = 86_400.0
+    """Seconds an ``Idempotency-Key`` is remembered (commands, sends and async calls)."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
     cors: Cors = msgspec.field(default_factory=Cors)
@@ -290,13 +292,96 @@ class Channel(Section, frozen=True):
                 raise ValueError(f'paths."{key}".roles: set auth (a token) to check roles')
 
 
+class CommandRule(Section, frozen=True):
+    """Who may issue the commands a ``[commands.paths]`` key matches (``*``, ``prefix/*`` or
+    exact; the most specific wins, as for channel paths). ``roles``: one of them is needed;
+    ``[]`` or ``["*"]`` = any authenticated caller."""
+
+    public: bool = False
+    disabled: bool = False
+    roles: tuple[str, ...] = ()
+
+
+class Commands(Section, frozen=True):
+    """``POST /api/command/{path}``: durable, acknowledged commands for one system."""
+
+    system: str
+    """The system whose runner executes the commands (its adapters consume them)."""
+    token: str | None = None
+    """The token (``tokens.NAME``) that guards them; None = anyone may issue commands."""
+    paths: dict[str, CommandRule] = {}
+    admin_role: str = "admin"
+    """A caller with this role may read the status of anybody's command."""
+    max_attempts: int = 5
+    """Runner calls per command before it goes to the dead letters."""
+    backoff: float = 0.5
+    """Seconds before the second attempt; doubled for each further one."""
+    max_backoff: float = 30.0
+    ack_wait: float = 30.0
+    """NATS: seconds JetStream waits for an adapter's ack before it redelivers (the adapter
+    extends it while the runner works, so this bounds how soon a crash is noticed)."""
+    concurrency: int = 64
+    """Commands one adapter executes at once."""
+    retention: float = 86_400.0
+    """Seconds a command's status is kept."""
+
+    def __post_init__(self) -> None:
+        for key in self.paths:
+            if not _PATH_KEY.match(key):
+                raise ValueError(f'paths."{key}": use "*", "prefix/*" or an exact path')
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts: must be at least 1")
+        if self.concurrency < 1:
+            raise ValueError("concurrency: must be at least 1")
+
+
+class Service(Section, frozen=True):
+    """``POST /api/send/{service}/{topic}/{key}``: ad hoc messages straight to a topic.
+
+    ``producer`` passes through to the client: aiokafka producer settings on Kafka
+    (``acks``, ``compression_type``, ``linger_ms``, …; ``acks`` defaults to ``all``). On NATS
+    ``jetstream = true`` publishes to JetStream and waits for its ack (``stream`` with
+    ``stream_subjects`` has busgate create that stream); else a core publish, acknowledged
+    by a flush."""
+
+    type: Literal["", "nats", "kafka"] = ""
+    """Empty = the kind of ``url`` (or of the gateway's bus)."""
+    url: str = ""
+    """The broker; empty = the gateway's bus (``gateway.bus``)."""
+    topics: tuple[str, ...] = ()
+    """Glob patterns of the topics/subjects callers may send to (``orders.*``)."""
+    token: str | None = None
+    roles: tuple[str, ...] = ()
+    jetstream: bool = False
+    stream: str = ""
+    stream_subjects: tuple[str, ...] = ()
+    producer: dict[str, Any] = {}
+    max_body: int = 0
+    """0 = ``gateway.max_body``."""
+    timeout: float = 5.0
+    """Seconds to wait for the broker's ack."""
+
+    def __post_init__(self) -> None:
+        if not self.topics:
+            raise ValueError("topics: list the topic patterns this service may send to")
+        if self.stream and not self.jetstream:
+            raise ValueError("stream: only with jetstream = true")
+        if self.producer and self.type == "nats":
+            raise ValueError("producer: settings pass through to Kafka producers only")
+        if self.jetstream and self.type == "kafka":
+            raise ValueError("jetstream: only for NATS services")
+
+
 class Config(Section, frozen=True):
     gateway: Gateway = msgspec.field(default_factory=Gateway)
     systems: dict[str, System] = {}
     channels: dict[str, Channel] = {}
     tokens: dict[str, Token] = {}
+    commands: Commands | None = None
+    services: dict[str, Service] = {}
 
     def __post_init__(self) -> None:
+        self._check_commands_and_services()
         for name, ch in self.channels.items():
             if ch.system not in self.systems:
                 raise ValueError(
@@ -307,6 +392,19 @@ class Config(Section, frozen=True):
                 raise ValueError(
                     f"channels.{name}.auth: unknown token {ch.auth!r}; known: {sorted(self.tokens)}"
                 )
+
+    def _check_commands_and_services(self) -> None:
+        if self.commands is not None:
+            if self.commands.system not in self.systems:
+                raise ValueError(
+                    f"commands.system: unknown system {self.commands.system!r}; "
+                    f"known: {sorted(self.systems)}"
+                )
+            if self.commands.token is not None and self.commands.token not in self.tokens:
+                raise ValueError(f"commands.token: unknown token {self.commands.token!r}")
+        for name, service in self.services.items():
+            if service.token is not None and service.token not in self.tokens:
+                raise ValueError(f"services.{name}.token: unknown token {service.token!r}")
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -45,6 +45,18 @@ class MethodNotAllowed(BusgateError):
     status, code = 405, "method_not_allowed"
 
 
+class Conflict(BusgateError):
+    """The same ``Idempotency-Key`` is still being handled by an earlier call."""
+
+    status, code, retryable = 409, "conflict", True
+
+
+class IdempotencyKeyReused(BusgateError):
+    """The same ``Idempotency-Key`` came with another request body."""
+
+    status, code = 422, "idempotency_key_reused"
+
+
 class PayloadTooLarge(BusgateError):
     status, code = 413, "payload_too_large"
 

@@ -71,6 +71,10 @@ class Request(Wire, frozen=True, tag="req"):
     attempt: int = 1
     resume: str | None = None
     """For streams: the ``next`` cursor to resume after (SSE ``Last-Event-ID``)."""
+    detach: Literal["", "gateway", "backend"] = ""
+    """``X-Async``: ``gateway`` = nobody waits for an answer (no ``reply_to``); ``backend`` =
+    the adapter replies 202 as soon as it has taken the request, then calls the runner and
+    drops its answer."""
 
 
 class Reply(Wire, frozen=True, tag="reply"):
@@ -115,4 +119,13 @@ class Presence(Wire, frozen=True, tag="presence"):
     partition of an adapter that left until its group has rebalanced."""
 
 
-Message = Request | Reply | StreamStep | Cancel | Presence
+class DeadLetter(Wire, frozen=True, tag="dead"):
+    """A command that failed ``max_attempts`` times, with its last error; published to the
+    dead letters (NATS ``PREFIX.cmd._dead.SYSTEM.ID``, Kafka topic ``PREFIX.cmd.dead``)."""
+
+    command: Request
+    attempts: int
+    error: Error
+
+
+Message = Request | Reply | StreamStep | Cancel | Presence | DeadLetter

@@ -10,11 +10,14 @@ from busgate import bus as bus_
 from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
 from busgate.edge import health, keys
+from busgate.edge.commands import install as install_commands
+from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
 from busgate.edge.middleware.front import front_middleware
 from busgate.edge.open_streams import OpenStreams
 from busgate.edge.request import handle_request
 from busgate.edge.security import install as install_security
+from busgate.edge.send import install as install_send
 from busgate.edge.stream import handle_stream, sweeper
 
 API_PATH = "/api/request/{channel}/{path:.*}"
@@ -64,4 +67,7 @@ def create_app(
         app.router.add_route(method, API_PATH, handle_request)
         app.router.add_route(method, STREAM_PATH, handle_stream)
     install_security(app, config, sessions=sessions)
+    app.cleanup_ctx.append(idempotency_ctx)
+    install_commands(app, config)
+    install_send(app, config)
     return app

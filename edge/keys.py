@@ -12,6 +12,7 @@ from busgate.contracts.wire import Identity
 
 if TYPE_CHECKING:
     from busgate.edge.auth import AuthContext
+    from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
     from busgate.edge.open_streams import OpenStreams
 
@@ -20,6 +21,7 @@ BUS = web.AppKey("bus", Bus)
 IDS: web.AppKey[IdFactory] = web.AppKey("ids")
 AUTH: web.AppKey[AuthContext] = web.AppKey("auth")
 STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
+IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)

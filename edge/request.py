@@ -6,11 +6,14 @@ from aiohttp import web
 
 from busgate.contracts.errors import Remote
 from busgate.edge import envelope, keys
+from busgate.edge.async_calls import HEADER, handle_async
 from busgate.edge.responses import from_reply
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
     app = request.app
+    if (detach := request.headers.get(HEADER)) is not None:
+        return await handle_async(request, detach)
     envelope_ = await envelope.build(request, app[keys.CONFIG], "request")
     reply = await app[keys.BUS].request(envelope_)
     if reply.error is not None:

@@ -1,7 +1,9 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
 Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
-``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). It keeps a
+``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). Commands
+``orders/*`` (see ``order``): ``orders/create`` answers the order, ``fail_until=N`` answers
+500 to attempts below N, ``reject`` answers 422, ``ms`` waits first. It keeps a
 short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
 can check what crossed the gateway and when.
 """
@@ -62,12 +64,16 @@ async def saga(request: web.Request) -> web.Response:
             "x-request-id": request.headers.get("X-Request-Id"),
             "traceparent": request.headers.get("traceparent"),
             "parameters": params,
+            "commandId": meta.get("commandId"),
+            "attempt": meta.get("attempt"),
             "peer": request.transport.get_extra_info("peername") if request.transport else None,
             # CLOCK_MONOTONIC is system-wide on Linux: tests on this host can compare it.
             "at": time.monotonic(),
         }
     )
     p = params if isinstance(params, dict) else {}
+    if name.startswith("orders/"):
+        return await order(name.removeprefix("orders/"), p, meta)
     match name:
         case "echo":
             return _json(params)
@@ -87,6 +93,19 @@ async def saga(request: web.Request) -> web.Response:
     return _json({"error": f"no saga {name!r}"}, 404)
 
 
+async def order(action: str, p: dict[str, Any], meta: dict[str, Any]) -> web.Response:
+    """The sample command handler: what ``orders/*`` commands do."""
+    attempt = meta.get("attempt") or 1
+    if "ms" in p:
+        await asyncio.sleep(_int(p, "ms", 0) / 1000)
+    if attempt < _int(p, "fail_until", 0):
+        return _json({"error": f"attempt {attempt} fails on purpose"}, 500)
+    if p.get("reject"):
+        return _json({"error": "order rejected"}, 422)
+    order_id = meta.get("commandId") or meta.get("requestId")
+    return _json({"order": order_id, "action": action, "sku": p.get("sku"), "attempt": attempt})
+
+
 async def calls(request: web.Request) -> web.Response:
     made = request.app[CALLS]
     return _json(list(made))
@@ -98,7 +117,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def create_app() -> web.Application:
     app = web.Application()
-    app[CALLS] = collections.deque(maxlen=1000)
+    app[CALLS] = collections.deque(maxlen=20_000)
     app.router.add_post("/api/{runner}/{saga:.*}", saga)
     app.router.add_get("/calls", calls)
     app.router.add_get("/healthz", healthz)

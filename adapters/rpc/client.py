@@ -51,16 +51,18 @@ def cursor_text(cursor: Any) -> str | None:
 
 def _meta(req: Request, trace_id: str) -> bytes:
     identity = msgspec.to_builtins(req.identity) if req.identity else None
-    return json_encode(
-        {
-            "requestId": req.id,
-            "traceId": trace_id,
-            "channel": req.channel,
-            "path": req.path,
-            "method": req.method,
-            "identity": identity,
-        }
-    )
+    meta = {
+        "requestId": req.id,
+        "traceId": trace_id,
+        "channel": req.channel,
+        "path": req.path,
+        "method": req.method,
+        "identity": identity,
+    }
+    if req.kind == "command":  # the runner may deduplicate on the id across attempts
+        meta["commandId"] = req.id
+        meta["attempt"] = req.attempt
+    return json_encode(meta)
 
 
 def trace_id_of(traceparent: str) -> str:

@@ -24,8 +24,8 @@ from nats.errors import (
     ConnectionReconnectingError,
     OutboundBufferLimitError,
 )
-from nats.js.api import StreamConfig
-from nats.js.errors import NoStreamResponseError
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from busgate.bus.base import Bus
 from busgate.contracts.errors import BusUnavailable, NoResponders
@@ -140,12 +140,20 @@ class NatsBus(Bus):
         except (ConnectionClosedError, OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"NATS publish failed: {type(exc).__name__}") from None
 
-    async def _ensure_command_stream(self) -> None:
+    @property
+    def command_stream(self) -> str:
+        return f"{self.names.prefix}_cmd".replace(".", "_").upper()
+
+    async def ensure_command_stream(self) -> None:
+        """The JetStream stream of commands (file storage: they survive a server restart)."""
         if self._stream_ready:
             return
         js = self.nc.jetstream()
-        name = f"{self.names.prefix}_cmd".replace(".", "_").upper()
-        config = StreamConfig(name=name, subjects=[self.names.command() + ".>"])
+        config = StreamConfig(
+            name=self.command_stream,
+            subjects=[self.names.command() + ".>"],
+            storage=StorageType.FILE,
+        )
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
@@ -158,9 +166,15 @@ class NatsBus(Bus):
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
         try:
-            await self._ensure_command_stream()
+            await self.ensure_command_stream()
             await self.nc.jetstream().publish(self.names.command(name), data, headers=headers)
-        except (NoStreamResponseError, nats.errors.TimeoutError) as exc:
+        except (
+            NoStreamResponseError,
+            ServiceUnavailableError,
+            nats.errors.TimeoutError,
+            ConnectionClosedError,
+            ConnectionReconnectingError,
+        ) as exc:
             raise BusUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from None
 
     async def _close_transport(self) -> None:

@@ -1,0 +1,172 @@
+"""Durable command consumption, the part both transports share.
+
+A command is a :class:`Request` with ``kind="command"`` whose id is the command id, published
+with :meth:`Bus.publish_command` under the name ``SYSTEM.ID`` (NATS subject
+``PREFIX.cmd.SYSTEM.ID`` in the JetStream stream over ``PREFIX.cmd.>``; Kafka topic
+``PREFIX.cmd`` keyed ``SYSTEM.ID``, so a system's commands spread over the partitions and its
+adapters share them).
+
+The policy is here and the same on both buses: the adapter's ``execute`` returns None when
+the command is settled (the runner answered 2xx or 4xx: acknowledge) or the Error of a
+failure worth retrying (5xx, timeout, unreachable). A failure is retried after
+``backoff * 2**(attempt-1)`` seconds (at most ``max_backoff``) until ``max_attempts`` calls
+were made; then the command goes to the dead letters with its last error, and ``on_dead``
+is told. How a retry happens is the transport's: JetStream redelivers (a negative ack with
+a delay; its delivery count is the attempt), Kafka keeps the offset uncommitted and calls
+again in the adapter. A crashed adapter's commands come back to another adapter either way:
+JetStream redelivers them after ``ack_wait``, a Kafka group hands their partitions on from
+the last committed offset.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from busgate.contracts.codec import encode
+from busgate.contracts.wire import DeadLetter, Error, Request
+
+if TYPE_CHECKING:
+    from busgate.bus.base import Bus
+
+log = logging.getLogger("busgate.bus.commands")
+
+Execute = Callable[[Request, int], Awaitable[Error | None]]
+"""Run one attempt of a command: None = settled (ack it), an Error = retry it."""
+OnDead = Callable[[Request, int, Error], Awaitable[None]]
+PriorAttempts = Callable[[str], Awaitable[int]]
+"""How many attempts a command already had (Kafka, after a crash: from its status)."""
+
+MSG_ID = "Nats-Msg-Id"
+"""JetStream's message id header: a publish repeated within the stream's duplicate window
+is stored once (commands carry their id, or their idempotency key's)."""
+
+DEAD = "_dead"
+"""NATS: dead letters are ``PREFIX.cmd._dead.SYSTEM.ID`` (in the command stream, not matched
+by the command consumers' ``PREFIX.cmd.SYSTEM.*``); Kafka: topic ``PREFIX.cmd.dead``."""
+
+
+def command_name(system: str, command_id: str) -> str:
+    """The ``name`` for :meth:`Bus.publish_command`."""
+    return f"{system}.{command_id}"
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds before attempt ``attempt + 1``."""
+    return float(min(cap, base * 2 ** (attempt - 1)))
+
+
+class CommandConsumer(abc.ABC):
+    """Takes a system's commands off the bus, shared with the system's other adapters."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        system: str,
+        execute: Execute,
+        on_dead: OnDead,
+        *,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        concurrency: int = 64,
+        ack_wait: float = 30.0,
+        prior_attempts: PriorAttempts | None = None,
+    ) -> None:
+        self.bus = bus
+        self.system = system
+        self.execute = execute
+        self.on_dead = on_dead
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.concurrency = concurrency
+        self.ack_wait = ack_wait
+        self.prior_attempts = prior_attempts
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.executed = 0
+        """Attempts made by this consumer (for tests and status)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _stop_reading(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _publish_dead(self, letter: DeadLetter) -> None: ...
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Take no more commands; give those in hand ``grace`` seconds, then leave them to
+        be redelivered (they are not acknowledged)."""
+        await self._stop_reading()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in late:
+                task.cancel()
+        await self._close()
+
+    async def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the transport holds after the last command finished."""
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, req: Request, attempt: int) -> Error | None:
+        self.executed += 1
+        try:
+            return await self.execute(req, attempt)
+        except Exception as exc:  # the adapter's own failure: retried like a runner's
+            log.exception("command %s attempt %d failed in the adapter", req.id, attempt)
+            return Error(code="adapter_error", message=f"{type(exc).__name__}", retryable=True)
+
+    async def _dead(self, req: Request, attempts: int, error: Error) -> None:
+        """Dead-letter first, then tell the adapter: a crash in between dead-letters twice
+        rather than never."""
+        await self._publish_dead(DeadLetter(command=req, attempts=attempts, error=error))
+        log.warning(
+            "command %s dead after %d attempt(s): %s %s",
+            req.id,
+            attempts,
+            error.code,
+            error.message,
+        )
+        await self.on_dead(req, attempts, error)
+
+
+def dead_letter_bytes(letter: DeadLetter) -> bytes:
+    return encode(letter)
+
+
+def crashed_error() -> Error:
+    """The last error of a command whose attempts all ended with its adapter gone."""
+    return Error(
+        code="adapter_crashed",
+        message="an adapter stopped while executing it",
+        status=502,
+        retryable=True,
+    )
+
+
+def command_consumer(
+    bus: Bus, system: str, execute: Execute, on_dead: OnDead, **options: Any
+) -> CommandConsumer:
+    """The consumer for ``bus``'s transport (options: see :class:`CommandConsumer`)."""
+    from busgate.bus.nats import NatsBus
+
+    if isinstance(bus, NatsBus):
+        from busgate.bus.nats.commands import NatsCommandConsumer
+
+        return NatsCommandConsumer(bus, system, execute, on_dead, **options)
+    from busgate.bus.kafka import KafkaBus
+    from busgate.bus.kafka.commands import KafkaCommandConsumer
+
+    if isinstance(bus, KafkaBus):
+        return KafkaCommandConsumer(bus, system, execute, on_dead, **options)
+    raise TypeError(f"no command consumer for {type(bus).__name__}")

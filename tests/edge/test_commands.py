@@ -1,0 +1,128 @@
+"""The edge side of commands on real brokers, no adapter: ``accepted`` is what a command shows
+before any adapter took it; a broker that is away answers 503, never 202; one Idempotency-Key
+sent to two edge nodes at once publishes one command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from busgate.brokers import Broker, NatsServer, TansuBroker
+from busgate.contracts.config import Config, parse
+from busgate.edge.app import create_app
+from tests.bus.conftest import TRANSPORTS
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """Its own broker per transport: the 503 test stops it."""
+    own: Broker = NatsServer() if request.param == "nats" else TansuBroker()
+    with own:
+        yield own
+
+
+def config_for(broker: Broker, prefix: str) -> Config:
+    return parse(
+        {
+            "gateway": {"id": "t", "bus": broker.url, "prefix": prefix},
+            "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9"}},
+            "commands": {"system": "demo"},
+        }
+    )
+
+
+@pytest.fixture
+async def edges(broker: Broker) -> AsyncIterator[list[TestClient]]:
+    """Two edge nodes on one bus (a fresh prefix: nothing left from other tests)."""
+    config = config_for(broker, f"t{uuid.uuid4().hex[:8]}")
+    clients = [TestClient(TestServer(create_app(config))) for _ in range(2)]
+    for client in clients:
+        await client.start_server()
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+async def published(client: TestClient) -> int:
+    """Commands on the bus so far: JetStream stream messages / Kafka end offsets."""
+    from busgate.edge import keys
+
+    bus = client.server.app[keys.BUS]
+    if broker_kind(client) == "nats":
+        await bus.ensure_command_stream()
+        js = bus.nc.jetstream()
+        info = await js.stream_info(bus.command_stream)
+        return int(info.state.messages)
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = bus.names.command()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bus.servers)
+    await consumer.start()
+    try:
+        parts = (await bus._partition_counts([topic])).get(topic, 0)
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(parts)])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+def broker_kind(client: TestClient) -> str:
+    from busgate.edge import keys
+
+    return "nats" if client.server.app[keys.CONFIG].gateway.bus.startswith("nats") else "kafka"
+
+
+async def test_accepted_until_an_adapter_takes_it(edges):
+    edge = edges[0]
+    resp = await edge.post("/api/command/orders/create", json={"sku": "A"})
+    assert resp.status == 202
+    command_id = (await resp.json())["commandId"]
+    status = await edges[1].get(f"/api/command/status/{command_id}")  # any edge knows it
+    assert status.status == 200
+    assert await status.json() == {
+        "commandId": command_id,
+        "status": "accepted",
+        "attempts": 0,
+        "path": "orders/create",
+    }
+
+
+async def test_same_idempotency_key_on_two_edges_publishes_once(edges):
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    before = await published(edges[0])
+    answers = await asyncio.gather(
+        *(e.post("/api/command/orders/once", json={"n": 1}, headers=key) for e in edges)
+    )
+    assert [r.status for r in answers] == [202, 202]
+    ids = {(await r.json())["commandId"] for r in answers}
+    assert len(ids) == 1
+    assert sorted(r.headers.get("Idempotent-Replayed", "") for r in answers) == ["", "true"]
+    assert await published(edges[0]) == before + 1
+
+
+async def test_bad_command_paths_are_400(edges):
+    resp = await edges[0].post("/api/command", json={"path": "a/./b", "payload": {}})
+    assert resp.status == 400
+    json_type = {"content-type": "application/json"}
+    resp = await edges[0].post("/api/command", data=b"[1]", headers=json_type)
+    assert resp.status == 400
+
+
+async def test_broker_down_is_503_never_202(edges, broker):
+    broker.stop()
+    try:
+        resp = await edges[0].post("/api/command/orders/create", json={})
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["error"]["code"] == "bus_unavailable"
+    finally:
+        broker.start()
+    # and once it is back, commands are accepted again
+    end = asyncio.get_running_loop().time() + 30
+    while (resp := await edges[0].post("/api/command/orders/create", json={})).status != 202:
+        assert resp.status == 503
+        assert asyncio.get_running_loop().time() < end, "not accepting commands again"
+        await asyncio.sleep(0.2)
