@@ -30,7 +30,8 @@ from busgate.bus.commands import (
     crashed_error,
     dead_letter_bytes,
 )
-from busgate.bus.kafka.transport import KafkaBus, _group_member
+from busgate.bus.kafka.internals import group_member
+from busgate.bus.kafka.transport import KafkaBus
 from busgate.bus.tasks import stop_task
 from busgate.contracts.errors import BusUnavailable
 from busgate.contracts.wire import DeadLetter, Request
@@ -87,10 +88,10 @@ class KafkaCommandConsumer(CommandConsumer):
     async def start(self) -> None:
         bus = self.bus
         for topic, partitions in ((self.topic, bus.request_partitions), (self.dead_topic, 1)):
-            bus._topics[topic] = partitions
+            bus._topics.wanted[topic] = partitions
         try:
             await asyncio.wait_for(
-                bus._ensure_topics([self.topic, self.dead_topic]), bus.connect_timeout
+                bus._topics.ensure([self.topic, self.dead_topic]), bus.connect_timeout
             )
             self._producer = AIOKafkaProducer(
                 bootstrap_servers=bus.servers,
@@ -182,7 +183,7 @@ class KafkaCommandConsumer(CommandConsumer):
 
     async def _commit(self) -> None:
         consumer = self._consumer
-        if consumer is None or not _group_member(consumer):
+        if consumer is None or not group_member(consumer):
             return
         due = {
             tp: state.position()
