@@ -37,6 +37,15 @@ CANCEL_MEMORY = 60.0
 """Seconds an adapter remembers a Cancel whose request it has not seen."""
 CANCEL_MEMORY_SIZE = 10_000
 
+NO_RESPONDERS_GRACE = 0.25
+"""Seconds a call keeps retrying a "no responders" answer while the presence view shows a
+live adapter for its system. nats-server may answer so for a moment right after an adapter
+subscribed (seen about once in 100 fresh setups, although the adapter flushed its
+subscription); a client should not get a 503 for that. With no live adapter a call still
+fails at once."""
+NO_RESPONDERS_BACKOFF = (0.005, 0.01, 0.02, 0.04, 0.08)
+"""Pauses between those retries, seconds; the last one repeats until the grace is over."""
+
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
 
 _NO_HEADERS: dict[str, str] = {}
@@ -223,27 +232,45 @@ class Bus(abc.ABC):
         if self.requires_presence and not self.presence.serves(system):
             raise NoResponders(f"no adapter serves system {system!r}")
 
+    def _retry_delay(self, req: Request, attempt: int, first: float) -> float | None:
+        """The pause before sending ``req`` again after "no responders", or None to give up:
+        no live adapter in the presence view, the grace spent, or the deadline too near."""
+        if not self.presence.serves(req.system):
+            return None
+        delay = NO_RESPONDERS_BACKOFF[min(attempt, len(NO_RESPONDERS_BACKOFF) - 1)]
+        now = time.monotonic()
+        if now + delay - first > NO_RESPONDERS_GRACE:
+            return None
+        if req.deadline and time.time() + delay >= req.deadline:
+            return None
+        return delay
+
     async def request(self, req: Request) -> Reply:
         """Send ``req`` to its system's adapters and wait for the Reply until its deadline."""
         self._check_ready(req.system)
         if not req.reply_to:
             req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
-        fut = self.pending.expect_reply(req.id, req.deadline)  # fails it past the deadline
-        try:
-            await self._send(
-                self.names.request(req.system),
-                encode(req),
-                hdr.for_request(req),
-                reply=req.reply_to,
-            )
+        dest, data, headers = self.names.request(req.system), encode(req), hdr.for_request(req)
+        attempt, first = 0, 0.0
+        while True:
+            fut = self.pending.expect_reply(req.id, req.deadline)  # fails it past the deadline
             try:
-                return await fut
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"no reply from system {req.system!r} before the deadline"
-                ) from None
-        finally:
-            self.pending.discard(req.id)
+                await self._send(dest, data, headers, reply=req.reply_to)
+                try:
+                    return await fut
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"no reply from system {req.system!r} before the deadline"
+                    ) from None
+                except NoResponders:
+                    first = first or time.monotonic()
+                    delay = self._retry_delay(req, attempt, first)
+                    if delay is None:
+                        raise
+            finally:
+                self.pending.discard(req.id)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def stream(self, req: Request, *, idle_timeout: float) -> AsyncIterator[StreamStep]:
         """Send ``req`` and yield its StreamSteps until the last one.
@@ -256,13 +283,10 @@ class Bus(abc.ABC):
             req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
         queue = self.pending.expect_stream(req.id)
         finished = False
+        dest, data, headers = self.names.request(req.system), encode(req), hdr.for_request(req)
+        attempt, first, heard = 0, 0.0, False
         try:
-            await self._send(
-                self.names.request(req.system),
-                encode(req),
-                hdr.for_request(req),
-                reply=req.reply_to,
-            )
+            await self._send(dest, data, headers, reply=req.reply_to)
             while True:
                 try:
                     async with asyncio.timeout(idle_timeout):
@@ -272,8 +296,17 @@ class Bus(abc.ABC):
                         f"no stream step from system {req.system!r} within {idle_timeout:g} s"
                     ) from None
                 if isinstance(item, BusgateError):
+                    if isinstance(item, NoResponders) and not heard:
+                        first = first or time.monotonic()
+                        delay = self._retry_delay(req, attempt, first)
+                        if delay is not None:
+                            await asyncio.sleep(delay)
+                            attempt += 1
+                            await self._send(dest, data, headers, reply=req.reply_to)
+                            continue
                     finished = isinstance(item, NoResponders)
                     raise item
+                heard = True
                 if item.error is not None:
                     finished = True
                     raise Remote(item.error)
