@@ -27,7 +27,7 @@ def test_config_check_names_the_key_path_and_fails(tmp_path):
         tmp_path, '[systems.a]\ntype = "rpc"\nbase_url = "http://x"\ntimeout = "soon"\n'
     )
     assert result.returncode == 2
-    assert "systems.a.timeout: Expected `float`, got `str`" in result.stderr
+    assert "systems.a.timeout: Expected `float | null`, got `str`" in result.stderr
     assert "Traceback" not in result.stderr
 
 
