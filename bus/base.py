@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 import msgspec
 
 from busgate.bus import headers as hdr
+from busgate.bus import limits
 from busgate.bus.correlation import Pending
 from busgate.bus.naming import Names
 from busgate.bus.presence import PresenceView
@@ -26,8 +27,10 @@ from busgate.contracts.errors import (
     BusgateError,
     BusUnavailable,
     DeadlineExceeded,
+    MessageTooLarge,
     NoResponders,
     Remote,
+    ReplyTooLarge,
 )
 from busgate.contracts.wire import Cancel, Message, Presence, Reply, Request, StreamStep
 
@@ -55,19 +58,47 @@ order), and parsing headers is a measurable part of an edge's work."""
 
 
 class Responder:
-    """How an adapter answers one request: a reply, or a sequence of stream steps."""
+    """How an adapter answers one request: a reply, or a sequence of stream steps.
 
-    __slots__ = ("_bus", "_seq", "cancelled", "request")
+    An answer larger than the bus carries is not sent: a small ``reply_too_large`` error
+    goes in its place (a 502, or an error event that ends the stream), so neither the
+    handler nor the waiting client is left hanging.
+    """
+
+    __slots__ = ("_bus", "_ended", "_seq", "cancelled", "request")
 
     def __init__(self, bus: Bus, request: Request) -> None:
         self._bus = bus
         self.request = request
         self.cancelled = asyncio.Event()
-        """Set when the edge sends Cancel for this request (the client went away)."""
+        """Set when the edge sends Cancel for this request (the client went away), or when
+        the stream ended here because a step was too large for the bus."""
         self._seq = 0
+        self._ended = False
+
+    def _too_large(self, what: str, size: int) -> ReplyTooLarge:
+        system, limit = self.request.system, self._bus.max_message
+        log.warning(
+            "%s of %s for %s: %d bytes, over the bus's %d",
+            what,
+            system,
+            self.request.id,
+            size,
+            limit,
+        )
+        return ReplyTooLarge(
+            f"the {what} of system {system!r} ({size} bytes) is larger than the bus carries"
+            f" ({limit} bytes)"
+        )
 
     async def reply(self, reply: Reply) -> None:
-        await self._bus._send(self.request.reply_to, encode(reply), _NO_HEADERS)
+        data = encode(reply)
+        try:
+            await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
+        except MessageTooLarge:
+            error = self._too_large("answer", len(data))
+            small = Reply(id=reply.id, status=error.status, error=error.to_wire())
+            await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
     async def step(
         self,
@@ -77,6 +108,10 @@ class Responder:
         last: bool = False,
         error: BusgateError | None = None,
     ) -> None:
+        """Send one step; after a step too large for the bus (which ended the stream with an
+        error), further steps are dropped."""
+        if self._ended:
+            return
         self._seq += 1
         step = StreamStep(
             id=self.request.id,
@@ -86,7 +121,15 @@ class Responder:
             last=last,
             error=error.to_wire() if error else None,
         )
-        await self._bus._send(self.request.reply_to, encode(step), _NO_HEADERS)
+        data = encode(step)
+        try:
+            await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
+        except MessageTooLarge:
+            self._ended = True
+            self.cancelled.set()  # a saga loop stops before its next runner call
+            failed = self._too_large("stream step", len(data)).to_wire()
+            end = StreamStep(id=self.request.id, seq=self._seq, last=True, error=failed)
+            await self._bus._send(self.request.reply_to, encode(end), _NO_HEADERS)
 
 
 class Bus(abc.ABC):
@@ -126,6 +169,17 @@ class Bus(abc.ABC):
     @property
     @abc.abstractmethod
     def connected(self) -> bool: ...
+
+    @property
+    def max_message(self) -> int:
+        """The largest encoded message this bus sends, bytes; 0 = no known limit. A
+        transport refuses a larger one with ``MessageTooLarge`` (see ``bus.limits``)."""
+        return 0
+
+    def body_limit(self, max_body: int) -> int:
+        """The largest request body an edge on this bus accepts (``gateway.max_body``, or
+        less when the bus carries less)."""
+        return limits.body_limit(max_body, self.max_message)
 
     @abc.abstractmethod
     def reply_address(self, request_id: str) -> str:

@@ -15,7 +15,7 @@ from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config
 from busgate.contracts.wire import Kind, Origin, Request
-from busgate.edge.keys import IDENTITY, IDS
+from busgate.edge.keys import BUS, IDENTITY, IDS
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
 _json_check = msgspec.json.Decoder()
@@ -47,11 +47,14 @@ def query_payload(request: web.Request) -> bytes:
 
 
 async def read_body(request: web.Request, max_body: int) -> bytes:
+    """The checked body; ``max_body`` is the effective limit (``Bus.body_limit``)."""
     if request.method in ("GET", "DELETE", "HEAD"):
         return query_payload(request)
     length = request.content_length
     if length is not None and length > max_body:
-        raise errors.PayloadTooLarge(f"request body of {length} bytes exceeds {max_body} bytes")
+        raise errors.PayloadTooLarge(
+            f"request body of {length} bytes exceeds the limit of {max_body} bytes"
+        )
     if not request.body_exists:
         return query_payload(request)
     if not is_json(request.content_type):
@@ -60,7 +63,7 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         )
     body = await request.read()
     if len(body) > max_body:
-        raise errors.PayloadTooLarge(f"request body exceeds {max_body} bytes")
+        raise errors.PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
     if not body:
         return query_payload(request)
     try:
@@ -94,7 +97,7 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
     info = request.match_info
     channel = channel_for(config, info["channel"], request.method)
     gateway = config.gateway
-    body = await read_body(request, gateway.max_body)
+    body = await read_body(request, request.app[BUS].body_limit(gateway.max_body))
     timeout = config.timeout_for(info["channel"], info["path"])
     forwarded = {
         name: value

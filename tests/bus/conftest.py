@@ -84,6 +84,12 @@ class Adapters:
 
     handled: dict[str, str] = field(default_factory=dict)
     responders: dict[str, Responder] = field(default_factory=dict)
+    finished: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Set when the handler of a request id returned (``big`` and ``bigstep``)."""
+    steps_after_big: dict[str, int] = field(default_factory=dict)
+
+    def finished_event(self, request_id: str) -> asyncio.Event:
+        return self.finished.setdefault(request_id, asyncio.Event())
 
     def handler_for(self, node: str) -> Handler:
         async def handle(req: Request, responder: Responder) -> None:
@@ -114,6 +120,19 @@ class Adapters:
                     i += 1
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(responder.cancelled.wait(), 0.05)
+            elif req.path == "big":  # an answer of `bytes` bytes
+                body = b"x" * int(req.query["bytes"])
+                await responder.reply(Reply(id=req.id, body=body))
+                self.finished_event(req.id).set()
+            elif req.path == "bigstep":  # a small step, a step of `bytes` bytes, then more
+                await responder.step([b"1"], next="1")
+                await responder.step([b'"' + b"x" * int(req.query["bytes"]) + b'"'], next="2")
+                sent = 0
+                while not responder.cancelled.is_set() and sent < 3:
+                    await responder.step([b"3"], next="3")
+                    sent += 1
+                self.steps_after_big[req.id] = sent
+                self.finished_event(req.id).set()
             elif req.path == "error":
                 await responder.step([b'{"ok":true}'])
                 await responder.step([], error=UpstreamError("the runner fell over"))
