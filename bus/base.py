@@ -170,16 +170,18 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def connected(self) -> bool: ...
 
-    @property
-    def max_message(self) -> int:
-        """The largest encoded message this bus sends, bytes; 0 = no known limit. A
-        transport refuses a larger one with ``MessageTooLarge`` (see ``bus.limits``)."""
-        return 0
+    max_message: int = 0
+    """The largest encoded message this bus sends, bytes; 0 = no known limit. A transport
+    sets it when it learns its limit and refuses a larger message with ``MessageTooLarge``
+    (see ``bus.limits``). An attribute, not a property: it is read on every edge call."""
 
     def body_limit(self, max_body: int) -> int:
         """The largest request body an edge on this bus accepts (``gateway.max_body``, or
-        less when the bus carries less)."""
-        return limits.body_limit(max_body, self.max_message)
+        less when the bus carries less); ``limits.body_limit``, inlined."""
+        carried = self.max_message
+        if not carried or max_body <= (room := carried - limits.ENVELOPE_ROOM):
+            return max_body
+        return max(room, 0)
 
     @abc.abstractmethod
     def reply_address(self, request_id: str) -> str:

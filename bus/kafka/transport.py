@@ -121,6 +121,7 @@ class KafkaBus(Bus):
         self.session_timeout = session_timeout
         self.handoff = handoff
         self.max_request_size = max_request_size
+        self.max_message = limits.carried(max_request_size)
 
         self._reply_topic = self.names.reply(node)
         self._topics = Topics(
@@ -150,10 +151,6 @@ class KafkaBus(Bus):
 
     def reply_address(self, request_id: str) -> str:
         return self._reply_topic
-
-    @property
-    def max_message(self) -> int:
-        return limits.carried(self.max_request_size)
 
     def _mark_down(self, why: str) -> None:
         if self._healthy:

@@ -57,7 +57,7 @@ class NatsBus(Bus):
         self.servers = servers
         self.connect_timeout = connect_timeout
         self.max_payload = max_payload
-        self._max_message = limits.carried(max_payload or limits.DEFAULT_MAX_MESSAGE)
+        self.max_message = limits.carried(max_payload or limits.DEFAULT_MAX_MESSAGE)
         self.nc = Client()
         self._subs: list[Subscription] = []
         self._request_subs: list[Subscription] = []
@@ -71,17 +71,13 @@ class NatsBus(Bus):
     def reply_address(self, request_id: str) -> str:
         return self._reply_prefix + request_id
 
-    @property
-    def max_message(self) -> int:
-        return self._max_message
-
     def _learn_max_payload(self) -> None:
         """Take the server's ``max_payload`` (from its INFO), or the URL's if lower: called
         on every (re)connect, since another server of the cluster may say otherwise."""
         payload = self.nc.max_payload
         if self.max_payload:
             payload = min(payload, self.max_payload)
-        self._max_message = limits.carried(payload)
+        self.max_message = limits.carried(payload)
 
     async def connect(self) -> None:
         async def on_error(exc: Exception) -> None:
@@ -164,7 +160,7 @@ class NatsBus(Bus):
             raise BusUnavailable("the NATS connection is down; try again shortly")
         # nats-py checks the payload alone; the server counts headers too, and closes the
         # connection of a client over its max_payload: refuse here, with room for headers.
-        if len(data) > (limit := self._max_message):
+        if len(data) > (limit := self.max_message):
             raise MessageTooLarge(
                 f"{len(data)} bytes is more than the {limit} bytes the bus carries per message"
             )
