@@ -270,6 +270,7 @@ class KafkaBus(Bus):
                     client_id=f"busgate-{self.node}-cmd",
                     acks="all",
                     request_timeout=self.command_timeout,
+                    max_request_size=self.max_request_size,
                 )
             return self._command_producer
 
@@ -278,6 +279,8 @@ class KafkaBus(Bus):
     ) -> None:
         if not self.connected:
             raise BusUnavailable("the Kafka connection is down; try again shortly")
+        if len(data) > self.max_message:
+            raise MessageTooLarge(f"a command of {len(data)} bytes is more than the bus carries")
         kafka_headers = [(k, v.encode()) for k, v in (headers or {}).items()]
         try:
             async with asyncio.timeout(self.command_timeout):

@@ -188,6 +188,8 @@ class NatsBus(Bus):
     ) -> None:
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
+        if len(data) > self.max_message:
+            raise MessageTooLarge(f"a command of {len(data)} bytes is more than the bus carries")
         try:
             await self._ensure_command_stream()
             await self.nc.jetstream().publish(self.names.command(name), data, headers=headers)

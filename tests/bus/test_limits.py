@@ -94,3 +94,9 @@ async def test_a_stream_step_too_large_ends_the_stream_with_an_error(
     await asyncio.wait_for(world.seen.finished_event(req.id).wait(), 5)
     assert world.seen.steps_after_big[req.id] == 0  # the handler saw the stream end
     no_handler_failed(caplog)
+
+
+async def test_a_command_larger_than_the_bus_carries_is_refused_before_sending(world: World):
+    with pytest.raises(MessageTooLarge):
+        await world.edge.publish_command("big", b"x" * OVER)
+    assert world.edge.connected
