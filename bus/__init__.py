@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
+from busgate.bus import limits
 from busgate.bus.base import Bus, Responder
 
 KAFKA_OPTIONS: dict[str, tuple[str, type]] = {
@@ -17,11 +18,19 @@ KAFKA_OPTIONS: dict[str, tuple[str, type]] = {
     "session_timeout": ("session_timeout", float),
     "fetch_wait_ms": ("fetch_wait_ms", int),
     "idle_fetch_wait_ms": ("idle_fetch_wait_ms", int),
+    "max_request_size": ("max_request_size", int),
 }
 """``kafka://…?name=value`` options: name → (KafkaBus argument, type). ``partitions`` (of
 the request topics busgate creates; at least the number of adapters a system will have,
 since a partition is read by one adapter of the group) and ``replication`` matter on a real
-cluster; the fetch waits are explained in ``bus.kafka.transport``."""
+cluster; the fetch waits are explained in ``bus.kafka.transport``; ``max_request_size``
+(bytes, default 1 MiB) is the producers' and should not exceed the brokers'
+``message.max.bytes``."""
+
+NATS_OPTIONS: dict[str, tuple[str, type]] = {"max_payload": ("max_payload", int)}
+"""``nats://…?max_payload=N``: the servers' ``max_payload`` (bytes) when it is not the
+default 1 MiB, so that what is checked without connecting (``busgate config check``) knows
+it; a connected node takes the server's own, or this if lower."""
 
 
 def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
@@ -32,23 +41,23 @@ def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
     base, _, query = url.partition("?")
     scheme = base.split("://", 1)[0].lower()
     if scheme in ("nats", "tls", "ws", "wss"):
-        if query:
-            raise ValueError(f"bus URL {url!r}: NATS URLs take no options")
-        return "nats", base.split(","), {}
+        return "nats", base.split(","), _options(url, query, NATS_OPTIONS)
     if scheme != "kafka":
         raise ValueError(f"unsupported bus URL {url!r}: use nats://host:port or kafka://host:port")
     servers = [part.split("://", 1)[-1] for part in base.split(",")]
+    return "kafka", servers, _options(url, query, KAFKA_OPTIONS)
+
+
+def _options(url: str, query: str, known: dict[str, tuple[str, type]]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as exc:
         raise ValueError(f"bus URL {url!r}: {exc}") from None
     for name, value in pairs:
-        if name not in KAFKA_OPTIONS:
-            raise ValueError(
-                f"bus URL {url!r}: unknown option {name!r}; known: {', '.join(KAFKA_OPTIONS)}"
-            )
-        argument, kind = KAFKA_OPTIONS[name]
+        if name not in known:
+            raise ValueError(f"bus URL {url!r}: unknown option {name!r}; known: {', '.join(known)}")
+        argument, kind = known[name]
         try:
             options[argument] = number = kind(value)
         except ValueError:
@@ -56,7 +65,16 @@ def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
             raise ValueError(f"bus URL {url!r}: {name} must be {what}") from None
         if number <= 0:
             raise ValueError(f"bus URL {url!r}: {name} must be positive")
-    return "kafka", servers, options
+    return options
+
+
+def max_message_of(url: str) -> int:
+    """What a bus at ``url`` carries per message as far as the URL tells, without
+    connecting: its ``max_payload`` / ``max_request_size`` option, else the 1 MiB default
+    of both buses (see ``bus.limits``)."""
+    _, _, options = parse_url(url)
+    declared = options.get("max_payload") or options.get("max_request_size")
+    return limits.carried(declared or limits.DEFAULT_MAX_MESSAGE)
 
 
 def from_url(url: str, *, node: str, prefix: str = "busgate") -> Bus:
@@ -65,7 +83,7 @@ def from_url(url: str, *, node: str, prefix: str = "busgate") -> Bus:
     if scheme == "nats":
         from busgate.bus.nats import NatsBus
 
-        return NatsBus(servers, node=node, prefix=prefix)
+        return NatsBus(servers, node=node, prefix=prefix, **options)
     try:
         from busgate.bus.kafka import KafkaBus
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -73,4 +91,4 @@ def from_url(url: str, *, node: str, prefix: str = "busgate") -> Bus:
     return KafkaBus(servers, node=node, prefix=prefix, **options)
 
 
-__all__ = ["Bus", "Responder", "from_url", "parse_url"]
+__all__ = ["Bus", "Responder", "from_url", "max_message_of", "parse_url"]

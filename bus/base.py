@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 import msgspec
 
 from busgate.bus import headers as hdr
+from busgate.bus import limits
 from busgate.bus.correlation import Pending
 from busgate.bus.naming import Names
 from busgate.bus.presence import PresenceView
@@ -26,8 +27,10 @@ from busgate.contracts.errors import (
     BusgateError,
     BusUnavailable,
     DeadlineExceeded,
+    MessageTooLarge,
     NoResponders,
     Remote,
+    ReplyTooLarge,
 )
 from busgate.contracts.wire import Cancel, Message, Presence, Reply, Request, StreamStep
 
@@ -36,6 +39,15 @@ log = logging.getLogger("busgate.bus")
 CANCEL_MEMORY = 60.0
 """Seconds an adapter remembers a Cancel whose request it has not seen."""
 CANCEL_MEMORY_SIZE = 10_000
+
+NO_RESPONDERS_GRACE = 0.25
+"""Seconds a call keeps retrying a "no responders" answer while the presence view shows a
+live adapter for its system. nats-server may answer so for a moment right after an adapter
+subscribed (seen about once in 100 fresh setups, although the adapter flushed its
+subscription); a client should not get a 503 for that. With no live adapter a call still
+fails at once."""
+NO_RESPONDERS_BACKOFF = (0.005, 0.01, 0.02, 0.04, 0.08)
+"""Pauses between those retries, seconds; the last one repeats until the grace is over."""
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
 
@@ -46,19 +58,47 @@ order), and parsing headers is a measurable part of an edge's work."""
 
 
 class Responder:
-    """How an adapter answers one request: a reply, or a sequence of stream steps."""
+    """How an adapter answers one request: a reply, or a sequence of stream steps.
 
-    __slots__ = ("_bus", "_seq", "cancelled", "request")
+    An answer larger than the bus carries is not sent: a small ``reply_too_large`` error
+    goes in its place (a 502, or an error event that ends the stream), so neither the
+    handler nor the waiting client is left hanging.
+    """
+
+    __slots__ = ("_bus", "_ended", "_seq", "cancelled", "request")
 
     def __init__(self, bus: Bus, request: Request) -> None:
         self._bus = bus
         self.request = request
         self.cancelled = asyncio.Event()
-        """Set when the edge sends Cancel for this request (the client went away)."""
+        """Set when the edge sends Cancel for this request (the client went away), or when
+        the stream ended here because a step was too large for the bus."""
         self._seq = 0
+        self._ended = False
+
+    def _too_large(self, what: str, size: int) -> ReplyTooLarge:
+        system, limit = self.request.system, self._bus.max_message
+        log.warning(
+            "%s of %s for %s: %d bytes, over the bus's %d",
+            what,
+            system,
+            self.request.id,
+            size,
+            limit,
+        )
+        return ReplyTooLarge(
+            f"the {what} of system {system!r} ({size} bytes) is larger than the bus carries"
+            f" ({limit} bytes)"
+        )
 
     async def reply(self, reply: Reply) -> None:
-        await self._bus._send(self.request.reply_to, encode(reply), _NO_HEADERS)
+        data = encode(reply)
+        try:
+            await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
+        except MessageTooLarge:
+            error = self._too_large("answer", len(data))
+            small = Reply(id=reply.id, status=error.status, error=error.to_wire())
+            await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
     async def step(
         self,
@@ -68,6 +108,10 @@ class Responder:
         last: bool = False,
         error: BusgateError | None = None,
     ) -> None:
+        """Send one step; after a step too large for the bus (which ended the stream with an
+        error), further steps are dropped."""
+        if self._ended:
+            return
         self._seq += 1
         step = StreamStep(
             id=self.request.id,
@@ -77,7 +121,15 @@ class Responder:
             last=last,
             error=error.to_wire() if error else None,
         )
-        await self._bus._send(self.request.reply_to, encode(step), _NO_HEADERS)
+        data = encode(step)
+        try:
+            await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
+        except MessageTooLarge:
+            self._ended = True
+            self.cancelled.set()  # a saga loop stops before its next runner call
+            failed = self._too_large("stream step", len(data)).to_wire()
+            end = StreamStep(id=self.request.id, seq=self._seq, last=True, error=failed)
+            await self._bus._send(self.request.reply_to, encode(end), _NO_HEADERS)
 
 
 class Bus(abc.ABC):
@@ -117,6 +169,19 @@ class Bus(abc.ABC):
     @property
     @abc.abstractmethod
     def connected(self) -> bool: ...
+
+    max_message: int = 0
+    """The largest encoded message this bus sends, bytes; 0 = no known limit. A transport
+    sets it when it learns its limit and refuses a larger message with ``MessageTooLarge``
+    (see ``bus.limits``). An attribute, not a property: it is read on every edge call."""
+
+    def body_limit(self, max_body: int) -> int:
+        """The largest request body an edge on this bus accepts (``gateway.max_body``, or
+        less when the bus carries less); ``limits.body_limit``, inlined."""
+        carried = self.max_message
+        if not carried or max_body <= (room := carried - limits.ENVELOPE_ROOM):
+            return max_body
+        return max(room, 0)
 
     @abc.abstractmethod
     def reply_address(self, request_id: str) -> str:
@@ -223,27 +288,45 @@ class Bus(abc.ABC):
         if self.requires_presence and not self.presence.serves(system):
             raise NoResponders(f"no adapter serves system {system!r}")
 
+    def _retry_delay(self, req: Request, attempt: int, first: float) -> float | None:
+        """The pause before sending ``req`` again after "no responders", or None to give up:
+        no live adapter in the presence view, the grace spent, or the deadline too near."""
+        if not self.presence.serves(req.system):
+            return None
+        delay = NO_RESPONDERS_BACKOFF[min(attempt, len(NO_RESPONDERS_BACKOFF) - 1)]
+        now = time.monotonic()
+        if now + delay - first > NO_RESPONDERS_GRACE:
+            return None
+        if req.deadline and time.time() + delay >= req.deadline:
+            return None
+        return delay
+
     async def request(self, req: Request) -> Reply:
         """Send ``req`` to its system's adapters and wait for the Reply until its deadline."""
         self._check_ready(req.system)
         if not req.reply_to:
             req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
-        fut = self.pending.expect_reply(req.id, req.deadline)  # fails it past the deadline
-        try:
-            await self._send(
-                self.names.request(req.system),
-                encode(req),
-                hdr.for_request(req),
-                reply=req.reply_to,
-            )
+        dest, data, headers = self.names.request(req.system), encode(req), hdr.for_request(req)
+        attempt, first = 0, 0.0
+        while True:
+            fut = self.pending.expect_reply(req.id, req.deadline)  # fails it past the deadline
             try:
-                return await fut
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"no reply from system {req.system!r} before the deadline"
-                ) from None
-        finally:
-            self.pending.discard(req.id)
+                await self._send(dest, data, headers, reply=req.reply_to)
+                try:
+                    return await fut
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"no reply from system {req.system!r} before the deadline"
+                    ) from None
+                except NoResponders:
+                    first = first or time.monotonic()
+                    delay = self._retry_delay(req, attempt, first)
+                    if delay is None:
+                        raise
+            finally:
+                self.pending.discard(req.id)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def stream(self, req: Request, *, idle_timeout: float) -> AsyncIterator[StreamStep]:
         """Send ``req`` and yield its StreamSteps until the last one.
@@ -256,13 +339,10 @@ class Bus(abc.ABC):
             req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
         queue = self.pending.expect_stream(req.id)
         finished = False
+        dest, data, headers = self.names.request(req.system), encode(req), hdr.for_request(req)
+        attempt, first, heard = 0, 0.0, False
         try:
-            await self._send(
-                self.names.request(req.system),
-                encode(req),
-                hdr.for_request(req),
-                reply=req.reply_to,
-            )
+            await self._send(dest, data, headers, reply=req.reply_to)
             while True:
                 try:
                     async with asyncio.timeout(idle_timeout):
@@ -272,8 +352,17 @@ class Bus(abc.ABC):
                         f"no stream step from system {req.system!r} within {idle_timeout:g} s"
                     ) from None
                 if isinstance(item, BusgateError):
+                    if isinstance(item, NoResponders) and not heard:
+                        first = first or time.monotonic()
+                        delay = self._retry_delay(req, attempt, first)
+                        if delay is not None:
+                            await asyncio.sleep(delay)
+                            attempt += 1
+                            await self._send(dest, data, headers, reply=req.reply_to)
+                            continue
                     finished = isinstance(item, NoResponders)
                     raise item
+                heard = True
                 if item.error is not None:
                     finished = True
                     raise Remote(item.error)

@@ -73,8 +73,27 @@ def cmd_runner(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but will not work as written (checked without connecting)."""
+    from busgate.bus import limits, max_message_of
+
+    warnings = []
+    gateway = config.gateway
+    carried = max_message_of(gateway.bus)
+    if gateway.max_body > (body := limits.body_limit(gateway.max_body, carried)):
+        warnings.append(
+            f"gateway.max_body ({gateway.max_body} bytes) exceeds what the bus carries: bodies "
+            f"over {body} bytes will be refused (413). Raise the bus's limit (NATS server "
+            "max_payload with ?max_payload=N on the URL; Kafka ?max_request_size=N and the "
+            "brokers' message.max.bytes) or lower max_body."
+        )
+    return warnings
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _config(args.file)
+    for warning in config_warnings(config):
+        print(f"busgate: warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: ok — {len(config.systems)} system(s), {len(config.channels)} channel(s), "
         f"bus {config.gateway.bus}"

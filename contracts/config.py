@@ -13,12 +13,18 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 ENV_PREFIX = "BUSGATE__"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+Timeout = Annotated[float, msgspec.Meta(gt=0)]
+"""Seconds a call may take, positive. The most specific one set applies: path, channel,
+system, then ``gateway.timeout`` (see :meth:`Config.timeout_for`); each may be longer or
+shorter than the one it overrides."""
 
 
 class ConfigError(ValueError):
@@ -93,8 +99,10 @@ class Gateway(Section, frozen=True):
     accept_request_id: bool = False
     accept_trace: bool = False
     max_body: int = 10 * 1024 * 1024
-    timeout: float = 30.0
-    """Default deadline of a call, seconds."""
+    """Largest request body, bytes; the bus's own message limit may make it smaller (see
+    ``bus.base.Bus.body_limit``)."""
+    timeout: Timeout = 30.0
+    """Deadline of a call, seconds, where no system, channel or path sets one."""
     forward_headers: tuple[str, ...] = ("accept", "accept-language", "content-type")
     stream_wait: float = 10.0
     """Default pause between saga steps when the runner names none, seconds."""
@@ -113,7 +121,8 @@ class Gateway(Section, frozen=True):
 
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     base_url: str
-    timeout: float = 30.0
+    timeout: Timeout | None = None
+    """Overrides ``gateway.timeout`` for calls of this system."""
     max_connections: int = 100
     headers: dict[str, str] = {}
 
@@ -264,6 +273,10 @@ class PathRule(Section, frozen=True):
     public: bool = False
     disabled: bool = False
     roles: dict[str, tuple[str, ...]] = {}
+    timeout: Timeout | None = None
+    """Overrides the channel's (and system's) timeout for the paths the key matches. A key
+    is one whole rule: a key set only for a timeout still decides access to its paths (any
+    authenticated caller on a channel with ``auth``), so repeat ``public`` or ``roles``."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.roles if m != "*" and m not in METHODS]
@@ -274,8 +287,8 @@ class PathRule(Section, frozen=True):
 class Channel(Section, frozen=True):
     system: str
     methods: tuple[str, ...] = METHODS
-    timeout: float | None = None
-    """Overrides the system's timeout for calls on this channel."""
+    timeout: Timeout | None = None
+    """Overrides the system's timeout for calls on this channel, longer or shorter."""
     auth: str | None = None
     """The token (``tokens.NAME``) calls on this channel are checked against; for the auth
     API, the token it issues. None = every path is public."""
@@ -405,6 +418,39 @@ class Config(Section, frozen=True):
         for name, service in self.services.items():
             if service.token is not None and service.token not in self.tokens:
                 raise ValueError(f"services.{name}.token: unknown token {service.token!r}")
+
+    def timeout_for(self, channel: str, path: str = "") -> float:
+        """The timeout of a call on ``channel`` for ``path``: the most specific one set of
+        the path's rules, the channel, its system and the gateway."""
+        ch = self.channels[channel]
+        if ch.paths and (found := path_timeout(ch.paths, path)) is not None:
+            return found
+        return ch.timeout or self.systems[ch.system].timeout or self.gateway.timeout
+
+
+def path_timeout(paths: Mapping[str, PathRule], path: str) -> float | None:
+    """The timeout of the most specific key of ``paths`` that matches ``path`` and sets one
+    (an exact path, then the longest ``prefix/*``, then ``*``), as for access rules."""
+    path = path.strip("/")
+    best: float | None = None
+    rank = -1
+    for key, rule in paths.items():
+        if rule.timeout is None:
+            continue
+        if key == "*":
+            this = 0
+        elif key.endswith("/*"):
+            prefix = key[:-2].strip("/")
+            if path != prefix and not path.startswith(prefix + "/"):
+                continue
+            this = 1 + len(prefix)
+        elif key.strip("/") == path:
+            this = 1 << 30
+        else:
+            continue
+        if this > rank:
+            best, rank = rule.timeout, this
+    return best
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -61,6 +61,12 @@ class PayloadTooLarge(BusgateError):
     status, code = 413, "payload_too_large"
 
 
+class MessageTooLarge(PayloadTooLarge):
+    """A message larger than the bus carries (NATS' ``max_payload``, Kafka's
+    ``max_request_size`` or ``message.max.bytes``), refused before it was sent: a request
+    answers 413; an adapter's reply or step becomes :class:`ReplyTooLarge`."""
+
+
 class UnsupportedMediaType(BusgateError):
     status, code = 415, "unsupported_media_type"
 
@@ -84,6 +90,12 @@ class RunnerRefused(BusgateError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ReplyTooLarge(BusgateError):
+    """The runner's answer, or a saga step, is larger than the bus carries."""
+
+    status, code = 502, "reply_too_large"
 
 
 class UpstreamUnreachable(BusgateError):

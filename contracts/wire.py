@@ -53,6 +53,13 @@ class Request(Wire, frozen=True, tag="req"):
     """One call from a client, on its way to the adapter of ``system``."""
 
     id: str
+    """Correlates the Reply or StreamSteps with the waiting call: unique per edge node, always
+    chosen by the edge, never by a client (two calls reusing one client id must not receive
+    each other's replies)."""
+    client_id: str = ""
+    """The request id the client chose (``gateway.accept_request_id``), when it differs from
+    ``id``: what the client sees in headers and errors, and runners in ``meta.requestId`` and
+    ``X-Request-Id``. For logs and runners only; never used to correlate."""
     kind: Kind = "request"
     traceparent: str = ""
     tracestate: str = ""
@@ -75,6 +82,11 @@ class Request(Wire, frozen=True, tag="req"):
     """``X-Async``: ``gateway`` = nobody waits for an answer (no ``reply_to``); ``backend`` =
     the adapter replies 202 as soon as it has taken the request, then calls the runner and
     drops its answer."""
+
+    @property
+    def shown_id(self) -> str:
+        """The id the client knows this call by."""
+        return self.client_id or self.id
 
 
 class Reply(Wire, frozen=True, tag="reply"):

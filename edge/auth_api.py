@@ -117,10 +117,11 @@ class AuthApi:
         config = self.ctx.config
         info = request.match_info
         channel = config.channels[info["channel"]]
-        system = config.systems[channel.system]
-        timeout = channel.timeout or system.timeout or config.gateway.timeout
+        timeout = config.timeout_for(info["channel"])
+        id_, client_id = envelope.call_ids(request, config.gateway.accept_request_id)
         req = Request(
-            id=request[keys.REQUEST_ID],
+            id=id_,
+            client_id=client_id,
             traceparent=request[keys.TRACEPARENT],
             channel=info["channel"],
             system=channel.system,

@@ -15,7 +15,7 @@ from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config
 from busgate.contracts.wire import Kind, Origin, Request
-from busgate.edge.keys import IDENTITY
+from busgate.edge.keys import BUS, IDENTITY, IDS
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
 _json_check = msgspec.json.Decoder()
@@ -47,11 +47,14 @@ def query_payload(request: web.Request) -> bytes:
 
 
 async def read_body(request: web.Request, max_body: int) -> bytes:
+    """The checked body; ``max_body`` is the effective limit (``Bus.body_limit``)."""
     if request.method in ("GET", "DELETE", "HEAD"):
         return query_payload(request)
     length = request.content_length
     if length is not None and length > max_body:
-        raise errors.PayloadTooLarge(f"request body of {length} bytes exceeds {max_body} bytes")
+        raise errors.PayloadTooLarge(
+            f"request body of {length} bytes exceeds the limit of {max_body} bytes"
+        )
     if not request.body_exists:
         return query_payload(request)
     if not is_json(request.content_type):
@@ -60,7 +63,7 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         )
     body = await request.read()
     if len(body) > max_body:
-        raise errors.PayloadTooLarge(f"request body exceeds {max_body} bytes")
+        raise errors.PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
     if not body:
         return query_payload(request)
     try:
@@ -68,6 +71,16 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
     except msgspec.DecodeError as exc:
         raise errors.BadRequest(f"malformed JSON body: {exc}") from None
     return body
+
+
+def call_ids(request: web.Request, accept_request_id: bool) -> tuple[str, str]:
+    """``(id, client_id)`` of the call's envelope. With ``accept_request_id`` the id the client
+    sees may be its own, so another call may reuse it: the bus then correlates by an id of
+    this node's own making, and the client's travels beside it (``Request.client_id``)."""
+    shown = request[REQUEST_ID]
+    if not accept_request_id:
+        return shown, ""
+    return request.app[IDS].request_id(), shown
 
 
 def origin_of(request: web.Request) -> Origin:
@@ -83,17 +96,18 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
     """The envelope for one call; raises a BusgateError for what the edge refuses."""
     info = request.match_info
     channel = channel_for(config, info["channel"], request.method)
-    system = config.systems[channel.system]
     gateway = config.gateway
-    body = await read_body(request, gateway.max_body)
-    timeout = channel.timeout or system.timeout or gateway.timeout
+    body = await read_body(request, request.app[BUS].body_limit(gateway.max_body))
+    timeout = config.timeout_for(info["channel"], info["path"])
     forwarded = {
         name: value
         for name in gateway.forward_headers
         if (value := request.headers.get(name)) is not None
     }
+    id_, client_id = call_ids(request, gateway.accept_request_id)
     return Request(
-        id=request[REQUEST_ID],
+        id=id_,
+        client_id=client_id,
         kind=kind,
         traceparent=request[TRACEPARENT],
         tracestate=request.headers.get("tracestate", "") if gateway.accept_trace else "",

@@ -16,7 +16,7 @@ Timing:
 - Idle timeout. The edge never sees the runner's ``wait``; instead the adapter sends an
   empty keepalive step every ``gateway.stream_heartbeat`` during a pause (see
   ``adapters.rpc.client.RpcClient.stream``). So a live saga is heard from at least every
-  ``heartbeat + system timeout`` seconds, whatever the wait, and the edge gives up on a
+  ``heartbeat + the call's timeout`` seconds, whatever the wait, and the edge gives up on a
   silent stream after that plus :data:`IDLE_MARGIN` (50 s with the defaults), ending it
   with an error event: the adapter died or the bus lost the stream.
 - Heartbeat and duration. One sweep per node (:func:`sweeper`, every ``heartbeat / 2`` s at
@@ -57,12 +57,13 @@ log = logging.getLogger("busgate.edge.stream")
 HEARTBEAT = sse.comment()
 
 IDLE_MARGIN = 5.0
-"""Seconds added to ``heartbeat + system timeout`` for bus latency and a loaded adapter."""
+"""Seconds added to ``heartbeat + the call's timeout`` for bus latency and a loaded adapter."""
 
 
-def idle_timeout(config: Config, system: str) -> float:
-    """How long the edge waits for the next step (or keepalive) of a stream."""
-    return config.systems[system].timeout + config.gateway.stream_heartbeat + IDLE_MARGIN
+def idle_timeout(config: Config, channel: str, path: str = "") -> float:
+    """How long the edge waits for the next step (or keepalive) of a stream: each runner
+    call may take the call's timeout (``Config.timeout_for``)."""
+    return config.timeout_for(channel, path) + config.gateway.stream_heartbeat + IDLE_MARGIN
 
 
 async def handle_stream(request: web.Request) -> web.StreamResponse:
@@ -81,7 +82,7 @@ async def _prepare(request: web.Request, req: Request, slot: Slot) -> web.Stream
     response.content_type = sse.CONTENT_TYPE
     gateway = request.app[keys.CONFIG].gateway
     if gateway.return_ids == "always":  # the ids middleware cannot add them once prepared
-        response.headers[gateway.request_id_header] = req.id
+        response.headers[gateway.request_id_header] = req.shown_id
         response.headers[gateway.trace_id_header] = request[keys.TRACE_ID]
     await response.prepare(request)
     slot.transport = request.transport
@@ -91,7 +92,8 @@ async def _prepare(request: web.Request, req: Request, slot: Slot) -> web.Stream
 
 async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
-    steps = request.app[keys.BUS].stream(req, idle_timeout=idle_timeout(config, req.system))
+    idle = idle_timeout(config, req.channel, req.path)
+    steps = request.app[keys.BUS].stream(req, idle_timeout=idle)
     loop = asyncio.get_running_loop()
     try:
         while slot.reason is None:
@@ -131,7 +133,7 @@ async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamRe
         if slot.response is None:
             raise  # not started: an ordinary JSON error
         with contextlib.suppress(ConnectionResetError):
-            await slot.response.write(sse.error(error_body(exc.code, exc.message, req.id)))
+            await slot.response.write(sse.error(error_body(exc.code, exc.message, req.shown_id)))
         return slot.response
     except ConnectionResetError:
         # The client went away (noticed by a write rather than by handler cancellation).

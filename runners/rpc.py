@@ -1,7 +1,8 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
-Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
-``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). Commands
+Sagas: ``echo``, ``meta``, ``sleep``, ``fail``, ``blob`` (an answer of ``bytes`` bytes) and the
+streaming ``count`` (``from``, ``to``, ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the
+step that would reach N; ``big_at=N`` sends that step as one item of ``big`` bytes). Commands
 ``orders/*`` (see ``order``): ``orders/create`` answers the order, ``fail_until=N`` answers
 500 to attempts below N, ``reject`` answers 422, ``ms`` waits first. It keeps a
 short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
@@ -82,6 +83,8 @@ async def saga(request: web.Request) -> web.Response:
         case "sleep":
             await asyncio.sleep(_int(p, "ms", 100) / 1000)
             return _json({"slept": _int(p, "ms", 100)})
+        case "blob":
+            return _json({"blob": "x" * _int(p, "bytes", 1000)})
         case "fail":
             status = _int(p, "status", 500)
             return _json({"error": p.get("message", "failed on purpose")}, status)
@@ -89,6 +92,8 @@ async def saga(request: web.Request) -> web.Response:
             step = count_step(p)
             if "fail_at" in p and any(n >= _int(p, "fail_at", 0) for n in step["list"]):
                 return _json({"error": "count failed on purpose"}, 500)
+            if "big_at" in p and any(n >= _int(p, "big_at", 0) for n in step["list"]):
+                step["list"] = ["x" * _int(p, "big", 2_000_000)]
             return _json(step)
     return _json({"error": f"no saga {name!r}"}, 404)
 

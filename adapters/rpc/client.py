@@ -52,7 +52,7 @@ def cursor_text(cursor: Any) -> str | None:
 def _meta(req: Request, trace_id: str) -> bytes:
     identity = msgspec.to_builtins(req.identity) if req.identity else None
     meta = {
-        "requestId": req.id,
+        "requestId": req.shown_id,
         "traceId": trace_id,
         "channel": req.channel,
         "path": req.path,
@@ -89,10 +89,16 @@ class RpcClient:
             )
         return self._session
 
-    def _remaining(self, req: Request) -> float:
-        remaining = self.system.timeout
+    def _budget(self, req: Request) -> float:
+        """Seconds a runner call may take: up to the envelope's deadline, which the edge set
+        from the most specific timeout (path, channel, system, gateway) -- longer or shorter
+        than this system's own. Only a request without a deadline gets the system's."""
         if req.deadline:
-            remaining = min(remaining, req.deadline - time.time())
+            return req.deadline - time.time()
+        return self.system.timeout or self.gateway.timeout
+
+    def _remaining(self, req: Request) -> float:
+        remaining = self._budget(req)
         if remaining <= 0:
             raise errors.DeadlineExceeded("the deadline passed before the runner was called")
         return remaining
@@ -105,7 +111,7 @@ class RpcClient:
         )
         headers = {
             "Content-Type": "application/json",
-            "X-Request-Id": req.id,
+            "X-Request-Id": req.shown_id,
             "traceparent": req.traceparent,
         }
         if req.tracestate:
@@ -144,7 +150,7 @@ class RpcClient:
 
         Keepalives: during a pause longer than ``gateway.stream_heartbeat`` an empty step (no
         items, no cursor) goes out every heartbeat. The edge thus hears from a live saga at
-        least every ``heartbeat + system timeout`` seconds whatever ``wait`` the runner
+        least every ``heartbeat + the call's timeout`` seconds whatever ``wait`` the runner
         chooses, and can give up on a dead adapter after that (see ``edge.stream``), instead
         of trusting a ``wait`` it never sees.
         """
@@ -155,13 +161,14 @@ class RpcClient:
         if not isinstance(parameters, dict):
             parameters = {"value": parameters}
         previous: Any = req.resume
+        budget = self._budget(req)  # each step may take what the first may
         cancelled = responder.cancelled
         try:
             while not cancelled.is_set():
                 if previous is not None:
                     parameters["previous"] = previous
                 try:
-                    step = await self._saga_step(req, parameters)
+                    step = await self._saga_step(req, parameters, budget)
                 except errors.BusgateError as exc:
                     if not cancelled.is_set():
                         await responder.step([], last=True, error=exc)
@@ -180,9 +187,9 @@ class RpcClient:
         except errors.BusUnavailable:
             log.warning("stream %s stopped: the bus is unavailable", req.id)
 
-    async def _saga_step(self, req: Request, parameters: dict[str, Any]) -> SagaStep:
-        """One runner call of a saga, with the system's timeout for each call."""
-        step_req = msgspec.structs.replace(req, deadline=time.time() + self.system.timeout)
+    async def _saga_step(self, req: Request, parameters: dict[str, Any], budget: float) -> SagaStep:
+        """One runner call of a saga, taking at most ``budget`` seconds."""
+        step_req = msgspec.structs.replace(req, deadline=time.time() + budget)
         status, _, payload = await self._post(step_req, json_encode(parameters))
         if status >= 400:
             said = payload[:200].decode(errors="replace")

@@ -10,11 +10,17 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from busgate.bus.kafka.routing import partition
+from busgate.bus.limits import DEFAULT_MAX_MESSAGE
 from busgate.contracts.errors import BusUnavailable
 
 
 async def start_producer(
-    servers: str, *, client_id: str, acks: int | str, request_timeout: float
+    servers: str,
+    *,
+    client_id: str,
+    acks: int | str,
+    request_timeout: float,
+    max_request_size: int = DEFAULT_MAX_MESSAGE,
 ) -> AIOKafkaProducer:
     """A started producer with busgate's partitioner (see :mod:`.routing`); every step of a
     send (the metadata wait, a full buffer, the batch's delivery) is bounded by ``timeout``
@@ -26,6 +32,7 @@ async def start_producer(
         linger_ms=0,
         partitioner=partition,
         request_timeout_ms=int(request_timeout * 1000),
+        max_request_size=max_request_size,
     )
     try:
         await producer.start()

@@ -49,9 +49,10 @@ import time
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from busgate.bus import headers as hdr
+from busgate.bus import limits
 from busgate.bus.base import Bus
 from busgate.bus.kafka.admin import Topics, default_replication
 from busgate.bus.kafka.internals import force_metadata_update, producer_partitions
@@ -66,7 +67,7 @@ from busgate.bus.kafka.reader import Reader
 from busgate.bus.kafka.requests import Rebalance, start_request_reader
 from busgate.bus.kafka.routing import live_partition
 from busgate.bus.tasks import stop_task
-from busgate.contracts.errors import BusUnavailable
+from busgate.contracts.errors import BusUnavailable, MessageTooLarge
 
 log = logging.getLogger("busgate.bus.kafka")
 
@@ -95,11 +96,14 @@ class KafkaBus(Bus):
         replay_window: float = 60.0,
         session_timeout: float = 6.0,
         handoff: float = 0.5,
+        max_request_size: int = limits.DEFAULT_MAX_MESSAGE,
     ) -> None:
         """``servers``: bootstrap servers, ``host:port`` separated by commas (or a list).
 
         ``replication_factor`` of the topics this node creates defaults to the number of
         brokers, at most 3. See the module docstring for the fetch waits.
+        ``max_request_size`` (bytes) is the producers'; keep it within the brokers'
+        ``message.max.bytes`` (a record the broker refuses fails like one too large here).
         """
         super().__init__(node=node, prefix=prefix)
         self.servers = servers if isinstance(servers, str) else ",".join(servers)
@@ -116,6 +120,8 @@ class KafkaBus(Bus):
         self.replay_window = replay_window
         self.session_timeout = session_timeout
         self.handoff = handoff
+        self.max_request_size = max_request_size
+        self.max_message = limits.carried(max_request_size)
 
         self._reply_topic = self.names.reply(node)
         self._topics = Topics(
@@ -173,6 +179,7 @@ class KafkaBus(Bus):
                     client_id=f"busgate-{self.node}",
                     acks=1,
                     request_timeout=self.send_timeout,
+                    max_request_size=self.max_request_size,
                 )
                 await self._start_node_reader()
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -240,6 +247,11 @@ class KafkaBus(Bus):
                 headers=kafka_headers,
                 partition=partition,
             )
+        except MessageSizeTooLargeError:  # from the producer's own check, or the broker's
+            raise MessageTooLarge(
+                f"{len(data)} bytes is more than the {self.max_message} bytes the bus carries"
+                " per message"
+            ) from None
         except KafkaError as exc:
             if exc.retriable or isinstance(exc, KafkaTimeoutError):
                 # The broker (or this partition's leader) is out of reach, not just this
@@ -258,6 +270,7 @@ class KafkaBus(Bus):
                     client_id=f"busgate-{self.node}-cmd",
                     acks="all",
                     request_timeout=self.command_timeout,
+                    max_request_size=self.max_request_size,
                 )
             return self._command_producer
 
@@ -266,6 +279,8 @@ class KafkaBus(Bus):
     ) -> None:
         if not self.connected:
             raise BusUnavailable("the Kafka connection is down; try again shortly")
+        if len(data) > self.max_message:
+            raise MessageTooLarge(f"a command of {len(data)} bytes is more than the bus carries")
         kafka_headers = [(k, v.encode()) for k, v in (headers or {}).items()]
         try:
             async with asyncio.timeout(self.command_timeout):

@@ -22,13 +22,15 @@ from nats.aio.subscription import Subscription
 from nats.errors import (
     ConnectionClosedError,
     ConnectionReconnectingError,
+    MaxPayloadError,
     OutboundBufferLimitError,
 )
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from busgate.bus import limits
 from busgate.bus.base import Bus
-from busgate.contracts.errors import BusUnavailable, NoResponders
+from busgate.contracts.errors import BusUnavailable, MessageTooLarge, NoResponders
 
 log = logging.getLogger("busgate.bus.nats")
 
@@ -40,11 +42,22 @@ class NatsBus(Bus):
     requires_presence = False
 
     def __init__(
-        self, servers: list[str], *, node: str, prefix: str = "busgate", connect_timeout: float = 10
+        self,
+        servers: list[str],
+        *,
+        node: str,
+        prefix: str = "busgate",
+        connect_timeout: float = 10,
+        max_payload: int | None = None,
     ) -> None:
+        """``max_payload``: the servers' setting when it is not the default 1 MiB (bus URL
+        option), for what is checked without connecting; once connected, the server's own
+        (from its INFO) caps it."""
         super().__init__(node=node, prefix=prefix)
         self.servers = servers
         self.connect_timeout = connect_timeout
+        self.max_payload = max_payload
+        self.max_message = limits.carried(max_payload or limits.DEFAULT_MAX_MESSAGE)
         self.nc = Client()
         self._subs: list[Subscription] = []
         self._request_subs: list[Subscription] = []
@@ -57,6 +70,14 @@ class NatsBus(Bus):
 
     def reply_address(self, request_id: str) -> str:
         return self._reply_prefix + request_id
+
+    def _learn_max_payload(self) -> None:
+        """Take the server's ``max_payload`` (from its INFO), or the URL's if lower: called
+        on every (re)connect, since another server of the cluster may say otherwise."""
+        payload = self.nc.max_payload
+        if self.max_payload:
+            payload = min(payload, self.max_payload)
+        self.max_message = limits.carried(payload)
 
     async def connect(self) -> None:
         async def on_error(exc: Exception) -> None:
@@ -72,6 +93,7 @@ class NatsBus(Bus):
 
         async def on_reconnect() -> None:
             log.info("nats: reconnected to %s", self.nc.connected_url)
+            self._learn_max_payload()
 
         await asyncio.wait_for(
             self.nc.connect(
@@ -88,6 +110,7 @@ class NatsBus(Bus):
             ),
             self.connect_timeout,
         )
+        self._learn_max_payload()
         self._subs.append(await self.nc.subscribe(self._reply_prefix + ">", cb=self._reply_msg))
         self._subs.append(await self.nc.subscribe(self.names.control, cb=self._control_msg))
 
@@ -135,8 +158,16 @@ class NatsBus(Bus):
     ) -> None:
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
+        # nats-py checks the payload alone; the server counts headers too, and closes the
+        # connection of a client over its max_payload: refuse here, with room for headers.
+        if len(data) > (limit := self.max_message):
+            raise MessageTooLarge(
+                f"{len(data)} bytes is more than the {limit} bytes the bus carries per message"
+            )
         try:
             await self.nc.publish(dest, data, reply=reply, headers=headers or None)
+        except MaxPayloadError:
+            raise MessageTooLarge(f"{len(data)} bytes is more than the bus carries") from None
         except (ConnectionClosedError, OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"NATS publish failed: {type(exc).__name__}") from None
 
@@ -165,6 +196,8 @@ class NatsBus(Bus):
     ) -> None:
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
+        if len(data) > self.max_message:
+            raise MessageTooLarge(f"a command of {len(data)} bytes is more than the bus carries")
         try:
             await self.ensure_command_stream()
             await self.nc.jetstream().publish(self.names.command(name), data, headers=headers)

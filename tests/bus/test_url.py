@@ -36,7 +36,8 @@ def test_kafka_options_reach_the_transport():
         ("kafka://a:9092?partitions=0", "partitions must be positive"),
         ("kafka://a:9092?session_timeout=soon", "session_timeout must be a number"),
         ("kafka://a:9092?partitions", "bad query field"),
-        ("nats://a:4222?partitions=2", "NATS URLs take no options"),
+        ("nats://a:4222?partitions=2", "unknown option 'partitions'; known: max_payload"),
+        ("nats://a:4222?max_payload=0", "max_payload must be positive"),
         ("amqp://a:5672", "unsupported bus URL"),
     ],
 )

@@ -18,7 +18,8 @@ def test_valid_config_gets_defaults():
     config = parse(BASE)
     assert config.gateway.max_body == 10 * 1024 * 1024
     assert config.gateway.return_ids == "none"
-    assert config.systems["demo"].timeout == 30.0
+    assert config.systems["demo"].timeout is None
+    assert config.timeout_for("demo", "echo") == config.gateway.timeout == 30.0
     assert config.channels["demo"].methods == ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -31,7 +32,16 @@ def test_valid_config_gets_defaults():
         ({"systems": {"s1": {"type": "rpc"}}}, "systems.s1: Object missing required field"),
         (
             {"systems": {"s1": {"type": "rpc", "base_url": "u", "timeout": "slow"}}},
-            "systems.s1.timeout: Expected `float`, got `str`",
+            "systems.s1.timeout: Expected `float | null`, got `str`",
+        ),
+        ({"gateway": {"timeout": 0}}, "gateway.timeout: Expected `float` > 0.0"),
+        (
+            {**BASE, "channels": {"c": {"system": "demo", "timeout": -1}}},
+            "channels.c.timeout: Expected `float` > 0.0",
+        ),
+        (
+            {**BASE, "channels": {"c": {"system": "demo", "paths": {"x": {"timeout": 0}}}}},
+            "channels.c.paths.x.timeout: Expected `float` > 0.0",
         ),
         ({"systems": {"s1": {"type": "soap", "base_url": "u"}}}, "systems.s1.type: Invalid value"),
         ({**BASE, "channels": {"c": {"system": "nope"}}}, "channels.c.system: unknown system"),
@@ -76,3 +86,34 @@ def test_shipped_dev_config_is_valid():
     config = load(DEV_CONFIG, env={})
     assert config.channels["demo"].system == "demo"
     assert config.gateway.return_ids == "always"
+
+
+def timeouts(gateway: float, system: float | None, channel: float | None, paths: dict):
+    return parse(
+        {
+            "gateway": {"timeout": gateway},
+            "systems": {"s": {"type": "rpc", "base_url": "http://x", "timeout": system}},
+            "channels": {
+                "c": {
+                    "system": "s",
+                    "timeout": channel,
+                    "paths": {key: {"timeout": value} for key, value in paths.items()},
+                }
+            },
+        }
+    )
+
+
+def test_the_most_specific_timeout_set_applies_longer_or_shorter():
+    # None stands for "not set"; msgspec takes an explicit null as the default.
+    assert timeouts(7, None, None, {}).timeout_for("c", "a") == 7
+    assert timeouts(7, 3, None, {}).timeout_for("c", "a") == 3
+    assert timeouts(7, 3, 60, {}).timeout_for("c", "a") == 60  # longer than the system's
+    config = timeouts(7, 3, 60, {"*": 20, "slow/*": 90, "slow/quick": 0.5, "b": 1})
+    assert config.timeout_for("c", "a") == 20
+    assert config.timeout_for("c", "slow") == 90
+    assert config.timeout_for("c", "slow/x/y") == 90
+    assert config.timeout_for("c", "slow/quick") == 0.5
+    assert config.timeout_for("c", "/b/") == 1
+    assert config.timeout_for("c", "slowly") == 20
+    assert timeouts(7, 3, None, {"slow/*": 90}).timeout_for("c", "other") == 3

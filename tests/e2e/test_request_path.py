@@ -3,16 +3,55 @@ over NATS and over Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from busgate.brokers import free_port, wait_for_port
+from tests.e2e.conftest import E2E_ENV
+from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def blackhole() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=["nats", "kafka"])
+def stack(request, blackhole):
+    """The e2e dev stack, plus: client request ids accepted; channels with their own
+    timeouts (``slow``: 3 s over the demo system's 1.5 s; ``hasty``: 3 s, but 0.5 s for
+    ``sleep``); a system with no timeout of its own (``mute``, whose runner never answers)
+    under a gateway timeout of 1 s."""
+    request.applymarker(getattr(pytest.mark, request.param))
+    env = {
+        **E2E_ENV,
+        "BUSGATE__SYSTEMS__DOWN__BASE_URL": f"http://127.0.0.1:{free_port()}/x",
+        "BUSGATE__GATEWAY__ACCEPT_REQUEST_ID": "true",
+        "BUSGATE__GATEWAY__TIMEOUT": "1.0",
+        "BUSGATE__CHANNELS__SLOW__SYSTEM": "demo",
+        "BUSGATE__CHANNELS__SLOW__TIMEOUT": "3.0",
+        "BUSGATE__CHANNELS__HASTY__SYSTEM": "demo",
+        "BUSGATE__CHANNELS__HASTY__TIMEOUT": "3.0",
+        "BUSGATE__CHANNELS__HASTY__PATHS__SLEEP__TIMEOUT": "0.5",
+        "BUSGATE__SYSTEMS__MUTE__TYPE": "rpc",
+        "BUSGATE__SYSTEMS__MUTE__BASE_URL": f"http://127.0.0.1:{blackhole}/mute",
+        "BUSGATE__CHANNELS__MUTE__SYSTEM": "mute",
+    }
+    with dev_stack(request.param, env=env) as running:
+        yield running
 
 
 async def calls(http, stack) -> list[dict]:
@@ -143,3 +182,43 @@ async def test_a_system_no_adapter_serves_is_503_fast(lonely_edge, http):
         assert (await error_of(resp, 503))["code"] == "no_adapter"
         assert resp.headers["Retry-After"]
     assert time.monotonic() - started < 1.0
+
+
+async def test_a_channel_timeout_longer_than_the_systems_lets_a_slow_call_finish(stack, http):
+    started = time.monotonic()
+    async with http.post(f"{stack.url}/api/request/slow/sleep", json={"ms": 2000}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert await resp.json() == {"slept": 2000}
+    assert time.monotonic() - started >= 2.0
+
+
+async def test_a_path_timeout_shorter_than_the_channels_is_504_at_the_paths_deadline(stack, http):
+    started = time.monotonic()
+    async with http.post(f"{stack.url}/api/request/hasty/sleep", json={"ms": 2000}) as resp:
+        assert (await error_of(resp, 504))["code"] == "deadline_exceeded"
+    assert 0.45 <= time.monotonic() - started < 1.2
+
+
+async def test_the_gateway_timeout_applies_when_nothing_else_is_set(stack, http):
+    started = time.monotonic()
+    async with http.post(f"{stack.url}/api/request/mute/anything", json={}) as resp:
+        assert (await error_of(resp, 504))["code"] == "deadline_exceeded"
+    assert 0.95 <= time.monotonic() - started < 1.8
+
+
+async def test_two_calls_reusing_one_client_request_id_each_get_their_own_reply(stack, http):
+    """Correlation never rests on the client's id: both calls are in flight at once with
+    the same X-Request-Id, and each gets the answer to its own body."""
+    headers = {"X-Request-Id": "same-id-twice"}
+
+    async def sleep(ms: int) -> tuple[int, dict, str]:
+        url = f"{stack.url}/api/request/demo/sleep"
+        async with http.post(url, json={"ms": ms}, headers=headers) as resp:
+            return resp.status, await resp.json(), resp.headers["X-Request-Id"]
+
+    first, second = await asyncio.gather(sleep(300), sleep(600))
+    assert first == (200, {"slept": 300}, "same-id-twice")
+    assert second == (200, {"slept": 600}, "same-id-twice")
+    seen = [c for c in await calls(http, stack) if c["requestId"] == "same-id-twice"]
+    assert sorted(c["parameters"]["ms"] for c in seen) == [300, 600]
+    assert {c["x-request-id"] for c in seen} == {"same-id-twice"}

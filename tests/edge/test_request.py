@@ -223,3 +223,13 @@ async def test_the_server_header_names_no_versions(edge):
         await client.get("/healthz"),
     ):
         assert resp.headers["Server"] == "busgate"
+
+
+async def test_a_client_request_id_never_becomes_the_correlation_id(edge):
+    client, bus = await edge(make_config(return_ids="always", accept_request_id=True))
+    for _ in range(2):
+        resp = await client.post("/api/request/demo/echo", json={}, headers={"X-Request-Id": "x"})
+        assert resp.headers["X-Request-Id"] == "x"
+    first, second = sent_requests(bus)
+    assert first.client_id == second.client_id == first.shown_id == "x"
+    assert len({first.id, second.id, "x"}) == 3
