@@ -71,6 +71,10 @@ class Request(Wire, frozen=True, tag="req"):
     attempt: int = 1
     resume: str | None = None
     """For streams: the ``next`` cursor to resume after (SSE ``Last-Event-ID``)."""
+    credits: int = 0
+    """For streams: how many steps the edge can take before its first :class:`Credit`
+    (RSocket's initial request-n). 0 = no flow control (an edge older than credits): the
+    adapter then sends steps as fast as the saga makes them."""
 
 
 class Reply(Wire, frozen=True, tag="reply"):
@@ -93,6 +97,20 @@ class StreamStep(Wire, frozen=True, tag="step"):
     next: str | None = None
     last: bool = False
     error: Error | None = None
+    credit_to: str = ""
+    """Where the edge sends this stream's :class:`Credit` messages (the serving adapter's
+    reply address), so credits go to one node rather than being broadcast."""
+
+
+class Credit(Wire, frozen=True, tag="credit"):
+    """The edge can take the stream's steps up to ``limit`` (a ``seq``): flow control.
+
+    Cumulative, unlike RSocket's incremental request-n: a lost or repeated Credit is healed
+    by the next one, since the bus delivers at most once.
+    """
+
+    id: str
+    limit: int
 
 
 class Cancel(Wire, frozen=True, tag="cancel"):
@@ -115,4 +133,4 @@ class Presence(Wire, frozen=True, tag="presence"):
     partition of an adapter that left until its group has rebalanced."""
 
 
-Message = Request | Reply | StreamStep | Cancel | Presence
+Message = Request | Reply | StreamStep | Credit | Cancel | Presence

@@ -1,7 +1,9 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
 Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
-``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). It keeps a
+``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N) and ``bulk``
+(``size`` bytes per step, ``to`` steps, ``wait`` ms, default 0: a fast stream of large steps,
+for backpressure tests). It keeps a
 short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
 can check what crossed the gateway and when.
 """
@@ -46,6 +48,17 @@ def count_step(params: dict[str, Any]) -> dict[str, Any]:
     return {"list": numbers, "continue": last < to, "wait": wait, "next": last}
 
 
+def bulk_step(params: dict[str, Any]) -> dict[str, Any]:
+    size, to, wait = (
+        _int(params, "size", 1024),
+        _int(params, "to", 1_000_000),
+        _int(params, "wait", 0),
+    )
+    previous = params.get("previous")
+    n = 1 if previous in (None, "") else int(previous) + 1
+    return {"list": ["x" * max(size, 0)], "continue": n < to, "wait": wait, "next": n}
+
+
 async def saga(request: web.Request) -> web.Response:
     raw = await request.read()
     try:
@@ -84,6 +97,8 @@ async def saga(request: web.Request) -> web.Response:
             if "fail_at" in p and any(n >= _int(p, "fail_at", 0) for n in step["list"]):
                 return _json({"error": "count failed on purpose"}, 500)
             return _json(step)
+        case "bulk":
+            return _json(bulk_step(p))
     return _json({"error": f"no saga {name!r}"}, 404)
 
 
