@@ -197,11 +197,20 @@ class RpcClient:
         """One runner call of a saga, with the system's timeout for each call."""
         step_req = msgspec.structs.replace(req, deadline=time.time() + self.system.timeout)
         status, _, payload = await self._post(step_req, json_encode(parameters))
+        if status >= 500:
+            # Like a call's: a 5xx body may hold internals (traces, names), so it is logged
+            # here and the client gets the status only.
+            log.warning(
+                "stream %s: runner of system %r answered %d: %r",
+                req.id,
+                self.name,
+                status,
+                payload[:200],
+            )
+            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}")
         if status >= 400:
             said = payload[:200].decode(errors="replace")
-            if status < 500:
-                raise errors.RunnerRefused(status, f"runner of system {self.name!r}: {said}")
-            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}: {said}")
+            raise errors.RunnerRefused(status, f"runner of system {self.name!r}: {said}")
         try:
             return _saga_decoder.decode(payload)
         except msgspec.DecodeError as exc:

@@ -246,3 +246,5 @@ async def test_a_failure_mid_stream_is_an_error_event(stack, http):
         got = await collect(resp)
     assert [e.kind for e in got] == ["message", "message", "error"]
     assert '"code":"upstream_error"' in got[2].data
+    # The runner's 5xx body stays in the adapter's log, as on /api/request.
+    assert "count failed on purpose" not in got[2].data

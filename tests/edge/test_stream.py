@@ -116,6 +116,22 @@ async def test_a_failure_mid_stream_is_an_error_event_then_the_end(edge_server, 
     assert error["requestId"] == request_id
 
 
+async def test_a_runner_5xx_body_is_not_shown_to_the_client(edge_server, http):
+    """As on /api/request: the runner's 5xx body may hold internals; only the adapter logs it."""
+    server = await edge_server()
+    mid_stream = url(server, "/api/stream/demo/count?to=9&wait=0&fail_at=2")
+    async with http.get(mid_stream) as resp:
+        got = await collect(resp)
+    assert [e.kind for e in got] == ["message", "error"]
+    error = json.loads(got[1].data)["error"]
+    assert error["message"] == "runner of system 'demo' answered 500"
+    assert "on purpose" not in got[1].data
+    first = url(server, "/api/stream/demo/fail?status=503&message=token%3Ds3cr3t")
+    async with http.get(first) as resp:
+        error = await error_of(resp, 502)
+    assert error["message"] == "runner of system 'demo' answered 503"
+
+
 async def test_a_disconnect_cancels_the_saga_before_its_next_call(edge_server, http, stream_stack):
     server = await edge_server()
     # The pause is long so that only the Cancel can end it early.

@@ -228,6 +228,19 @@ async def test_a_runner_error_is_the_last_step(client_for, runner):
     assert "500" in failed["error"].message
 
 
+async def test_a_runner_5xx_body_stays_out_of_the_error(client_for, caplog):
+    steps = Steps()
+    body = {"status": 503, "message": "db password=hunter2 at /srv/app.py:12"}
+    req = msgspec.structs.replace(stream_request(body), path="fail")
+    with caplog.at_level("WARNING", logger="busgate.adapter.rpc"):
+        await client_for().stream(req, steps)
+    (failed,) = steps.steps
+    assert isinstance(failed["error"], errors.UpstreamError)
+    assert failed["error"].message == "runner of system 'demo' answered 503"
+    assert "hunter2" not in failed["error"].to_wire().message
+    assert "hunter2" in caplog.text  # the detail is for operators
+
+
 async def test_a_runner_4xx_keeps_its_status_and_says_why(client_for):
     steps = Steps()
     await client_for().stream(stream_request({"to": "ten"}), steps)
