@@ -42,15 +42,18 @@ async def test_steps_become_events_with_the_cursor_as_id_then_end(edge_server, h
     ]
 
 
-async def test_the_first_event_arrives_while_the_saga_is_still_running(
+async def test_the_first_event_arrives_before_the_runner_is_asked_for_the_next(
     edge_server, http, stream_stack
 ):
+    """Streamed, not buffered: each step reaches the client before the saga's next call."""
     server = await edge_server()
-    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as resp:
-        request_id = resp.headers["X-Request-Id"]
-        first = await anext(events(resp))
-        assert (first.data, first.id) == ("1", "1")
-        assert not stream_stack.watched.finished[request_id].is_set()
+    async with http.get(url(server, "/api/stream/demo/count?to=3&wait=200")) as resp:
+        got = await collect(resp)
+    assert [(e.data, e.id) for e in got] == [("1", "1"), ("2", "2"), ("3", "3"), ("{}", None)]
+    calls = await stream_stack.calls(resp.headers["X-Request-Id"])
+    # Both clocks are CLOCK_MONOTONIC, system-wide on Linux.
+    assert got[0].at < calls[1]["at"]
+    assert got[1].at < calls[2]["at"]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
