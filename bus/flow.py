@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import asyncio
 
+INITIAL = 2
+"""Steps an adapter may send before the edge has seen any: few, since one may be large."""
+
 
 class Window:
     """The edge's side: when to grant more, and up to which ``seq``.
 
     The window is ``steps`` steps, fewer when steps are large: at most ``max_bytes`` divided
-    by the largest step seen, at least one. A grant goes out once the limit can move by half
-    a window (like TCP's window updates), so a fast stream costs one Credit every few steps
-    rather than one per step. Never stuck: once every step received has been handed on, the
-    limit is above the last ``seq``.
+    by the largest step seen, at least one. Sizes are unknown until a step arrives, so the
+    first grant (the Request's ``credits``) is :data:`INITIAL` steps; the window opens with
+    the first step handed on, one bus round trip later. A grant goes out once the limit can
+    move by half a window (like TCP's window updates), so a fast stream costs one Credit
+    every few steps rather than one per step. Never stuck: once every step received has been
+    handed on, the limit is above the last ``seq``.
     """
 
     __slots__ = ("granted", "largest", "max_bytes", "steps")
@@ -28,7 +33,7 @@ class Window:
     def __init__(self, steps: int, max_bytes: int = 0) -> None:
         self.steps = max(1, steps)
         self.max_bytes = max_bytes
-        self.granted = self.steps
+        self.granted = min(self.steps, INITIAL)
         """The limit the adapter knows: the initial credits, then the last Credit sent."""
         self.largest = 0
 
