@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
@@ -59,6 +60,14 @@ from busgate.contracts.wire import Request
 from busgate.edge import envelope, keys, sse
 from busgate.edge.open_streams import OpenStreams, Slot, client_key
 from busgate.edge.responses import error_body
+
+try:  # Linux: the socket's unsent and unacknowledged bytes (TIOCOUTQ = SIOCOUTQ)
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
+except ImportError:  # pragma: no cover - not on Windows
+    _SIOCOUTQ = None
 
 log = logging.getLogger("busgate.edge.stream")
 
@@ -174,21 +183,21 @@ async def _write(
 ) -> bool:
     """Write ``chunk``; False if the client took no byte for ``stall`` seconds (0 = never).
 
-    A slow client that still reads is not stalled: its transport's buffer shrinks, however
-    long the write takes.
+    A slow client that still reads is not stalled, however long the write takes: what it has
+    not yet taken (:func:`unsent`) shrinks.
     """
     if stall <= 0 or transport is None:
         await response.write(chunk)
         return True
     write = asyncio.ensure_future(response.write(chunk))
     try:
-        before = transport.get_write_buffer_size()
+        before = unsent(transport) + len(chunk)  # the write starts once this task waits
         while True:
             done, _ = await asyncio.wait([write], timeout=stall)
             if done:
                 write.result()
                 return True
-            now = transport.get_write_buffer_size()
+            now = unsent(transport)
             if now >= before:
                 return False
             before = now
@@ -197,6 +206,22 @@ async def _write(
             write.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
                 await write
+
+
+def unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to ``transport`` that its client has not acknowledged yet.
+
+    The transport's own buffer plus, on Linux, the socket's send queue (``SIOCOUTQ``): the
+    transport's buffer alone only moves when the kernel frees a good part of its send buffer,
+    which at a slow client's pace can take longer than the stall timeout.
+    """
+    size = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _SIOCOUTQ is not None:
+        with contextlib.suppress(OSError, ValueError):
+            queued = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+            size += int.from_bytes(queued, sys.byteorder, signed=True)
+    return size
 
 
 def _uncancel() -> None:

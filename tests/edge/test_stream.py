@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 
 import aiohttp
 import pytest
@@ -204,3 +206,30 @@ async def test_shutdown_closes_open_streams_and_cancels_their_sagas(
     assert [e.kind for e in rest] == ["comment"]  # no `end`: an EventSource reconnects
     await stream_stack.finished(request_id)
     assert len(await stream_stack.calls(request_id)) == 1
+
+
+async def test_a_slow_client_that_keeps_reading_is_not_dropped(edge_server, stream_stack):
+    """The stall timeout is for a client that takes nothing, not for one whose single write
+    takes longer than it. Once the socket's buffers are full (a few MB), each 500 KB step
+    takes this client about half a second to read."""
+    server = await edge_server(stream_stall_timeout=0.2)
+    step, steps = 500_000, 8
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    path = f"/api/stream/demo/bulk?size={step}&to={steps}&wait=0"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+    def read_slowly() -> bytes:
+        got = bytearray()
+        while chunk := sock.recv(4096):
+            got += chunk
+            time.sleep(0.004)  # the client's pace: at most about 1 MB/s
+        return bytes(got)
+
+    try:
+        received = await asyncio.to_thread(read_slowly)
+    finally:
+        sock.close()
+    assert received.count(b'\ndata: "xxx') == steps
+    assert received.endswith(b"event: end\ndata: {}\n\n\r\n0\r\n\r\n")  # chunked framing
