@@ -20,6 +20,7 @@ import msgspec
 from busgate.bus import headers as hdr
 from busgate.bus import limits
 from busgate.bus.correlation import Pending
+from busgate.bus.flow import Credits, Window
 from busgate.bus.naming import Names
 from busgate.bus.presence import PresenceView
 from busgate.contracts.codec import decode, encode
@@ -32,7 +33,15 @@ from busgate.contracts.errors import (
     Remote,
     ReplyTooLarge,
 )
-from busgate.contracts.wire import Cancel, Message, Presence, Reply, Request, StreamStep
+from busgate.contracts.wire import (
+    Cancel,
+    Credit,
+    Message,
+    Presence,
+    Reply,
+    Request,
+    StreamStep,
+)
 
 log = logging.getLogger("busgate.bus")
 
@@ -65,7 +74,7 @@ class Responder:
     handler nor the waiting client is left hanging.
     """
 
-    __slots__ = ("_bus", "_ended", "_seq", "cancelled", "request")
+    __slots__ = ("_bus", "_credit_to", "_ended", "_seq", "cancelled", "credits", "request")
 
     def __init__(self, bus: Bus, request: Request) -> None:
         self._bus = bus
@@ -75,6 +84,17 @@ class Responder:
         the stream ended here because a step was too large for the bus."""
         self._seq = 0
         self._ended = False
+        self.credits = Credits(request.credits)
+        """How far the edge can take this stream's steps (see ``bus.flow``)."""
+        self._credit_to = bus.reply_address(request.id) if request.credits > 0 else ""
+
+    def may_step(self) -> bool:
+        """Whether the edge can take one more step now (always, without flow control)."""
+        return self.credits.allows(self._seq + 1)
+
+    async def credit(self) -> bool:
+        """Wait until the edge can take one more step: True, or False once cancelled."""
+        return await self.credits.wait(self._seq + 1, self.cancelled)
 
     def _too_large(self, what: str, size: int) -> ReplyTooLarge:
         system, limit = self.request.system, self._bus.max_message
@@ -120,6 +140,7 @@ class Responder:
             next=next,
             last=last,
             error=error.to_wire() if error else None,
+            credit_to=self._credit_to,
         )
         data = encode(step)
         try:
@@ -223,6 +244,8 @@ class Bus(abc.ABC):
             self.pending.resolve(msg)
         elif isinstance(msg, StreamStep):
             self.pending.step(msg)
+        elif isinstance(msg, Credit) and (responder := self._inflight.get(msg.id)) is not None:
+            responder.credits.grant(msg.limit)
 
     def _on_control(self, data: bytes) -> None:
         msg = self._decode(data)
@@ -328,16 +351,27 @@ class Bus(abc.ABC):
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def stream(self, req: Request, *, idle_timeout: float) -> AsyncIterator[StreamStep]:
+    async def stream(
+        self, req: Request, *, idle_timeout: float, window: int = 0, window_bytes: int = 0
+    ) -> AsyncIterator[StreamStep]:
         """Send ``req`` and yield its StreamSteps until the last one.
 
         Raises the step's error when the stream fails. Closing the iterator early (the client
         went away) broadcasts a Cancel so the adapter stops the saga loop.
+
+        Flow control: with ``window`` > 0 the adapter sends at most that many steps (fewer when
+        they are large, see ``bus.flow.Window``) beyond the one the caller last took; asking for
+        the next step says the previous one is handed on, and grants more.
         """
         self._check_ready(req.system)
         if not req.reply_to:
             req = msgspec.structs.replace(req, reply_to=self.reply_address(req.id))
-        queue = self.pending.expect_stream(req.id)
+        flow = Window(window, window_bytes) if window > 0 else None
+        if flow is not None:
+            req = msgspec.structs.replace(req, credits=flow.granted)
+        # Beyond a window of steps (plus the last, sent without credit) an adapter ignores
+        # the credits; the slack covers one that predates them, on a client that keeps up.
+        queue = self.pending.expect_stream(req.id, 2 * window + 2 if flow is not None else 0)
         finished = False
         dest, data, headers = self.names.request(req.system), encode(req), hdr.for_request(req)
         attempt, first, heard = 0, 0.0, False
@@ -370,11 +404,20 @@ class Bus(abc.ABC):
                 yield item
                 if item.last:
                     return
+                if flow is not None and item.credit_to:
+                    limit = flow.handed_on(item.seq, sum(map(len, item.items)))
+                    if limit is not None:
+                        self._spawn(self._credit(item.credit_to, Credit(id=req.id, limit=limit)))
         finally:
             self.pending.discard(req.id)
             if not finished:
                 with contextlib.suppress(BusgateError):
                     await self.cancel(req.id)
+
+    async def _credit(self, dest: str, credit: Credit) -> None:
+        """Sent aside, not awaited by the stream: on Kafka a send waits for the broker's ack."""
+        with contextlib.suppress(BusgateError):
+            await self._send(dest, encode(credit), _NO_HEADERS)
 
     async def cancel(self, request_id: str, reason: str = "client went away") -> None:
         await self._send(self.names.control, encode(Cancel(id=request_id, reason=reason)), {})

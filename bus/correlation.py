@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from busgate.contracts.errors import BusgateError
+from busgate.contracts.errors import BusgateError, UpstreamError
 from busgate.contracts.wire import Reply, StreamStep
 
 StreamItem = StreamStep | BusgateError
@@ -31,6 +31,8 @@ class Counters:
     late: int = 0
     """Replies or steps that arrived after their request stopped waiting."""
     undecodable: int = 0
+    overflowed: int = 0
+    """Streams failed because their adapter sent more steps than the edge buffers."""
 
 
 class Pending:
@@ -68,8 +70,10 @@ class Pending:
             if not fut.done():
                 fut.set_exception(TimeoutError())
 
-    def expect_stream(self, request_id: str) -> asyncio.Queue[StreamItem]:
-        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+    def expect_stream(self, request_id: str, limit: int = 0) -> asyncio.Queue[StreamItem]:
+        """A queue for the stream's steps; past ``limit`` unread steps (0 = none) the stream
+        fails and its steps are dropped: an adapter that ignores credits cannot grow it."""
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue(limit)
         self._streams[request_id] = queue
         return queue
 
@@ -96,6 +100,11 @@ class Pending:
         if queue is None:
             self.counters.late += 1
             return
+        if queue.full():
+            self.counters.overflowed += 1
+            del self._streams[step.id]
+            _end(queue, UpstreamError("the adapter sent more steps than it was granted"))
+            return
         queue.put_nowait(step)
 
     def fail(self, request_id: str, error: BusgateError) -> None:
@@ -106,9 +115,19 @@ class Pending:
             return
         queue = self._streams.get(request_id)
         if queue is not None:
-            queue.put_nowait(error)
+            if queue.full():
+                _end(queue, error)
+            else:
+                queue.put_nowait(error)
 
     def close(self, error: BusgateError) -> None:
         """Fail everything still waiting (the bus is closing)."""
         for request_id in list(self._futures) + list(self._streams):
             self.fail(request_id, error)
+
+
+def _end(queue: asyncio.Queue[StreamItem], error: BusgateError) -> None:
+    """Replace what a full stream queue holds by ``error``: the stream is over."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(error)

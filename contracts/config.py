@@ -113,6 +113,13 @@ class Gateway(Section, frozen=True):
     """0 = unlimited."""
     idempotency_window: float = 86_400.0
     """Seconds an ``Idempotency-Key`` is remembered (commands, sends and async calls)."""
+    stream_buffer: Annotated[int, msgspec.Meta(ge=1)] = 16
+    """Steps of one stream the edge takes ahead of its client (the credits it grants)."""
+    stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024 * 1024
+    """...and about this many bytes at most (0 = no byte bound): large steps, fewer of them."""
+    stream_stall_timeout: float = 30.0
+    """Seconds a stream's client may take no data before it is dropped and its saga
+    cancelled; 0 = never."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
     cors: Cors = msgspec.field(default_factory=Cors)

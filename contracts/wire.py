@@ -78,6 +78,10 @@ class Request(Wire, frozen=True, tag="req"):
     attempt: int = 1
     resume: str | None = None
     """For streams: the ``next`` cursor to resume after (SSE ``Last-Event-ID``)."""
+    credits: int = 0
+    """For streams: how many steps the edge can take before its first :class:`Credit`
+    (RSocket's initial request-n). 0 = no flow control (an edge older than credits): the
+    adapter then sends steps as fast as the saga makes them."""
     detach: Literal["", "gateway", "backend"] = ""
     """``X-Async``: ``gateway`` = nobody waits for an answer (no ``reply_to``); ``backend`` =
     the adapter replies 202 as soon as it has taken the request, then calls the runner and
@@ -109,6 +113,20 @@ class StreamStep(Wire, frozen=True, tag="step"):
     next: str | None = None
     last: bool = False
     error: Error | None = None
+    credit_to: str = ""
+    """Where the edge sends this stream's :class:`Credit` messages (the serving adapter's
+    reply address), so credits go to one node rather than being broadcast."""
+
+
+class Credit(Wire, frozen=True, tag="credit"):
+    """The edge can take the stream's steps up to ``limit`` (a ``seq``): flow control.
+
+    Cumulative, unlike RSocket's incremental request-n: a lost or repeated Credit is healed
+    by the next one, since the bus delivers at most once.
+    """
+
+    id: str
+    limit: int
 
 
 class Cancel(Wire, frozen=True, tag="cancel"):
@@ -140,4 +158,4 @@ class DeadLetter(Wire, frozen=True, tag="dead"):
     error: Error
 
 
-Message = Request | Reply | StreamStep | Cancel | Presence | DeadLetter
+Message = Request | Reply | StreamStep | Credit | Cancel | Presence | DeadLetter

@@ -26,6 +26,14 @@ Timing:
   (``deadline_exceeded``). An idle stream thus has no timer or task of its own: at 10,000
   streams, fewer long-lived objects mean shorter garbage-collector pauses for every stream.
 
+Backpressure. The edge takes at most ``gateway.stream_buffer`` steps (and about
+``stream_buffer_bytes``) ahead of its client: it asks the bus for the next step only once the
+previous one is written, which is when aiohttp has handed it to a transport whose buffer is
+below its high-water mark, and that is what grants the adapter its next credit
+(``bus.flow``). A client that stops reading thus stops the saga's runner calls; one that
+takes nothing for ``gateway.stream_stall_timeout`` seconds is disconnected, which cancels the
+saga as a dropped connection does.
+
 Client gone. The app enables aiohttp's handler cancellation (``edge.app``), so a dropped
 connection cancels this handler at once; closing the bus stream then broadcasts Cancel and
 the adapter stops before its next runner call. A failed write ends the stream the same way.
@@ -41,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
@@ -51,6 +60,14 @@ from busgate.contracts.wire import Request
 from busgate.edge import envelope, keys, sse
 from busgate.edge.open_streams import OpenStreams, Slot, client_key
 from busgate.edge.responses import error_body
+
+try:  # Linux: the socket's unsent and unacknowledged bytes (TIOCOUTQ = SIOCOUTQ)
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
+except ImportError:  # pragma: no cover - not on Windows
+    _SIOCOUTQ = None
 
 log = logging.getLogger("busgate.edge.stream")
 
@@ -92,8 +109,13 @@ async def _prepare(request: web.Request, req: Request, slot: Slot) -> web.Stream
 
 async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
-    idle = idle_timeout(config, req.channel, req.path)
-    steps = request.app[keys.BUS].stream(req, idle_timeout=idle)
+    gateway = config.gateway
+    steps = request.app[keys.BUS].stream(
+        req,
+        idle_timeout=idle_timeout(config, req.channel, req.path),
+        window=gateway.stream_buffer,
+        window_bytes=gateway.stream_buffer_bytes,
+    )
     loop = asyncio.get_running_loop()
     try:
         while slot.reason is None:
@@ -114,7 +136,18 @@ async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamRe
                 chunk += sse.END
             if chunk:  # else a keepalive: nothing to write
                 response = slot.response or await _prepare(request, req, slot)
-                await response.write(chunk)
+                stall = gateway.stream_stall_timeout
+                if not await _write(response, slot.transport, chunk, stall):
+                    log.info(
+                        "stream %s: the client took nothing for %g s; disconnected",
+                        req.id,
+                        stall,
+                    )
+                    if isinstance(steps, AsyncGenerator):
+                        await steps.aclose()  # Cancel first: the abort cancels this handler
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response
                 slot.written = loop.time()
             if step.last:
                 assert slot.response is not None
@@ -127,13 +160,15 @@ async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamRe
         if slot.response is None:
             raise BusUnavailable("this edge node is shutting down; try again")
         # No `end`: an EventSource reconnects, to another node, and resumes.
-        await slot.response.write(sse.comment("edge node shutting down; reconnect"))
+        bye = sse.comment("edge node shutting down; reconnect")
+        await _write(slot.response, slot.transport, bye, gateway.stream_stall_timeout)
         return slot.response
     except BusgateError as exc:
         if slot.response is None:
             raise  # not started: an ordinary JSON error
+        failed = sse.error(error_body(exc.code, exc.message, req.shown_id))
         with contextlib.suppress(ConnectionResetError):
-            await slot.response.write(sse.error(error_body(exc.code, exc.message, req.shown_id)))
+            await _write(slot.response, slot.transport, failed, gateway.stream_stall_timeout)
         return slot.response
     except ConnectionResetError:
         # The client went away (noticed by a write rather than by handler cancellation).
@@ -142,6 +177,52 @@ async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamRe
     finally:
         if isinstance(steps, AsyncGenerator):
             await steps.aclose()  # broadcasts Cancel unless the last step came
+
+
+async def _write(
+    response: web.StreamResponse, transport: asyncio.Transport | None, chunk: bytes, stall: float
+) -> bool:
+    """Write ``chunk``; False if the client took no byte for ``stall`` seconds (0 = never).
+
+    A slow client that still reads is not stalled, however long the write takes: what it has
+    not yet taken (:func:`unsent`) shrinks.
+    """
+    if stall <= 0 or transport is None:
+        await response.write(chunk)
+        return True
+    write = asyncio.ensure_future(response.write(chunk))
+    try:
+        before = unsent(transport) + len(chunk)  # the write starts once this task waits
+        while True:
+            done, _ = await asyncio.wait([write], timeout=stall)
+            if done:
+                write.result()
+                return True
+            now = unsent(transport)
+            if now >= before:
+                return False
+            before = now
+    finally:
+        if not write.done():
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await write
+
+
+def unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to ``transport`` that its client has not acknowledged yet.
+
+    The transport's own buffer plus, on Linux, the socket's send queue (``SIOCOUTQ``): the
+    transport's buffer alone only moves when the kernel frees a good part of its send buffer,
+    which at a slow client's pace can take longer than the stall timeout.
+    """
+    size = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _SIOCOUTQ is not None:
+        with contextlib.suppress(OSError, ValueError):
+            queued = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+            size += int.from_bytes(queued, sys.byteorder, signed=True)
+    return size
 
 
 def _uncancel() -> None:

@@ -2,9 +2,11 @@
 
 Sagas: ``echo``, ``meta``, ``sleep``, ``fail``, ``blob`` (an answer of ``bytes`` bytes) and the
 streaming ``count`` (``from``, ``to``, ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the
-step that would reach N; ``big_at=N`` sends that step as one item of ``big`` bytes). Commands
-``orders/*`` (see ``order``): ``orders/create`` answers the order, ``fail_until=N`` answers
-500 to attempts below N, ``reject`` answers 422, ``ms`` waits first. It keeps a
+step that would reach N; ``big_at=N`` sends that step as one item of ``big`` bytes) and ``bulk``
+(``size`` bytes per step, ``to`` steps, ``wait`` ms, default 0: a fast stream of large steps,
+for backpressure tests). Commands ``orders/*`` (see ``order``): ``orders/create`` answers the
+order, ``fail_until=N`` answers 500 to attempts below N, ``reject`` answers 422, ``ms`` waits
+first. It keeps a
 short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
 can check what crossed the gateway and when.
 """
@@ -47,6 +49,17 @@ def count_step(params: dict[str, Any]) -> dict[str, Any]:
     numbers = list(range(start, min(start + max(batch, 1), to + 1)))
     last = numbers[-1] if numbers else (start - 1)
     return {"list": numbers, "continue": last < to, "wait": wait, "next": last}
+
+
+def bulk_step(params: dict[str, Any]) -> dict[str, Any]:
+    size, to, wait = (
+        _int(params, "size", 1024),
+        _int(params, "to", 1_000_000),
+        _int(params, "wait", 0),
+    )
+    previous = params.get("previous")
+    n = 1 if previous in (None, "") else int(previous) + 1
+    return {"list": ["x" * max(size, 0)], "continue": n < to, "wait": wait, "next": n}
 
 
 async def saga(request: web.Request) -> web.Response:
@@ -95,6 +108,8 @@ async def saga(request: web.Request) -> web.Response:
             if "big_at" in p and any(n >= _int(p, "big_at", 0) for n in step["list"]):
                 step["list"] = ["x" * _int(p, "big", 2_000_000)]
             return _json(step)
+        case "bulk":
+            return _json(bulk_step(p))
     return _json({"error": f"no saga {name!r}"}, 404)
 
 

@@ -34,6 +34,8 @@ class SagaStep(msgspec.Struct):
 
 
 _saga_decoder = msgspec.json.Decoder(SagaStep)
+CREDIT_MARGIN = 5.0
+"""Seconds added to the edge's stall timeout before a saga stops waiting for a credit."""
 log = logging.getLogger("busgate.adapter.rpc")
 
 
@@ -153,6 +155,12 @@ class RpcClient:
         least every ``heartbeat + the call's timeout`` seconds whatever ``wait`` the runner
         chooses, and can give up on a dead adapter after that (see ``edge.stream``), instead
         of trusting a ``wait`` it never sees.
+
+        Backpressure: each runner call waits for a credit from the edge (``bus.flow``), given
+        as the edge's client takes the steps, so a client that stops reading stops the runner
+        calls. A keepalive needs a credit too, and is skipped without one (the edge is then busy
+        writing to its client, not waiting for steps). Without a credit for
+        :meth:`credit_timeout` the edge is taken to be gone and the loop ends.
         """
         try:
             parameters = json_decode(req.body) if req.body else {}
@@ -165,6 +173,13 @@ class RpcClient:
         cancelled = responder.cancelled
         try:
             while not cancelled.is_set():
+                try:
+                    async with asyncio.timeout(self.credit_timeout()):
+                        if not await responder.credit():
+                            return  # cancelled
+                except TimeoutError:
+                    log.warning("stream %s stopped: no credit from the edge", req.id)
+                    return
                 if previous is not None:
                     parameters["previous"] = previous
                 try:
@@ -191,17 +206,35 @@ class RpcClient:
         """One runner call of a saga, taking at most ``budget`` seconds."""
         step_req = msgspec.structs.replace(req, deadline=time.time() + budget)
         status, _, payload = await self._post(step_req, json_encode(parameters))
+        if status >= 500:
+            # Like a call's: a 5xx body may hold internals (traces, names), so it is logged
+            # here and the client gets the status only.
+            log.warning(
+                "stream %s: runner of system %r answered %d: %r",
+                req.id,
+                self.name,
+                status,
+                payload[:200],
+            )
+            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}")
         if status >= 400:
             said = payload[:200].decode(errors="replace")
-            if status < 500:
-                raise errors.RunnerRefused(status, f"runner of system {self.name!r}: {said}")
-            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}: {said}")
+            raise errors.RunnerRefused(status, f"runner of system {self.name!r}: {said}")
         try:
             return _saga_decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise errors.UpstreamError(
                 f"runner of system {self.name!r} answered a non-saga body: {exc}"
             ) from None
+
+    def credit_timeout(self) -> float | None:
+        """How long the loop waits for a credit: past the edge's stall timeout (after which
+        the edge drops its client and sends Cancel) plus a heartbeat and a margin, so only an
+        edge that died, or a lost Cancel, leaves a saga to end this way."""
+        stall = self.gateway.stream_stall_timeout
+        if stall <= 0:
+            return None
+        return stall + self.gateway.stream_heartbeat + CREDIT_MARGIN
 
     async def _pause(self, responder: Responder, wait: float) -> None:
         """Wait between steps, ended early by Cancel; keepalive steps on long pauses."""
@@ -213,7 +246,7 @@ class RpcClient:
                 async with asyncio.timeout(chunk):
                     await responder.cancelled.wait()
                 return  # cancelled
-            if end - time.monotonic() > 0:
+            if end - time.monotonic() > 0 and responder.may_step():
                 await responder.step([])
 
     async def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 
 import aiohttp
 import pytest
@@ -42,15 +44,18 @@ async def test_steps_become_events_with_the_cursor_as_id_then_end(edge_server, h
     ]
 
 
-async def test_the_first_event_arrives_while_the_saga_is_still_running(
+async def test_the_first_event_arrives_before_the_runner_is_asked_for_the_next(
     edge_server, http, stream_stack
 ):
+    """Streamed, not buffered: each step reaches the client before the saga's next call."""
     server = await edge_server()
-    async with http.get(url(server, "/api/stream/demo/count?to=9&wait=60000")) as resp:
-        request_id = resp.headers["X-Request-Id"]
-        first = await anext(events(resp))
-        assert (first.data, first.id) == ("1", "1")
-        assert not stream_stack.watched.finished[request_id].is_set()
+    async with http.get(url(server, "/api/stream/demo/count?to=3&wait=200")) as resp:
+        got = await collect(resp)
+    assert [(e.data, e.id) for e in got] == [("1", "1"), ("2", "2"), ("3", "3"), ("{}", None)]
+    calls = await stream_stack.calls(resp.headers["X-Request-Id"])
+    # Both clocks are CLOCK_MONOTONIC, system-wide on Linux.
+    assert got[0].at < calls[1]["at"]
+    assert got[1].at < calls[2]["at"]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
@@ -114,6 +119,22 @@ async def test_a_failure_mid_stream_is_an_error_event_then_the_end(edge_server, 
     assert error["code"] == "upstream_error"
     assert "500" in error["message"]
     assert error["requestId"] == request_id
+
+
+async def test_a_runner_5xx_body_is_not_shown_to_the_client(edge_server, http):
+    """As on /api/request: the runner's 5xx body may hold internals; only the adapter logs it."""
+    server = await edge_server()
+    mid_stream = url(server, "/api/stream/demo/count?to=9&wait=0&fail_at=2")
+    async with http.get(mid_stream) as resp:
+        got = await collect(resp)
+    assert [e.kind for e in got] == ["message", "error"]
+    error = json.loads(got[1].data)["error"]
+    assert error["message"] == "runner of system 'demo' answered 500"
+    assert "on purpose" not in got[1].data
+    first = url(server, "/api/stream/demo/fail?status=503&message=token%3Ds3cr3t")
+    async with http.get(first) as resp:
+        error = await error_of(resp, 502)
+    assert error["message"] == "runner of system 'demo' answered 503"
 
 
 async def test_a_disconnect_cancels_the_saga_before_its_next_call(edge_server, http, stream_stack):
@@ -185,3 +206,30 @@ async def test_shutdown_closes_open_streams_and_cancels_their_sagas(
     assert [e.kind for e in rest] == ["comment"]  # no `end`: an EventSource reconnects
     await stream_stack.finished(request_id)
     assert len(await stream_stack.calls(request_id)) == 1
+
+
+async def test_a_slow_client_that_keeps_reading_is_not_dropped(edge_server, stream_stack):
+    """The stall timeout is for a client that takes nothing, not for one whose single write
+    takes longer than it. Once the socket's buffers are full (a few MB), each 500 KB step
+    takes this client about half a second to read."""
+    server = await edge_server(stream_stall_timeout=0.2)
+    step, steps = 500_000, 8
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    path = f"/api/stream/demo/bulk?size={step}&to={steps}&wait=0"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+    def read_slowly() -> bytes:
+        got = bytearray()
+        while chunk := sock.recv(4096):
+            got += chunk
+            time.sleep(0.004)  # the client's pace: at most about 1 MB/s
+        return bytes(got)
+
+    try:
+        received = await asyncio.to_thread(read_slowly)
+    finally:
+        sock.close()
+    assert received.count(b'\ndata: "xxx') == steps
+    assert received.endswith(b"event: end\ndata: {}\n\n\r\n0\r\n\r\n")  # chunked framing
