@@ -73,6 +73,10 @@ class SessionStore(abc.ABC):
 
     # -- the local copy (hot path) -------------------------------------------------------
 
+    def __len__(self) -> int:
+        """Sessions in the local copy (the ``busgate_sessions`` gauge)."""
+        return len(self._sessions)
+
     def is_revoked(self, session_id: str) -> bool:
         return session_id in self._revoked
 

@@ -1,6 +1,6 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
-Sagas: ``echo``, ``meta``, ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
+Sagas: ``echo``, ``meta`` (the ``meta`` it got, plus its ``traceparent`` header), ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
 ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). It keeps a
 short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
 can check what crossed the gateway and when.
@@ -71,8 +71,8 @@ async def saga(request: web.Request) -> web.Response:
     match name:
         case "echo":
             return _json(params)
-        case "meta":
-            return _json(meta)
+        case "meta":  # what the runner got, the traceparent header included
+            return _json({**meta, "traceparent": request.headers.get("traceparent")})
         case "sleep":
             await asyncio.sleep(_int(p, "ms", 100) / 1000)
             return _json({"slept": _int(p, "ms", 100)})
