@@ -1,9 +1,10 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
-Sagas: ``echo``, ``meta`` (the ``meta`` it got, plus its ``traceparent`` header), ``sleep``, ``fail`` and the streaming ``count`` (``from``, ``to``,
-``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N). It keeps a
-short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
-can check what crossed the gateway and when.
+Sagas: ``echo``, ``meta`` (the ``meta`` it got, plus its ``traceparent`` header), ``sleep``,
+``fail`` and the streaming ``count`` (``from``, ``to``, ``batch``, ``wait`` ms; ``fail_at=N``
+answers 500 for the step that would reach N). It keeps a short log of the calls it received
+(``GET /calls``, each with its ``time.monotonic()``) so tests can check what crossed the
+gateway and when.
 """
 
 from __future__ import annotations
