@@ -73,8 +73,10 @@ class SessionStore(abc.ABC):
 
     # -- the local copy (hot path) -------------------------------------------------------
 
-    def __len__(self) -> int:
-        """Sessions in the local copy (the ``busgate_sessions`` gauge)."""
+    @property
+    def size(self) -> int:
+        """Sessions in the local copy (the ``busgate_sessions`` gauge). Not ``__len__``: an
+        empty store must stay truthy (``sessions or open_store(...)``)."""
         return len(self._sessions)
 
     def is_revoked(self, session_id: str) -> bool:

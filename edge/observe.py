@@ -120,7 +120,7 @@ class _EdgeCollector(Collector):
         yield GaugeMetricFamily(
             "busgate_sessions",
             "Sessions in this edge's copy of the session store",
-            value=len(sessions) if sessions is not None else 0,
+            value=sessions.size if sessions is not None else 0,
         )
 
 
