@@ -23,7 +23,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -230,15 +230,17 @@ async def read_call(
     return await _kafka_read(servers, names, trace_id, request_id)
 
 
-async def follow(url: str, prefix: str) -> AsyncIterator[bytes]:
-    """Span batches as they are published, from now on."""
+async def follow(
+    url: str, prefix: str, ready: Callable[[], None] = lambda: None
+) -> AsyncIterator[bytes]:
+    """Span batches as they are published, from now on; ``ready()`` once listening."""
     scheme, servers, _ = parse_url(url)
     names = Names(prefix)
     if scheme == "nats":
-        async for data in _nats_follow(servers, names):
+        async for data in _nats_follow(servers, names, ready):
             yield data
     else:
-        async for data in _kafka_follow(servers, names):
+        async for data in _kafka_follow(servers, names, ready):
             yield data
 
 
@@ -279,12 +281,16 @@ async def _nats_read(
     return found
 
 
-async def _nats_follow(servers: list[str], names: Names) -> AsyncIterator[bytes]:
+async def _nats_follow(
+    servers: list[str], names: Names, ready: Callable[[], None]
+) -> AsyncIterator[bytes]:
     import nats
 
     nc = await nats.connect(servers, connect_timeout=5)
     try:
         sub = await nc.subscribe(names.trace() + ".>")
+        await nc.flush()  # the server knows the subscription now
+        ready()
         async for msg in sub.messages:
             yield msg.data
     finally:
@@ -338,13 +344,18 @@ async def _kafka_read(
     return found
 
 
-async def _kafka_follow(servers: list[str], names: Names) -> AsyncIterator[bytes]:
+async def _kafka_follow(
+    servers: list[str], names: Names, ready: Callable[[], None]
+) -> AsyncIterator[bytes]:
     consumer = None
     while consumer is None:  # the topic appears with the first node that exports
         consumer = await _kafka_consumer(servers, names.trace(), end=True)
         if consumer is None:
             await asyncio.sleep(1)
     try:
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # resolves the end offsets: nothing older comes
+        ready()
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -254,7 +255,12 @@ async def show(url: str, prefix: str, ident: str, wait: float) -> int:
 async def follow(url: str, prefix: str, channel: str | None) -> int:
     from busgate.bus.trace_export import follow as follow_bus
 
-    async for data in follow_bus(url, prefix):
+    def ready() -> None:
+        where = f" on channel {channel}" if channel else ""
+        print(f"busgate trace: following calls{where} on {url} (Ctrl-C stops)", file=sys.stderr)
+        sys.stderr.flush()
+
+    async for data in follow_bus(url, prefix, ready):
         for span in decode([data]):
             if span.kind != SERVER:
                 continue
@@ -275,6 +281,7 @@ def run(
     wait: float,
 ) -> int:
     url, prefix_ = bus_of(bus, config, prefix)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # the output is the waterfall
     try:
         if follow_calls:
             return asyncio.run(follow(url, prefix_, channel))

@@ -92,7 +92,7 @@ class EdgeMetrics:
         found[0].inc()
         found[1].observe(seconds)
         if status in (401, 403):
-            self.auth_failures.labels(code or str(status)).inc()
+            self.auth_failures.labels(code).inc()
 
     def bus_round_trip(self, system: str, seconds: float) -> None:
         child = self._rtt.get(system)
@@ -199,6 +199,15 @@ class EdgeCalls:
                 span.end()
 
 
+def auth_reason(response: web.StreamResponse) -> str:
+    """Why the auth middleware refused a call; it answers (rather than raises) 401s, telling
+    a missing token from an invalid one in ``WWW-Authenticate`` (RFC 6750)."""
+    if response.status == 403:
+        return "forbidden"
+    challenge = response.headers.get("WWW-Authenticate", "")
+    return "invalid_token" if 'error="invalid_token"' in challenge else "missing_token"
+
+
 def _status_of(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, BusgateError):
         return exc.status, exc.code
@@ -260,6 +269,8 @@ def observe_middleware(
         try:
             response = await handler(request)
             status = response.status
+            if status == 401 or status == 403:
+                code = auth_reason(response)
             return response
         except BaseException as exc:
             status, code = _status_of(exc)
