@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -12,6 +13,7 @@ from typing import Protocol
 from busgate import bus as bus_
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
+from busgate.adapters.observe import AdapterObserver
 from busgate.bus.base import Responder
 from busgate.contracts.config import Config, RpcSystem
 from busgate.contracts.errors import BusgateError, NotFound
@@ -29,6 +31,9 @@ class SystemClient(Protocol):
 
     async def close(self) -> None: ...
 
+    def observe(self, observer: AdapterObserver) -> None:
+        """Route each runner call through ``observer`` (spans, metrics)."""
+
 
 def client_for(name: str, config: Config) -> SystemClient:
     system = config.systems[name]
@@ -41,7 +46,9 @@ def client_for(name: str, config: Config) -> SystemClient:
 
 
 class AdapterService:
-    def __init__(self, config: Config, systems: list[str] | None = None) -> None:
+    def __init__(
+        self, config: Config, systems: list[str] | None = None, metrics_listen: str | None = None
+    ) -> None:
         self.config = config
         self.systems = systems or sorted(config.systems)
         unknown = [s for s in self.systems if s not in config.systems]
@@ -52,6 +59,8 @@ class AdapterService:
         self.bus = bus_.from_url(gateway.bus, node=self.node, prefix=gateway.prefix)
         self.clients: dict[str, SystemClient] = {}
         self.commands: CommandWorker | None = None
+        self.metrics_listen = metrics_listen
+        self.observer = AdapterObserver(config, self.node)
 
     async def handle(self, req: Request, responder: Responder) -> None:
         client = self.clients.get(req.system)
@@ -81,7 +90,13 @@ class AdapterService:
     async def start(self) -> None:
         self.clients = {name: client_for(name, self.config) for name in self.systems}
         await self.bus.connect()
-        await self.bus.serve(self.systems, self.handle, capacity=1000)
+        handler = self.handle
+        if self.observer.active:  # else nothing is wrapped: no cost per request
+            for client in self.clients.values():
+                client.observe(self.observer)
+            await self.observer.start(self.bus, self.metrics_listen)
+            handler = functools.partial(self.observer.handle, self.handle)
+        await self.bus.serve(self.systems, handler, capacity=1000)
         commands = self.config.commands
         if commands is not None and commands.system in self.clients:
             self.commands = CommandWorker(self.bus, commands, self.clients[commands.system])
@@ -92,6 +107,7 @@ class AdapterService:
         if self.commands is not None:
             await self.commands.stop()
         await self.bus.drain()
+        await self.observer.close()  # its last spans still go out on the bus
         await self.bus.close()
         for client in self.clients.values():
             await client.close()
@@ -115,5 +131,7 @@ class AdapterService:
             await self.stop()
 
 
-def run(config: Config, systems: list[str] | None = None) -> None:
-    asyncio.run(AdapterService(config, systems).run_forever())
+def run(
+    config: Config, systems: list[str] | None = None, metrics_listen: str | None = None
+) -> None:
+    asyncio.run(AdapterService(config, systems, metrics_listen).run_forever())

@@ -212,7 +212,23 @@ def hs512_token(secret: str, subject: str = "bench", ttl: int = 3600) -> str:
     return f"{header}.{payload}.{b64(signature.digest())}"
 
 
-def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack | Pending:
+TRACED_TABLES = """
+[telemetry]
+sampling = 1.0
+bus_export = true
+"""
+"""``busgate-nats-traced``: every call traced, its spans exported onto the bus."""
+METRICS_TABLES = """
+[telemetry]
+sampling = 0.0
+metrics = true
+"""
+"""``busgate-nats-metrics``: tracing off (0 % sampling), Prometheus metrics on."""
+
+
+def busgate(
+    env: Env, bus_url: str, *, name: str, secure: bool = False, tables: str = ""
+) -> Stack | Pending:
     if env.busgate is None or not has_command(env.busgate, "edge"):
         return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
     kind = bus_url.partition("://")[0]
@@ -224,7 +240,7 @@ def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack
     if secure:
         text = busgate_config(name, bus_url, listen, runner, SECURE_CHANNEL, SECURE_TABLES)
     else:
-        text = busgate_config(name, bus_url, listen, runner)
+        text = busgate_config(name, bus_url, listen, runner, tables=tables)
     config.write_text(text)
     if has_command(env.busgate, "config", "check"):
         check = _cli(env, "config", "check", str(config))
@@ -233,6 +249,8 @@ def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack
             detail = why[-1] if why else f"exit {check.returncode}"
             if secure:
                 return Pending(f"config does not take bearer tokens yet: {detail}")
+            if tables:
+                return Pending(f"config does not take [telemetry] yet: {detail}")
             return Pending(f"busgate rejects the bench config: {detail}")
     headers = {"Authorization": f"Bearer {hs512_token(SECURE_SECRET)}"} if secure else {}
     cfg = str(config)
@@ -255,8 +273,8 @@ def busgate(env: Env, bus_url: str, *, name: str, secure: bool = False) -> Stack
     )
 
 
-def _busgate(name: str, secure: bool = False) -> Builder:
-    return functools.partial(busgate, name=name, secure=secure)
+def _busgate(name: str, secure: bool = False, tables: str = "") -> Builder:
+    return functools.partial(busgate, name=name, secure=secure, tables=tables)
 
 
 STACKS: dict[str, Scenario] = {
@@ -268,6 +286,18 @@ STACKS: dict[str, Scenario] = {
             "busgate-nats-secure",
             "nats",
             _busgate("busgate-nats-secure", secure=True),
+            floor="floor-nats",
+        ),
+        Scenario(
+            "busgate-nats-traced",
+            "nats",
+            _busgate("busgate-nats-traced", tables=TRACED_TABLES),
+            floor="floor-nats",
+        ),
+        Scenario(
+            "busgate-nats-metrics",
+            "nats",
+            _busgate("busgate-nats-metrics", tables=METRICS_TABLES),
             floor="floor-nats",
         ),
         Scenario("floor-kafka", "kafka", floor),
@@ -298,6 +328,9 @@ TARGETS = (
     Target("busgate-nats p99 @1 in flight ≤ floor + 1 ms", "busgate-nats", "p99_delta_ms", 1.0),
     Target(
         "busgate-nats-secure ≥ 0.8 x floor-nats req/s", "busgate-nats-secure", "ratio", 0.8, True
+    ),
+    Target(
+        "busgate-nats-traced ≥ 0.9 x floor-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
     ),
     Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
     Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),

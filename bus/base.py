@@ -10,10 +10,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -42,6 +44,9 @@ from busgate.contracts.wire import (
     Request,
     StreamStep,
 )
+
+if TYPE_CHECKING:
+    from busgate.bus.observe import CallObserver
 
 log = logging.getLogger("busgate.bus")
 
@@ -418,6 +423,13 @@ class Bus(abc.ABC):
         """Sent aside, not awaited by the stream: on Kafka a send waits for the broker's ack."""
         with contextlib.suppress(BusgateError):
             await self._send(dest, encode(credit), _NO_HEADERS)
+
+    def observe(self, observer: CallObserver) -> None:
+        """Send this node's ``request`` and ``stream`` calls through ``observer`` (spans,
+        metrics). Installed on the instance, so a node that observes nothing pays nothing."""
+        inner_request, inner_stream = self.request, self.stream
+        self.request = functools.partial(observer.request, inner_request)  # type: ignore[method-assign]
+        self.stream = functools.partial(observer.stream, inner_stream)  # type: ignore[method-assign]
 
     async def cancel(self, request_id: str, reason: str = "client went away") -> None:
         await self._send(self.names.control, encode(Cancel(id=request_id, reason=reason)), {})

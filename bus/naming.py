@@ -25,6 +25,14 @@ class Names:
     def track(self, channel: str = "") -> str:
         return f"{self.prefix}.track.{channel}" if channel else f"{self.prefix}.track"
 
+    def trace(self, trace_id: str = "", request_id: str = "") -> str:
+        """Finished spans: ``PREFIX.trace.TRACE.REQUEST`` on NATS (a JetStream stream over
+        ``PREFIX.trace.>``, read by trace id or by request id), topic ``PREFIX.trace`` on
+        Kafka (keyed by trace id)."""
+        if not trace_id:
+            return f"{self.prefix}.trace"
+        return f"{self.prefix}.trace.{trace_id}.{request_id or '-'}"
+
     @property
     def control(self) -> str:
         return f"{self.prefix}.control"

@@ -131,6 +131,11 @@ class Sessions:
         before = self._ended.get(subject or session.subject)
         return before is not None and session.created <= before
 
+    @property
+    def size(self) -> int:
+        """Sessions in the local view (the ``busgate_sessions`` gauge)."""
+        return len(self.store.view)
+
     def cached(self, session_id: str) -> Session | None:
         return self.store.value(session_id)
 

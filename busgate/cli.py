@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
+from busgate.bus import calllog
 from busgate.contracts.config import Config, ConfigError, load
 
 DEV_CONFIG = Path(__file__).with_name("dev.toml")
@@ -53,7 +53,7 @@ def cmd_adapter(args: argparse.Namespace) -> int:
 
     use_uvloop()
     try:
-        run(_config(args.config), args.system or None)
+        run(_config(args.config), args.system or None, args.metrics_listen)
     except ValueError as exc:
         print(f"busgate adapter: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +101,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from busgate.trace import run
+
+    return run(
+        args.id,
+        bus=args.bus,
+        config=args.config,
+        prefix=args.prefix,
+        follow_calls=args.follow,
+        channel=args.channel,
+        wait=args.wait,
+    )
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from busgate.dev import run
 
@@ -110,6 +124,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="busgate", description=__doc__)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object per line, with trace_id and request_id",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run the embedded default: broker, edge, adapter, runner")
@@ -125,7 +145,24 @@ def parser() -> argparse.ArgumentParser:
     adapter = sub.add_parser("adapter", help="run an adapter for some or all systems")
     adapter.add_argument("--config", required=True)
     adapter.add_argument("--system", action="append", help="serve only this system (repeatable)")
+    adapter.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics here"
+    )
     adapter.set_defaults(func=cmd_adapter)
+
+    trace = sub.add_parser(
+        "trace", help="one call's waterfall from the spans on the bus, or --follow calls live"
+    )
+    trace.add_argument("id", nargs="?", help="a request id (X-Request-Id) or a trace id")
+    trace.add_argument("--follow", action="store_true", help="print calls as they end")
+    trace.add_argument("--channel", help="--follow: only calls on this channel")
+    trace.add_argument("--bus", help="bus URL (default: --config's, or a running busgate dev)")
+    trace.add_argument("--config", help="config file naming the bus and prefix")
+    trace.add_argument("--prefix", help="bus prefix (default: the config's)")
+    trace.add_argument(
+        "--wait", type=float, default=3.0, help="seconds to wait for spans still in batches"
+    )
+    trace.set_defaults(func=cmd_trace)
 
     runner = sub.add_parser("runner", help="run a shipped sample runner")
     runner.add_argument("kind", choices=("rpc", "auth"))
@@ -149,9 +186,5 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    calllog.configure(args.log_level, args.log_format)
     return int(args.func(args) or 0)

@@ -113,6 +113,25 @@ def has_events(config: str) -> bool:
         return "events" in tomllib.load(f).get("services", {})
 
 
+def remember(bus: str, url: str) -> str:
+    """Leave the bus URL where ``busgate trace`` looks when given no bus; returns the content,
+    so that only this stack's file is removed at the end."""
+    from busgate.trace import dev_state_file
+
+    content = json.dumps({"bus": bus, "url": url, "pid": os.getpid()})
+    dev_state_file().write_text(content)
+    return content
+
+
+def forget(content: str | None) -> None:
+    from busgate.trace import dev_state_file
+
+    path = dev_state_file()
+    with contextlib.suppress(OSError):
+        if content is not None and path.read_text() == content:
+            path.unlink()
+
+
 def run(*, bus: str, listen: str, config: str) -> int:
     stack = Stack()
     stopping = False
@@ -124,6 +143,7 @@ def run(*, bus: str, listen: str, config: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     workdir = tempfile.TemporaryDirectory(prefix="busgate-dev-")
+    state: str | None = None
     try:
         broker: Broker = TansuBroker() if bus == "kafka" else NatsServer()
         stack.broker = broker
@@ -141,13 +161,16 @@ def run(*, bus: str, listen: str, config: str) -> int:
             env.setdefault("BUSGATE__SERVICES__EVENTS__JETSTREAM", "true")
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
-        stack.spawn("adapter", ["adapter", "--config", config], env)
+        metrics = f"127.0.0.1:{free_port()}"
+        stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
         stack.spawn("edge", ["edge", "--config", config], env)
         host, _, port = listen.rpartition(":")
         url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
         wait_ready(url, "demo", stack)
+        state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if password:  # generated here: shown once, on the console only
             print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)
         print(f"busgate dev ready: {url}  (Ctrl-C stops)", flush=True)
@@ -165,4 +188,5 @@ def run(*, bus: str, listen: str, config: str) -> int:
     finally:
         stack.stop()
         workdir.cleanup()
+        forget(state)
     return 0

@@ -392,8 +392,42 @@ class Service(Section, frozen=True):
             raise ValueError("jetstream: only for NATS services")
 
 
+class Telemetry(Section, frozen=True):
+    """Tracing and metrics (see ``bus.tracing``, ``edge.observe``, ``adapters.observe``).
+
+    ``sampling`` is the share of calls traced (0 = off: no span is ever made, and the request
+    path pays one ``if``); a call whose client sent a sampled ``traceparent`` (with
+    ``gateway.accept_trace``) follows the client's decision. Finished spans go to
+    ``otlp_endpoint`` (OTLP over HTTP, e.g. ``http://collector:4318/v1/traces``) when set,
+    and onto the bus when ``bus_export`` is on, kept there ``bus_max_age`` seconds for
+    ``busgate trace``. ``metrics`` serves ``/metrics`` on the edge (adapters serve it with
+    ``--metrics-listen``).
+    """
+
+    sampling: float = 0.0
+    edge_service: str = "busgate-edge"
+    adapter_service: str = "busgate-adapter"
+    otlp_endpoint: str = ""
+    bus_export: bool = True
+    bus_max_age: float = 3600.0
+    metrics: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sampling <= 1.0:
+            raise ValueError("sampling: a ratio between 0 and 1")
+        if self.bus_max_age <= 0:
+            raise ValueError("bus_max_age: must be positive")
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint: an http:// or https:// URL (OTLP over HTTP)")
+
+    @property
+    def tracing(self) -> bool:
+        return self.sampling > 0 and (self.bus_export or bool(self.otlp_endpoint))
+
+
 class Config(Section, frozen=True):
     gateway: Gateway = msgspec.field(default_factory=Gateway)
+    telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
     systems: dict[str, System] = {}
     channels: dict[str, Channel] = {}
     tokens: dict[str, Token] = {}

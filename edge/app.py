@@ -9,7 +9,7 @@ from aiohttp import web
 from busgate import bus as bus_
 from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
-from busgate.edge import health, keys
+from busgate.edge import health, keys, observe
 from busgate.edge.commands import install as install_commands
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
@@ -55,6 +55,7 @@ def create_app(
             await the_bus.close()
 
     app.cleanup_ctx.append(bus_ctx)
+    observe.install(app, config)  # spans, /metrics, log ids: only what [telemetry] asks for
 
     async def close_streams(app: web.Application) -> None:
         app[keys.STREAMS].stop_all()  # before the bus closes: their Cancels still go out

@@ -1,12 +1,12 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
-Sagas: ``echo``, ``meta``, ``sleep``, ``fail``, ``blob`` (an answer of ``bytes`` bytes) and the
-streaming ``count`` (``from``, ``to``, ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the
-step that would reach N; ``big_at=N`` sends that step as one item of ``big`` bytes) and ``bulk``
-(``size`` bytes per step, ``to`` steps, ``wait`` ms, default 0: a fast stream of large steps,
-for backpressure tests). Commands ``orders/*`` (see ``order``): ``orders/create`` answers the
-order, ``fail_until=N`` answers 500 to attempts below N, ``reject`` answers 422, ``ms`` waits
-first. It keeps a
+Sagas: ``echo``, ``meta`` (the ``meta`` it got, plus its ``traceparent`` header), ``sleep``,
+``fail``, ``blob`` (an answer of ``bytes`` bytes) and the streaming ``count`` (``from``, ``to``,
+``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N; ``big_at=N``
+sends that step as one item of ``big`` bytes) and ``bulk`` (``size`` bytes per step, ``to``
+steps, ``wait`` ms, default 0: a fast stream of large steps, for backpressure tests). Commands
+``orders/*`` (see ``order``): ``orders/create`` answers the order, ``fail_until=N`` answers 500
+to attempts below N, ``reject`` answers 422, ``ms`` waits first. It keeps a
 short log of the calls it received (``GET /calls``, each with its ``time.monotonic()``) so tests
 can check what crossed the gateway and when.
 """
@@ -91,8 +91,8 @@ async def saga(request: web.Request) -> web.Response:
     match name:
         case "echo":
             return _json(params)
-        case "meta":
-            return _json(meta)
+        case "meta":  # what the runner got, the traceparent header included
+            return _json({**meta, "traceparent": request.headers.get("traceparent")})
         case "sleep":
             await asyncio.sleep(_int(p, "ms", 100) / 1000)
             return _json({"slept": _int(p, "ms", 100)})

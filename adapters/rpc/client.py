@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -20,6 +21,9 @@ from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Gateway, RpcSystem
 from busgate.contracts.wire import Reply, Request
+
+if TYPE_CHECKING:
+    from busgate.adapters.observe import AdapterObserver
 
 _PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
 
@@ -90,6 +94,12 @@ class RpcClient:
                 connector=connector, headers=self.system.headers, skip_auto_headers=("User-Agent",)
             )
         return self._session
+
+    def observe(self, observer: AdapterObserver) -> None:
+        """Send every runner call through ``observer`` (a CLIENT span whose context the runner
+        receives as ``traceparent``, latency). Installed on the instance: no cost without."""
+        wrap = observer.runner(self.name, self.base_url)
+        self._post = functools.partial(wrap, self._post)  # type: ignore[method-assign]
 
     def _budget(self, req: Request) -> float:
         """Seconds a runner call may take: up to the envelope's deadline, which the edge set

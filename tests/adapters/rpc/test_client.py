@@ -66,6 +66,7 @@ async def test_runner_gets_meta_ids_and_identity(client, runner):
         "path": "meta",
         "method": "PUT",
         "identity": {"subject": "demo", "roles": ["user"], "session_id": "s1"},
+        "traceparent": TRACEPARENT,  # the sample runner echoes the header it got
     }
     (call,) = runner.app[CALLS]
     assert call["x-request-id"] == "gw-x-1"

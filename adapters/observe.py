@@ -1,0 +1,220 @@
+"""What an adapter records: a CONSUMER span per request taken off the bus, a CLIENT span per
+runner call (whose context the runner receives as its ``traceparent``), Prometheus metrics
+on ``--metrics-listen``, and the ids of JSON log lines.
+
+Installed only when configured, as wrappers around the handler given to ``Bus.serve`` and
+around each system client's runner call (``RpcClient.observe``): an adapter without
+``[telemetry]`` runs exactly as before. A span is started only for a sampled ``traceparent``
+(the edge decided; see ``bus.tracing``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from busgate.bus import calllog, parse_url
+from busgate.bus import tracing as tr
+from busgate.bus.base import Bus, Responder
+from busgate.bus.metrics import CONTENT_TYPE, LATENCY_BUCKETS, BusCollector, exposition
+from busgate.bus.naming import Names
+from busgate.contracts.config import Config
+from busgate.contracts.errors import BusgateError
+from busgate.contracts.wire import Request
+
+Handle = Callable[[Request, Responder], Awaitable[None]]
+Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
+
+
+class AdapterMetrics(Collector):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "busgate_adapter_requests",
+            "Requests taken off the bus, by system and kind",
+            ["system", "kind"],
+            registry=self.registry,
+        )
+        self.runner_calls = Counter(
+            "busgate_runner_calls",
+            "Runner calls by system and HTTP status (or busgate error code when none came)",
+            ["system", "status"],
+            registry=self.registry,
+        )
+        self.runner_seconds = Histogram(
+            "busgate_runner_call_seconds",
+            "Runner call latency, as the adapter sees it",
+            ["system"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = 0
+        self.streams = 0
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "busgate_adapter_in_flight", "Requests being handled", value=self.in_flight
+        )
+        yield GaugeMetricFamily(
+            "busgate_adapter_open_streams", "Saga loops running", value=self.streams
+        )
+
+
+class AdapterObserver:
+    def __init__(self, config: Config, node: str) -> None:
+        telemetry = config.telemetry
+        self.config = config
+        self.tracing = (
+            tr.Tracing(telemetry, service=telemetry.adapter_service, node=node)
+            if telemetry.tracing
+            else None
+        )
+        self.metrics = AdapterMetrics() if telemetry.metrics else None
+        self.system = parse_url(config.gateway.bus)[0]
+        self.names = Names(config.gateway.prefix)
+        self.logs = calllog.enabled
+        self._consuming: dict[str, tr.Span] = {}
+        """CONSUMER spans by request id, so a failed runner call marks its request's span."""
+        self._site: web.AppRunner | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.tracing is not None or self.metrics is not None or self.logs
+
+    async def start(self, bus: Bus, metrics_listen: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.registry.register(BusCollector(bus))
+            if metrics_listen:
+                await self._serve_metrics(metrics_listen)
+        if self.tracing is not None:
+            await self.tracing.export_to_bus(bus, self.config.gateway.bus)
+
+    async def _serve_metrics(self, listen: str) -> None:
+        assert self.metrics is not None
+        registry = self.metrics.registry
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        self._site = web.AppRunner(app, access_log=None)
+        await self._site.setup()
+        host, _, port = listen.rpartition(":")
+        await web.TCPSite(self._site, host.strip("[]") or "0.0.0.0", int(port)).start()
+
+    async def close(self) -> None:
+        if self.tracing is not None:
+            await self.tracing.close()
+        if self._site is not None:
+            await self._site.cleanup()
+
+    async def handle(self, inner: Handle, req: Request, responder: Responder) -> None:
+        """Wraps ``AdapterService.handle``: the CONSUMER span covers the whole handling."""
+        span = None
+        if self.tracing is not None and tr.is_sampled(req.traceparent):
+            dest = self.names.request(req.system)
+            span = self.tracing.start(
+                f"{dest} process",
+                tr.Kind.CONSUMER,
+                req.traceparent,
+                {
+                    "messaging.system": self.system,
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": dest,
+                    "messaging.consumer.group.name": self.names.group(req.system),
+                    "messaging.message.id": req.id,
+                    tr.REQUEST_ID: req.id,
+                    "busgate.kind": req.kind,
+                    "busgate.system": req.system,
+                },
+            )
+            req = msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+            self._consuming[req.id] = span
+        if self.logs:
+            calllog.CALL.set((req.id, tr.trace_id_of(span) if span else _trace_id(req)))
+        metrics = self.metrics
+        stream = req.kind == "stream"
+        if metrics is not None:
+            metrics.requests.labels(req.system, req.kind).inc()
+            metrics.in_flight += 1
+            metrics.streams += stream
+        try:
+            await inner(req, responder)
+        finally:
+            if metrics is not None:
+                metrics.in_flight -= 1
+                metrics.streams -= stream
+            if span is not None:
+                del self._consuming[req.id]
+                if responder.cancelled.is_set():
+                    span.add_event("cancelled")
+                span.end()
+
+    def runner(self, system: str, base_url: str) -> Callable[[Post, Request, bytes], Any]:
+        """The wrapper of one system client's runner call (see ``RpcClient.observe``)."""
+        tracing, metrics = self.tracing, self.metrics
+        seconds = metrics.runner_seconds.labels(system) if metrics is not None else None
+
+        async def post(
+            inner: Post, req: Request, parameters: bytes
+        ) -> tuple[int, dict[str, str], bytes]:
+            span = None
+            if tracing is not None and tr.is_sampled(req.traceparent):
+                url = f"{base_url}/{req.path}"
+                span = tracing.start(
+                    "POST",
+                    tr.Kind.CLIENT,
+                    req.traceparent,
+                    {
+                        "http.request.method": "POST",
+                        "url.full": url,
+                        tr.REQUEST_ID: req.id,
+                        "busgate.system": system,
+                    },
+                )
+                req = msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+            start = time.perf_counter()
+            try:
+                status, headers, payload = await inner(req, parameters)
+            except BusgateError as exc:
+                if metrics is not None:
+                    metrics.runner_calls.labels(system, exc.code).inc()
+                if span is not None:
+                    tr.fail(span, exc.code, exc.message)
+                    self._fail_request(req.id, exc.code)
+                raise
+            else:
+                if metrics is not None:
+                    metrics.runner_calls.labels(system, str(status)).inc()
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 400:
+                        tr.fail(span, "upstream_error" if status >= 500 else "runner_refused")
+                        self._fail_request(req.id, "upstream_error" if status >= 500 else "")
+            finally:
+                if seconds is not None:
+                    seconds.observe(time.perf_counter() - start)
+                if span is not None:
+                    span.end()
+            return status, headers, payload
+
+        return post
+
+    def _fail_request(self, request_id: str, code: str) -> None:
+        span = self._consuming.get(request_id)
+        if span is not None and code:
+            tr.fail(span, code)
+
+
+def _trace_id(req: Request) -> str:
+    parts = req.traceparent.split("-")
+    return parts[1] if len(parts) == 4 else ""

@@ -1,0 +1,365 @@
+"""Finished spans on the bus itself, so ``busgate trace`` needs no tracing backend.
+
+Every node batches its finished spans (:class:`BusSpanProcessor`) and publishes them grouped
+by call: one OTLP ``ExportTraceServiceRequest`` (protobuf, the format every tracing tool
+reads; encoded by OpenTelemetry's own encoder) per trace id and request id.
+
+- NATS: subject ``PREFIX.trace.TRACE_ID.REQUEST_ID``, captured by a JetStream stream over
+  ``PREFIX.trace.>`` that keeps ``bus_max_age`` seconds (at most :data:`MAX_BYTES`, oldest
+  dropped first). A call is read back by filtering on either token.
+- Kafka: topic ``PREFIX.trace`` keyed by trace id (``retention.ms`` = ``bus_max_age``), the
+  request id in a header. Its own producer, lingering :data:`KAFKA_LINGER_MS`, so span batches
+  never delay the request path's sends.
+
+The processor runs on the event loop (no exporter thread): spans end on the loop, a timer
+flushes every :data:`FLUSH_DELAY` seconds, and publishing is what the bus does anyway.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+from busgate.bus import parse_url
+from busgate.bus.base import Bus
+from busgate.bus.headers import REQUEST_ID as REQUEST_ID_HEADER
+from busgate.bus.naming import Names
+from busgate.bus.tracing import REQUEST_ID
+
+log = logging.getLogger("busgate.tracing")
+
+FLUSH_DELAY = 0.2
+"""Seconds a finished span may wait before its batch goes out."""
+MAX_BATCH = 2048
+MAX_BYTES = 512 * 1024 * 1024
+"""Size limit of the NATS trace stream: a fully sampled busy gateway fills 1 h quickly."""
+KAFKA_LINGER_MS = 50
+_SUBJECT_UNSAFE = re.compile(r"[^A-Za-z0-9_:\-]")
+
+
+def stream_name(prefix: str) -> str:
+    return f"{prefix}_trace".replace(".", "_").upper()
+
+
+def token(request_id: str) -> str:
+    """A request id as one subject token (edge ids already are; others are made so)."""
+    return _SUBJECT_UNSAFE.sub("_", request_id)[:128] or "-"
+
+
+class TraceSink(abc.ABC):
+    """Where a node publishes its span batches."""
+
+    async def start(self) -> None:  # noqa: B027 - optional
+        """Create what the bus needs (stream, topic)."""
+
+    @abc.abstractmethod
+    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class NatsTraceSink(TraceSink):
+    def __init__(self, nc: Any, names: Names, *, max_age: float) -> None:
+        self.nc = nc
+        self.names = names
+        self.max_age = max_age
+
+    async def start(self) -> None:
+        import nats.js.errors
+        from nats.js.api import StreamConfig
+
+        config = StreamConfig(
+            name=stream_name(self.names.prefix),
+            subjects=[self.names.trace() + ".>"],
+            max_age=self.max_age,
+            max_bytes=MAX_BYTES,
+        )
+        js = self.nc.jetstream()
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None:
+        # A core publish: the stream captures it, and no acknowledgement is awaited.
+        await self.nc.publish(self.names.trace(trace_id, token(request_id)), data)
+
+
+class KafkaTraceSink(TraceSink):
+    def __init__(self, servers: list[str], names: Names, *, max_age: float) -> None:
+        self.servers = ",".join(servers)
+        self.topic = names.trace()
+        self.max_age = max_age
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        from busgate.bus.kafka.transport import default_replication
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+        await admin.start()
+        try:
+            if self.topic not in await admin.list_topics():
+                topic = NewTopic(
+                    self.topic,
+                    num_partitions=3,
+                    replication_factor=await default_replication(admin),
+                    topic_configs={"retention.ms": str(int(self.max_age * 1000))},
+                )
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([topic])
+        finally:
+            await admin.close()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.servers, acks=1, linger_ms=KAFKA_LINGER_MS
+        )
+        await self._producer.start()
+
+    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None:
+        await self._producer.send(
+            self.topic,
+            data,
+            key=trace_id.encode(),
+            headers=[(REQUEST_ID_HEADER, request_id.encode())],
+        )
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), 5)
+            self._producer = None
+
+
+def open_sink(bus: Bus, url: str, *, max_age: float) -> TraceSink:
+    """The sink for ``bus`` (NATS: its connection; Kafka: a producer of its own)."""
+    scheme, servers, _ = parse_url(url)
+    if scheme == "nats":
+        return NatsTraceSink(bus.nc, bus.names, max_age=max_age)  # type: ignore[attr-defined]
+    return KafkaTraceSink(servers, bus.names, max_age=max_age)
+
+
+class BusSpanProcessor(SpanProcessor):
+    """Batches finished spans on the event loop and publishes them grouped by call."""
+
+    def __init__(self, sink: TraceSink, *, delay: float = FLUSH_DELAY) -> None:
+        self.sink = sink
+        self.delay = delay
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._spans: list[ReadableSpan] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self.dropped = 0
+        """Spans lost because the bus refused their batch."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if threading.get_ident() != self._thread:  # not ours, but be safe
+            self._loop.call_soon_threadsafe(self.on_end, span)
+            return
+        self._spans.append(span)
+        if len(self._spans) >= MAX_BATCH:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.delay, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        spans, self._spans = self._spans, []
+        if spans:
+            task = self._loop.create_task(self._send(spans))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, spans: Sequence[ReadableSpan]) -> None:
+        calls: dict[tuple[str, str], list[ReadableSpan]] = {}
+        for span in spans:
+            trace_id = f"{span.context.trace_id:032x}" if span.context else "0" * 32
+            request_id = str((span.attributes or {}).get(REQUEST_ID, "-"))
+            calls.setdefault((trace_id, request_id), []).append(span)
+        for (trace_id, request_id), group in calls.items():
+            try:
+                await self.sink.publish(
+                    trace_id, request_id, encode_spans(group).SerializeToString()
+                )
+            except Exception as exc:
+                if not self.dropped:
+                    log.warning("spans not exported to the bus: %r", exc)
+                self.dropped += len(group)
+
+    async def aclose(self) -> None:
+        """Publish what is buffered, then close the sink."""
+        self._flush()
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=5)
+        await self.sink.close()
+
+    def shutdown(self) -> None:
+        """Nothing left here: ``aclose`` ran on the loop before the provider shut down."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._loop.call_soon_threadsafe(self._flush)
+        return True
+
+
+# -- reading back (``busgate trace``) ---------------------------------------------------
+
+
+async def read_call(
+    url: str, prefix: str, *, trace_id: str = "", request_id: str = ""
+) -> list[bytes]:
+    """Every span batch published for a trace id or a request id, oldest first."""
+    scheme, servers, _ = parse_url(url)
+    names = Names(prefix)
+    if scheme == "nats":
+        return await _nats_read(servers, names, trace_id, request_id)
+    return await _kafka_read(servers, names, trace_id, request_id)
+
+
+async def follow(
+    url: str, prefix: str, ready: Callable[[], None] = lambda: None
+) -> AsyncIterator[bytes]:
+    """Span batches as they are published, from now on; ``ready()`` once listening."""
+    scheme, servers, _ = parse_url(url)
+    names = Names(prefix)
+    if scheme == "nats":
+        async for data in _nats_follow(servers, names, ready):
+            yield data
+    else:
+        async for data in _kafka_follow(servers, names, ready):
+            yield data
+
+
+async def _nats_read(
+    servers: list[str], names: Names, trace_id: str, request_id: str
+) -> list[bytes]:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.js.api import DeliverPolicy
+
+    subject = (
+        f"{names.trace()}.{trace_id}.>" if trace_id else f"{names.trace()}.*.{token(request_id)}"
+    )
+    nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=0)
+    found: list[bytes] = []
+    try:
+        js = nc.jetstream()
+        try:
+            sub = await js.subscribe(
+                subject,
+                stream=stream_name(names.prefix),
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+        except nats.js.errors.NotFoundError:
+            return []  # no stream yet: nothing was ever exported
+        info = await sub.consumer_info()
+        if info.num_pending:
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                found.append(msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+async def _nats_follow(
+    servers: list[str], names: Names, ready: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    import nats
+
+    nc = await nats.connect(servers, connect_timeout=5)
+    try:
+        sub = await nc.subscribe(names.trace() + ".>")
+        await nc.flush()  # the server knows the subscription now
+        ready()
+        async for msg in sub.messages:
+            yield msg.data
+    finally:
+        await nc.close()
+
+
+async def _kafka_consumer(servers: list[str], topic: str, *, end: bool) -> Any:
+    """A consumer without a group, assigned every partition of ``topic`` (None: no topic)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=",".join(servers), enable_auto_commit=False)
+    await consumer.start()
+    if topic not in await consumer.topics():
+        await consumer.stop()
+        return None
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    if end:
+        await consumer.seek_to_end(*tps)
+    else:
+        await consumer.seek_to_beginning(*tps)
+    return consumer
+
+
+async def _kafka_read(
+    servers: list[str], names: Names, trace_id: str, request_id: str
+) -> list[bytes]:
+    consumer = await _kafka_consumer(servers, names.trace(), end=False)
+    if consumer is None:
+        return []
+    found: list[bytes] = []
+    want_key = trace_id.encode()
+    want_id = request_id.encode()
+    try:
+        tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        while True:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(at >= ends[tp] for at, tp in zip(positions, tps, strict=True)):
+                break
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if trace_id and record.key != want_key:
+                        continue
+                    if request_id and (REQUEST_ID_HEADER, want_id) not in record.headers:
+                        continue
+                    found.append(record.value)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _kafka_follow(
+    servers: list[str], names: Names, ready: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    consumer = None
+    while consumer is None:  # the topic appears with the first node that exports
+        consumer = await _kafka_consumer(servers, names.trace(), end=True)
+        if consumer is None:
+            await asyncio.sleep(1)
+    try:
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # resolves the end offsets: nothing older comes
+        ready()
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    yield record.value
+    finally:
+        await consumer.stop()

@@ -1,0 +1,334 @@
+"""What an edge records about its calls: a SERVER span per call, a PRODUCER span per bus
+request, Prometheus metrics (``/metrics``) and the ids of JSON log lines.
+
+All of it is installed only when configured (``[telemetry]``, ``--log-format json``): a
+middleware right inside the front one, and a wrapper around the bus's ``request`` and
+``stream`` (``Bus.observe``). Without them an edge runs exactly as before, at no cost.
+
+Sampling is decided here, once per call: the client's sampled flag when ``accept_trace``
+takes its ``traceparent``, else ``sampling``. An unsampled call goes on with the flag off, so
+no node after this one records it either (``bus.tracing``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from busgate.bus import calllog, parse_url
+from busgate.bus import tracing as tr
+from busgate.bus.metrics import CONTENT_TYPE, LATENCY_BUCKETS, BusCollector, exposition
+from busgate.bus.naming import Names
+from busgate.bus.observe import SendRequest, SendStream
+from busgate.contracts.config import METHODS, Config
+from busgate.contracts.errors import BusgateError
+from busgate.contracts.wire import Reply, Request, StreamStep
+from busgate.edge import keys
+
+TRACING: web.AppKey[tr.Tracing] = web.AppKey("tracing")
+METRICS: web.AppKey[EdgeMetrics] = web.AppKey("metrics")
+
+
+class EdgeMetrics:
+    """The edge's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "busgate_edge_calls",
+            "Calls answered by this edge, by channel, system, method and status",
+            ["channel", "system", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "busgate_edge_call_seconds",
+            "Edge total: from the call's arrival to its answer (a stream: to its end)",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.round_trip = Histogram(
+            "busgate_bus_round_trip_seconds",
+            "Bus round trip of a request: publish to reply",
+            ["system"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "busgate_auth_failures",
+            "Calls refused by authentication or authorisation, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.in_flight = 0
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._rtt: dict[str, Any] = {}
+
+    def call(self, request: web.Request, status: int, code: str, seconds: float) -> None:
+        channel = request.match_info.get("channel", "")
+        key = (channel, request.method, "", status)
+        found = self._children.get(key)
+        if found is None:
+            ch = self.config.channels.get(channel)
+            # Only configured names become labels: a client must not grow the series.
+            name, system = (channel, ch.system) if ch is not None else ("", "")
+            method = request.method if request.method in METHODS else "OTHER"
+            found = (
+                self.calls.labels(name, system, method, str(status)),
+                self.duration.labels(name),
+            )
+            if len(self._children) < 10_000:
+                self._children[key] = found
+        found[0].inc()
+        found[1].observe(seconds)
+        if status in (401, 403):
+            self.auth_failures.labels(code).inc()
+
+    def bus_round_trip(self, system: str, seconds: float) -> None:
+        child = self._rtt.get(system)
+        if child is None:
+            child = self._rtt[system] = self.round_trip.labels(system)
+        child.observe(seconds)
+
+
+class _EdgeCollector(Collector):
+    """Values read at scrape time: in-flight calls, open streams, sessions."""
+
+    def __init__(self, app: web.Application, metrics: EdgeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "busgate_edge_in_flight", "Calls being handled", value=self.metrics.in_flight
+        )
+        yield GaugeMetricFamily(
+            "busgate_edge_open_streams", "Open SSE streams", value=len(self.app[keys.STREAMS])
+        )
+        auth = self.app.get(keys.AUTH)
+        sessions = auth.sessions if auth is not None else None
+        yield GaugeMetricFamily(
+            "busgate_sessions",
+            "Sessions in this edge's copy of the session store",
+            value=sessions.size if sessions is not None else 0,
+        )
+
+
+class EdgeCalls:
+    """Wraps the bus's ``request``/``stream`` (``Bus.observe``): PRODUCER spans and the bus
+    round-trip histogram.
+
+    The PRODUCER span lasts from the publish until the reply is in (a stream: its last
+    step), so its end marks the reply's arrival: ``busgate trace`` reads the bus transit of
+    both directions from it and the adapter's CONSUMER span.
+    """
+
+    def __init__(
+        self, tracing: tr.Tracing | None, metrics: EdgeMetrics | None, url: str, prefix: str
+    ):
+        self.tracing = tracing
+        self.metrics = metrics
+        self.system = parse_url(url)[0]
+        self.names = Names(prefix)
+
+    def _span(self, req: Request) -> tuple[tr.Span | None, Request]:
+        if self.tracing is None or not tr.is_sampled(req.traceparent):
+            return None, req
+        dest = self.names.request(req.system)
+        span = self.tracing.start(
+            f"{dest} publish",
+            tr.Kind.PRODUCER,
+            req.traceparent,
+            {
+                "messaging.system": self.system,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": dest,
+                "messaging.message.id": req.id,
+                tr.REQUEST_ID: req.id,
+                "busgate.kind": req.kind,
+                "busgate.system": req.system,
+            },
+        )
+        return span, msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+
+    async def request(self, inner: SendRequest, req: Request) -> Reply:
+        span, req = self._span(req)
+        start = time.perf_counter()
+        try:
+            reply = await inner(req)
+        except BusgateError as exc:
+            if span is not None:
+                tr.fail(span, exc.code, exc.message)
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
+            if span is not None:
+                span.end()
+        if span is not None and reply.error is not None:
+            tr.fail(span, reply.error.code, reply.error.message)
+        return reply
+
+    async def stream(
+        self,
+        inner: SendStream,
+        req: Request,
+        *,
+        idle_timeout: float,
+        window: int = 0,
+        window_bytes: int = 0,
+    ) -> AsyncIterator[StreamStep]:
+        span, req = self._span(req)
+        steps = inner(req, idle_timeout=idle_timeout, window=window, window_bytes=window_bytes)
+        try:
+            async for step in steps:
+                if span is not None and (step.items or step.last):
+                    span.add_event("step", {"seq": step.seq, "items": len(step.items)})
+                yield step
+        except BusgateError as exc:
+            if span is not None:
+                tr.fail(span, exc.code, exc.message)
+            raise
+        finally:
+            await steps.aclose()  # type: ignore[attr-defined]  # an async generator
+            if span is not None:
+                span.end()
+
+
+def auth_reason(response: web.StreamResponse) -> str:
+    """Why the auth middleware refused a call; it answers (rather than raises) 401s, telling
+    a missing token from an invalid one in ``WWW-Authenticate`` (RFC 6750)."""
+    if response.status == 403:
+        return "forbidden"
+    challenge = response.headers.get("WWW-Authenticate", "")
+    return "invalid_token" if 'error="invalid_token"' in challenge else "missing_token"
+
+
+def _status_of(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, BusgateError):
+        return exc.status, exc.code
+    if isinstance(exc, web.HTTPException):
+        return exc.status, ""
+    if isinstance(exc, Exception):
+        return 500, "internal"
+    return 499, "cancelled"  # the client went away
+
+
+def observe_middleware(
+    config: Config, tracing: tr.Tracing | None, metrics: EdgeMetrics | None
+) -> web.middleware:  # type: ignore[valid-type]
+    accept_trace = config.gateway.accept_trace
+    ratio = tracing.sampling if tracing is not None else 0.0
+    coin = random.Random().random
+    logs = calllog.enabled
+
+    def start_span(request: web.Request, tracing: tr.Tracing) -> tr.Span | None:
+        incoming = request.headers.get("traceparent", "") if accept_trace else ""
+        if incoming and tr.parse(incoming.strip().lower()) is not None:
+            incoming = incoming.strip().lower()
+            sampled = tr.is_sampled(incoming)
+        else:
+            incoming, sampled = "", coin() < ratio
+        if not sampled:
+            request[keys.TRACEPARENT] = tr.unsampled(request[keys.TRACEPARENT])
+            return None
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else request.path
+        span = tracing.start(
+            f"{request.method} {template}",
+            tr.Kind.SERVER,
+            incoming,
+            {
+                "http.request.method": request.method,
+                "http.route": template,
+                "url.path": request.path,
+                "client.address": request.remote or "",
+                tr.REQUEST_ID: request[keys.REQUEST_ID],
+                "busgate.channel": request.match_info.get("channel", ""),
+            },
+        )
+        request[keys.TRACEPARENT] = tr.traceparent_of(span)
+        request[keys.TRACE_ID] = tr.trace_id_of(span)
+        return span
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):  # health, readiness, metrics: not calls
+            return await handler(request)
+        span = start_span(request, tracing) if tracing is not None else None
+        if logs:
+            calllog.CALL.set((request[keys.REQUEST_ID], request[keys.TRACE_ID]))
+        start = time.perf_counter()
+        if metrics is not None:
+            metrics.in_flight += 1
+        status, code = 200, ""
+        try:
+            response = await handler(request)
+            status = response.status
+            if status == 401 or status == 403:
+                code = auth_reason(response)
+            return response
+        except BaseException as exc:
+            status, code = _status_of(exc)
+            raise
+        finally:
+            if metrics is not None:
+                metrics.in_flight -= 1
+                metrics.call(request, status, code, time.perf_counter() - start)
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500 or code == "cancelled":
+                    tr.fail(span, code or str(status))
+                elif code:
+                    span.set_attribute(tr.ERROR_CODE, code)
+                span.end()
+
+    return middleware
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = exposition(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def install(app: web.Application, config: Config) -> None:
+    """Add what ``config`` asks for; call before the security middlewares are added (so
+    refusals are counted) and after the bus's cleanup context (the bus must be there)."""
+    telemetry = config.telemetry
+    tracing = None
+    if telemetry.tracing:
+        tracing = tr.Tracing(telemetry, service=telemetry.edge_service, node=app[keys.IDS].node)
+        app[TRACING] = tracing
+    metrics = EdgeMetrics(config) if telemetry.metrics else None
+    if metrics is not None:
+        app[METRICS] = metrics
+        metrics.registry.register(_EdgeCollector(app, metrics))
+        app.router.add_get("/metrics", metrics_handler)
+    if tracing is None and metrics is None and not calllog.enabled:
+        return
+    app.middlewares.append(observe_middleware(config, tracing, metrics))
+    if tracing is None and metrics is None:
+        return
+
+    async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+        bus = app[keys.BUS]
+        if metrics is not None:
+            metrics.registry.register(BusCollector(bus))
+        bus.observe(EdgeCalls(tracing, metrics, config.gateway.bus, config.gateway.prefix))
+        if tracing is not None:
+            await tracing.export_to_bus(bus, config.gateway.bus)
+        yield
+        if tracing is not None:
+            await tracing.close()
+
+    app.cleanup_ctx.append(telemetry_ctx)

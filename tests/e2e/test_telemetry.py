@@ -1,0 +1,337 @@
+"""Tracing and metrics across real processes, on both buses: ``busgate dev`` (edge, adapter and
+runner as separate processes, telemetry on by default) exporting to a real OTLP/HTTP receiver
+in this test, ``busgate trace`` reading the spans back from the bus, and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client.parser import text_string_to_metric_families
+
+from busgate.brokers import free_port
+from tests.stack import dev_stack
+
+pytestmark = pytest.mark.e2e
+
+SERVER, CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
+PRODUCER, CONSUMER = Span.SPAN_KIND_PRODUCER, Span.SPAN_KIND_CONSUMER
+
+
+class Received:
+    """One span as the receiver decoded it, with its resource's service attributes."""
+
+    def __init__(self, span: Span, resource: dict[str, Any]) -> None:
+        self.span = span
+        self.service = resource.get("service.name")
+        self.instance = resource.get("service.instance.id")
+        self.trace_id = span.trace_id.hex()
+        self.span_id = span.span_id.hex()
+        self.parent_id = span.parent_span_id.hex()
+        self.attributes = {a.key: _value(a.value) for a in span.attributes}
+
+
+def _value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    return getattr(value, which) if which else None
+
+
+class OtlpReceiver(ThreadingHTTPServer):
+    """A real OTLP/HTTP endpoint: ``POST /v1/traces`` with a protobuf
+    ``ExportTraceServiceRequest``, decoded with ``opentelemetry-proto``."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", free_port()), _OtlpHandler)
+        self.spans: list[Received] = []
+        self.changed = threading.Condition()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/traces"
+
+    def add(self, message: ExportTraceServiceRequest) -> None:
+        with self.changed:
+            for resource_spans in message.resource_spans:
+                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    self.spans.extend(Received(s, resource) for s in scope.spans)
+            self.changed.notify_all()
+
+    def wait_for(
+        self, trace_id: str, done: Callable[[list[Received]], bool], timeout: float = 20
+    ) -> list[Received]:
+        """The spans of ``trace_id`` once ``done(spans)`` holds (woken by each export)."""
+
+        def spans() -> list[Received]:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+        with self.changed:
+            if not self.changed.wait_for(lambda: done(spans()), timeout):
+                raise AssertionError(
+                    f"trace {trace_id} incomplete: {[s.span.name for s in spans()]}"
+                )
+            return spans()
+
+
+class _OtlpHandler(BaseHTTPRequestHandler):
+    server: OtlpReceiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            import gzip
+
+            body = gzip.decompress(body)
+        if self.path != "/v1/traces":
+            self.send_response(404)
+            self.end_headers()
+            return
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(body)
+        self.server.add(message)
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.shutdown()
+    receiver.server_close()
+
+
+@pytest.fixture(scope="module", params=["nats", "kafka"])
+def traced(request, otlp):
+    """The dev stack with its default telemetry, plus an OTLP endpoint and two channels only
+    the metrics and follow tests use (so their counts are exact)."""
+    request.applymarker(getattr(pytest.mark, request.param))
+    env = {
+        "BUSGATE__TELEMETRY__OTLP_ENDPOINT": otlp.endpoint,
+        "BUSGATE__CHANNELS__COUNTED__SYSTEM": "demo",
+        "BUSGATE__CHANNELS__FOLLOWED__SYSTEM": "demo",
+    }
+    with dev_stack(request.param, env=env) as running:
+        yield running
+
+
+def kinds(*wanted: int) -> Callable[[list[Received]], bool]:
+    return lambda spans: all(any(s.span.kind == k for s in spans) for k in wanted)
+
+
+def one(spans: list[Received], kind: int) -> Received:
+    (found,) = [s for s in spans if s.span.kind == kind]
+    return found
+
+
+async def test_one_trace_across_edge_and_adapter_processes(traced, otlp, http):
+    async with http.post(f"{traced.url}/api/request/demo/meta", json={}) as resp:
+        assert resp.status == 200
+        meta = await resp.json()
+        trace_id = resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER, CLIENT))
+    server, producer = one(spans, SERVER), one(spans, PRODUCER)
+    consumer, client = one(spans, CONSUMER), one(spans, CLIENT)
+
+    # parent/child links, across the process boundary
+    assert server.parent_id == ""
+    assert producer.parent_id == server.span_id
+    assert consumer.parent_id == producer.span_id
+    assert client.parent_id == consumer.span_id
+    # two processes, each with its own service name
+    assert {server.service, producer.service} == {"busgate-edge"}
+    assert {consumer.service, client.service} == {"busgate-adapter"}
+    assert server.instance != consumer.instance
+    # the runner received the CLIENT span's context
+    assert meta["traceparent"] == f"00-{trace_id}-{client.span_id}-01"
+    assert meta["traceId"] == trace_id
+
+    assert server.attributes["http.route"] == "/api/request/{channel}/{path}"
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["busgate.request_id"] == resp.headers["X-Request-Id"]
+    for span in (producer, consumer):
+        assert span.attributes["messaging.system"] == traced.bus
+        assert span.attributes["messaging.destination.name"] == "busgate.req.demo"
+        assert span.attributes["messaging.message.id"] == resp.headers["X-Request-Id"]
+    assert client.attributes["http.response.status_code"] == 200
+
+
+async def test_a_failed_call_marks_its_spans_with_the_error_code(traced, otlp, http):
+    url = f"{traced.url}/api/request/demo/fail"
+    async with http.post(url, json={"status": 500}) as resp:
+        assert resp.status == 502
+        trace_id = resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER, CLIENT))
+    server, client = one(spans, SERVER), one(spans, CLIENT)
+    assert server.span.status.code == Status.STATUS_CODE_ERROR
+    assert server.attributes["error.type"] == "upstream_error"
+    assert server.attributes["http.response.status_code"] == 502
+    assert client.span.status.code == Status.STATUS_CODE_ERROR
+    assert client.attributes["http.response.status_code"] == 500
+    assert one(spans, CONSUMER).span.status.code == Status.STATUS_CODE_ERROR
+
+
+_ROW = re.compile(r"^  (\w+)\s+(.*?)\s+(-?\d+\.\d)\s+(-?\d+\.\d) ms")
+_HEAD = re.compile(r"^trace ([0-9a-f]{32})  (\S+) (\S+)  (\d+)  (\d+\.\d) ms$")
+
+
+def trace_cli(stack, ident: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "busgate", "trace", ident, "--bus", stack.parts["bus"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+async def test_busgate_trace_prints_every_hop_within_the_total(traced, http):
+    async with http.post(f"{traced.url}/api/request/demo/sleep", json={"ms": 40}) as resp:
+        assert resp.status == 200
+        request_id, trace_id = resp.headers["X-Request-Id"], resp.headers["X-Trace-Id"]
+    lines = trace_cli(traced, request_id)
+    head = _HEAD.match(lines[0])
+    assert head, lines
+    assert head.group(1) == trace_id
+    assert (head.group(2), head.group(3), head.group(4)) == (
+        "POST",
+        "/api/request/demo/sleep",
+        "200",
+    )
+    total = float(head.group(5))
+    rows = [
+        (m.group(1), m.group(2), float(m.group(3)), float(m.group(4)))
+        for line in lines[1:]
+        if (m := _ROW.match(line))
+    ]
+    assert [who for who, *_ in rows] == ["edge", "bus", "adapter", "runner", "bus"], lines
+    assert "incomplete" not in "\n".join(lines)
+    for who, _, offset, duration in rows:
+        assert offset >= 0 and duration >= 0, (who, lines)
+        assert offset + duration <= total + 0.1, (who, lines)  # 0.1: printed rounding
+    runner = rows[3]
+    assert runner[3] >= 40.0  # the runner slept 40 ms
+    assert rows[0][3] == total
+    # the same waterfall by trace id
+    assert trace_cli(traced, trace_id)[0] == lines[0]
+
+
+def edge_metrics(text: str) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample)
+    return found
+
+
+async def test_metrics_count_calls_exactly_by_status(traced, http):
+    base = f"{traced.url}/api/request/counted"
+    for _ in range(3):
+        async with http.post(f"{base}/echo", json={"a": 1}) as resp:
+            assert resp.status == 200
+    for _ in range(2):
+        async with http.post(f"{base}/fail", json={"status": 500}) as resp:
+            assert resp.status == 502
+    async with http.post(f"{base}/nosuch", json={}) as resp:
+        assert resp.status == 404
+    async with http.get(f"{traced.url}/api/request/secure/meta") as resp:
+        assert resp.status == 401
+    async with http.get(f"{traced.url}/metrics") as resp:
+        assert resp.status == 200
+        samples = edge_metrics(await resp.text())
+    calls = {
+        s.labels["status"]: s.value
+        for s in samples["busgate_edge_calls_total"]
+        if s.labels["channel"] == "counted"
+    }
+    assert calls == {"200": 3.0, "502": 2.0, "404": 1.0}
+    assert {
+        s.labels["system"]
+        for s in samples["busgate_edge_calls_total"]
+        if s.labels["channel"] == "counted"
+    } == {"demo"}
+    (count,) = [
+        s.value
+        for s in samples["busgate_edge_call_seconds_count"]
+        if s.labels["channel"] == "counted"
+    ]
+    assert count == 6.0
+    secure = [
+        s.value
+        for s in samples["busgate_auth_failures_total"]
+        if s.labels["reason"] == "missing_token"
+    ]
+    assert secure == [1.0]
+    assert samples["busgate_bus_connected"][0].value == 1.0
+    assert samples["busgate_edge_in_flight"][0].value == 0.0
+    adapters = {s.labels["system"]: s.value for s in samples["busgate_adapters"]}
+    assert adapters["demo"] == 1.0
+    assert "busgate_sessions" in samples and "busgate_edge_open_streams" in samples
+    # the adapter's own /metrics (--metrics-listen, as busgate dev starts it)
+    async with http.get(traced.parts["metrics"]) as resp:
+        adapter = edge_metrics(await resp.text())
+    runner = {s.labels["status"]: s.value for s in adapter["busgate_runner_calls_total"]}
+    assert runner.get("500", 0) >= 2 and runner.get("404", 0) >= 1
+    assert adapter["busgate_adapter_in_flight"][0].value == 0.0
+    assert adapter["busgate_bus_connected"][0].value == 1.0
+
+
+async def test_follow_prints_calls_of_one_channel_as_they_end(traced, http):
+    proc = subprocess.Popen(  # noqa: ASYNC220 - reads its output line by line, below
+        [
+            sys.executable,
+            "-m",
+            "busgate",
+            "trace",
+            "--follow",
+            "--channel",
+            "followed",
+            "--bus",
+            traced.parts["bus"],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:  # until subscribed: calls from then on are printed
+            if "following calls" in line:
+                break
+        ids = []
+        for path in ("echo", "nosuch"):
+            async with http.post(f"{traced.url}/api/request/followed/{path}", json={}) as resp:
+                ids.append((resp.headers["X-Request-Id"], resp.status))
+        async with http.post(f"{traced.url}/api/request/demo/echo", json={}) as resp:
+            assert resp.status == 200  # another channel: not printed
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    for request_id, status in ids:
+        (line,) = [line for line in lines if f"  {request_id}  " in line]
+        assert f"  {status}  " in line and " ms  trace " in line, line
+        assert "/api/request/followed/" in line
