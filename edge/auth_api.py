@@ -30,6 +30,7 @@ from busgate.bus.sessions import Session, SessionStore
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Channel
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Identity, Request
 from busgate.edge import envelope, keys
 from busgate.edge.auth import AuthContext, clear_token_cookies, set_token_cookies, unauthorized
@@ -97,6 +98,8 @@ class AuthApi:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         action = info["action"]
+        if (why := refusal(info["type"])) is not None:  # it becomes the provider's path
+            raise errors.BadRequest(why)
         channel, service = self._channel(info["channel"])
         match action:
             case "login" | "register":

@@ -14,6 +14,7 @@ from aiohttp import web
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Kind, Origin, Request
 from busgate.edge.keys import IDENTITY
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
@@ -83,6 +84,9 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
     """The envelope for one call; raises a BusgateError for what the edge refuses."""
     info = request.match_info
     channel = channel_for(config, info["channel"], request.method)
+    path = info["path"]
+    if (why := refusal(path)) is not None:
+        raise errors.BadRequest(why)
     system = config.systems[channel.system]
     gateway = config.gateway
     body = await read_body(request, gateway.max_body)
@@ -99,7 +103,7 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         tracestate=request.headers.get("tracestate", "") if gateway.accept_trace else "",
         channel=info["channel"],
         system=channel.system,
-        path=info["path"],
+        path=path,
         method=request.method,
         query=dict(request.query) if request.query else {},
         headers=forwarded,

@@ -11,14 +11,17 @@ import contextlib
 import logging
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from busgate.bus.base import Responder
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Gateway, RpcSystem
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Reply, Request
 
 _PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
@@ -74,6 +77,7 @@ class RpcClient:
         self.system = system
         self.gateway = gateway
         self.base_url = system.base_url.rstrip("/")
+        self._base = str(URL(self.base_url))  # encoded once, here
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -86,6 +90,18 @@ class RpcClient:
                 connector=connector, headers=self.system.headers, skip_auto_headers=("User-Agent",)
             )
         return self._session
+
+    def runner_url(self, path: str) -> URL:
+        """``BASE/PATH`` with the path the edge authorised, byte for byte.
+
+        The path arrives decoded once (as the edge checked it). It is percent-encoded here
+        and the URL marked as encoded, so that neither yarl nor aiohttp decodes it again or
+        collapses dot segments: the runner decodes it once and sees what the edge saw. A path
+        another producer put on the bus gets the edge's check too.
+        """
+        if (why := refusal(path)) is not None:
+            raise errors.BadRequest(why)
+        return URL(f"{self._base}/{quote(path, safe='/')}", encoded=True)
 
     def _remaining(self, req: Request) -> float:
         remaining = self.system.timeout
@@ -108,7 +124,7 @@ class RpcClient:
         }
         if req.tracestate:
             headers["tracestate"] = req.tracestate
-        url = f"{self.base_url}/{req.path}"
+        url = self.runner_url(req.path)
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)

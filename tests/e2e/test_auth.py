@@ -12,6 +12,7 @@ import time
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from busgate.brokers import free_port, wait_for_port
 from busgate.cli import DEV_CONFIG
@@ -191,3 +192,44 @@ async def test_a_generated_password_is_printed_once_and_works(generated_stack, h
         f"{generated_stack.url}/api/request/secure/meta", headers=bearer(token)
     ) as resp:
         assert (await resp.json())["identity"]["roles"] == ["user", "admin"]
+
+
+async def runner_calls(http, stack) -> list[dict]:
+    async with http.get(f"{stack.runner}/calls") as resp:
+        return await resp.json()
+
+
+async def test_no_spelling_of_a_path_reaches_the_runner_as_another_path(auth_stack, http):
+    """What the edge authorises is what the runner gets (issue 8, item 1): double-encoded
+    dots are refused instead of becoming admin/meta (or leaving the system's base URL) after
+    the adapter decoded the path a second time; safe oddities arrive exactly as checked."""
+    url = auth_stack.url
+    headers = bearer((await login(http, url))["access_token"])  # role user, not admin
+    refused = []
+    for raw in (
+        "secure/x/%252e%252e/admin/meta",
+        "secure/x/%252E%252E/admin/meta",
+        "secure/x/%c0%ae%c0%ae/admin/meta",
+        "secure/x%252f%252e%252e%252fadmin/meta",
+        "demo/%252e%252e/auth/login/password",
+        "demo/x/%252e%252e/%252e%252e/calls",
+    ):
+        target = URL(f"{url}/api/request/{raw}", encoded=True)
+        async with http.get(target, headers=headers) as resp:
+            assert resp.status == 400, (raw, resp.status, await resp.text())
+            assert (await resp.json())["error"]["code"] == "bad_request"
+            refused.append(resp.headers["X-Request-Id"])
+    for raw, path in (("a%3Fb", "a?b"), ("caf%C3%A9", "café"), ("a%23b/c", "a#b/c")):
+        target = URL(f"{url}/api/request/demo/{raw}", encoded=True)
+        async with http.get(target) as resp:
+            assert resp.status == 404  # the runner's own: it has no such saga
+            assert (await resp.json())["error"] == f"no saga {path!r}"
+            seen = [
+                c
+                for c in await runner_calls(http, auth_stack)
+                if c["requestId"] == resp.headers["X-Request-Id"]
+            ]
+        assert [c["saga"] for c in seen] == [path]
+    calls = await runner_calls(http, auth_stack)
+    assert not [c for c in calls if c["requestId"] in refused]
+    assert not [c for c in calls if c["saga"] in ("admin/meta", "login/password")]
