@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import secrets
 import time
@@ -151,7 +150,7 @@ class AuthApi:
         if action == "login" and header[:6].lower() == "basic ":
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, or stray non-ASCII bytes
                 raise errors.Unauthorized("malformed Basic credentials") from None
             username, sep, password = decoded.partition(":")
             if not sep:

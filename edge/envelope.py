@@ -16,6 +16,7 @@ from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Kind, Origin, Request
+from busgate.edge.headers import checked, header
 from busgate.edge.keys import IDENTITY
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
@@ -72,11 +73,10 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
 
 
 def origin_of(request: web.Request) -> Origin:
-    headers = request.headers
     return Origin(
         client_ip=request.remote or "",
-        user_agent=headers.get("User-Agent", ""),
-        forwarded_for=headers.get("X-Forwarded-For", "") or headers.get("Forwarded", ""),
+        user_agent=header(request, "User-Agent") or "",
+        forwarded_for=header(request, "X-Forwarded-For") or header(request, "Forwarded") or "",
     )
 
 
@@ -92,7 +92,7 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
     body = await read_body(request, gateway.max_body)
     timeout = channel.timeout or system.timeout or gateway.timeout
     forwarded = {
-        name: value
+        name: checked(name, value)
         for name in gateway.forward_headers
         if (value := request.headers.get(name)) is not None
     }
@@ -100,7 +100,7 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         id=request[REQUEST_ID],
         kind=kind,
         traceparent=request[TRACEPARENT],
-        tracestate=request.headers.get("tracestate", "") if gateway.accept_trace else "",
+        tracestate=(header(request, "tracestate") or "") if gateway.accept_trace else "",
         channel=info["channel"],
         system=channel.system,
         path=path,
@@ -111,5 +111,5 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         identity=request.get(IDENTITY),
         origin=origin_of(request),
         deadline=time.time() + timeout,
-        resume=request.headers.get("Last-Event-ID") if kind == "stream" else None,
+        resume=header(request, "Last-Event-ID") if kind == "stream" else None,
     )

@@ -3,6 +3,7 @@ its own process) plus a second edge process, over NATS and over Kafka."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -16,6 +17,8 @@ from yarl import URL
 
 from busgate.brokers import free_port, wait_for_port
 from busgate.cli import DEV_CONFIG
+from tests.raw_http import exchange
+from tests.raw_http import request as raw_request
 from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -233,3 +236,25 @@ async def test_no_spelling_of_a_path_reaches_the_runner_as_another_path(auth_sta
     calls = await runner_calls(http, auth_stack)
     assert not [c for c in calls if c["requestId"] in refused]
     assert not [c for c in calls if c["saga"] in ("admin/meta", "login/password")]
+
+
+async def test_stray_header_bytes_are_json_4xx_through_the_stack(auth_stack):
+    """Issue 8, item 3, through the real edge process: non-UTF-8 header bytes are 400 (401
+    for credentials) with the JSON error, not a 500 with a traceback."""
+    port = URL(auth_stack.url).port
+    assert port is not None
+    bad = b"\xff\xfe\xc3("
+    cases = [
+        ("GET", "/api/request/demo/echo", b"User-Agent: " + bad, 400),
+        ("GET", "/api/request/demo/echo", b"X-Forwarded-For: " + bad, 400),
+        ("GET", "/api/stream/demo/count", b"Last-Event-ID: " + bad, 400),
+        ("GET", "/api/request/secure/meta", b"Authorization: Bearer " + bad, 401),
+        ("GET", "/api/request/secure/meta", b"X-Api-Key: " + bad, 401),
+        ("GET", "/api/request/secure/meta", b"Cookie: busgate_access=" + bad, 401),
+        ("POST", "/api/auth/login/auth/password", b"Authorization: Basic " + bad, 401),
+    ]
+    for method, path, line, status in cases:
+        answer = await exchange(port, raw_request(method, path, line))
+        assert answer.status == status, (line, answer.body)
+        assert json.loads(answer.body)["error"]["requestId"] == answer.headers["x-request-id"]
+    assert not [line for line in auth_stack.output if "Traceback" in line]
