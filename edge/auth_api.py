@@ -59,7 +59,7 @@ def _provider_error(status: int, body: bytes) -> errors.BusgateError:
     code = "unauthorized" if status == 401 else "auth_refused"
     try:
         data = json_decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         data = None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
@@ -141,7 +141,7 @@ class AuthApi:
             raise _provider_error(reply.status, reply.body)
         try:
             return json_decode(reply.body) if reply.body else {}
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise errors.UpstreamError("the auth provider answered something not JSON") from None
 
     async def _credentials(self, request: web.Request, action: str) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 from aiohttp import web
 
 from busgate.contracts import errors
@@ -17,10 +16,10 @@ from busgate.contracts.config import Channel, Config
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Kind, Origin, Request
 from busgate.edge.headers import checked, header
+from busgate.edge.json_body import check_json
 from busgate.edge.keys import IDENTITY
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
-_json_check = msgspec.json.Decoder()
 _EMPTY_OBJECT = b"{}"
 
 
@@ -65,10 +64,7 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         raise errors.PayloadTooLarge(f"request body exceeds {max_body} bytes")
     if not body:
         return query_payload(request)
-    try:
-        _json_check.decode(body)
-    except msgspec.DecodeError as exc:
-        raise errors.BadRequest(f"malformed JSON body: {exc}") from None
+    check_json(body)
     return body
 
 

@@ -142,7 +142,17 @@ class RpcClient:
             ) from None
 
     async def call(self, req: Request) -> Reply:
-        status, headers, payload = await self._post(req, req.body)
+        try:
+            status, headers, payload = await self._post(req, req.body)
+        except errors.BusgateError:
+            raise
+        except Exception:
+            # Anything else is a defect or a misconfiguration (a header aiohttp refuses, …):
+            # logged here, and a 500 for the caller now rather than a 504 at its deadline.
+            log.exception("request %s: calling the runner of system %r failed", req.id, self.name)
+            raise errors.BusgateError(
+                f"internal error while calling the runner of system {self.name!r}"
+            ) from None
         if status >= 500:
             raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}")
         return Reply(id=req.id, status=status, headers=headers, body=payload)

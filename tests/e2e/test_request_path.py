@@ -11,6 +11,7 @@ import time
 import pytest
 
 from busgate.brokers import free_port, wait_for_port
+from busgate.edge.json_body import MAX_DEPTH
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +144,31 @@ async def test_a_system_no_adapter_serves_is_503_fast(lonely_edge, http):
         assert (await error_of(resp, 503))["code"] == "no_adapter"
         assert resp.headers["Retry-After"]
     assert time.monotonic() - started < 1.0
+
+
+async def test_an_unexpected_failure_calling_the_runner_is_500_at_once(stack, http):
+    """Issue 8, correctness: the adapter's runner call raises something that is neither a
+    timeout nor a connection error; the caller gets a 500 now, not a 504 at its 5 s deadline."""
+    started = time.monotonic()
+    async with http.post(f"{stack.url}/api/request/broken/x", json={}) as resp:
+        assert (await error_of(resp, 500))["code"] == "internal"
+    assert time.monotonic() - started < 2.0
+
+
+async def test_json_nested_too_deeply_is_400(stack, http):
+    """Issue 8, item 4: a thousand levels were a 500 (RecursionError) at the edge."""
+    for body in (b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000):
+        async with http.post(
+            f"{stack.url}/api/request/demo/echo",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            assert (await error_of(resp, 400))["code"] == "bad_request"
+    deep = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH  # as deep as allowed: crosses every hop
+    async with http.post(
+        f"{stack.url}/api/request/demo/echo",
+        data=deep,
+        headers={"Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == deep

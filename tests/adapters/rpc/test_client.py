@@ -133,3 +133,21 @@ async def test_a_path_that_could_be_normalised_is_refused_before_the_runner(clie
     with pytest.raises(errors.BadRequest):
         await client.call(request(path))
     assert len(runner.app[CALLS]) == 0
+
+
+async def test_an_unexpected_failure_is_an_internal_error_at_once(runner, caplog):
+    """Not a timeout, not a connection error (aiohttp refuses the configured header): a
+    BusgateError (500) for the caller now, logged with its stack here."""
+    system = RpcSystem(
+        base_url=str(runner.make_url("/api/demo")), timeout=5.0, headers={"X-Bad": "a\nb"}
+    )
+    rpc = RpcClient("demo", system, Gateway())
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.BusgateError) as raised:
+            await rpc.call(request("echo"))
+    finally:
+        await rpc.close()
+    assert time.monotonic() - started < 1.0
+    assert (raised.value.status, raised.value.code) == (500, "internal")
+    assert "calling the runner" in caplog.text
