@@ -258,3 +258,23 @@ async def test_stray_header_bytes_are_json_4xx_through_the_stack(auth_stack):
         assert answer.status == status, (line, answer.body)
         assert json.loads(answer.body)["error"]["requestId"] == answer.headers["x-request-id"]
     assert not [line for line in auth_stack.output if "Traceback" in line]
+
+
+async def test_error_answers_have_ascii_heads_through_the_stack(auth_stack):
+    """Issue 8, item 12: the refresh 401's WWW-Authenticate carried a raw '…'."""
+    port = URL(auth_stack.url).port
+    assert port is not None
+    for raw in (
+        raw_request("POST", "/api/auth/refresh/auth/password"),
+        raw_request("GET", "/api/request/secure/meta", b"Authorization: Bearer caf\xc3\xa9"),
+        raw_request("GET", "/api/request/secure/caf%C3%A9"),
+        raw_request(
+            "POST",
+            "/api/auth/login/auth/password",
+            b"Content-Type: application/json",
+            body=b'{"username": 1}',
+        ),
+    ):
+        answer = await exchange(port, raw)
+        assert answer.status in (400, 401), answer.body
+        assert answer.head.isascii(), answer.head
