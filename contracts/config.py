@@ -99,6 +99,15 @@ class Gateway(Section, frozen=True):
     max_streams_per_client: int = 100
     max_stream_duration: float = 0.0
     """0 = unlimited."""
+    header_timeout: float = 10.0
+    """Seconds a request head may take from its first byte (a connection's first request:
+    from the connection's start); slower clients are disconnected. 0 = no limit."""
+    body_timeout: float = 30.0
+    """Seconds a request body may pause between reads before the connection is closed.
+    0 = no limit."""
+    keepalive_timeout: float = 75.0
+    """Seconds an idle keep-alive connection stays open (longer than the usual load
+    balancer's 60 s, so the balancer closes first)."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
     cors: Cors = msgspec.field(default_factory=Cors)

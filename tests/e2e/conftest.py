@@ -11,6 +11,9 @@ from tests.stack import dev_stack
 E2E_ENV = {
     "BUSGATE__GATEWAY__MAX_BODY": "65536",
     "BUSGATE__SYSTEMS__DEMO__TIMEOUT": "1.5",
+    # Short read timeouts, so that slow clients are cut within the tests' patience.
+    "BUSGATE__GATEWAY__HEADER_TIMEOUT": "1.0",
+    "BUSGATE__GATEWAY__BODY_TIMEOUT": "1.0",
     # A system whose runner is not running at all.
     "BUSGATE__SYSTEMS__DOWN__TYPE": "rpc",
     "BUSGATE__SYSTEMS__DOWN__TIMEOUT": "2.0",

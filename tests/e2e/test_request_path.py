@@ -3,15 +3,20 @@ over NATS and over Kafka."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
 
 import pytest
+from yarl import URL
 
 from busgate.brokers import free_port, wait_for_port
 from busgate.edge.json_body import MAX_DEPTH
+from tests.raw_http import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -172,3 +177,63 @@ async def test_json_nested_too_deeply_is_400(stack, http):
     ) as resp:
         assert resp.status == 200
         assert await resp.read() == deep
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> float:
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(65536):
+            pass
+    return time.monotonic()
+
+
+async def test_slow_clients_are_disconnected_and_others_served(stack, http):
+    """Issue 8, item 7, on the edge process: heads trickled a byte at a time and stalled
+    chunked bodies are cut after the configured 1 s; a normal client is served meanwhile."""
+    port = URL(stack.url).port
+    head = b"GET /api/request/demo/echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    body = (
+        b"POST /api/request/demo/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n[1\r\n"
+    )
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            for byte in head:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
+    stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(15)]
+    started = time.monotonic()
+    tricklers = [asyncio.create_task(trickle(w)) for _, w in slow]
+    for _, w in stalled:
+        w.write(body)
+    closes = [asyncio.create_task(closed_by_server(r)) for r, _ in slow + stalled]
+    async with http.post(f"{stack.url}/api/request/demo/echo", json={"ok": 1}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"ok": 1}
+    async with asyncio.timeout(10):
+        ended = await asyncio.gather(*closes)
+    await asyncio.gather(*tricklers)
+    for _, w in slow + stalled:
+        w.close()
+    assert all(0.8 <= t - started < 5 for t in ended), sorted(t - started for t in ended)
+
+
+async def test_requests_aiohttp_cannot_parse_are_json_400(stack):
+    """Issue 8, item 8: plain text and a traceback at ERROR before."""
+    port = URL(stack.url).port
+    mark = len(stack.output)
+    for data in (
+        b"GET /" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"FOO@ / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        answer = await exchange(port, data)
+        assert answer.status == 400
+        assert answer.headers["content-type"] == "application/json"
+        assert json.loads(answer.body)["error"]["code"] in ("line_too_long", "bad_http_message")
+    logged = stack.output[mark:]
+    assert not [line for line in logged if "Error handling request" in line]
+    assert not [line for line in logged if "http_exceptions" in line]
