@@ -21,14 +21,16 @@ from __future__ import annotations
 import re
 import unicodedata
 
+# The usual path (ASCII words, dots only inside segments) needs no closer look.
+_PLAIN = re.compile(r"[\w~-]+(?:\.[\w~-]+)*(?:/[\w~-]+(?:\.[\w~-]+)*)*/?", re.ASCII)
 _BAD = re.compile(r"%[0-9A-Fa-f]{2}|[\\;\x00-\x1f\x7f-\x9f]")
 _DOTS = frozenset({".", ".."})
 
 
 def refusal(path: str) -> str | None:
     """Why ``path`` (as decoded once) may not cross the bus, or None when it may."""
-    if not path:
-        return None  # the system's base URL itself
+    if not path or _PLAIN.fullmatch(path):
+        return None  # "" is the system's base URL itself
     found = _BAD.search(path)
     if found is not None:
         char = found.group()

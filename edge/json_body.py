@@ -30,8 +30,13 @@ def check_json(body: bytes) -> None:
         raise errors.BadRequest(f"malformed JSON body: {exc}") from None
     except RecursionError:
         raise errors.BadRequest(_TOO_DEEP) from None
-    # Depth needs that many brackets: two C-speed counts spare the walk for most bodies.
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and depth(value) > MAX_DEPTH:
+    # Depth needs that many brackets: a length check and two C-speed counts spare the walk
+    # for most bodies.
+    if (
+        len(body) > MAX_DEPTH
+        and body.count(b"[") + body.count(b"{") > MAX_DEPTH
+        and depth(value) > MAX_DEPTH
+    ):
         raise errors.BadRequest(_TOO_DEEP)
 
 
