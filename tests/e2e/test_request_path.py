@@ -203,9 +203,9 @@ async def test_slow_clients_are_disconnected_and_others_served(stack, http):
                 await writer.drain()
                 await asyncio.sleep(0.05)
 
+    started = time.monotonic()  # each head's clock starts when its connection does
     slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
     stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(15)]
-    started = time.monotonic()
     tricklers = [asyncio.create_task(trickle(w)) for _, w in slow]
     for _, w in stalled:
         w.write(body)

@@ -74,8 +74,8 @@ async def served(port: int) -> None:
 
 async def test_trickled_heads_are_cut_and_others_are_served(port):
     head = b"GET /api/request/demo/echo HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200
+    started = time.monotonic()  # each head's clock starts when its connection does
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
-    started = time.monotonic()
     tricklers = [asyncio.create_task(trickle(w, head, 0.05)) for _, w in conns]
     closes = [asyncio.create_task(closed_by_server(r)) for r, _ in conns]
     await served(port)  # while 30 heads trickle in
