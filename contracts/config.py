@@ -120,6 +120,15 @@ class Gateway(Section, frozen=True):
     stream_stall_timeout: float = 30.0
     """Seconds a stream's client may take no data before it is dropped and its saga
     cancelled; 0 = never."""
+    header_timeout: float = 10.0
+    """Seconds a request head may take from its first byte (a connection's first request:
+    from the connection's start); slower clients are disconnected. 0 = no limit."""
+    body_timeout: float = 30.0
+    """Seconds a request body may pause between reads before the connection is closed.
+    0 = no limit."""
+    keepalive_timeout: float = 75.0
+    """Seconds an idle keep-alive connection stays open (longer than the usual load
+    balancer's 60 s, so the balancer closes first)."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
     cors: Cors = msgspec.field(default_factory=Cors)

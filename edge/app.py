@@ -20,8 +20,9 @@ from busgate.edge.security import install as install_security
 from busgate.edge.send import install as install_send
 from busgate.edge.stream import handle_stream, sweeper
 
-API_PATH = "/api/request/{channel}/{path:.*}"
-STREAM_PATH = "/api/stream/{channel}/{path:.*}"
+# Paths match any character, line breaks included, so that contracts.paths refuses them (400).
+API_PATH = r"/api/request/{channel}/{path:[\s\S]*}"
+STREAM_PATH = r"/api/stream/{channel}/{path:[\s\S]*}"
 
 
 def create_app(

@@ -49,6 +49,17 @@ class AuthContext:
             await service.close()
 
 
+_REPLACE = str.maketrans({"\u2026": "...", '"': "'", "\\": "/"})
+
+
+def _quotable(text: str) -> str:
+    """Text for a quoted header parameter (RFC 6750 §3: visible ASCII but '"' and '\\')."""
+    text = text.translate(_REPLACE)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
 def unauthorized(
     exc: errors.BusgateError, request_id: str | None, *, missing: bool = False
 ) -> web.Response:
@@ -57,7 +68,7 @@ def unauthorized(
     if missing:
         response.headers["WWW-Authenticate"] = 'Bearer realm="busgate"'
     else:
-        description = exc.message.replace('"', "'")
+        description = _quotable(exc.message)
         response.headers["WWW-Authenticate"] = (
             f'Bearer realm="busgate", error="invalid_token", error_description="{description}"'
         )

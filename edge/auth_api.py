@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import secrets
 import time
@@ -30,6 +29,7 @@ from busgate.bus.sessions import Session, Sessions
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Channel
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Identity, Request
 from busgate.edge import envelope, keys
 from busgate.edge.auth import AuthContext, clear_token_cookies, set_token_cookies, unauthorized
@@ -59,7 +59,7 @@ def _provider_error(status: int, body: bytes) -> errors.BusgateError:
     code = "unauthorized" if status == 401 else "auth_refused"
     try:
         data = json_decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         data = None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
@@ -97,6 +97,8 @@ class AuthApi:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         action = info["action"]
+        if (why := refusal(info["type"])) is not None:  # it becomes the provider's path
+            raise errors.BadRequest(why)
         channel, service = self._channel(info["channel"])
         match action:
             case "login" | "register":
@@ -140,7 +142,7 @@ class AuthApi:
             raise _provider_error(reply.status, reply.body)
         try:
             return json_decode(reply.body) if reply.body else {}
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise errors.UpstreamError("the auth provider answered something not JSON") from None
 
     async def _credentials(self, request: web.Request, action: str) -> bytes:
@@ -149,7 +151,7 @@ class AuthApi:
         if action == "login" and header[:6].lower() == "basic ":
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, or stray non-ASCII bytes
                 raise errors.Unauthorized("malformed Basic credentials") from None
             username, sep, password = decoded.partition(":")
             if not sep:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 from aiohttp import web
 
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Kind, Origin, Request
+from busgate.edge.headers import checked, header
+from busgate.edge.json_body import check_json
 from busgate.edge.keys import BUS, IDENTITY, IDS
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
-_json_check = msgspec.json.Decoder()
 _EMPTY_OBJECT = b"{}"
 
 
@@ -66,10 +67,7 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         raise errors.PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
     if not body:
         return query_payload(request)
-    try:
-        _json_check.decode(body)
-    except msgspec.DecodeError as exc:
-        raise errors.BadRequest(f"malformed JSON body: {exc}") from None
+    check_json(body)
     return body
 
 
@@ -84,11 +82,10 @@ def call_ids(request: web.Request, accept_request_id: bool) -> tuple[str, str]:
 
 
 def origin_of(request: web.Request) -> Origin:
-    headers = request.headers
     return Origin(
         client_ip=request.remote or "",
-        user_agent=headers.get("User-Agent", ""),
-        forwarded_for=headers.get("X-Forwarded-For", "") or headers.get("Forwarded", ""),
+        user_agent=header(request, "User-Agent") or "",
+        forwarded_for=header(request, "X-Forwarded-For") or header(request, "Forwarded") or "",
     )
 
 
@@ -96,11 +93,14 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
     """The envelope for one call; raises a BusgateError for what the edge refuses."""
     info = request.match_info
     channel = channel_for(config, info["channel"], request.method)
+    path = info["path"]
+    if (why := refusal(path)) is not None:
+        raise errors.BadRequest(why)
     gateway = config.gateway
     body = await read_body(request, request.app[BUS].body_limit(gateway.max_body))
     timeout = config.timeout_for(info["channel"], info["path"])
     forwarded = {
-        name: value
+        name: checked(name, value)
         for name in gateway.forward_headers
         if (value := request.headers.get(name)) is not None
     }
@@ -110,10 +110,10 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         client_id=client_id,
         kind=kind,
         traceparent=request[TRACEPARENT],
-        tracestate=request.headers.get("tracestate", "") if gateway.accept_trace else "",
+        tracestate=(header(request, "tracestate") or "") if gateway.accept_trace else "",
         channel=info["channel"],
         system=channel.system,
-        path=info["path"],
+        path=path,
         method=request.method,
         query=dict(request.query) if request.query else {},
         headers=forwarded,
@@ -121,5 +121,5 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         identity=request.get(IDENTITY),
         origin=origin_of(request),
         deadline=time.time() + timeout,
-        resume=request.headers.get("Last-Event-ID") if kind == "stream" else None,
+        resume=header(request, "Last-Event-ID") if kind == "stream" else None,
     )

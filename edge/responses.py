@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from aiohttp import web
 
 from busgate.contracts.codec import json_encode
@@ -16,6 +18,17 @@ streams): the product, not the Python and aiohttp versions an attacker would loo
 
 # Headers of a runner's reply that the edge passes on; hop-by-hop ones never.
 PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
+
+
+_VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def ascii_value(value: str) -> str:
+    """A header value as busgate writes it: visible ASCII and spaces only (RFC 9110 §5.5);
+    anything else, from a runner's reply or a client's input, is percent-encoded (UTF-8)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe=_VISIBLE + " ")
 
 
 def error_body(code: str, message: str, request_id: str | None) -> bytes:
@@ -41,7 +54,7 @@ def from_reply(reply: Reply) -> web.Response:
     for name in PASS_HEADERS:
         value = reply.headers.get(name)
         if value is not None:
-            response.headers[name] = value
+            response.headers[name] = ascii_value(value)
     if "content-type" not in reply.headers:
         response.headers["Content-Type"] = JSON
     return response

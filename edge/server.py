@@ -1,13 +1,20 @@
-"""Runs one edge node until SIGINT/SIGTERM, then shuts down gracefully."""
+"""Runs one edge node until SIGINT/SIGTERM, then shuts down gracefully.
+
+Like ``web.run_app``, but with the edge's own runner (``edge.http_server``: read timeouts,
+JSON parser errors), which ``run_app`` cannot take.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
 
 from busgate.contracts.config import Config
 from busgate.edge.app import create_app
+from busgate.edge.http_server import runner_for
 
 log = logging.getLogger("busgate.edge")
 
@@ -17,19 +24,37 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def run(config: Config) -> None:
+async def serve(config: Config) -> None:
+    """Serve until cancelled (or until a signal raises ``GracefulExit``)."""
     host, port = split_listen(config.gateway.listen)
-    app = create_app(config)
-
-    def ready(_: object) -> None:
-        log.info("edge %s listening on http://%s:%d", config.gateway.id, host, port)
-
-    web.run_app(
-        app,
-        host=host,
-        port=port,
+    runner = runner_for(
+        create_app(config),
+        config.gateway,
         access_log=None,
-        print=ready,
         shutdown_timeout=10,
         handle_signals=True,
     )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("edge %s listening on http://%s:%d", config.gateway.id, host, port)
+        await asyncio.Future()  # until cancelled
+    finally:
+        await runner.cleanup()
+
+
+def run(config: Config) -> None:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serve(config))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -36,6 +36,7 @@ from busgate.contracts.config import (
     Verifiable,
 )
 from busgate.contracts.wire import Identity, Origin
+from busgate.edge.headers import is_text
 
 log = logging.getLogger("busgate.edge.tokens")
 
@@ -299,6 +300,8 @@ class TokenService:
     def _decode(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
         if len(token) > self.config.max_size:
             raise errors.Unauthorized(f"the token is longer than {self.config.max_size} bytes")
+        if not token.isascii():  # a JWT is base64url and dots; stray bytes broke pyjwt
+            raise errors.Unauthorized("the token is malformed")
         options: Any = self._options if verify_exp else {**self._options, "verify_exp": False}
         try:
             return jwt.decode(
@@ -347,6 +350,8 @@ class TokenService:
             return found
         if len(token) > self.config.max_size:
             raise errors.Unauthorized(f"the token is longer than {self.config.max_size} bytes")
+        if not token.isascii():
+            raise errors.Unauthorized("the token is malformed")
         if self.jwks is not None:
             try:
                 header = jwt.get_unverified_header(token)
@@ -433,7 +438,7 @@ class TokenService:
         return sid if isinstance(sid, str) else None
 
     def api_key(self, key: str) -> Identity | None:
-        if len(key) > self.config.max_size:
+        if len(key) > self.config.max_size or not is_text(key):
             return None
         return self.api_keys.get(api_key_hash(key))
 

@@ -12,19 +12,24 @@ import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from busgate.bus.base import Responder
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Gateway, RpcSystem
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Reply, Request
 
 if TYPE_CHECKING:
     from busgate.adapters.observe import AdapterObserver
 
+_URL_CACHE = 1024
+"""Runner URLs kept per client (building one costs ~2.5 µs, a hit ~0.1 µs)."""
 _PASS_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "location")
 
 
@@ -82,6 +87,8 @@ class RpcClient:
         self.system = system
         self.gateway = gateway
         self.base_url = system.base_url.rstrip("/")
+        self._base = str(URL(self.base_url))  # encoded once, here
+        self._urls: dict[str, URL] = {}  # path -> runner URL: most calls reuse a few paths
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -100,6 +107,23 @@ class RpcClient:
         receives as ``traceparent``, latency). Installed on the instance: no cost without."""
         wrap = observer.runner(self.name, self.base_url)
         self._post = functools.partial(wrap, self._post)  # type: ignore[method-assign]
+
+    def runner_url(self, path: str) -> URL:
+        """``BASE/PATH`` with the path the edge authorised, byte for byte.
+
+        The path arrives decoded once (as the edge checked it). It is percent-encoded here
+        and the URL marked as encoded, so that neither yarl nor aiohttp decodes it again or
+        collapses dot segments: the runner decodes it once and sees what the edge saw. A path
+        another producer put on the bus gets the edge's check too.
+        """
+        url = self._urls.get(path)
+        if url is None:
+            if (why := refusal(path)) is not None:
+                raise errors.BadRequest(why)
+            if len(self._urls) >= _URL_CACHE:
+                self._urls.clear()
+            url = self._urls[path] = URL(f"{self._base}/{quote(path, safe='/')}", encoded=True)
+        return url
 
     def _budget(self, req: Request) -> float:
         """Seconds a runner call may take: up to the envelope's deadline, which the edge set
@@ -128,7 +152,7 @@ class RpcClient:
         }
         if req.tracestate:
             headers["tracestate"] = req.tracestate
-        url = f"{self.base_url}/{req.path}"
+        url = self.runner_url(req.path)
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -146,7 +170,17 @@ class RpcClient:
             ) from None
 
     async def call(self, req: Request) -> Reply:
-        status, headers, payload = await self._post(req, req.body)
+        try:
+            status, headers, payload = await self._post(req, req.body)
+        except errors.BusgateError:
+            raise
+        except Exception:
+            # Anything else is a defect or a misconfiguration (a header aiohttp refuses, …):
+            # logged here, and a 500 for the caller now rather than a 504 at its deadline.
+            log.exception("request %s: calling the runner of system %r failed", req.id, self.name)
+            raise errors.BusgateError(
+                f"internal error while calling the runner of system {self.name!r}"
+            ) from None
         if status >= 500:
             raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}")
         return Reply(id=req.id, status=status, headers=headers, body=payload)

@@ -18,12 +18,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from busgate.contracts import errors
+from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Identity
 from busgate.edge import keys
 from busgate.edge.auth import AuthContext, set_token_cookies, unauthorized
 from busgate.edge.tokens import TokenService
-
-_BAD_SEGMENTS = frozenset({".", ".."})
 
 
 async def authenticate(
@@ -89,8 +88,8 @@ def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-t
         rules = access.get(channel)
         if rules is None:  # unknown channel: the handler answers 404
             return await handler(request)
-        if "." in path and not _BAD_SEGMENTS.isdisjoint(path.split("/")):
-            raise errors.BadRequest("'.' and '..' are not allowed as path segments")
+        if (why := refusal(path)) is not None:  # before the rules: they judge this path
+            raise errors.BadRequest(why)
         need = rules.need(path, request.method)
         if need.disabled:
             raise errors.NotFound(f"no route for {request.path}")

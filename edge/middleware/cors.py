@@ -32,6 +32,8 @@ class CorsPolicy:
         self.max_age = str(cors.max_age)
 
     def allows(self, origin: str) -> bool:
+        if not origin.isascii():  # browsers send IDNs as punycode; never echo other bytes
+            return False
         return (
             self.any_origin
             or origin in self.origins

@@ -3,6 +3,7 @@ its own process) plus a second edge process, over NATS and over Kafka."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -13,9 +14,12 @@ import time
 import aiohttp
 import jwt
 import pytest
+from yarl import URL
 
 from busgate.brokers import free_port, wait_for_port
 from busgate.cli import DEV_CONFIG
+from tests.raw_http import exchange
+from tests.raw_http import request as raw_request
 from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -310,3 +314,86 @@ async def test_a_generated_password_is_printed_once_and_works(generated_stack, h
         f"{generated_stack.url}/api/request/secure/meta", headers=bearer(token)
     ) as resp:
         assert (await resp.json())["identity"]["roles"] == ["user", "admin"]
+
+
+async def runner_calls(http, stack) -> list[dict]:
+    async with http.get(f"{stack.runner}/calls") as resp:
+        return await resp.json()
+
+
+async def test_no_spelling_of_a_path_reaches_the_runner_as_another_path(auth_stack, http):
+    """What the edge authorises is what the runner gets (issue 8, item 1): double-encoded
+    dots are refused instead of becoming admin/meta (or leaving the system's base URL) after
+    the adapter decoded the path a second time; safe oddities arrive exactly as checked."""
+    url = auth_stack.url
+    headers = bearer((await login(http, url))["access_token"])  # role user, not admin
+    refused = []
+    for raw in (
+        "secure/x/%252e%252e/admin/meta",
+        "secure/x/%252E%252E/admin/meta",
+        "secure/x/%c0%ae%c0%ae/admin/meta",
+        "secure/x%252f%252e%252e%252fadmin/meta",
+        "demo/%252e%252e/auth/login/password",
+        "demo/x/%252e%252e/%252e%252e/calls",
+    ):
+        target = URL(f"{url}/api/request/{raw}", encoded=True)
+        async with http.get(target, headers=headers) as resp:
+            assert resp.status == 400, (raw, resp.status, await resp.text())
+            assert (await resp.json())["error"]["code"] == "bad_request"
+            refused.append(resp.headers["X-Request-Id"])
+    for raw, path in (("a%3Fb", "a?b"), ("caf%C3%A9", "café"), ("a%23b/c", "a#b/c")):
+        target = URL(f"{url}/api/request/demo/{raw}", encoded=True)
+        async with http.get(target) as resp:
+            assert resp.status == 404  # the runner's own: it has no such saga
+            assert (await resp.json())["error"] == f"no saga {path!r}"
+            seen = [
+                c
+                for c in await runner_calls(http, auth_stack)
+                if c["requestId"] == resp.headers["X-Request-Id"]
+            ]
+        assert [c["saga"] for c in seen] == [path]
+    calls = await runner_calls(http, auth_stack)
+    assert not [c for c in calls if c["requestId"] in refused]
+    assert not [c for c in calls if c["saga"] in ("admin/meta", "login/password")]
+
+
+async def test_stray_header_bytes_are_json_4xx_through_the_stack(auth_stack):
+    """Issue 8, item 3, through the real edge process: non-UTF-8 header bytes are 400 (401
+    for credentials) with the JSON error, not a 500 with a traceback."""
+    port = URL(auth_stack.url).port
+    assert port is not None
+    bad = b"\xff\xfe\xc3("
+    cases = [
+        ("GET", "/api/request/demo/echo", b"User-Agent: " + bad, 400),
+        ("GET", "/api/request/demo/echo", b"X-Forwarded-For: " + bad, 400),
+        ("GET", "/api/stream/demo/count", b"Last-Event-ID: " + bad, 400),
+        ("GET", "/api/request/secure/meta", b"Authorization: Bearer " + bad, 401),
+        ("GET", "/api/request/secure/meta", b"X-Api-Key: " + bad, 401),
+        ("GET", "/api/request/secure/meta", b"Cookie: busgate_access=" + bad, 401),
+        ("POST", "/api/auth/login/auth/password", b"Authorization: Basic " + bad, 401),
+    ]
+    for method, path, line, status in cases:
+        answer = await exchange(port, raw_request(method, path, line))
+        assert answer.status == status, (line, answer.body)
+        assert json.loads(answer.body)["error"]["requestId"] == answer.headers["x-request-id"]
+    assert not [line for line in auth_stack.output if "Traceback" in line]
+
+
+async def test_error_answers_have_ascii_heads_through_the_stack(auth_stack):
+    """Issue 8, item 12: the refresh 401's WWW-Authenticate carried a raw '…'."""
+    port = URL(auth_stack.url).port
+    assert port is not None
+    for raw in (
+        raw_request("POST", "/api/auth/refresh/auth/password"),
+        raw_request("GET", "/api/request/secure/meta", b"Authorization: Bearer caf\xc3\xa9"),
+        raw_request("GET", "/api/request/secure/caf%C3%A9"),
+        raw_request(
+            "POST",
+            "/api/auth/login/auth/password",
+            b"Content-Type: application/json",
+            body=b'{"username": 1}',
+        ),
+    ):
+        answer = await exchange(port, raw)
+        assert answer.status in (400, 401), answer.body
+        assert answer.head.isascii(), answer.head

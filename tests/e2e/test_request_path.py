@@ -4,6 +4,8 @@ over NATS and over Kafka."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -12,9 +14,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from yarl import URL
 
 from busgate.brokers import free_port, wait_for_port
+from busgate.edge.json_body import MAX_DEPTH
 from tests.e2e.conftest import E2E_ENV
+from tests.raw_http import exchange
 from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +39,17 @@ def stack(request, blackhole):
     """The e2e dev stack, plus: client request ids accepted; channels with their own
     timeouts (``slow``: 3 s over the demo system's 1.5 s; ``hasty``: 3 s, but 0.5 s for
     ``sleep``); a system with no timeout of its own (``mute``, whose runner never answers)
-    under a gateway timeout of 1 s."""
+    under a gateway timeout of 1 s; and system ``broken``, which points at a socket that
+    listens with a header aiohttp refuses to send: calling its runner raises something that
+    is neither a timeout nor a connection error."""
     request.applymarker(getattr(pytest.mark, request.param))
     env = {
         **E2E_ENV,
+        "BUSGATE__SYSTEMS__BROKEN__TYPE": "rpc",
+        "BUSGATE__SYSTEMS__BROKEN__TIMEOUT": "5.0",
+        "BUSGATE__SYSTEMS__BROKEN__BASE_URL": f"http://127.0.0.1:{blackhole}/x",
+        "BUSGATE__SYSTEMS__BROKEN__HEADERS": '{ "X-Bad" = "a\\nb" }',
+        "BUSGATE__CHANNELS__BROKEN__SYSTEM": "broken",
         "BUSGATE__SYSTEMS__DOWN__BASE_URL": f"http://127.0.0.1:{free_port()}/x",
         "BUSGATE__GATEWAY__ACCEPT_REQUEST_ID": "true",
         "BUSGATE__GATEWAY__TIMEOUT": "1.0",
@@ -222,3 +234,91 @@ async def test_two_calls_reusing_one_client_request_id_each_get_their_own_reply(
     seen = [c for c in await calls(http, stack) if c["requestId"] == "same-id-twice"]
     assert sorted(c["parameters"]["ms"] for c in seen) == [300, 600]
     assert {c["x-request-id"] for c in seen} == {"same-id-twice"}
+
+
+async def test_an_unexpected_failure_calling_the_runner_is_500_at_once(stack, http):
+    """Issue 8, correctness: the adapter's runner call raises something that is neither a
+    timeout nor a connection error; the caller gets a 500 now, not a 504 at its 5 s deadline."""
+    started = time.monotonic()
+    async with http.post(f"{stack.url}/api/request/broken/x", json={}) as resp:
+        assert (await error_of(resp, 500))["code"] == "internal"
+    assert time.monotonic() - started < 2.0
+
+
+async def test_json_nested_too_deeply_is_400(stack, http):
+    """Issue 8, item 4: a thousand levels were a 500 (RecursionError) at the edge."""
+    for body in (b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000):
+        async with http.post(
+            f"{stack.url}/api/request/demo/echo",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            assert (await error_of(resp, 400))["code"] == "bad_request"
+    deep = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH  # as deep as allowed: crosses every hop
+    async with http.post(
+        f"{stack.url}/api/request/demo/echo",
+        data=deep,
+        headers={"Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.read() == deep
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> float:
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(65536):
+            pass
+    return time.monotonic()
+
+
+async def test_slow_clients_are_disconnected_and_others_served(stack, http):
+    """Issue 8, item 7, on the edge process: heads trickled a byte at a time and stalled
+    chunked bodies are cut after the configured 1 s; a normal client is served meanwhile."""
+    port = URL(stack.url).port
+    head = b"GET /api/request/demo/echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    body = (
+        b"POST /api/request/demo/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n[1\r\n"
+    )
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            for byte in head:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    started = time.monotonic()  # each head's clock starts when its connection does
+    slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
+    stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(15)]
+    tricklers = [asyncio.create_task(trickle(w)) for _, w in slow]
+    for _, w in stalled:
+        w.write(body)
+    closes = [asyncio.create_task(closed_by_server(r)) for r, _ in slow + stalled]
+    async with http.post(f"{stack.url}/api/request/demo/echo", json={"ok": 1}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"ok": 1}
+    async with asyncio.timeout(10):
+        ended = await asyncio.gather(*closes)
+    await asyncio.gather(*tricklers)
+    for _, w in slow + stalled:
+        w.close()
+    assert all(0.8 <= t - started < 5 for t in ended), sorted(t - started for t in ended)
+
+
+async def test_requests_aiohttp_cannot_parse_are_json_400(stack):
+    """Issue 8, item 8: plain text and a traceback at ERROR before."""
+    port = URL(stack.url).port
+    mark = len(stack.output)
+    for data in (
+        b"GET /" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"FOO@ / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        answer = await exchange(port, data)
+        assert answer.status == 400
+        assert answer.headers["content-type"] == "application/json"
+        assert json.loads(answer.body)["error"]["code"] in ("line_too_long", "bad_http_message")
+    logged = stack.output[mark:]
+    assert not [line for line in logged if "Error handling request" in line]
+    assert not [line for line in logged if "http_exceptions" in line]

@@ -111,3 +111,44 @@ async def test_connections_are_reused(client, runner):
         await client.call(request("echo"))
     peers = {tuple(call["peer"]) for call in runner.app[CALLS]}
     assert len(peers) == 1, "every call should reuse one keep-alive connection"
+
+
+@pytest.mark.parametrize("path", ["a?b", "a#b", "café/ü", "50%off", "a b"])
+async def test_the_runner_gets_the_path_the_edge_checked(client, runner, path):
+    """The runner decodes the URL once and names the saga it got: exactly the envelope's
+    path (a '?' is no query, a '#' no fragment, a '%' no escape)."""
+    reply = await client.call(request(path))
+    assert reply.status == 404
+    assert json_decode(reply.body)["error"] == f"no saga {path!r}"
+    (call,) = runner.app[CALLS]
+    assert call["saga"] == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["x/%2e%2e/admin/meta", "x/../admin/meta", "x/%2E./meta", "x/./meta", "a\\..\\b", "x/a%2Fb"],
+)
+async def test_a_path_that_could_be_normalised_is_refused_before_the_runner(client, runner, path):
+    """An envelope from any producer gets the edge's path rule again: no dot segments, no
+    leftover escapes, so yarl or the runner cannot turn it into admin/meta."""
+    with pytest.raises(errors.BadRequest):
+        await client.call(request(path))
+    assert len(runner.app[CALLS]) == 0
+
+
+async def test_an_unexpected_failure_is_an_internal_error_at_once(runner, caplog):
+    """Not a timeout, not a connection error (aiohttp refuses the configured header): a
+    BusgateError (500) for the caller now, logged with its stack here."""
+    system = RpcSystem(
+        base_url=str(runner.make_url("/api/demo")), timeout=5.0, headers={"X-Bad": "a\nb"}
+    )
+    rpc = RpcClient("demo", system, Gateway())
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.BusgateError) as raised:
+            await rpc.call(request("echo"))
+    finally:
+        await rpc.close()
+    assert time.monotonic() - started < 1.0
+    assert (raised.value.status, raised.value.code) == (500, "internal")
+    assert "calling the runner" in caplog.text
