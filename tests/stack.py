@@ -74,3 +74,5 @@ def dev_stack(
                 proc.kill()
                 proc.wait()
         reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()  # else its pipe is left to the garbage collector (ResourceWarning)

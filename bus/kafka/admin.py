@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger("busgate.bus.kafka")
 
 _NO_ERROR = 0
-_TOPIC_ALREADY_EXISTS = 36
+_TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 
 
 async def default_replication(admin: Any) -> int:

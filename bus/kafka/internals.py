@@ -1,47 +1,128 @@
 """Every use of an aiokafka internal, in one place.
 
-aiokafka has no public way to do these; each function says why busgate needs it.
+busgate reaches past aiokafka's public API at these points only; each function says why and
+what the public API lacks. ``tests/bus/test_kafka_internals.py`` checks each internal on the
+installed aiokafka (it exists, has the shape relied on, and does what is meant) and that the
+installed version is in ``TESTED``, the range pinned in ``pyproject.toml``. When an internal
+is missing at run time anyway, the function takes a fallback and logs a WARNING, once.
+
+The internals, by object:
+
+* ``AIOKafkaConsumer._fetcher`` and ``Fetcher._fetch_max_wait_ms`` (:func:`set_fetch_wait`);
+* ``AIOKafkaConsumer._coordinator`` and ``GroupCoordinator.generation``
+  (:func:`group_member`);
+* ``AIOKafkaConsumer._client`` and ``AIOKafkaClient.force_metadata_update``
+  (:func:`force_metadata_update`);
+* ``AIOKafkaProducer.client`` and ``ClusterMetadata.partitions_for_topic``
+  (:func:`producer_partitions`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger("busgate.bus.kafka")
+
+TESTED = ((0, 13), (0, 15))
+"""aiokafka versions (``>=`` first, ``<`` second) on which these internals were checked:
+0.13.0 and 0.14.0 pass ``tests/bus/test_kafka_internals.py``. 0.11 and 0.12 have the same
+internals, but their Fetcher builds requests through a class chosen at start, which the
+test's spy does not see, so they are not claimed."""
+
+_warned: set[str] = set()
+
+
+def _fallback(internal: str, consequence: str) -> None:
+    """Log, once per internal, that it is missing and what busgate does without it."""
+    if internal in _warned:
+        return
+    _warned.add(internal)
+    log.warning(
+        "kafka: aiokafka internal %s not found (aiokafka outside the tested range?); %s",
+        internal,
+        consequence,
+    )
 
 
 def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
     """Change how long the broker may hold this consumer's next fetch.
 
-    aiokafka reads the value for every fetch it builds but has no public setter; without the
-    attribute (another aiokafka version) the consumer keeps the wait it was created with.
+    Why: consumers fetch with a short wait while busy and a long one when idle (see
+    ``bus.kafka.transport``). aiokafka's Fetcher reads ``_fetch_max_wait_ms`` for every fetch
+    request it builds, but ``fetch_max_wait_ms`` is a constructor argument only: there is no
+    public setter. Fallback: the consumer keeps the wait it was created with (the idle one),
+    which costs latency on brokers that hold fetches, not correctness.
     """
     fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
-        fetcher._fetch_max_wait_ms = wait_ms
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        _fallback(
+            "AIOKafkaConsumer._fetcher._fetch_max_wait_ms",
+            "consumers keep their initial fetch wait (slower replies on some brokers)",
+        )
+        return
+    fetcher._fetch_max_wait_ms = wait_ms
 
 
 def group_member(consumer: Any) -> bool:
     """Whether a group consumer holds a valid membership (generation) right now.
 
-    After the group forgot the member (its state was lost with a broker restart) aiokafka
-    resets the generation to -1 and then commits its *old* positions once more before
-    rejoining; Kafka accepts a commit with generation -1 for an empty group, so those
+    Why: after the group forgot the member (its state was lost with a broker restart)
+    aiokafka resets the generation to -1 and then commits its *old* positions once more
+    before rejoining; Kafka accepts a commit with generation -1 for an empty group, so those
     positions -- beyond the end of the recreated topic -- would become the group's offsets.
-    Offsets are therefore committed by busgate, and only while this holds.
+    Offsets are therefore committed by busgate, and only while this holds. The public API
+    has no notion of membership: ``assignment()`` keeps the old partitions until the
+    rejoin. Fallback: taken for a member (offsets are committed as before; without commits
+    every restart would replay the replay window).
     """
     coordinator = getattr(consumer, "_coordinator", None)
-    generation = getattr(coordinator, "generation", -1)
-    return isinstance(generation, int) and generation >= 0
+    generation = getattr(coordinator, "generation", None)
+    if not isinstance(generation, int):
+        _fallback(
+            "AIOKafkaConsumer._coordinator.generation",
+            "offsets are committed without checking the group generation",
+        )
+        return True
+    return generation >= 0
 
 
 def force_metadata_update(consumer: Any) -> None:
     """Have a consumer refresh its cluster metadata now rather than at its next periodic
-    refresh (see ``KafkaBus._refresh_if_stale``)."""
+    refresh (``metadata_max_age_ms``).
+
+    Why: a group rebalances over new partitions only once the consumer's metadata shows
+    them; after a broker restart that auto-created a request topic with another partition
+    count, waiting for the periodic refresh means one more rebalance much later. aiokafka
+    has no public call that refreshes a consumer's metadata. Fallback: the periodic refresh.
+    """
     client = getattr(consumer, "_client", None)
-    if client is not None:
-        client.force_metadata_update()
+    refresh = getattr(client, "force_metadata_update", None)
+    if refresh is None:
+        _fallback(
+            "AIOKafkaConsumer._client.force_metadata_update",
+            "partition changes are noticed at the next periodic metadata refresh",
+        )
+        return
+    refresh()  # a future, resolved in the background; nothing waits for it
 
 
 def producer_partitions(producer: Any, topic: str) -> set[int] | None:
-    """The partitions of ``topic`` in the producer's cluster metadata, None if unknown."""
-    known: set[int] | None = producer.client.cluster.partitions_for_topic(topic)
+    """The partitions of ``topic`` in the producer's cluster metadata, None if unknown.
+
+    Why: a request is sent to a partition a live adapter holds; that must be a partition the
+    producer knows, and it is decided on every send. The public ``partitions_for`` is a
+    coroutine that may wait for a metadata fetch; this read never waits. Fallback: None (the
+    partitioner picks among all partitions, as when nothing is known).
+    """
+    client = getattr(producer, "client", None)
+    cluster = getattr(client, "cluster", None)
+    lookup = getattr(cluster, "partitions_for_topic", None)
+    if lookup is None:
+        _fallback(
+            "AIOKafkaProducer.client.cluster.partitions_for_topic",
+            "requests are not steered around departed adapters' partitions",
+        )
+        return None
+    known: set[int] | None = lookup(topic)
     return known

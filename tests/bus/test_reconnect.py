@@ -72,11 +72,24 @@ async def test_broker_restart(own_broker: Broker) -> None:
         recovery = await served(world, within=60)
         print(f"\n{world.transport}: served again {recovery:.1f} s after the broker restarted")
 
-        # Everything works again on the same objects: replies, streams, cancel, commands.
+        # Everything works again on the same objects: replies, streams, commands, cancel.
         req = make_request("stream", kind="stream", query={"count": "4"})
         steps: list[StreamStep] = [s async for s in world.edge.stream(req, idle_timeout=5)]
         assert [s.seq for s in steps] == [1, 2, 3, 4]
         await world.edge.publish_command("after-restart", b"{}")
+
+        # A stream its caller leaves is cancelled at the adapter: the Cancel crosses the
+        # restarted broker (control subject / recreated control topic) and stops the saga.
+        req = make_request("forever", kind="stream", timeout=30)
+        forever = world.edge.stream(req, idle_timeout=5)
+        assert [(await anext(forever)).seq for _ in range(2)] == [1, 2]
+        responder = world.seen.responders[req.id]
+        assert not responder.cancelled.is_set()
+        await forever.aclose()  # the client went away: the edge broadcasts a Cancel
+        await asyncio.wait_for(responder.cancelled.wait(), 10)
+        adapter = world.adapters[0]
+        await asyncio.wait_for(adapter._idle.wait(), 5)  # the saga loop ended
+        assert req.id not in adapter._inflight
         for _ in range(10):
             reply = await world.edge.request(make_request("echo", body=b"after"))
             assert reply.body == b"after"
