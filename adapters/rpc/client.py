@@ -208,7 +208,7 @@ class RpcClient:
         """
         try:
             parameters = json_decode(req.body) if req.body else {}
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # the edge checks depth; others may not
             parameters = {}
         if not isinstance(parameters, dict):
             parameters = {"value": parameters}

@@ -55,7 +55,8 @@ def csrf_middleware(
         if auth_cookies.isdisjoint(request.cookies):
             return await handler(request)
         sent = headers.get(header_name, "")
-        if not sent or not any(hmac.compare_digest(sent, t) for t in expected(request)):
+        # compare_digest refuses non-ASCII str (TypeError): such a token is wrong anyway.
+        if not sent.isascii() or not any(hmac.compare_digest(sent, t) for t in expected(request)):
             raise errors.Forbidden(f"missing or wrong CSRF token: send the {header_name} header")
         return await handler(request)
 

@@ -318,6 +318,11 @@ async def test_csrf_double_submit(secured):
         "/api/request/secure/meta", json={}, headers={"X-CSRF-Token": csrf + "x"}
     )
     assert resp.status == 403
+    for hostile in ("é" + csrf[1:], "\u2026"):  # non-ASCII: a 500 once (compare_digest)
+        resp = await s.client.post(
+            "/api/request/secure/meta", json={}, headers={"X-CSRF-Token": hostile}
+        )
+        assert resp.status == 403 and "CSRF" in (await resp.json())["error"]["message"]
     resp = await s.client.post("/api/request/secure/meta", json={}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 200
     resp, _ = await s.get("/api/request/secure/meta")  # safe methods need none
