@@ -35,7 +35,8 @@ def test_the_example_loads_through_the_cli_loader_with_its_values() -> None:
         False,
         True,
     )
-    assert gateway.max_body == 10 * 1024 * 1024
+    assert gateway.max_body == 1_000_000  # within the 1 MiB NATS carries by default
+    assert (gateway.header_timeout, gateway.body_timeout) == (10.0, 30.0)
     orders = config.systems["orders"]
     assert isinstance(orders, RpcSystem)
     assert (orders.base_url, orders.timeout, orders.max_connections) == (
