@@ -330,7 +330,7 @@ async def test_follow_prints_calls_of_one_channel_as_they_end(traced, http):
         lines = [proc.stdout.readline(), proc.stdout.readline()]
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.communicate(timeout=10)  # also closes its pipes
     for request_id, status in ids:
         (line,) = [line for line in lines if f"  {request_id}  " in line]
         assert f"  {status}  " in line and " ms  trace " in line, line

@@ -8,7 +8,11 @@ import pytest
 
 from busgate.bus.base import Responder
 from busgate.contracts.wire import Reply, Request
-from tests.edge.auth_support import auth_config, secured_fixture  # noqa: F401
+from tests.edge.auth_support import (  # noqa: F401  (fixtures)
+    auth_config,
+    secured_fixture,
+    session_store_fixture,
+)
 from tests.raw_http import exchange, request
 
 CORS = {"cors": {"origin_patterns": [r"https?://.*"], "credentials": True}}

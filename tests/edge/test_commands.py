@@ -63,7 +63,7 @@ async def published(client: TestClient) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bus.servers)
     await consumer.start()
     try:
-        parts = (await bus._partition_counts([topic])).get(topic, 0)
+        parts = (await bus._topics.partition_counts([topic])).get(topic, 0)
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(parts)])
         return sum(ends.values())
     finally:

@@ -13,7 +13,11 @@ import pytest
 
 from busgate.contracts.codec import decode
 from busgate.contracts.wire import Request
-from tests.edge.auth_support import auth_config, secured_fixture  # noqa: F401
+from tests.edge.auth_support import (  # noqa: F401  (fixtures)
+    auth_config,
+    secured_fixture,
+    session_store_fixture,
+)
 from tests.raw_http import exchange, request
 
 BAD = b"\xff\xfe\xc3("  # not UTF-8

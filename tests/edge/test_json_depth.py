@@ -10,7 +10,7 @@ import pytest
 from busgate.contracts.codec import decode
 from busgate.contracts.wire import Request
 from busgate.edge.json_body import MAX_DEPTH, depth
-from tests.edge.auth_support import secured_fixture  # noqa: F401
+from tests.edge.auth_support import secured_fixture, session_store_fixture  # noqa: F401
 
 JSON = {"Content-Type": "application/json"}
 

@@ -10,7 +10,11 @@ from yarl import URL
 from busgate.contracts.codec import decode
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Request
-from tests.edge.auth_support import auth_config, secured_fixture  # noqa: F401
+from tests.edge.auth_support import (  # noqa: F401  (fixtures)
+    auth_config,
+    secured_fixture,
+    session_store_fixture,
+)
 from tests.edge.conftest import make_config
 
 # (raw request target after /api/request/demo/, why it is hostile)
