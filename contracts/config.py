@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from busgate.contracts.paths import refusal
+
 ENV_PREFIX = "BUSGATE__"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -293,11 +295,76 @@ class PathRule(Section, frozen=True):
     """Overrides the channel's (and system's) timeout for the paths the key matches. A key
     is one whole rule: a key set only for a timeout still decides access to its paths (any
     authenticated caller on a channel with ``auth``), so repeat ``public`` or ``roles``."""
+    response_headers: ResponseHeaders = {}
+    """Added to the answers of these paths; see :data:`ResponseHeaders`."""
+    errors: ErrorDetail | None = None
+    """How much of an error callers of these paths see; None = the channel's."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.roles if m != "*" and m not in METHODS]
         if bad:
             raise ValueError(f"roles: unknown method(s) {bad}; use {list(METHODS)} or '*'")
+        check_response_headers(self.response_headers)
+
+
+ErrorDetail = Literal["full", "code", "none"]
+"""What a caller sees of an error: ``full`` = code and message, ``code`` = the code only,
+``none`` = the status only (an empty body). Logs and traces always keep the message."""
+
+ResponseHeaders = dict[str, str | dict[str, str]]
+"""Headers added to answers: ``{"Cache-Control" = "no-store"}``; a method name holds the ones
+for that method only (``GET = {"Cache-Control" = "max-age=60"}``). Per header name the most
+specific wins: path and method, path, channel and method, channel."""
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ALIAS_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def check_response_headers(headers: ResponseHeaders) -> None:
+    for name, value in headers.items():
+        table = value if isinstance(value, dict) else {name: value}
+        if isinstance(value, dict) and name not in METHODS:
+            raise ValueError(f"response_headers.{name}: a table is only allowed under a method")
+        for header, text in table.items():
+            if not _HEADER_NAME.fullmatch(header):
+                raise ValueError(f"response_headers: {header!r} is not a header name")
+            if not (text.isascii() and text.isprintable()):
+                raise ValueError(f"response_headers.{header}: visible ASCII only")
+
+
+def alias_key_refusal(key: str) -> str | None:
+    """Why ``key`` is not a usable alias path (``v1/orders/{id}``), or None."""
+    names = _ALIAS_PARAM.findall(key)
+    if len(names) != len(set(names)):
+        return "a parameter name appears twice"
+    for segment in key.split("/"):
+        if ("{" in segment or "}" in segment) and not _ALIAS_PARAM.fullmatch(segment):
+            return "a parameter is a whole segment: {name}"
+    if "*" in key or not key:
+        return "use an exact path with {name} parameters (no wildcards)"
+    return refusal(_ALIAS_PARAM.sub("p", key))
+
+
+class Alias(Section, frozen=True):
+    """A public path of a channel that calls ``target``, another path of the same channel.
+
+    Path parameters (``{id}``) land in the payload under their names. ``payload`` and
+    ``meta`` map keys to JMESPath expressions over ``headers`` (lower-case names;
+    ``headers.X-Tenant`` may be written as is), ``query``, ``path`` (the parameters),
+    ``identity`` (``subject``, ``roles``, ``claims``) and ``origin``; what they give
+    overrides what the client sent under the same key. The access rules of the alias path
+    *and* of the target apply: an alias never opens a path its target would refuse.
+    """
+
+    target: str
+    methods: tuple[str, ...] = METHODS
+    payload: dict[str, str] = {}
+    meta: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown method(s) {bad}; allowed: {list(METHODS)}")
 
 
 class Channel(Section, frozen=True):
@@ -309,11 +376,21 @@ class Channel(Section, frozen=True):
     """The token (``tokens.NAME``) calls on this channel are checked against; for the auth
     API, the token it issues. None = every path is public."""
     paths: dict[str, PathRule] = {}
+    aliases: dict[str, Alias] = {}
+    """Public paths (``v1/orders/{id}``) that call another path of this channel."""
+    response_headers: ResponseHeaders = {}
+    errors: ErrorDetail = "full"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; allowed: {list(METHODS)}")
+        check_response_headers(self.response_headers)
+        for key, alias in self.aliases.items():
+            if (why := alias_key_refusal(key)) is not None:
+                raise ValueError(f'aliases."{key}": {why}')
+            if (why := refusal(alias.target)) is not None or not alias.target:
+                raise ValueError(f'aliases."{key}".target: {why or "empty"}')
         for key, rule in self.paths.items():
             if not _PATH_KEY.match(key):
                 raise ValueError(f'paths."{key}": use "*", "prefix/*" or an exact path')

@@ -87,6 +87,10 @@ class Request(Wire, frozen=True, tag="req"):
     the adapter replies 202 as soon as it has taken the request, then calls the runner and
     drops its answer."""
 
+    meta: dict[str, Any] = {}
+    """Extra keys for the runner's ``meta`` (a channel alias's mappings); the keys busgate
+    sets itself (``requestId``, ``identity``, …) always win over these."""
+
     @property
     def shown_id(self) -> str:
         """The id the client knows this call by."""

@@ -10,12 +10,15 @@ from busgate import bus as bus_
 from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
 from busgate.edge import health, keys, observe
+from busgate.edge.aliases import compile_aliases
 from busgate.edge.commands import install as install_commands
+from busgate.edge.error_detail import ErrorLevels
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
 from busgate.edge.middleware.front import front_middleware
 from busgate.edge.open_streams import OpenStreams
 from busgate.edge.request import handle_request
+from busgate.edge.response_headers import compile_header_rules
 from busgate.edge.security import install as install_security
 from busgate.edge.send import install as install_send
 from busgate.edge.stream import handle_stream, sweeper
@@ -39,6 +42,9 @@ def create_app(
     )
     app[keys.CONFIG] = config
     app[keys.IDS] = ids
+    app[keys.ALIASES] = compile_aliases(config)  # a bad expression: ConfigError, here
+    app[keys.RESPONSE_HEADERS] = compile_header_rules(config)
+    app[keys.ERROR_LEVELS] = ErrorLevels(config)
     app[keys.STREAMS] = OpenStreams(
         config.gateway.max_streams, config.gateway.max_streams_per_client
     )

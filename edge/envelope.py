@@ -7,6 +7,7 @@ so that a bad call is refused at the edge, never after crossing the bus.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -15,9 +16,10 @@ from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Kind, Origin, Request
+from busgate.edge import aliases
 from busgate.edge.headers import checked, header
 from busgate.edge.json_body import check_json
-from busgate.edge.keys import BUS, IDENTITY, IDS
+from busgate.edge.keys import ALIAS, ALIASES, BUS, IDENTITY, IDS
 from busgate.edge.middleware.ids import REQUEST_ID, TRACEPARENT
 
 _EMPTY_OBJECT = b"{}"
@@ -98,7 +100,11 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         raise errors.BadRequest(why)
     gateway = config.gateway
     body = await read_body(request, request.app[BUS].body_limit(gateway.max_body))
-    timeout = config.timeout_for(info["channel"], info["path"])
+    meta: dict[str, Any] = {}
+    if channel.aliases and (found := alias_of(request, info["channel"], path)) is not None:
+        body, meta = aliases.apply(request, found, body, request.get(IDENTITY))
+        path = found.target
+    timeout = config.timeout_for(info["channel"], path)
     forwarded = {
         name: checked(name, value)
         for name in gateway.forward_headers
@@ -122,4 +128,17 @@ async def build(request: web.Request, config: Config, kind: Kind) -> Request:
         origin=origin_of(request),
         deadline=time.time() + timeout,
         resume=header(request, "Last-Event-ID") if kind == "stream" else None,
+        meta=meta,
     )
+
+
+def alias_of(request: web.Request, channel: str, path: str) -> aliases.AliasMatch | None:
+    """The alias ``path`` names (matched by the auth middleware, or here), checked against its
+    methods; None for an ordinary path."""
+    found = request.get(ALIAS)
+    if found is None:
+        table = request.app[ALIASES].get(channel)
+        found = table.match(path) if table is not None else None
+    if found is not None and request.method not in found.alias.methods:
+        raise errors.MethodNotAllowed(f"{request.method} is not allowed on {path!r}")
+    return found

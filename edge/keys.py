@@ -11,10 +11,13 @@ from busgate.contracts.config import Config
 from busgate.contracts.wire import Identity
 
 if TYPE_CHECKING:
+    from busgate.edge.aliases import AliasMatch, ChannelAliases
     from busgate.edge.auth import AuthContext
+    from busgate.edge.error_detail import ErrorLevels
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
     from busgate.edge.open_streams import OpenStreams
+    from busgate.edge.response_headers import HeaderRules
 
 CONFIG = web.AppKey("config", Config)
 BUS = web.AppKey("bus", Bus)
@@ -22,6 +25,9 @@ IDS: web.AppKey[IdFactory] = web.AppKey("ids")
 AUTH: web.AppKey[AuthContext] = web.AppKey("auth")
 STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
+ALIASES: web.AppKey[dict[str, ChannelAliases]] = web.AppKey("aliases")
+RESPONSE_HEADERS: web.AppKey[dict[str, HeaderRules]] = web.AppKey("response_headers")
+ERROR_LEVELS: web.AppKey[ErrorLevels] = web.AppKey("error_levels")
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -30,3 +36,6 @@ TRACE_ID = web.RequestKey("trace_id", str)
 
 # Set by the auth middleware when the caller is authenticated.
 IDENTITY = web.RequestKey("identity", Identity)
+
+# Set by the auth middleware when the path is a channel alias (else the envelope matches it).
+ALIAS: web.RequestKey[AliasMatch] = web.RequestKey("alias")

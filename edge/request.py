@@ -18,4 +18,9 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
     reply = await app[keys.BUS].request(envelope_)
     if reply.error is not None:
         raise Remote(reply.error)
-    return from_reply(reply)
+    response = from_reply(reply)
+    rules = app[keys.RESPONSE_HEADERS].get(envelope_.channel)
+    if rules is not None:  # the public path's rules (an alias's, not its target's)
+        for name, value in rules.for_call(request.match_info["path"], request.method):
+            response.headers[name] = value
+    return response

@@ -7,6 +7,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from busgate.contracts.codec import json_encode
+from busgate.contracts.config import ErrorDetail
 from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Reply
 
@@ -38,12 +39,22 @@ def error_body(code: str, message: str, request_id: str | None) -> bytes:
     return json_encode({"error": error})
 
 
-def error_response(exc: BusgateError, request_id: str | None) -> web.Response:
-    response = web.Response(
-        status=exc.status,
-        body=error_body(exc.code, exc.message, request_id),
-        content_type=JSON,
-    )
+def error_response(
+    exc: BusgateError, request_id: str | None, detail: ErrorDetail = "full"
+) -> web.Response:
+    """The JSON error; ``detail`` (``edge.error_detail``) may leave out the message
+    (``code``) or the whole body (``none``: the status and headers only)."""
+    if detail == "none":
+        response = web.Response(status=exc.status)
+    else:
+        error: dict[str, str] = {"code": exc.code}
+        if detail == "full":
+            error["message"] = exc.message
+        if request_id:
+            error["requestId"] = request_id
+        response = web.Response(
+            status=exc.status, body=json_encode({"error": error}), content_type=JSON
+        )
     if exc.retry_after is not None or exc.status in (429, 503):
         response.headers["Retry-After"] = str(int(exc.retry_after or 30))
     return response

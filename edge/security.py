@@ -51,7 +51,7 @@ def install(app: web.Application, config: Config, *, sessions: Sessions | None =
         )
         app.middlewares.append(csrf_middleware(gateway.csrf, ctx.tokens.values(), skip))
     if ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
-        app.middlewares.append(auth_middleware(ctx))
+        app.middlewares.append(auth_middleware(ctx, app.get(keys.ALIASES)))
     if not ctx.tokens:
         return
 

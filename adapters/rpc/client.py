@@ -73,6 +73,8 @@ def _meta(req: Request, trace_id: str) -> bytes:
     if req.kind == "command":  # the runner may deduplicate on the id across attempts
         meta["commandId"] = req.id
         meta["attempt"] = req.attempt
+    if req.meta:  # an alias's mappings: never in place of what busgate itself says
+        meta = {**req.meta, **meta}
     return json_encode(meta)
 
 

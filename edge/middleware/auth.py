@@ -13,6 +13,7 @@ a dict lookup for revocation — no signature check, no allocation beyond the he
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -21,6 +22,8 @@ from busgate.contracts import errors
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Identity
 from busgate.edge import keys
+from busgate.edge.access import Need
+from busgate.edge.aliases import ChannelAliases
 from busgate.edge.auth import AuthContext, set_token_cookies, unauthorized
 from busgate.edge.tokens import TokenService
 
@@ -74,9 +77,12 @@ def _renew(
     set_token_cookies(response, service, access=access)
 
 
-def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-type]
+def auth_middleware(
+    ctx: AuthContext, aliases: Mapping[str, ChannelAliases] | None = None
+) -> web.middleware:  # type: ignore[valid-type]
     access = ctx.access
     channel_tokens = ctx.channel_tokens
+    aliases = aliases or {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -93,6 +99,12 @@ def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-t
         need = rules.need(path, request.method)
         if need.disabled:
             raise errors.NotFound(f"no route for {request.path}")
+        target: Need | None = None  # an alias's target: its rules apply too
+        if aliases and (table := aliases.get(channel)) and (found := table.match(path)):
+            request[keys.ALIAS] = found
+            target = rules.need(found.target, request.method)
+            if target.disabled:
+                raise errors.NotFound(f"no route for {request.path}")
         service = channel_tokens.get(channel)
         if service is None:
             return await handler(request)
@@ -103,7 +115,7 @@ def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-t
                 return unauthorized(exc, request.get(keys.REQUEST_ID))
             identity, cookie_token = None, None
         if identity is None:
-            if need.public:
+            if need.public and (target is None or target.public):
                 return await handler(request)
             return unauthorized(
                 errors.Unauthorized("this path needs a token"),
@@ -112,6 +124,9 @@ def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-t
             )
         if need.roles is not None and need.roles.isdisjoint(identity.roles):
             raise errors.Forbidden(f"this path needs one of the roles {sorted(need.roles)}")
+        if target is not None and target.roles is not None:
+            if target.roles.isdisjoint(identity.roles):
+                raise errors.Forbidden(f"this path needs one of the roles {sorted(target.roles)}")
         request[keys.IDENTITY] = identity
         response = await handler(request)
         if cookie_token is not None and service.config.grace:

@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from busgate.contracts import errors
-from busgate.edge.keys import REQUEST_ID
+from busgate.edge.keys import ERROR_LEVELS, REQUEST_ID
 from busgate.edge.responses import error_response
 
 log = logging.getLogger("busgate.edge")
@@ -31,7 +31,17 @@ def error_answer(request: web.Request, exc: Exception) -> web.Response | None:
     """The answer for what a handler raised; None for an HTTP redirect (status < 400), which
     the caller raises on for aiohttp to send."""
     if isinstance(exc, errors.BusgateError):
-        return error_response(exc, request.get(REQUEST_ID))
+        levels = request.app.get(ERROR_LEVELS)
+        detail = levels.level(request) if levels else "full"
+        if detail != "full":
+            log.info(
+                "request %s: %d %s not shown in full: %s",
+                request.get(REQUEST_ID),
+                exc.status,
+                exc.code,
+                exc.message,
+            )
+        return error_response(exc, request.get(REQUEST_ID), detail)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None
