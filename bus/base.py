@@ -303,6 +303,21 @@ class Bus(abc.ABC):
             if not self._inflight:
                 self._idle.set()
 
+    async def publish_event(
+        self, dest: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """An event for whoever listens (audit): sent once, answered by nobody. Raises
+        BusUnavailable or MessageTooLarge as a request would."""
+        await self._prepare_topic(dest)
+        await self._send(dest, data, headers or {})
+
+    def audit_address(self, channel: str) -> str:
+        """Where a channel's audit events go (NATS: a subject per channel)."""
+        return self.names.audit(channel)
+
+    async def _prepare_topic(self, dest: str) -> None:  # noqa: B027 - Kafka creates topics
+        """Make ``dest`` exist before the first message goes there."""
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)

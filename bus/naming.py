@@ -25,6 +25,11 @@ class Names:
     def track(self, channel: str = "") -> str:
         return f"{self.prefix}.track.{channel}" if channel else f"{self.prefix}.track"
 
+    def audit(self, channel: str = "") -> str:
+        """Audit events: ``PREFIX.audit.CHANNEL`` on NATS, one topic ``PREFIX.audit`` on
+        Kafka (as for tracking events)."""
+        return f"{self.prefix}.audit.{channel}" if channel else f"{self.prefix}.audit"
+
     def trace(self, trace_id: str = "", request_id: str = "") -> str:
         """Finished spans: ``PREFIX.trace.TRACE.REQUEST`` on NATS (a JetStream stream over
         ``PREFIX.trace.>``, read by trace id or by request id), topic ``PREFIX.trace`` on

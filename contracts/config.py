@@ -299,6 +299,11 @@ class PathRule(Section, frozen=True):
     """Added to the answers of these paths; see :data:`ResponseHeaders`."""
     errors: ErrorDetail | None = None
     """How much of an error callers of these paths see; None = the channel's."""
+    audit: bool = False
+    """Publish an :class:`~busgate.contracts.wire.AuditEvent` per call to the audit
+    subject/topic (NATS ``PREFIX.audit.CHANNEL``, Kafka ``PREFIX.audit``)."""
+    audit_body: bool = False
+    """...with the request body (secret-looking keys of a JSON object redacted)."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.roles if m != "*" and m not in METHODS]

@@ -162,4 +162,33 @@ class DeadLetter(Wire, frozen=True, tag="dead"):
     error: Error
 
 
-Message = Request | Reply | StreamStep | Credit | Cancel | Presence | DeadLetter
+class AuditEvent(Wire, frozen=True, tag="audit"):
+    """Who called what, when, from where, with which status and how long it took: one per
+    call of an audited path (``audit = true``), on the audit subject/topic. Never a token,
+    a password or a header; the body only with ``audit_body`` (secret-looking keys
+    redacted)."""
+
+    at: float
+    """Seconds since the epoch, when the edge took the call."""
+    request_id: str
+    trace_id: str = ""
+    node: str = ""
+    channel: str = ""
+    path: str = ""
+    """The public path (an alias's, when it is one)."""
+    target: str = ""
+    """The path the runner was called with, when it differs (an alias's target)."""
+    method: str = ""
+    status: int = 0
+    error: str = ""
+    """The error code, when the call failed."""
+    duration_ms: float = 0.0
+    subject: str = ""
+    roles: tuple[str, ...] = ()
+    client_ip: str = ""
+    user_agent: str = ""
+    forwarded_for: str = ""
+    body: bytes | None = None
+
+
+Message = Request | Reply | StreamStep | Credit | Cancel | Presence | DeadLetter | AuditEvent

@@ -9,7 +9,7 @@ from aiohttp import web
 from busgate import bus as bus_
 from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
-from busgate.edge import health, keys, observe
+from busgate.edge import audit, health, keys, observe
 from busgate.edge.aliases import compile_aliases
 from busgate.edge.commands import install as install_commands
 from busgate.edge.error_detail import ErrorLevels
@@ -63,6 +63,7 @@ def create_app(
 
     app.cleanup_ctx.append(bus_ctx)
     observe.install(app, config)  # spans, /metrics, log ids: only what [telemetry] asks for
+    audit.install(app, config)  # before the security middlewares: refusals are audited too
 
     async def close_streams(app: web.Application) -> None:
         app[keys.STREAMS].stop_all()  # before the bus closes: their Cancels still go out

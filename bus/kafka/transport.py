@@ -130,6 +130,7 @@ class KafkaBus(Bus):
         """The topics this node makes sure exist, with the partitions each should have."""
         self._producer: Any = None
         self._command_producer: Any = None
+        self._event_topics: dict[str, asyncio.Future[dict[str, int]]] = {}
         self._command_lock = asyncio.Lock()
         self._node_reader: Reader | None = None
         self._request_readers: dict[str, Reader] = {}
@@ -258,6 +259,23 @@ class KafkaBus(Bus):
                 # message at fault (too large, not authorized, ...).
                 self._mark_down(f"produce to {dest} failed ({type(exc).__name__})")
             raise BusUnavailable(f"Kafka produce failed: {type(exc).__name__}") from None
+
+    def audit_address(self, channel: str) -> str:
+        """One topic for all channels (the channel is in each event), as for tracking."""
+        return self.names.audit()
+
+    async def _prepare_topic(self, dest: str) -> None:
+        """Event topics (audit) are created once per node, on their first event; calls that
+        come meanwhile wait for that one creation."""
+        ready = self._event_topics.get(dest)
+        if ready is None:
+            self._topics.wanted[dest] = 3
+            ready = self._event_topics[dest] = asyncio.ensure_future(self._topics.ensure([dest]))
+        try:
+            await asyncio.shield(ready)
+        except Exception:
+            self._event_topics.pop(dest, None)  # the next event tries again
+            raise BusUnavailable(f"cannot create topic {dest}") from None
 
     async def _ready_command_producer(self) -> Any:
         async with self._command_lock:

@@ -4,11 +4,18 @@ levels of the dev config (``busgate/dev.toml``)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+import time
 
 import aiohttp
+import nats
 import pytest
+from nats.aio.msg import Msg
 
+from busgate.contracts.codec import decode
+from busgate.contracts.wire import AuditEvent
 from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -106,3 +113,106 @@ async def test_error_detail_levels(shaped, http):
         assert await resp.read() == b""
     # The edge and adapter logs keep the detail.
     assert any("answered 500" in line for line in shaped.output)
+
+
+class AuditReader:
+    """Audit events off the real bus: a NATS subscription taken before the calls, or the
+    Kafka topic read from its start without a consumer group."""
+
+    def __init__(self, stack) -> None:
+        self.url = stack.parts["bus"]
+        self.kind = stack.bus
+        self.seen: dict[str, tuple[AuditEvent, bytes]] = {}
+        self.arrived = asyncio.Event()
+
+    def _take(self, data: bytes) -> None:
+        event = decode(data)
+        assert isinstance(event, AuditEvent)
+        self.seen[event.request_id] = (event, data)
+        self.arrived.set()
+
+    async def __aenter__(self) -> AuditReader:
+        if self.kind == "nats":
+            self.nc = await nats.connect(self.url)
+
+            async def on_msg(msg: Msg) -> None:
+                self._take(msg.data)
+
+            await self.nc.subscribe("busgate.audit.>", cb=on_msg)
+            await self.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.kind == "nats":
+            await self.nc.close()
+
+    async def wait_for(self, ids: set[str], patience: float = 20) -> dict[str, tuple]:
+        async with asyncio.timeout(patience):
+            if self.kind == "kafka":
+                await self._read_kafka(ids)
+            while not ids <= self.seen.keys():
+                self.arrived.clear()
+                await self.arrived.wait()
+        return {i: self.seen[i] for i in ids}
+
+    async def _read_kafka(self, ids: set[str]) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        servers = self.url.removeprefix("kafka://")
+        consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None)
+        await consumer.start()
+        try:
+            # Nothing to await: the topic appears with the first event, on another process.
+            while "busgate.audit" not in await consumer.topics():  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            partitions = [
+                TopicPartition("busgate.audit", p)
+                for p in consumer.partitions_for_topic("busgate.audit") or ()
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            while not ids <= self.seen.keys():
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        self._take(record.value)
+        finally:
+            await consumer.stop()
+
+
+async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http):
+    token_headers = await bearer(http, shaped.url)
+    token = token_headers["Authorization"].removeprefix("Bearer ")
+    async with AuditReader(shaped) as reader:
+        async with http.post(
+            f"{shaped.url}/api/request/demo/echo",
+            json={"password": PASSWORD, "nested": {"api_key": "k-123"}, "sku": "a-1"},
+            headers={"User-Agent": "audit-test", "Cookie": "busgate_access=" + token},
+        ) as resp:
+            assert resp.status == 200
+            echoed = resp.headers["X-Request-Id"]
+        async with http.get(
+            f"{shaped.url}/api/request/secure/v1/orders/7", headers=token_headers
+        ) as resp:
+            assert resp.status == 200
+            aliased = resp.headers["X-Request-Id"]
+        async with http.get(f"{shaped.url}/api/request/secure/v1/orders/8") as resp:
+            assert resp.status == 401  # refusals are audited too
+            refused = resp.headers["X-Request-Id"]
+        async with http.post(f"{shaped.url}/api/request/demo/meta", json={}) as resp:
+            not_audited = resp.headers["X-Request-Id"]
+        events = await reader.wait_for({echoed, aliased, refused})
+    event, raw = events[echoed]
+    assert (event.channel, event.path, event.method, event.status) == ("demo", "echo", "POST", 200)
+    assert event.user_agent == "audit-test" and event.client_ip == "127.0.0.1"
+    assert event.duration_ms > 0 and abs(event.at - time.time()) < 60
+    assert json.loads(event.body) == {"password": "***", "nested": {"api_key": "***"}, "sku": "a-1"}
+    event, raw2 = events[aliased]
+    assert (event.path, event.target, event.status) == ("v1/orders/7", "meta", 200)
+    assert event.subject.startswith("u:") and event.roles == ("user",) and event.body is None
+    event, raw3 = events[refused]
+    assert (event.status, event.error, event.subject) == (401, "", "")
+    for data in (raw, raw2, raw3):
+        assert PASSWORD.encode() not in data and token.encode() not in data
+        assert b"k-123" not in data
+    assert not_audited not in reader.seen
