@@ -138,11 +138,35 @@ class Gateway(Section, frozen=True):
 
 
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
-    base_url: str
+    base_url: str = ""
+    """The runner; with ``base_urls``, the first of them (set for you)."""
     timeout: Timeout | None = None
     """Overrides ``gateway.timeout`` for calls of this system."""
     max_connections: int = 100
     headers: dict[str, str] = {}
+    base_urls: tuple[str, ...] = ()
+    """Several runners of this system, called in turn (round robin). One that refuses a
+    connection is skipped for ``eject_time`` and the call goes to the next; one that
+    answers 5xx is skipped for ``eject_time`` too (that call's answer stands)."""
+    eject_time: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    """Seconds a failing runner of ``base_urls`` is left out before it is tried again."""
+    max_answer: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Largest runner answer held in memory, bytes (0 = no cap): beyond it the call fails
+    (502 ``reply_too_large``) without reading the rest."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url and not self.base_urls:
+            raise ValueError("base_url: set base_url, or base_urls for several runners")
+        if self.base_url and self.base_urls and self.base_url != self.base_urls[0]:
+            raise ValueError("base_url: with base_urls, leave it out (the first is used)")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ValueError("base_urls: a runner is listed twice")
+        if self.base_urls and not self.base_url:
+            msgspec.structs.force_setattr(self, "base_url", self.base_urls[0])
+
+    @property
+    def runners(self) -> tuple[str, ...]:
+        return self.base_urls or (self.base_url,)
 
 
 System = RpcSystem

@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from busgate.adapters.rpc.balance import Balancer, Runner
 from busgate.bus.base import Responder
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
@@ -91,6 +92,8 @@ class RpcClient:
         self.base_url = system.base_url.rstrip("/")
         self._base = str(URL(self.base_url))  # encoded once, here
         self._urls: dict[str, URL] = {}  # path -> runner URL: most calls reuse a few paths
+        runners = system.runners
+        self.balancer = Balancer(runners, system.eject_time) if len(runners) > 1 else None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -110,7 +113,7 @@ class RpcClient:
         wrap = observer.runner(self.name, self.base_url)
         self._post = functools.partial(wrap, self._post)  # type: ignore[method-assign]
 
-    def runner_url(self, path: str) -> URL:
+    def runner_url(self, path: str, runner: Runner | None = None) -> URL:
         """``BASE/PATH`` with the path the edge authorised, byte for byte.
 
         The path arrives decoded once (as the edge checked it). It is percent-encoded here
@@ -118,13 +121,14 @@ class RpcClient:
         collapses dot segments: the runner decodes it once and sees what the edge saw. A path
         another producer put on the bus gets the edge's check too.
         """
-        url = self._urls.get(path)
+        urls, base = (self._urls, self._base) if runner is None else (runner.urls, runner.base)
+        url = urls.get(path)
         if url is None:
             if (why := refusal(path)) is not None:
                 raise errors.BadRequest(why)
-            if len(self._urls) >= _URL_CACHE:
-                self._urls.clear()
-            url = self._urls[path] = URL(f"{self._base}/{quote(path, safe='/')}", encoded=True)
+            if len(urls) >= _URL_CACHE:
+                urls.clear()
+            url = urls[path] = URL(f"{base}/{quote(path, safe='/')}", encoded=True)
         return url
 
     def _budget(self, req: Request) -> float:
@@ -154,22 +158,63 @@ class RpcClient:
         }
         if req.tracestate:
             headers["tracestate"] = req.tracestate
-        url = self.runner_url(req.path)
-        try:
-            async with self.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
-                payload = await resp.read()
-                passed = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k)) is not None}
-                return resp.status, passed, payload
-        except TimeoutError:
-            raise errors.DeadlineExceeded(
-                f"runner of system {self.name!r} did not answer within {timeout:.3g} s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamUnreachable(
-                f"runner of system {self.name!r} is unreachable: {type(exc).__name__}"
-            ) from None
+        balancer = self.balancer
+        runner = balancer.pick() if balancer is not None else None
+        refused = 0
+        while True:
+            url = self.runner_url(req.path, runner)
+            try:
+                async with self.session.post(
+                    url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as resp:
+                    payload = await self._read(resp)
+                    if balancer is not None and runner is not None and resp.status >= 500:
+                        balancer.failed(runner)
+                    passed = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k)) is not None}
+                    return resp.status, passed, payload
+            except TimeoutError:
+                raise errors.DeadlineExceeded(
+                    f"runner of system {self.name!r} did not answer within {timeout:.3g} s"
+                ) from None
+            except aiohttp.ClientError as exc:
+                if balancer is None or runner is None:
+                    raise self._unreachable(exc) from None
+                balancer.failed(runner)
+                refused += 1
+                # A refused connection sent nothing: the next runner may take the call.
+                # Anything later (a connection dropped mid-call) may have been acted on.
+                if not isinstance(exc, aiohttp.ClientConnectorError) or refused >= len(
+                    balancer.runners
+                ):
+                    raise self._unreachable(exc) from None
+                runner = balancer.pick(skip=runner)
+                timeout = self._remaining(req)
+
+    def _unreachable(self, exc: Exception) -> errors.UpstreamUnreachable:
+        return errors.UpstreamUnreachable(
+            f"runner of system {self.name!r} is unreachable: {type(exc).__name__}"
+        )
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The answer's body, refused past ``max_answer`` bytes without reading the rest."""
+        cap = self.system.max_answer
+        if not cap:
+            return await resp.read()
+        if resp.content_length is not None and resp.content_length > cap:
+            raise self._too_large(cap)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(cap)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, cap: int) -> errors.ReplyTooLarge:
+        return errors.ReplyTooLarge(
+            f"runner of system {self.name!r} answered more than max_answer ({cap} bytes)"
+        )
 
     async def call(self, req: Request) -> Reply:
         try:

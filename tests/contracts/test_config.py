@@ -29,7 +29,7 @@ def test_valid_config_gets_defaults():
         ({"gateway": {"max_body": "big"}}, "gateway.max_body: Expected `int`, got `str`"),
         ({"gateway": {"lisen": "x"}}, "gateway: Object contains unknown field `lisen`"),
         ({"gateway": {"return_ids": "sometimes"}}, "gateway.return_ids: Invalid enum value"),
-        ({"systems": {"s1": {"type": "rpc"}}}, "systems.s1: Object missing required field"),
+        ({"systems": {"s1": {"type": "rpc"}}}, "systems.s1: base_url: set base_url, or base_urls"),
         (
             {"systems": {"s1": {"type": "rpc", "base_url": "u", "timeout": "slow"}}},
             "systems.s1.timeout: Expected `float | null`, got `str`",

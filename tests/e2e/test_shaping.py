@@ -5,15 +5,21 @@ levels of the dev config (``busgate/dev.toml``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import nats
 import pytest
 from nats.aio.msg import Msg
 
+from busgate.brokers import free_port, wait_for_port
 from busgate.contracts.codec import decode
 from busgate.contracts.wire import AuditEvent
 from tests.stack import dev_stack
@@ -24,12 +30,43 @@ PASSWORD = secrets.token_urlsafe(12)
 SECRET = secrets.token_urlsafe(48)
 
 
+@contextlib.contextmanager
+def runner_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A sample RPC runner as its own process: (base URL of its root, process)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(15)
+
+
 @pytest.fixture(scope="module", params=["nats", "kafka"])
 def shaped(request):
+    """The dev stack, plus system ``lb``: two more runner processes behind one system."""
     request.applymarker(getattr(pytest.mark, request.param))
-    env = {"BUSGATE_DEV_PASSWORD": PASSWORD, "BUSGATE_TOKEN_SECRET": SECRET}
-    with dev_stack(request.param, env=env) as running:
-        yield running
+    with runner_process() as first, runner_process() as second:
+        env = {
+            "BUSGATE_DEV_PASSWORD": PASSWORD,
+            "BUSGATE_TOKEN_SECRET": SECRET,
+            "BUSGATE__SYSTEMS__LB__TYPE": "rpc",
+            "BUSGATE__SYSTEMS__LB__BASE_URLS": json.dumps(
+                [f"{first[0]}/api/demo", f"{second[0]}/api/demo"]
+            ),
+            # Short: the killed runner is tried again (and refuses) many times under load.
+            "BUSGATE__SYSTEMS__LB__EJECT_TIME": "0.1",
+            "BUSGATE__CHANNELS__LB__SYSTEM": "lb",
+        }
+        with dev_stack(request.param, env=env) as running:
+            running.lb = [first, second]
+            yield running
 
 
 @pytest.fixture
@@ -216,3 +253,36 @@ async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http)
         assert PASSWORD.encode() not in data and token.encode() not in data
         assert b"k-123" not in data
     assert not_audited not in reader.seen
+
+
+async def test_two_runners_share_load_and_a_killed_one_fails_only_the_first_few(shaped, http):
+    """Last in this module: it kills one of the two runners of system ``lb``."""
+    (first, _), (_, victim) = shaped.lb
+    url = f"{shaped.url}/api/request/lb/echo"
+    total, workers, kill_after = 600, 12, 150
+    outcomes: list[int] = []  # statuses, in the order the calls finished
+    killed = asyncio.Event()
+    numbers = iter(range(total))
+
+    async def worker() -> None:
+        for n in numbers:
+            async with http.post(url, json={"n": n}) as resp:
+                await resp.read()
+                outcomes.append(resp.status)
+            if len(outcomes) == kill_after and not killed.is_set():
+                victim.send_signal(signal.SIGKILL)
+                killed.set()
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    assert killed.is_set()
+    before = outcomes[:kill_after]
+    assert before == [200] * kill_after
+    failed = [i for i, status in enumerate(outcomes) if status != 200]
+    # Only calls in flight on (or pooled to) the killed runner may fail, right after the kill.
+    assert len(failed) <= workers, failed
+    assert all(i < kill_after + 3 * workers for i in failed), failed
+    async with http.get(f"{first}/calls") as resp:
+        served_first = len(await resp.json())
+    served_second = total - len(failed) - served_first  # all before the kill
+    # Both shared the load before the kill (round robin: about half each).
+    assert abs(served_second - kill_after / 2) <= workers, (served_first, served_second)
