@@ -137,6 +137,23 @@ class Gateway(Section, frozen=True):
     csrf: Csrf = msgspec.field(default_factory=Csrf)
 
 
+class RunnerAuth(Section, frozen=True):
+    """The adapter authenticates to the runners (OAuth 2 client credentials, RFC 6749
+    §4.4): it fetches a token from ``token_url`` with ``client_id`` and ``client_secret``
+    (HTTP Basic), keeps it until ``margin`` seconds before it expires, sends it as
+    ``Authorization: Bearer``, and fetches a new one once when a runner answers 401."""
+
+    token_url: str
+    """Absolute, or a path on the (first) runner's host (``/oauth/token``)."""
+    client_id: str
+    client_secret: str
+    """``env:NAME`` or ``file:PATH`` (or, not recommended, literal)."""
+    scope: str = ""
+    audience: str = ""
+    margin: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    timeout: Timeout = 5.0
+
+
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     base_url: str = ""
     """The runner; with ``base_urls``, the first of them (set for you)."""
@@ -153,6 +170,9 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     max_answer: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Largest runner answer held in memory, bytes (0 = no cap): beyond it the call fails
     (502 ``reply_too_large``) without reading the rest."""
+    cookies: dict[str, str] = {}
+    """Cookies sent with every runner call, as ``headers`` are."""
+    auth: RunnerAuth | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url and not self.base_urls:

@@ -16,10 +16,8 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,6 +33,7 @@ from busgate.contracts.config import (
     Token,
     Verifiable,
 )
+from busgate.contracts.secrets import resolve_secret
 from busgate.contracts.wire import Identity, Origin
 from busgate.edge.headers import is_text
 
@@ -44,23 +43,6 @@ MIN_SECRET = 32
 """Bytes an HMAC secret needs at least (RFC 7518 §3.2 asks for the hash's size)."""
 CACHE_SIZE = 10_000
 _IDENTITY_SKIP = RESERVED_CLAIMS | {"sub", "roles"}
-
-
-def resolve_secret(value: str, where: str) -> str:
-    """A literal, ``env:NAME`` or ``file:PATH`` (the last two keep secrets out of files)."""
-    if value.startswith("env:"):
-        name = value[4:]
-        found = os.environ.get(name)
-        if not found:
-            raise ConfigError(f"{where}: environment variable {name} is not set")
-        return found
-    if value.startswith("file:"):
-        path = Path(value[5:]).expanduser()
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
-    return value
 
 
 def api_key_hash(key: str) -> str:

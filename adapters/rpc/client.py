@@ -19,6 +19,7 @@ import msgspec
 from yarl import URL
 
 from busgate.adapters.rpc.balance import Balancer, Runner
+from busgate.adapters.rpc.runner_auth import ClientCredentials
 from busgate.bus.base import Responder
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
@@ -94,6 +95,9 @@ class RpcClient:
         self._urls: dict[str, URL] = {}  # path -> runner URL: most calls reuse a few paths
         runners = system.runners
         self.balancer = Balancer(runners, system.eject_time) if len(runners) > 1 else None
+        self.credentials = (
+            ClientCredentials(name, system.auth, runners[0]) if system.auth is not None else None
+        )
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -102,8 +106,12 @@ class RpcClient:
             connector = aiohttp.TCPConnector(
                 limit=self.system.max_connections, keepalive_timeout=30, ttl_dns_cache=300
             )
+            headers = dict(self.system.headers)
+            if self.system.cookies:
+                cookies = "; ".join(f"{k}={v}" for k, v in self.system.cookies.items())
+                headers["Cookie"] = cookies
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.system.headers, skip_auto_headers=("User-Agent",)
+                connector=connector, headers=headers, skip_auto_headers=("User-Agent",)
             )
         return self._session
 
@@ -161,12 +169,23 @@ class RpcClient:
         balancer = self.balancer
         runner = balancer.pick() if balancer is not None else None
         refused = 0
+        credentials, token, renewed = self.credentials, "", False
+        if credentials is not None:
+            token = await credentials.token(self.session)
+            headers["Authorization"] = f"Bearer {token}"
         while True:
             url = self.runner_url(req.path, runner)
             try:
                 async with self.session.post(
                     url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
                 ) as resp:
+                    if resp.status == 401 and credentials is not None and not renewed:
+                        # Refused before it acted: once more, with a fresh token.
+                        renewed = True
+                        token = await credentials.renew(self.session, token)
+                        headers["Authorization"] = f"Bearer {token}"
+                        timeout = self._remaining(req)
+                        continue
                     payload = await self._read(resp)
                     if balancer is not None and runner is not None and resp.status >= 500:
                         balancer.failed(runner)

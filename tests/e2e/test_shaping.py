@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import aiohttp
 import nats
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from nats.aio.msg import Msg
 
 from busgate.brokers import free_port, wait_for_port
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 PASSWORD = secrets.token_urlsafe(12)
 SECRET = secrets.token_urlsafe(48)
+CLIENT_SECRET = secrets.token_urlsafe(24)
 
 
 @contextlib.contextmanager
@@ -48,12 +51,59 @@ def runner_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         proc.wait(15)
 
 
+class TokenIssuer:
+    """A token endpoint (client credentials) and a runner that takes only its tokens, on one
+    real HTTP server in the test process, so the test can count and revoke."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.valid: set[str] = set()
+        self.refused = 0
+
+    async def token(self, request: web.Request) -> web.Response:
+        if (
+            request.headers.get("Authorization")
+            != aiohttp.encode_basic_auth("busgate", CLIENT_SECRET)
+            or (await request.post()).get("grant_type") != "client_credentials"
+        ):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        self.fetches += 1
+        token = secrets.token_urlsafe(24)
+        self.valid.add(token)
+        return web.json_response({"access_token": token, "expires_in": 3600})
+
+    async def saga(self, request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.valid:
+            self.refused += 1
+            return web.json_response({"error": "invalid_token"}, status=401)
+        return web.json_response({"ok": True, "cookie": request.headers.get("Cookie")})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/oauth/token", self.token)
+        app.router.add_post("/api/authed/{saga:.*}", self.saga)
+        return app
+
+
 @pytest.fixture(scope="module", params=["nats", "kafka"])
-def shaped(request):
-    """The dev stack, plus system ``lb``: two more runner processes behind one system."""
+async def shaped(request):
+    """The dev stack, plus system ``lb`` (two more runner processes behind one system) and
+    system ``authed`` (a runner behind client-credentials auth)."""
     request.applymarker(getattr(pytest.mark, request.param))
+    issuer = TokenIssuer()
+    server = TestServer(issuer.app())
+    await server.start_server()
     with runner_process() as first, runner_process() as second:
         env = {
+            "RUNNER_CLIENT_SECRET": CLIENT_SECRET,
+            "BUSGATE__SYSTEMS__AUTHED__TYPE": "rpc",
+            "BUSGATE__SYSTEMS__AUTHED__BASE_URL": str(server.make_url("/api/authed")),
+            "BUSGATE__SYSTEMS__AUTHED__COOKIES": '{ region = "eu" }',
+            "BUSGATE__SYSTEMS__AUTHED__AUTH__TOKEN_URL": "/oauth/token",
+            "BUSGATE__SYSTEMS__AUTHED__AUTH__CLIENT_ID": "busgate",
+            "BUSGATE__SYSTEMS__AUTHED__AUTH__CLIENT_SECRET": "env:RUNNER_CLIENT_SECRET",
+            "BUSGATE__CHANNELS__AUTHED__SYSTEM": "authed",
             "BUSGATE_DEV_PASSWORD": PASSWORD,
             "BUSGATE_TOKEN_SECRET": SECRET,
             "BUSGATE__SYSTEMS__LB__TYPE": "rpc",
@@ -64,9 +114,13 @@ def shaped(request):
             "BUSGATE__SYSTEMS__LB__EJECT_TIME": "0.1",
             "BUSGATE__CHANNELS__LB__SYSTEM": "lb",
         }
-        with dev_stack(request.param, env=env) as running:
-            running.lb = [first, second]
-            yield running
+        try:
+            with dev_stack(request.param, env=env) as running:
+                running.lb = [first, second]
+                running.issuer = issuer
+                yield running
+        finally:
+            await server.close()
 
 
 @pytest.fixture
@@ -253,6 +307,27 @@ async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http)
         assert PASSWORD.encode() not in data and token.encode() not in data
         assert b"k-123" not in data
     assert not_audited not in reader.seen
+
+
+async def test_runner_auth_fetches_one_token_and_again_once_on_a_401(shaped, http):
+    issuer: TokenIssuer = shaped.issuer
+    url = f"{shaped.url}/api/request/authed/work"
+
+    async def call() -> tuple[int, dict]:
+        async with http.post(url, json={}) as resp:
+            return resp.status, await resp.json()
+
+    answers = await asyncio.gather(*(call() for _ in range(20)))
+    assert {status for status, _ in answers} == {200}
+    assert issuer.fetches == 1  # concurrent first calls waited for one fetch
+    assert answers[0][1]["cookie"] == "region=eu"  # the system's cookies go along
+    issuer.valid.clear()  # the runner no longer takes the token the adapter holds
+    refused = issuer.refused
+    for _ in range(5):
+        assert (await call())[0] == 200
+    assert issuer.fetches == 2 and issuer.refused == refused + 1
+    assert not any(CLIENT_SECRET in line for line in shaped.output)
+    assert not any(token in line for token in issuer.valid for line in shaped.output)
 
 
 async def test_two_runners_share_load_and_a_killed_one_fails_only_the_first_few(shaped, http):
