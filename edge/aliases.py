@@ -131,6 +131,15 @@ def _context(request: web.Request, found: AliasMatch, identity: Identity | None)
     }
 
 
+def _search(expression: ParsedResult, context: dict[str, Any]) -> Any:
+    """The expression's value; None when the client's input makes a function fail (a
+    ``length()`` of a number): client input never turns into a 500."""
+    try:
+        return expression.search(context)
+    except JMESPathError:
+        return None
+
+
 def apply(
     request: web.Request, found: AliasMatch, body: bytes, identity: Identity | None
 ) -> tuple[bytes, dict[str, Any]]:
@@ -140,7 +149,7 @@ def apply(
     if not found.params and not alias.payload and not alias.meta:
         return body, {}
     context = _context(request, found, identity) if alias.payload or alias.meta else {}
-    meta = {key: expr.search(context) for key, expr in alias.meta}
+    meta = {key: _search(expr, context) for key, expr in alias.meta}
     if not found.params and not alias.payload:
         return body, meta
     payload = json_decode(body) if body else {}
@@ -148,5 +157,5 @@ def apply(
         raise errors.BadRequest("the body of this path must be a JSON object")
     payload.update(found.params)
     for key, expr in alias.payload:
-        payload[key] = expr.search(context)
+        payload[key] = _search(expr, context)
     return json_encode(payload), meta

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from jmespath.exceptions import JMESPathError
 
 from busgate.contracts.config import Config, ConfigError, parse
-from busgate.edge.aliases import compile_aliases
+from busgate.edge.aliases import _search, compile_aliases
 from busgate.edge.app import create_app
 from busgate.edge.path_table import PathTable
 from busgate.edge.response_headers import HeaderRules
@@ -102,3 +103,35 @@ def test_response_headers_are_checked_at_load():
         config({}, response_headers={"Bad Name": "x"})
     with pytest.raises(ConfigError, match="only allowed under a method"):
         config({}, response_headers={"Nope": {"X": "y"}})
+
+
+def test_an_expression_failing_on_client_input_gives_null_not_a_500():
+    table = compile_aliases(
+        config({"a": {"target": "t", "payload": {"n": "length(query.x)", "m": "abs(query.x)"}}})
+    )["c"]
+    (_, length), (_, absolute) = table.exact["a"].payload
+    assert length.search({"query": {"x": "abc"}}) == 3
+    with pytest.raises(JMESPathError):
+        absolute.search({"query": {"x": "abc"}})
+    assert _search(absolute, {"query": {"x": "abc"}}) is None
+
+
+async def test_an_alias_call_whose_mapping_fails_on_its_input_is_answered(edge):
+    cfg = parse(
+        {
+            "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9"}},
+            "channels": {
+                "demo": {
+                    "system": "demo",
+                    "aliases": {"v/{id}": {"target": "echo", "payload": {"n": "abs(query.x)"}}},
+                }
+            },
+        }
+    )
+    client, _ = await edge(cfg)
+    resp = await client.get("/api/request/demo/v/7?x=abc")
+    assert resp.status == 200
+    assert await resp.json() == {"x": "abc", "id": "7", "n": None}
+    resp = await client.post("/api/request/demo/v/7", json=[1, 2])
+    assert resp.status == 400  # mappings need an object to go into
+    assert (await resp.json())["error"]["code"] == "bad_request"
