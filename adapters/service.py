@@ -8,9 +8,11 @@ import functools
 import logging
 import secrets
 import signal
+import time
 from typing import Protocol
 
 from busgate import bus as bus_
+from busgate.adapters.call_logs import CallLogs
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
@@ -61,6 +63,7 @@ class AdapterService:
         self.commands: CommandWorker | None = None
         self.metrics_listen = metrics_listen
         self.observer = AdapterObserver(config, self.node)
+        self.call_logs = CallLogs(config, self.bus)
 
     async def handle(self, req: Request, responder: Responder) -> None:
         client = self.clients.get(req.system)
@@ -79,12 +82,18 @@ class AdapterService:
                 with contextlib.suppress(BusgateError):
                     await responder.step([], last=True, error=BusgateError("internal error"))
             return
+        logged = self.call_logs.sampled(req) if self.call_logs else None
+        if logged is not None:
+            started = time.perf_counter()
+            self.call_logs.request(logged, req)
         try:
             if client is None:
                 raise NotFound(f"no system {req.system!r} on this adapter")
             reply = await client.call(req)
         except BusgateError as exc:
             reply = Reply(id=req.id, status=exc.status, error=exc.to_wire())
+        if logged is not None:
+            self.call_logs.response(logged, req, reply, started)
         await responder.reply(reply)
 
     async def start(self) -> None:
@@ -107,6 +116,7 @@ class AdapterService:
         if self.commands is not None:
             await self.commands.stop()
         await self.bus.drain()
+        await self.call_logs.drain()
         await self.observer.close()  # its last spans still go out on the bus
         await self.bus.close()
         for client in self.clients.values():

@@ -154,6 +154,18 @@ class RunnerAuth(Section, frozen=True):
     timeout: Timeout = 5.0
 
 
+class SystemLog(Section, frozen=True):
+    """Request and response logs of a system's calls, published by its adapters to
+    ``requests`` and ``responses`` (subjects on NATS, topics on Kafka; empty = not logged):
+    a ``sample`` share of the calls, bodies redacted (see ``contracts.redaction``) and cut
+    to ``max_body`` bytes (0 = no bodies)."""
+
+    requests: str = ""
+    responses: str = ""
+    sample: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    max_body: Annotated[int, msgspec.Meta(ge=0)] = 4096
+
+
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     base_url: str = ""
     """The runner; with ``base_urls``, the first of them (set for you)."""
@@ -173,6 +185,7 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     cookies: dict[str, str] = {}
     """Cookies sent with every runner call, as ``headers`` are."""
     auth: RunnerAuth | None = None
+    log: SystemLog | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url and not self.base_urls:

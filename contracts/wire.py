@@ -191,4 +191,25 @@ class AuditEvent(Wire, frozen=True, tag="audit"):
     body: bytes | None = None
 
 
-Message = Request | Reply | StreamStep | Credit | Cancel | Presence | DeadLetter | AuditEvent
+class CallLog(Wire, frozen=True, tag="calllog"):
+    """One side of a call an adapter logged (``[systems.S.log]``): the request as it went to
+    the runner, or the answer. Bodies are redacted and cut; never a header or token."""
+
+    direction: Literal["request", "response"]
+    at: float
+    request_id: str
+    system: str = ""
+    channel: str = ""
+    path: str = ""
+    method: str = ""
+    kind: str = ""
+    subject: str = ""
+    status: int = 0
+    error: str = ""
+    duration_ms: float = 0.0
+    body: bytes | None = None
+
+
+Message = (
+    Request | Reply | StreamStep | Credit | Cancel | Presence | DeadLetter | AuditEvent | CallLog
+)

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import Any
 
-import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from busgate.bus import headers as hdr
 from busgate.contracts import errors
-from busgate.contracts.codec import encode, json_decode, json_encode
+from busgate.contracts.codec import encode, json_encode
 from busgate.contracts.config import Config
+from busgate.contracts.redaction import redacted as redact
 from busgate.contracts.wire import AuditEvent
 from busgate.edge import keys
 from busgate.edge.path_table import PathTable
@@ -32,30 +31,10 @@ log = logging.getLogger("busgate.edge.audit")
 
 MAX_BODY = 16 * 1024
 """Bytes of a body an audit event keeps (``audit_body``); the rest is cut."""
-SECRET_KEY = re.compile(r"pass|secret|token|auth|api.?key|cookie|credential", re.IGNORECASE)
 
 
 def redacted(body: bytes) -> bytes:
-    """The body with the values of secret-looking keys (at any depth) replaced, cut to
-    :data:`MAX_BODY`; a body that is not JSON is kept only as its length."""
-    try:
-        data = json_decode(body) if body else None
-    except (msgspec.DecodeError, RecursionError):
-        return json_encode({"unreadable_bytes": len(body)})
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: "***" if SECRET_KEY.search(k) else clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    out = json_encode(clean(data))
-    return (
-        out
-        if len(out) <= MAX_BODY
-        else json_encode({"truncated": out[:MAX_BODY].decode(errors="ignore")})
-    )
+    return redact(body, MAX_BODY)
 
 
 class Audit:

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from busgate.brokers import free_port, wait_for_port
 from busgate.contracts.codec import decode
-from busgate.contracts.wire import AuditEvent
+from busgate.contracts.wire import AuditEvent, CallLog
 from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -104,6 +104,9 @@ async def shaped(request):
             "BUSGATE__SYSTEMS__AUTHED__AUTH__CLIENT_ID": "busgate",
             "BUSGATE__SYSTEMS__AUTHED__AUTH__CLIENT_SECRET": "env:RUNNER_CLIENT_SECRET",
             "BUSGATE__CHANNELS__AUTHED__SYSTEM": "authed",
+            "BUSGATE__SYSTEMS__AUTHED__LOG__REQUESTS": "shaped.calls.requests",
+            "BUSGATE__SYSTEMS__AUTHED__LOG__RESPONSES": "shaped.calls.responses",
+            "BUSGATE__SYSTEMS__AUTHED__LOG__MAX_BODY": "200",
             "BUSGATE_DEV_PASSWORD": PASSWORD,
             "BUSGATE_TOKEN_SECRET": SECRET,
             "BUSGATE__SYSTEMS__LB__TYPE": "rpc",
@@ -206,30 +209,31 @@ async def test_error_detail_levels(shaped, http):
     assert any("answered 500" in line for line in shaped.output)
 
 
-class AuditReader:
-    """Audit events off the real bus: a NATS subscription taken before the calls, or the
-    Kafka topic read from its start without a consumer group."""
+class BusReader:
+    """busgate events (by request id) off the real bus: a NATS subscription taken before
+    the calls, or the Kafka topic read from its start without a consumer group."""
 
-    def __init__(self, stack) -> None:
+    def __init__(self, stack, subject: str, topic: str, kind: type = AuditEvent) -> None:
         self.url = stack.parts["bus"]
         self.kind = stack.bus
-        self.seen: dict[str, tuple[AuditEvent, bytes]] = {}
+        self.subject, self.topic, self.type = subject, topic, kind
+        self.seen: dict[str, tuple] = {}
         self.arrived = asyncio.Event()
 
     def _take(self, data: bytes) -> None:
         event = decode(data)
-        assert isinstance(event, AuditEvent)
+        assert isinstance(event, self.type)
         self.seen[event.request_id] = (event, data)
         self.arrived.set()
 
-    async def __aenter__(self) -> AuditReader:
+    async def __aenter__(self) -> BusReader:
         if self.kind == "nats":
             self.nc = await nats.connect(self.url)
 
             async def on_msg(msg: Msg) -> None:
                 self._take(msg.data)
 
-            await self.nc.subscribe("busgate.audit.>", cb=on_msg)
+            await self.nc.subscribe(self.subject, cb=on_msg)
             await self.nc.flush()
         return self
 
@@ -254,11 +258,11 @@ class AuditReader:
         await consumer.start()
         try:
             # Nothing to await: the topic appears with the first event, on another process.
-            while "busgate.audit" not in await consumer.topics():  # noqa: ASYNC110
+            while self.topic not in await consumer.topics():  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             partitions = [
-                TopicPartition("busgate.audit", p)
-                for p in consumer.partitions_for_topic("busgate.audit") or ()
+                TopicPartition(self.topic, p)
+                for p in consumer.partitions_for_topic(self.topic) or ()
             ]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
@@ -274,7 +278,7 @@ class AuditReader:
 async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http):
     token_headers = await bearer(http, shaped.url)
     token = token_headers["Authorization"].removeprefix("Bearer ")
-    async with AuditReader(shaped) as reader:
+    async with BusReader(shaped, "busgate.audit.>", "busgate.audit") as reader:
         async with http.post(
             f"{shaped.url}/api/request/demo/echo",
             json={"password": PASSWORD, "nested": {"api_key": "k-123"}, "sku": "a-1"},
@@ -328,6 +332,34 @@ async def test_runner_auth_fetches_one_token_and_again_once_on_a_401(shaped, htt
     assert issuer.fetches == 2 and issuer.refused == refused + 1
     assert not any(CLIENT_SECRET in line for line in shaped.output)
     assert not any(token in line for token in issuer.valid for line in shaped.output)
+
+
+async def test_call_logs_of_a_system_on_the_bus_redacted_and_capped(shaped, http):
+    requests = BusReader(shaped, "shaped.calls.requests", "shaped.calls.requests", CallLog)
+    responses = BusReader(shaped, "shaped.calls.responses", "shaped.calls.responses", CallLog)
+    async with requests, responses:
+        body = {"user": "ann", "password": PASSWORD, "filler": "x" * 500}
+        async with http.post(f"{shaped.url}/api/request/authed/log", json=body) as resp:
+            assert resp.status == 200
+            long_call = resp.headers["X-Request-Id"]
+        async with http.post(f"{shaped.url}/api/request/authed/log", json={"a": 1}) as resp:
+            short_call = resp.headers["X-Request-Id"]
+        sent = await requests.wait_for({long_call, short_call})
+        answered = await responses.wait_for({long_call, short_call})
+    event, _ = sent[short_call]
+    assert (event.direction, event.system, event.path, event.method) == (
+        "request",
+        "authed",
+        "log",
+        "POST",
+    )
+    assert json.loads(event.body) == {"a": 1}
+    event, raw_long = sent[long_call]
+    assert PASSWORD.encode() not in raw_long and len(event.body) < 300  # redacted, cut
+    assert json.loads(event.body)["truncated"].startswith('{"user":"ann","password":"***"')
+    event, _ = answered[short_call]
+    assert (event.direction, event.status) == ("response", 200) and event.duration_ms > 0
+    assert json.loads(event.body) == {"ok": True, "cookie": "***"}  # a cookie is hidden too
 
 
 async def test_two_runners_share_load_and_a_killed_one_fails_only_the_first_few(shaped, http):
