@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.procs import HOST, ROOT, ProcSpec, Ready
 from busgate.brokers import free_port
@@ -84,6 +85,8 @@ class Stack:
     check_rejects: bool = False
     """Also check that a request without ``headers`` is refused (auth really enforced)."""
     edge_port: int = 0
+    expected: dict[str, Any] | None = None
+    """The answer the probe waits for; None = the body echoed."""
 
 
 @dataclass
@@ -224,10 +227,35 @@ sampling = 0.0
 metrics = true
 """
 """``busgate-nats-metrics``: tracing off (0 % sampling), Prometheus metrics on."""
+SHAPED_TABLES = """
+[channels.demo.aliases."v1/echo/{id}"]
+target = "echo"
+payload.tenant = "headers.X-Tenant"
+meta.agent = "headers.User-Agent"
+
+[channels.demo.response_headers]
+Cache-Control = "no-store"
+X-Content-Type-Options = "nosniff"
+
+[channels.demo.paths."v1/*"]
+audit = true
+response_headers = { POST = { Cache-Control = "private, max-age=0" } }
+"""
+"""``busgate-nats-shaped``: the load calls an alias (a path parameter and two header
+mappings), answers get response headers by specificity, and every call is audited."""
+SHAPED_PATH = "/api/request/demo/v1/echo/42"
 
 
 def busgate(
-    env: Env, bus_url: str, *, name: str, secure: bool = False, tables: str = ""
+    env: Env,
+    bus_url: str,
+    *,
+    name: str,
+    secure: bool = False,
+    tables: str = "",
+    path: str = ECHO,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+    expected: dict[str, Any] | None = None,
 ) -> Stack | Pending:
     if env.busgate is None or not has_command(env.busgate, "edge"):
         return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
@@ -255,6 +283,7 @@ def busgate(
                 return Pending(f"config does not take [telemetry] yet: {detail}")
             return Pending(f"busgate rejects the bench config: {detail}")
     headers = {"Authorization": f"Bearer {hs512_token(SECURE_SECRET)}"} if secure else {}
+    headers.update(extra_headers)
     cfg = str(config)
     return Stack(
         name=name,
@@ -268,15 +297,16 @@ def busgate(
                 Ready(http=f"http://{HOST}:{edge}/readyz"),
             ),
         ],
-        url=f"http://{HOST}:{edge}{ECHO}",
+        url=f"http://{HOST}:{edge}{path}",
         headers=headers,
         check_rejects=secure,
         edge_port=edge,
+        expected=expected,
     )
 
 
-def _busgate(name: str, secure: bool = False, tables: str = "") -> Builder:
-    return functools.partial(busgate, name=name, secure=secure, tables=tables)
+def _busgate(name: str, secure: bool = False, tables: str = "", **more: Any) -> Builder:
+    return functools.partial(busgate, name=name, secure=secure, tables=tables, **more)
 
 
 STACKS: dict[str, Scenario] = {
@@ -300,6 +330,18 @@ STACKS: dict[str, Scenario] = {
             "busgate-nats-metrics",
             "nats",
             _busgate("busgate-nats-metrics", tables=METRICS_TABLES),
+            floor="floor-nats",
+        ),
+        Scenario(
+            "busgate-nats-shaped",
+            "nats",
+            _busgate(
+                "busgate-nats-shaped",
+                tables=SHAPED_TABLES,
+                path=SHAPED_PATH,
+                extra_headers=(("X-Tenant", "bench"),),
+                expected={"hello": "world", "id": "42", "tenant": "bench"},
+            ),
             floor="floor-nats",
         ),
         Scenario("floor-kafka", "kafka", floor),
@@ -333,6 +375,9 @@ TARGETS = (
     ),
     Target(
         "busgate-nats-traced ≥ 0.9 x floor-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
+    ),
+    Target(
+        "busgate-nats-shaped ≥ 0.9 x floor-nats req/s", "busgate-nats-shaped", "ratio", 0.9, True
     ),
     Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
     Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),
