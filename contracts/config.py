@@ -319,6 +319,10 @@ class Token(Section, frozen=True):
     )
     verifiable: Verifiable | None = None
     api_keys: dict[str, ApiKey] = {}
+    encryption: Literal["", "A256GCM"] = ""
+    """Issue JWE-wrapped tokens (claims unreadable by clients); empty = signed only."""
+    encryption_key: str = ""
+    """32 random bytes, base64url-encoded: ``env:NAME`` or ``file:PATH``."""
 
     def __post_init__(self) -> None:
         if self.algorithm in ASYMMETRIC:
@@ -326,6 +330,8 @@ class Token(Section, frozen=True):
                 raise ValueError(f"algorithm {self.algorithm}: set private_key and public_key")
         elif not self.secret:
             raise ValueError(f"algorithm {self.algorithm}: set secret")
+        if self.encryption and not self.encryption_key:
+            raise ValueError("encryption: set encryption_key (env:NAME or file:PATH)")
         if not any(c.name == "sub" for c in self.claims):
             raise ValueError("claims: one claim must be named 'sub' (the subject)")
         for name in (

@@ -36,6 +36,7 @@ from busgate.contracts.config import (
 from busgate.contracts.secrets import resolve_secret
 from busgate.contracts.wire import Identity, Origin
 from busgate.edge.headers import is_text
+from busgate.edge.token_encryption import TokenEncryption, is_encrypted
 
 log = logging.getLogger("busgate.edge.tokens")
 
@@ -232,6 +233,7 @@ class TokenService:
             for key_name, key in config.api_keys.items()
         }
         self.jwks = Jwks(config.verifiable) if config.verifiable else None
+        self.encryption = TokenEncryption(name, config, self.kid) if config.encryption else None
         self._algorithms = [config.algorithm]
         self._options: Any = {"require": ["exp", "iat", "sub", "typ"]}
         self._cache: dict[str, tuple[Identity, float]] = {}
@@ -241,9 +243,10 @@ class TokenService:
     # -- issuing ----------------------------------------------------------------------
 
     def _encode(self, payload: dict[str, Any]) -> str:
-        return jwt.encode(
+        signed = jwt.encode(
             payload, self._sign_key, algorithm=self.algorithm, headers={"kid": self.kid}
         )
+        return signed if self.encryption is None else self.encryption.wrap(signed)
 
     def access(
         self, subject: str, claims: dict[str, Any], session_id: str, now: float | None = None
@@ -285,6 +288,8 @@ class TokenService:
         if not token.isascii():  # a JWT is base64url and dots; stray bytes broke pyjwt
             raise errors.Unauthorized("the token is malformed")
         options: Any = self._options if verify_exp else {**self._options, "verify_exp": False}
+        if self.encryption is not None and is_encrypted(token):
+            token = self.encryption.unwrap(token)
         try:
             return jwt.decode(
                 token,
@@ -334,7 +339,7 @@ class TokenService:
             raise errors.Unauthorized(f"the token is longer than {self.config.max_size} bytes")
         if not token.isascii():
             raise errors.Unauthorized("the token is malformed")
-        if self.jwks is not None:
+        if self.jwks is not None and not is_encrypted(token):  # an external one is a JWS
             try:
                 header = jwt.get_unverified_header(token)
             except jwt.InvalidTokenError:

@@ -5,6 +5,7 @@ levels of the dev config (``busgate/dev.toml``)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.e2e
 PASSWORD = secrets.token_urlsafe(12)
 SECRET = secrets.token_urlsafe(48)
 CLIENT_SECRET = secrets.token_urlsafe(24)
+TOKEN_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
 @contextlib.contextmanager
@@ -97,6 +99,10 @@ async def shaped(request):
     with runner_process() as first, runner_process() as second:
         env = {
             "RUNNER_CLIENT_SECRET": CLIENT_SECRET,
+            # Every token of this stack is encrypted (JWE around the signed JWT).
+            "BUSGATE_TOKEN_KEY": TOKEN_KEY,
+            "BUSGATE__TOKENS__MAIN__ENCRYPTION": "A256GCM",
+            "BUSGATE__TOKENS__MAIN__ENCRYPTION_KEY": "env:BUSGATE_TOKEN_KEY",
             "BUSGATE__SYSTEMS__AUTHED__TYPE": "rpc",
             "BUSGATE__SYSTEMS__AUTHED__BASE_URL": str(server.make_url("/api/authed")),
             "BUSGATE__SYSTEMS__AUTHED__COOKIES": '{ region = "eu" }',
@@ -360,6 +366,39 @@ async def test_call_logs_of_a_system_on_the_bus_redacted_and_capped(shaped, http
     event, _ = answered[short_call]
     assert (event.direction, event.status) == ("response", 200) and event.duration_ms > 0
     assert json.loads(event.body) == {"ok": True, "cookie": "***"}  # a cookie is hidden too
+
+
+def readable(token: str) -> bytes:
+    """Everything a client can base64-decode from a token's parts."""
+    out = b""
+    for part in token.split("."):
+        with contextlib.suppress(ValueError):
+            out += base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    return out
+
+
+async def test_encrypted_tokens_are_accepted_and_their_claims_unreadable(shaped, http):
+    async with http.post(
+        f"{shaped.url}/api/auth/login/auth/password",
+        json={"username": "demo", "password": PASSWORD},
+    ) as resp:
+        tokens = await resp.json()
+    for name in ("access_token", "refresh_token"):
+        assert tokens[name].count(".") == 4  # a compact JWE, not a JWS
+        seen = readable(tokens[name])
+        assert b'"enc":"A256GCM"' in seen
+        assert b"demo" not in seen and b'"sub"' not in seen and b'"sid"' not in seen
+    access = {"Authorization": f"Bearer {tokens['access_token']}"}
+    async with http.get(f"{shaped.url}/api/request/secure/meta", headers=access) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["identity"]["claims"]["name"] == "demo"
+    async with http.post(
+        f"{shaped.url}/api/auth/refresh/auth/password",
+        json={"refresh_token": tokens["refresh_token"]},
+    ) as resp:
+        assert resp.status == 200  # the refresh token decrypts too
+        assert (await resp.json())["access_token"].count(".") == 4
+    assert not any(TOKEN_KEY in line for line in shaped.output)
 
 
 async def test_two_runners_share_load_and_a_killed_one_fails_only_the_first_few(shaped, http):
