@@ -184,6 +184,8 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     (502 ``reply_too_large``) without reading the rest."""
     cookies: dict[str, str] = {}
     """Cookies sent with every runner call, as ``headers`` are."""
+    pass_cookies: bool = False
+    """Let the runners' ``Set-Cookie`` headers reach the client (else they are dropped)."""
     auth: RunnerAuth | None = None
     log: SystemLog | None = None
 

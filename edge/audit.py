@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +36,13 @@ MAX_BODY = 16 * 1024
 
 def redacted(body: bytes) -> bytes:
     return redact(body, MAX_BODY)
+
+
+def _status_code(status: int) -> str:
+    try:
+        return HTTPStatus(status).name.lower()
+    except ValueError:
+        return str(status)
 
 
 class Audit:
@@ -73,6 +81,8 @@ class Audit:
             try:
                 response = await handler(request)
                 status, code = response.status, ""
+                if status >= 400:  # a refusal answered, not raised (401 from the auth check)
+                    code = _status_code(status)
                 return response
             except errors.BusgateError as exc:
                 status, code = exc.status, exc.code

@@ -68,4 +68,8 @@ def from_reply(reply: Reply) -> web.Response:
             response.headers[name] = ascii_value(value)
     if "content-type" not in reply.headers:
         response.headers["Content-Type"] = JSON
+    cookies = reply.headers.get("set-cookie")  # only from systems with pass_cookies
+    if cookies is not None:
+        for cookie in cookies.split("\n"):
+            response.headers.add("Set-Cookie", ascii_value(cookie))
     return response

@@ -190,6 +190,9 @@ class RpcClient:
                     if balancer is not None and runner is not None and resp.status >= 500:
                         balancer.failed(runner)
                     passed = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k)) is not None}
+                    if self.system.pass_cookies and "set-cookie" in resp.headers:
+                        # One Reply header: a line break never occurs inside a header value.
+                        passed["set-cookie"] = "\n".join(resp.headers.getall("set-cookie"))
                     return resp.status, passed, payload
             except TimeoutError:
                 raise errors.DeadlineExceeded(

@@ -79,7 +79,11 @@ class TokenIssuer:
         if token not in self.valid:
             self.refused += 1
             return web.json_response({"error": "invalid_token"}, status=401)
-        return web.json_response({"ok": True, "cookie": request.headers.get("Cookie")})
+        answer = web.json_response({"ok": True, "cookie": request.headers.get("Cookie")})
+        answer.set_cookie("a", "1", path="/")
+        answer.set_cookie("b", "2", httponly=True)
+        answer.headers["Server"] = "runner/0.1 (leaky)"
+        return answer
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -106,6 +110,7 @@ async def shaped(request):
             "BUSGATE__SYSTEMS__AUTHED__TYPE": "rpc",
             "BUSGATE__SYSTEMS__AUTHED__BASE_URL": str(server.make_url("/api/authed")),
             "BUSGATE__SYSTEMS__AUTHED__COOKIES": '{ region = "eu" }',
+            "BUSGATE__SYSTEMS__AUTHED__PASS_COOKIES": "true",
             "BUSGATE__SYSTEMS__AUTHED__AUTH__TOKEN_URL": "/oauth/token",
             "BUSGATE__SYSTEMS__AUTHED__AUTH__CLIENT_ID": "busgate",
             "BUSGATE__SYSTEMS__AUTHED__AUTH__CLIENT_SECRET": "env:RUNNER_CLIENT_SECRET",
@@ -312,7 +317,7 @@ async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http)
     assert (event.path, event.target, event.status) == ("v1/orders/7", "meta", 200)
     assert event.subject.startswith("u:") and event.roles == ("user",) and event.body is None
     event, raw3 = events[refused]
-    assert (event.status, event.error, event.subject) == (401, "", "")
+    assert (event.status, event.error, event.subject) == (401, "unauthorized", "")
     for data in (raw, raw2, raw3):
         assert PASSWORD.encode() not in data and token.encode() not in data
         assert b"k-123" not in data
@@ -331,6 +336,9 @@ async def test_runner_auth_fetches_one_token_and_again_once_on_a_401(shaped, htt
     assert {status for status, _ in answers} == {200}
     assert issuer.fetches == 1  # concurrent first calls waited for one fetch
     assert answers[0][1]["cookie"] == "region=eu"  # the system's cookies go along
+    async with http.post(url, json={}) as resp:  # pass_cookies: the runner's cookies pass
+        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly; Path=/"]
+        assert resp.headers["Server"] == "busgate"  # never the runner's
     issuer.valid.clear()  # the runner no longer takes the token the adapter holds
     refused = issuer.refused
     for _ in range(5):
