@@ -39,22 +39,28 @@ def error_body(code: str, message: str, request_id: str | None) -> bytes:
     return json_encode({"error": error})
 
 
+def shown_error(exc: BusgateError, request_id: str | None, detail: ErrorDetail) -> bytes | None:
+    """The error body a caller sees at ``detail``; None for ``none``."""
+    if detail == "none":
+        return None
+    error: dict[str, str] = {"code": exc.code}
+    if detail == "full":
+        error["message"] = exc.message
+    if request_id:
+        error["requestId"] = request_id
+    return json_encode({"error": error})
+
+
 def error_response(
     exc: BusgateError, request_id: str | None, detail: ErrorDetail = "full"
 ) -> web.Response:
     """The JSON error; ``detail`` (``edge.error_detail``) may leave out the message
     (``code``) or the whole body (``none``: the status and headers only)."""
-    if detail == "none":
+    body = shown_error(exc, request_id, detail)
+    if body is None:
         response = web.Response(status=exc.status)
     else:
-        error: dict[str, str] = {"code": exc.code}
-        if detail == "full":
-            error["message"] = exc.message
-        if request_id:
-            error["requestId"] = request_id
-        response = web.Response(
-            status=exc.status, body=json_encode({"error": error}), content_type=JSON
-        )
+        response = web.Response(status=exc.status, body=body, content_type=JSON)
     if exc.retry_after is not None or exc.status in (429, 503):
         response.headers["Retry-After"] = str(int(exc.retry_after or 30))
     return response

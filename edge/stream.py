@@ -59,7 +59,7 @@ from busgate.contracts.errors import BusgateError, BusUnavailable, DeadlineExcee
 from busgate.contracts.wire import Request
 from busgate.edge import envelope, keys, sse
 from busgate.edge.open_streams import OpenStreams, Slot, client_key
-from busgate.edge.responses import error_body
+from busgate.edge.responses import shown_error
 
 try:  # Linux: the socket's unsent and unacknowledged bytes (TIOCOUTQ = SIOCOUTQ)
     import fcntl
@@ -166,7 +166,9 @@ async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamRe
     except BusgateError as exc:
         if slot.response is None:
             raise  # not started: an ordinary JSON error
-        failed = sse.error(error_body(exc.code, exc.message, req.shown_id))
+        levels = request.app[keys.ERROR_LEVELS]
+        detail = levels.level(request) if levels else "full"  # edge.error_detail
+        failed = sse.error(shown_error(exc, req.shown_id, detail) or b"{}")
         with contextlib.suppress(ConnectionResetError):
             await _write(slot.response, slot.transport, failed, gateway.stream_stall_timeout)
         return slot.response

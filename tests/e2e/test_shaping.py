@@ -218,6 +218,14 @@ async def test_error_detail_levels(shaped, http):
         assert await resp.read() == b""
     # The edge and adapter logs keep the detail.
     assert any("answered 500" in line for line in shaped.output)
+    # A stream's error event too (the saga's third step fails).
+    url = f"{shaped.url}/api/request/shaped/count?to=5&wait=0&fail_at=3"
+    async with http.get(url.replace("/request/", "/stream/")) as resp:
+        assert resp.status == 200
+        text = (await resp.read()).decode()
+        shown = resp.headers["X-Request-Id"]
+    data = text.split("event: error\ndata: ", 1)[1].split("\n", 1)[0]
+    assert json.loads(data) == {"error": {"code": "upstream_error", "requestId": shown}}
 
 
 class BusReader:
