@@ -135,3 +135,23 @@ async def test_an_alias_call_whose_mapping_fails_on_its_input_is_answered(edge):
     resp = await client.post("/api/request/demo/v/7", json=[1, 2])
     assert resp.status == 400  # mappings need an object to go into
     assert (await resp.json())["error"]["code"] == "bad_request"
+
+
+async def test_an_alias_of_a_disabled_target_answers_404_like_any_unknown_path(edge):
+    cfg = parse(
+        {
+            "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9"}},
+            "channels": {
+                "demo": {
+                    "system": "demo",
+                    "paths": {"internal/*": {"disabled": True}},
+                    "aliases": {"open": {"target": "internal/echo"}, "fine": {"target": "echo"}},
+                }
+            },
+        }
+    )
+    client, _ = await edge(cfg)
+    resp = await client.post("/api/request/demo/open", json={"a": 1})
+    assert resp.status == 404
+    resp = await client.post("/api/request/demo/fine", json={"a": 1})
+    assert resp.status == 200 and await resp.json() == {"a": 1}
