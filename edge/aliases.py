@@ -24,6 +24,7 @@ from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Alias, Config, ConfigError
 from busgate.contracts.wire import Identity
+from busgate.edge.headers import checked
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_REF = re.compile(r'\bheaders\.(?:"([^"]+)"|([A-Za-z0-9_-]+))')
@@ -123,7 +124,7 @@ def compile_aliases(config: Config) -> dict[str, ChannelAliases]:
 
 def _context(request: web.Request, found: AliasMatch, identity: Identity | None) -> dict[str, Any]:
     return {
-        "headers": {k.lower(): v for k, v in request.headers.items()},
+        "headers": {k.lower(): checked(k, v) for k, v in request.headers.items()},
         "query": {k: request.query.get(k) for k in request.query},
         "path": found.params,
         "identity": msgspec.to_builtins(identity) if identity is not None else None,

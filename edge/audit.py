@@ -26,6 +26,7 @@ from busgate.contracts.config import Config
 from busgate.contracts.redaction import redacted as redact
 from busgate.contracts.wire import AuditEvent
 from busgate.edge import keys
+from busgate.edge.headers import readable
 from busgate.edge.path_table import PathTable
 
 log = logging.getLogger("busgate.edge.audit")
@@ -136,8 +137,8 @@ class Audit:
             subject=identity.subject if identity is not None else "",
             roles=identity.roles if identity is not None else (),
             client_ip=request.remote or "",
-            user_agent=request.headers.get("User-Agent", ""),
-            forwarded_for=request.headers.get("X-Forwarded-For", ""),
+            user_agent=readable(request.headers.get("User-Agent", "")),
+            forwarded_for=readable(request.headers.get("X-Forwarded-For", "")),
             body=body,
         )
         bus = request.app[keys.BUS]

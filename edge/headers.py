@@ -32,6 +32,13 @@ def checked(name: str, value: str) -> str:
     return value
 
 
+def readable(value: str) -> str:
+    """``value`` for a log or an event: stray bytes replaced (U+FFFD), never an error."""
+    if is_text(value):
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def header(request: web.Request, name: str) -> str | None:
     """A header's value (None when absent), checked."""
     value = request.headers.get(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from jmespath.exceptions import JMESPathError
 
@@ -10,6 +12,8 @@ from busgate.edge.aliases import _search, compile_aliases
 from busgate.edge.app import create_app
 from busgate.edge.path_table import PathTable
 from busgate.edge.response_headers import HeaderRules
+from tests.raw_http import exchange
+from tests.raw_http import request as raw_request
 
 
 def config(aliases: dict, **channel) -> Config:
@@ -155,3 +159,28 @@ async def test_an_alias_of_a_disabled_target_answers_404_like_any_unknown_path(e
     assert resp.status == 404
     resp = await client.post("/api/request/demo/fine", json={"a": 1})
     assert resp.status == 200 and await resp.json() == {"a": 1}
+
+
+async def test_stray_header_bytes_are_a_400_for_mappings_and_harmless_to_audit(edge):
+    cfg = parse(
+        {
+            "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9"}},
+            "channels": {
+                "demo": {
+                    "system": "demo",
+                    "paths": {"*": {"audit": True}},
+                    "aliases": {"v": {"target": "echo", "payload": {"t": "headers.X-Tenant"}}},
+                }
+            },
+        }
+    )
+    client, _ = await edge(cfg)
+    port = client.server.port
+    bad = b"\xff\xfe\xc3("
+    answer = await exchange(port, raw_request("GET", "/api/request/demo/v", b"X-Tenant: " + bad))
+    assert answer.status == 400
+    assert "X-Tenant" in json.loads(answer.body)["error"]["message"]
+    refused = raw_request("GET", "/api/request/demo/echo", b"User-Agent: " + bad)
+    answer = await exchange(port, refused)
+    assert answer.status == 400  # as without audit; its event gets U+FFFD, not a 500
+    assert json.loads(answer.body)["error"]["code"] == "bad_request"
