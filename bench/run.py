@@ -52,8 +52,6 @@ from bench.scenarios import (
 )
 from busgate.brokers import NatsServer, TansuBroker
 
-EXPECTED = {"hello": "world"}
-
 
 @dataclass
 class Options:
@@ -114,10 +112,8 @@ def probe(stack: Stack, timeout: float) -> None:
     status, body = 0, b""
     while time.monotonic() < end:
         status, body = _post(stack.url, stack.headers)
-        if status == 200:
-            with contextlib.suppress(ValueError):
-                if json.loads(body) == EXPECTED:
-                    return
+        if stack.expect(status, body):
+            return
         time.sleep(0.2)
     raise BenchError(f"no correct answer from {stack.url} in {timeout} s: {status} {body[:300]!r}")
 

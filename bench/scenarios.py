@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.load import BODY
 from bench.procs import HOST, ROOT, ProcSpec, Ready
 from busgate.brokers import free_port
 
 ECHO = "/api/request/demo/echo"
+COMMAND = "/api/command/orders/create"
 FLOOR_ECHO = ECHO  # the floor edge forwards any path; the same one keeps logs comparable
 STREAM = "/api/stream/demo/count"
 STREAM_BODY = b'{"from":1,"to":2,"batch":1,"wait":3600000}'
@@ -71,6 +73,22 @@ class Env:
         return "bench.floor.runner (stand-in: busgate runner rpc not in this tree)"
 
 
+def echoed(status: int, body: bytes) -> bool:
+    """A request scenario's right answer: 200 with the body sent, as the runner echoes it."""
+    try:
+        return status == 200 and bool(json.loads(body) == json.loads(BODY))
+    except ValueError:
+        return False
+
+
+def accepted(status: int, body: bytes) -> bool:
+    """A command scenario's right answer: 202 with a JSON object (after the broker's ack)."""
+    try:
+        return status == 202 and isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
+
+
 @dataclass
 class Stack:
     """One system under test, ready to start."""
@@ -84,6 +102,8 @@ class Stack:
     check_rejects: bool = False
     """Also check that a request without ``headers`` is refused (auth really enforced)."""
     edge_port: int = 0
+    expect: Callable[[int, bytes], bool] = echoed
+    """Whether an answer is right (the probe waits for one, end to end)."""
 
 
 @dataclass
@@ -164,6 +184,52 @@ def floor(env: Env, bus_url: str) -> Stack:
         ],
         url=f"http://{HOST}:{edge}{FLOOR_ECHO}",
         edge_port=edge,
+    )
+
+
+def floor_command(env: Env, bus_url: str) -> Stack:
+    """An aiohttp handler doing one acked JetStream publish (``bench.floor.command``)."""
+    edge = free_port()
+    argv = [env.python, "-m", "bench.floor.command", "--bus", bus_url, "--listen", f"{HOST}:{edge}"]
+    return Stack(
+        name="floor-nats-command",
+        bus="nats",
+        processes=[ProcSpec("edge", argv, Ready(http=f"http://{HOST}:{edge}/readyz"))],
+        url=f"http://{HOST}:{edge}{COMMAND}",
+        edge_port=edge,
+        expect=accepted,
+    )
+
+
+def busgate_command(env: Env, bus_url: str) -> Stack | Pending:
+    """``POST /api/command/orders/create`` through ``busgate edge``: 202 once JetStream has
+    the command. Only the edge runs (no adapter consumes), as no consumer runs beside the
+    floor: both measure the acked publish, and the stream keeps what they published."""
+    name = "busgate-nats-command"
+    if env.busgate is None or not has_command(env.busgate, "edge"):
+        return Pending("busgate CLI (busgate edge) is not in this tree yet")
+    edge = free_port()
+    config = env.workdir / f"{name}.toml"
+    dead = free_port()  # the runner: never called, nothing consumes the commands
+    text = busgate_config(name, bus_url, f"{HOST}:{edge}", dead)
+    config.write_text(text + '\n[commands]\nsystem = "demo"\n')
+    check = _cli(env, "config", "check", str(config))
+    if check.returncode != 0:
+        why = (check.stderr or check.stdout).strip().splitlines()
+        return Pending(f"busgate rejects [commands]: {why[-1] if why else check.returncode}")
+    return Stack(
+        name=name,
+        bus="nats",
+        processes=[
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", str(config)],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{COMMAND}",
+        edge_port=edge,
+        expect=accepted,
     )
 
 
@@ -302,6 +368,8 @@ STACKS: dict[str, Scenario] = {
             _busgate("busgate-nats-metrics", tables=METRICS_TABLES),
             floor="floor-nats",
         ),
+        Scenario("floor-nats-command", "nats", floor_command),
+        Scenario("busgate-nats-command", "nats", busgate_command, floor="floor-nats-command"),
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
     )
@@ -333,6 +401,13 @@ TARGETS = (
     ),
     Target(
         "busgate-nats-traced ≥ 0.9 x floor-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
+    ),
+    Target(
+        "busgate-nats-command ≥ 0.9 x floor-nats-command req/s",
+        "busgate-nats-command",
+        "ratio",
+        0.9,
+        True,
     ),
     Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
     Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),

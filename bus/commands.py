@@ -23,11 +23,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from busgate.bus import headers as hdr
 from busgate.contracts.codec import encode
-from busgate.contracts.wire import DeadLetter, Error, Request
+from busgate.contracts.commands import CommandStatus
+from busgate.contracts.wire import DeadLetter, Error, Identity, Origin, Request
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
@@ -52,6 +56,53 @@ by the command consumers' ``PREFIX.cmd.SYSTEM.*``); Kafka: topic ``PREFIX.cmd.de
 def command_name(system: str, command_id: str) -> str:
     """The ``name`` for :meth:`Bus.publish_command`."""
     return f"{system}.{command_id}"
+
+
+def command_request(
+    system: str,
+    path: str,
+    body: bytes,
+    *,
+    traceparent: str = "",
+    headers: dict[str, str] | None = None,
+    identity: Identity | None = None,
+    origin: Origin | None = None,
+) -> Request:
+    """A new command (fresh id) for ``system``: what the edge and ``busgate command`` send."""
+    return Request(
+        id=uuid.uuid4().hex,
+        kind="command",
+        traceparent=traceparent,
+        system=system,
+        path=path,
+        method="POST",
+        headers=headers or {},
+        body=body,
+        identity=identity,
+        origin=origin,
+    )
+
+
+async def publish(bus: Bus, command: Request, *, msg_id: str | None = None) -> None:
+    """Publish ``command``; return once the broker acknowledged it (BusUnavailable if not).
+
+    Its bus headers are a request's, plus the JetStream message id: ``msg_id`` (an
+    idempotency key's slot) or the command id, so the stream's duplicate window is a
+    second guard against a repeated publish."""
+    headers = hdr.for_request(command)
+    headers[MSG_ID] = msg_id or command.id
+    await bus.publish_command(command_name(command.system, command.id), encode(command), headers)
+
+
+def accepted(command: Request) -> CommandStatus:
+    """The status a command has once the broker has it, before an adapter took it."""
+    return CommandStatus(
+        id=command.id,
+        status="accepted",
+        path=command.path,
+        subject=command.identity.subject if command.identity else None,
+        updated=time.time(),
+    )
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:

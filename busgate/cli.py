@@ -176,6 +176,11 @@ def parser() -> argparse.ArgumentParser:
     )
     runner.set_defaults(func=cmd_runner)
 
+    from busgate import publish, tail
+
+    publish.add_parsers(sub)
+    tail.add_parser(sub)
+
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)
     check = config_sub.add_parser("check", help="validate a config file")

@@ -18,18 +18,16 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
-import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
 
-from busgate.bus import headers as hdr
-from busgate.bus.commands import MSG_ID, command_name
+from busgate.bus.commands import accepted, command_request
+from busgate.bus.commands import publish as publish_command
 from busgate.bus.store import Entry, Store, open_store
 from busgate.contracts import errors
-from busgate.contracts.codec import encode, json_encode
+from busgate.contracts.codec import json_encode
 from busgate.contracts.commands import CommandStatus
 from busgate.contracts.config import Channel, Commands, Config, PathRule
 from busgate.contracts.wire import Identity, Request
@@ -135,53 +133,37 @@ class CommandApi:
         identity: Identity | None,
         slot: str | None,
     ) -> web.Response:
-        command_id = uuid.uuid4().hex
-        system = self.commands.system
         gateway = self.config.gateway
         forwarded = {
             name: value
             for name in gateway.forward_headers
             if (value := request.headers.get(name)) is not None
         }
-        envelope = Request(
-            id=command_id,
-            kind="command",
+        command = command_request(
+            self.commands.system,
+            path,
+            body,
             traceparent=request[keys.TRACEPARENT],
-            system=system,
-            path=path,
-            method="POST",
             headers=forwarded,
-            body=body,
             identity=identity,
             origin=origin_of(request),
         )
-        headers = hdr.for_request(envelope)
-        headers[MSG_ID] = slot or command_id  # JetStream's duplicate window: a second guard
-        bus = request.app[keys.BUS]
-        await bus.publish_command(command_name(system, command_id), encode(envelope), headers)
-        await self._accepted(envelope)
-        location = f"/api/command/status/{command_id}"
+        await publish_command(request.app[keys.BUS], command, msg_id=slot)
+        await self._accepted(command)
         return web.Response(
             status=202,
-            body=json_encode({"commandId": command_id, "status": "accepted"}),
+            body=json_encode({"commandId": command.id, "status": "accepted"}),
             content_type=JSON,
-            headers={"Location": location},
+            headers={"Location": f"/api/command/status/{command.id}"},
         )
 
-    async def _accepted(self, envelope: Request) -> None:
+    async def _accepted(self, command: Request) -> None:
         """Record ``accepted`` unless the adapter already wrote a later state."""
         assert self.status is not None
-        record = CommandStatus(
-            id=envelope.id,
-            status="accepted",
-            path=envelope.path,
-            subject=envelope.identity.subject if envelope.identity else None,
-            updated=time.time(),
-        )
         try:
-            await self.status.create(envelope.id, record, ttl=self.commands.retention)
+            await self.status.create(command.id, accepted(command), ttl=self.commands.retention)
         except errors.BusUnavailable as exc:
-            log.warning("command %s accepted; its status not stored: %s", envelope.id, exc)
+            log.warning("command %s accepted; its status not stored: %s", command.id, exc)
 
     async def read_status(self, request: web.Request) -> web.StreamResponse:
         assert self.status is not None

@@ -11,14 +11,13 @@ large 413.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from busgate.bus import headers as hdr
-from busgate.bus.producers import Producer, producer_for
+from busgate.bus.producers import Producer, allows, producer_for
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Config
@@ -78,7 +77,7 @@ class SendApi:
         if service.token is not None:
             roles = frozenset(r for r in service.roles if r != "*") or None
             require(identity, roles)
-        if not any(fnmatch.fnmatchcase(topic, pattern) for pattern in service.topics):
+        if not allows(service, topic):
             raise errors.Forbidden(f"service {name!r} may not send to topic {topic!r}")
         key, partition = target(info["rest"])
         limit = service.max_body or self.config.gateway.max_body

@@ -59,6 +59,8 @@ async def published(client: TestClient) -> int:
         return int(info.state.messages)
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from busgate.bus.kafka.internals import stop_consumer
+
     topic = bus.names.command()
     consumer = AIOKafkaConsumer(bootstrap_servers=bus.servers)
     await consumer.start()
@@ -67,7 +69,7 @@ async def published(client: TestClient) -> int:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(parts)])
         return sum(ends.values())
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer, 5)
 
 
 def broker_kind(client: TestClient) -> str:
@@ -120,9 +122,56 @@ async def test_broker_down_is_503_never_202(edges, broker):
         assert (await resp.json())["error"]["code"] == "bus_unavailable"
     finally:
         broker.start()
-    # and once it is back, commands are accepted again
+    # an edge closed right after the restart closes cleanly (it used to raise CleanupError
+    # with aiokafka's CancelledErrors on Kafka)
+    await edges[0].close()
+    # and once the broker is back, commands are accepted again
     end = asyncio.get_running_loop().time() + 30
-    while (resp := await edges[0].post("/api/command/orders/create", json={})).status != 202:
+    while (resp := await edges[1].post("/api/command/orders/create", json={})).status != 202:
         assert resp.status == 503
         assert asyncio.get_running_loop().time() < end, "not accepting commands again"
         await asyncio.sleep(0.2)
+
+
+async def idempotency_on_bus(client: TestClient) -> bool:
+    """Whether the ``idempotency`` store exists on the bus (NATS bucket / Kafka topic)."""
+    from busgate.edge import keys
+
+    bus = client.server.app[keys.BUS]
+    if broker_kind(client) == "nats":
+        import nats.js.errors
+
+        from busgate.bus.store.nats import bucket_name
+
+        try:
+            await bus.nc.jetstream().stream_info(
+                f"KV_{bucket_name(bus.names.prefix, 'idempotency')}"
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bus.servers)
+    await admin.start()
+    try:
+        return f"{bus.names.prefix}.idempotency" in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def test_the_idempotency_store_opens_with_the_first_key(edges):
+    """An edge whose callers send no Idempotency-Key opens no idempotency store."""
+    from busgate.edge import keys
+
+    edge = edges[0]
+    resp = await edge.post("/api/command/orders/create", json={})
+    assert resp.status == 202
+    assert edge.server.app[keys.IDEMPOTENCY].store is None
+    assert not await idempotency_on_bus(edge)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = await edge.post("/api/command/orders/create", json={}, headers=key)
+    again = await edge.post("/api/command/orders/create", json={}, headers=key)
+    assert (first.status, again.status) == (202, 202)
+    assert (await first.json())["commandId"] == (await again.json())["commandId"]
+    assert await idempotency_on_bus(edge)
