@@ -1,0 +1,78 @@
+"""HTTPS for the edge: the ``[gateway.tls]`` certificate, rotated without a restart.
+
+The listening socket keeps one ``SSLContext`` for good (the one ``create_server`` got); its
+``sni_callback`` -- called for every handshake, with or without SNI -- hands the handshake
+to the context of the certificate current at that moment. Each rotation builds a new
+context, so connections already open keep theirs and new ones get the new certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+
+from busgate.contracts.config import ServerTls
+from busgate.tls import watch
+from busgate.tls.contexts import server_context
+from busgate.tls.pem import KeyPair
+
+
+def source_of(tls: ServerTls) -> watch.Source:
+    if tls.source == "self-signed":
+        return watch.self_signed_source(
+            tls.self_signed_hosts, tls.self_signed_lifetime, tls.renew_before
+        )
+    if tls.source == "folder":
+        return watch.folder(tls.folder)
+    return watch.files(tls.cert, tls.key, key_name="gateway.tls.key")
+
+
+class ServerCerts:
+    """The edge's certificates: :attr:`context` for the server, rotated by :meth:`run`."""
+
+    def __init__(self, tls: ServerTls, source: watch.Source | None = None) -> None:
+        self.tls = tls
+        self._current: ssl.SSLContext | None = None
+        self.watch = watch.CertWatch(
+            "gateway.tls",
+            source or source_of(tls),
+            poll=tls.poll,
+            grace=tls.grace,
+            apply=self._apply,
+        )
+        assert self._current is not None  # set by the first apply
+        self.context: ssl.SSLContext = self._current
+        self.context.sni_callback = self._pick
+
+    def _apply(self, pair: KeyPair) -> None:
+        tls = self.tls
+        self._current = server_context(
+            pair,
+            ca=tls.ca,
+            client_auth=tls.client_auth,
+            min_version=tls.min_version,
+            ciphers=tls.ciphers,
+        )
+
+    def _pick(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not None and current is not ctx:
+            sslobj.context = current
+
+    async def run(self) -> None:
+        await self.watch.run()
+
+
+@contextlib.asynccontextmanager
+async def rotating(tls: ServerTls) -> AsyncIterator[ServerCerts]:
+    """The edge's certificates, polled for rotation while the context is open."""
+    certs = ServerCerts(tls)
+    task = asyncio.create_task(certs.run(), name="busgate-tls-rotation")
+    try:
+        yield certs
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
