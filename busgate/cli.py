@@ -118,7 +118,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from busgate.dev import run
 
-    return run(bus=args.bus, listen=args.listen, config=args.config or str(DEV_CONFIG))
+    return run(
+        bus=args.bus, listen=args.listen, config=args.config or str(DEV_CONFIG), tls=args.tls
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--bus", choices=("nats", "kafka"), default="nats")
     dev.add_argument("--listen", default="127.0.0.1:8080")
     dev.add_argument("--config", help="config file (default: the shipped dev config)")
+    dev.add_argument("--tls", action="store_true", help="serve HTTPS (a self-signed certificate)")
     dev.set_defaults(func=cmd_dev)
 
     edge = sub.add_parser("edge", help="run one HTTP edge node")
