@@ -38,6 +38,7 @@ from busgate.tls.pem import read as read_pair
 log = logging.getLogger("busgate.bus.nats")
 
 _STATUS = "Status"
+_NO_RESPONDERS = "503"
 
 
 def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
@@ -48,8 +49,6 @@ def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
         raise ValueError("bus URL: cert and key go together (a client certificate)")
     pair = read_pair(cert, key, key_name="bus URL key") if cert else None
     return client_context(pair, ca=ca)
-
-_NO_RESPONDERS = "503"
 
 
 class NatsBus(Bus):
