@@ -123,6 +123,37 @@ def cmd_dev(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_cert_push(args: argparse.Namespace) -> int:
+    """Check a certificate and its key, then store them on the bus for every edge."""
+    import asyncio
+
+    from busgate import bus as bus_
+    from busgate.bus.certificates import push
+    from busgate.tls.pem import read
+
+    config = _config(args.config)
+    try:
+        pair = read(args.cert, args.key)
+    except ConfigError as exc:
+        print(f"busgate cert push: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        bus = bus_.from_url(config.gateway.bus, node="cert-push", prefix=config.gateway.prefix)
+        await bus.connect()
+        try:
+            return await push(bus, args.name, pair.cert_pem, pair.key_pem)
+        finally:
+            await bus.close()
+
+    revision = asyncio.run(run())
+    print(
+        f"pushed certificate {args.name!r}: {pair.subject}, until {pair.not_after:%Y-%m-%d}, "
+        f"sha256 {pair.fingerprint[:16]}… (revision {revision})"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="busgate", description=__doc__)
     p.add_argument("--log-level", default="INFO")
@@ -178,6 +209,15 @@ def parser() -> argparse.ArgumentParser:
         help="auth: create or reset a user; password from $BUSGATE_AUTH_SEED_PASSWORD",
     )
     runner.set_defaults(func=cmd_runner)
+
+    cert = sub.add_parser("cert", help="certificates on the bus")
+    cert_sub = cert.add_subparsers(dest="action", required=True)
+    push = cert_sub.add_parser("push", help="store a certificate for every edge (source = bus)")
+    push.add_argument("cert", help="PEM certificate chain, leaf first")
+    push.add_argument("key", help="its PEM private key")
+    push.add_argument("--config", required=True, help="config naming the bus and prefix")
+    push.add_argument("--name", default="default", help="[gateway.tls] name (default: default)")
+    push.set_defaults(func=cmd_cert_push)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)

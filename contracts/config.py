@@ -458,12 +458,15 @@ class ServerTls(Section, frozen=True):
     ``source``: ``files`` (``cert`` and ``key``, PEM), ``folder`` (``cert.pem`` + ``key.pem``,
     or ``tls.crt`` + ``tls.key`` as a Kubernetes secret mounts them) or ``self-signed``
     (made at start for ``self_signed_hosts``, renewed ``renew_before`` seconds before it
-    expires). The files are read every ``poll`` seconds; a changed certificate is served to
+    expires) or ``bus`` (the bus's store, ``busgate cert push``). The files (or the store's
+    view) are read every ``poll`` seconds; a changed certificate is served to
     new connections ``grace`` seconds later (clients can trust it first); open connections
     keep theirs. ``client_auth`` asks for client certificates signed by ``ca``.
     """
 
-    source: Literal["files", "folder", "self-signed"] = "files"
+    source: Literal["files", "folder", "self-signed", "bus"] = "files"
+    name: str = "default"
+    """``source = "bus"``: the name the certificate was pushed under (``busgate cert push``)."""
     cert: str = ""
     key: str = ""
     folder: str = ""

@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from busgate.contracts.config import Config
+from busgate.edge import keys
 from busgate.edge.app import create_app
 from busgate.edge.http_server import runner_for
 from busgate.edge.tls_server import rotating
@@ -40,7 +41,8 @@ async def serve(config: Config) -> None:
         async with contextlib.AsyncExitStack() as stack:
             ssl_context = None
             if (tls := config.gateway.tls) is not None:
-                ssl_context = (await stack.enter_async_context(rotating(tls))).context
+                bus = runner.app[keys.BUS]  # connected by now (the app's cleanup_ctx)
+                ssl_context = (await stack.enter_async_context(rotating(tls, bus))).context
             await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
             scheme = "https" if ssl_context else "http"
             log.info("edge %s listening on %s://%s:%d", config.gateway.id, scheme, host, port)

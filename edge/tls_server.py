@@ -13,10 +13,13 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
+from busgate.bus.base import Bus
+from busgate.bus.certificates import StoredCert, certificates
+from busgate.bus.store import Store
 from busgate.contracts.config import ServerTls
 from busgate.tls import watch
 from busgate.tls.contexts import server_context
-from busgate.tls.pem import KeyPair
+from busgate.tls.pem import KeyPair, PemError, parse
 
 
 def source_of(tls: ServerTls) -> watch.Source:
@@ -65,10 +68,36 @@ class ServerCerts:
         await self.watch.run()
 
 
+def from_store(store: Store[StoredCert], name: str) -> watch.Source:
+    """The certificate pushed under ``name``, from the store's local view (no I/O)."""
+
+    def source() -> KeyPair:
+        stored = store.value(name)
+        if stored is None:
+            raise PemError(f"gateway.tls.name: no certificate {name!r} in the bus's store")
+        label = f"certificate {name!r} from the bus"
+        return parse(stored.cert_pem, stored.key_pem, cert_name=label, key_name=label)
+
+    return source
+
+
 @contextlib.asynccontextmanager
-async def rotating(tls: ServerTls) -> AsyncIterator[ServerCerts]:
-    """The edge's certificates, polled for rotation while the context is open."""
-    certs = ServerCerts(tls)
+async def rotating(tls: ServerTls, bus: Bus | None = None) -> AsyncIterator[ServerCerts]:
+    """The edge's certificates, polled for rotation while the context is open; ``bus`` is
+    the edge's (connected) bus, for ``source = "bus"``."""
+    async with contextlib.AsyncExitStack() as stack:
+        source = None
+        if tls.source == "bus":
+            store = certificates(bus)
+            await store.start()
+            stack.push_async_callback(store.close)
+            source = from_store(store, tls.name)
+        certs = ServerCerts(tls, source)
+        yield await stack.enter_async_context(_polled(certs))
+
+
+@contextlib.asynccontextmanager
+async def _polled(certs: ServerCerts) -> AsyncIterator[ServerCerts]:
     task = asyncio.create_task(certs.run(), name="busgate-tls-rotation")
     try:
         yield certs
