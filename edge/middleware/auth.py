@@ -78,6 +78,7 @@ def _renew(
 def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-type]
     access = ctx.access
     channel_tokens = ctx.channel_tokens
+    certs = ctx.certs
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -96,6 +97,8 @@ def auth_middleware(ctx: AuthContext) -> web.middleware:  # type: ignore[valid-t
             raise errors.NotFound(f"no route for {request.path}")
         service = channel_tokens.get(channel)
         if service is None:
+            if certs is not None and (identity := certs.of(request)) is not None:
+                request[keys.IDENTITY] = identity  # no token here, but runners learn who
             return await handler(request)
         try:
             identity, cookie_token = await authenticate(request, service, ctx)

@@ -78,6 +78,18 @@ async def test_optional_identity_from_cn_reaches_runner(tls_edge, client_ca, tmp
         assert status == 401
 
 
+async def test_certificate_identity_on_a_channel_without_tokens(
+    tls_edge, client_ca, tmp_path
+) -> None:
+    """A channel without ``auth`` lets everyone in, but its runner still learns who called."""
+    cert = write_leaf(client_ca.issue_cert("x", common_name="billing"), tmp_path, "billing")
+    async with tls_edge(client_auth="optional") as edge:
+        status, body = await get(f"{edge.url}/api/request/demo/x", client_context(edge.ca, cert))
+        assert status == 200 and body["identity"]["subject"] == "billing"
+        status, body = await get(f"{edge.url}/api/request/demo/x", client_context(edge.ca))
+        assert status == 200 and body["identity"] is None
+
+
 async def test_identity_from_uri_san_and_default_roles(tls_edge, client_ca, tmp_path) -> None:
     cert = uri_leaf(client_ca, tmp_path, "svc", cn="ignored", uri="spiffe://busgate/orders")
     identity = {"subject": "uri", "default_roles": ["service"]}
