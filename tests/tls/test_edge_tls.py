@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from busgate.contracts.config import ConfigError, parse
 from busgate.edge.tls_server import ServerCerts
 from tests.tls.certs import uri_leaf, write_leaf
 from tests.tls.conftest import client_context
+from tests.tls.test_rotation import fingerprint_of
 
 ROLES = {"billing": ["admin"]}
 
@@ -191,3 +193,25 @@ def test_self_signed_is_renewed_before_expiry(monkeypatch) -> None:
     assert source() is first
     monkeypatch.setattr(watch.time, "time", lambda: now - 9.0)
     assert source().fingerprint != first.fingerprint
+
+
+async def test_client_auth_still_holds_after_a_rotation(
+    tls_edge, ca, client_ca, server_files, tmp_path
+) -> None:
+    """The context a rotation builds asks for and verifies client certificates too."""
+    cert = write_leaf(client_ca.issue_cert("x", common_name="billing"), tmp_path, "billing")
+    async with tls_edge(client_auth="require", poll=60, grace=0) as edge:
+        new = write_leaf(ca.issue_cert("127.0.0.1"), tmp_path, "new")
+        for path, by in zip(server_files, new, strict=True):
+            Path(path).write_bytes(Path(by).read_bytes())  # noqa: ASYNC240
+        edge.certs.watch.check()  # one poll; grace 0: current at once
+        ctx = client_context(edge.ca, cert)
+        _, writer = await asyncio.open_connection("127.0.0.1", edge.port, ssl=ctx)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        await writer.wait_closed()
+        assert hashlib.sha256(der).hexdigest() == fingerprint_of(new[0])  # the new one
+        status, body = await get(f"{edge.url}/api/request/secure/x", client_context(edge.ca, cert))
+        assert status == 200 and body["identity"]["subject"] == "billing"
+        with pytest.raises(aiohttp.ClientError):
+            await get(f"{edge.url}/api/request/secure/x", client_context(edge.ca))
