@@ -9,6 +9,7 @@ which the report prints instead of a number: nothing is faked.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -345,6 +346,49 @@ def _busgate(name: str, secure: bool = False, tables: str = "") -> Builder:
     return functools.partial(busgate, name=name, secure=secure, tables=tables)
 
 
+def https_files(env: Env) -> tuple[str, str]:
+    """A self-signed certificate for the HTTPS scenarios (both sides serve the same one)."""
+    cert, key = env.workdir / "https-cert.pem", env.workdir / "https-key.pem"
+    if not cert.exists():
+        from busgate.tls.self_signed import generate
+
+        pair = generate((HOST,), 86_400.0)
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+    return str(cert), str(key)
+
+
+def to_https(stack: Stack) -> Stack:
+    def https(url: str) -> str:
+        return url.replace("http://", "https://", 1)
+
+    stack.url = https(stack.url)
+    stack.processes = [
+        dataclasses.replace(spec, ready=Ready(http=https(spec.ready.http)))
+        if spec.ready.http
+        else spec
+        for spec in stack.processes
+    ]
+    return stack
+
+
+def floor_https(env: Env, bus_url: str) -> Stack:
+    """The floor edge serving HTTPS: what busgate's ``[gateway.tls]`` is measured against."""
+    cert, key = https_files(env)
+    stack = floor(env, bus_url)
+    stack.name = f"{stack.name}-https"
+    edge = next(spec for spec in stack.processes if spec.name == "edge")
+    edge.argv.extend(["--tls-cert", cert, "--tls-key", key])
+    return to_https(stack)
+
+
+def busgate_https(env: Env, bus_url: str) -> Stack | Pending:
+    cert, key = https_files(env)
+    tables = f'[gateway.tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    stack = busgate(env, bus_url, name="busgate-nats-https", tables=tables)
+    return stack if isinstance(stack, Pending) else to_https(stack)
+
+
 STACKS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -370,6 +414,8 @@ STACKS: dict[str, Scenario] = {
         ),
         Scenario("floor-nats-command", "nats", floor_command),
         Scenario("busgate-nats-command", "nats", busgate_command, floor="floor-nats-command"),
+        Scenario("floor-nats-https", "nats", floor_https),
+        Scenario("busgate-nats-https", "nats", busgate_https, floor="floor-nats-https"),
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
     )
@@ -410,6 +456,13 @@ TARGETS = (
         True,
     ),
     Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
+    Target(
+        "busgate-nats-https ≥ 0.9 x floor-nats-https req/s",
+        "busgate-nats-https",
+        "ratio",
+        0.9,
+        True,
+    ),
     Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),
     Target("idle busgate-nats edge ≤ 80 MB RSS", "busgate-nats", "idle_rss_mb", 80.0),
     Target("idle busgate-kafka edge ≤ 80 MB RSS", "busgate-kafka", "idle_rss_mb", 80.0),

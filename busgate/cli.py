@@ -118,7 +118,40 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from busgate.dev import run
 
-    return run(bus=args.bus, listen=args.listen, config=args.config or str(DEV_CONFIG))
+    return run(
+        bus=args.bus, listen=args.listen, config=args.config or str(DEV_CONFIG), tls=args.tls
+    )
+
+
+def cmd_cert_push(args: argparse.Namespace) -> int:
+    """Check a certificate and its key, then store them on the bus for every edge."""
+    import asyncio
+
+    from busgate import bus as bus_
+    from busgate.bus.certificates import push
+    from busgate.tls.pem import read
+
+    config = _config(args.config)
+    try:
+        pair = read(args.cert, args.key)
+    except ConfigError as exc:
+        print(f"busgate cert push: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        bus = bus_.from_url(config.gateway.bus, node="cert-push", prefix=config.gateway.prefix)
+        await bus.connect()
+        try:
+            return await push(bus, args.name, pair.cert_pem, pair.key_pem)
+        finally:
+            await bus.close()
+
+    revision = asyncio.run(run())
+    print(
+        f"pushed certificate {args.name!r}: {pair.subject}, until {pair.not_after:%Y-%m-%d}, "
+        f"sha256 {pair.fingerprint[:16]}… (revision {revision})"
+    )
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--bus", choices=("nats", "kafka"), default="nats")
     dev.add_argument("--listen", default="127.0.0.1:8080")
     dev.add_argument("--config", help="config file (default: the shipped dev config)")
+    dev.add_argument("--tls", action="store_true", help="serve HTTPS (a self-signed certificate)")
     dev.set_defaults(func=cmd_dev)
 
     edge = sub.add_parser("edge", help="run one HTTP edge node")
@@ -180,6 +214,15 @@ def parser() -> argparse.ArgumentParser:
 
     publish.add_parsers(sub)
     tail.add_parser(sub)
+
+    cert = sub.add_parser("cert", help="certificates on the bus")
+    cert_sub = cert.add_subparsers(dest="action", required=True)
+    push = cert_sub.add_parser("push", help="store a certificate for every edge (source = bus)")
+    push.add_argument("cert", help="PEM certificate chain, leaf first")
+    push.add_argument("key", help="its PEM private key")
+    push.add_argument("--config", required=True, help="config naming the bus and prefix")
+    push.add_argument("--name", default="default", help="[gateway.tls] name (default: default)")
+    push.set_defaults(func=cmd_cert_push)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)

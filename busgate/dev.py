@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -67,15 +68,18 @@ class Stack:
             self.broker.stop()
 
 
-def wait_ready(url: str, system: str, stack: Stack, timeout: float = 60) -> None:
+def wait_ready(
+    url: str, system: str, stack: Stack, timeout: float = 60, cafile: str | None = None
+) -> None:
     """Until the edge is ready and sees an adapter for ``system``."""
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         problem = stack.dead()
         if problem:
             raise RuntimeError(problem)
         with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1, context=context) as resp:
                 body = json.load(resp)
                 if body.get("systems", {}).get(system):
                     return
@@ -132,7 +136,27 @@ def forget(content: str | None) -> None:
             path.unlink()
 
 
-def run(*, bus: str, listen: str, config: str) -> int:
+def self_signed_files(env: dict[str, str], workdir: str, listen: str) -> str:
+    """``--tls``: a self-signed certificate for this stack, written to ``workdir`` so that
+    curl can trust it (``--cacert``); the edge serves it from there (``source = "files"``,
+    rotated like any other). Returns the certificate's path."""
+    from busgate.tls.self_signed import generate
+
+    host = listen.rpartition(":")[0].strip("[]")
+    hosts = tuple(dict.fromkeys(h for h in ("localhost", "127.0.0.1", host) if h != "0.0.0.0"))
+    pair = generate(hosts, 7 * 86_400.0)
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    with open(cert, "wb") as f:
+        f.write(pair.cert_pem)
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(pair.key_pem)
+    env["BUSGATE__GATEWAY__TLS__SOURCE"] = "files"
+    env["BUSGATE__GATEWAY__TLS__CERT"] = cert
+    env["BUSGATE__GATEWAY__TLS__KEY"] = key
+    return cert
+
+
+def run(*, bus: str, listen: str, config: str, tls: bool = False) -> int:
     stack = Stack()
     stopping = False
 
@@ -161,16 +185,20 @@ def run(*, bus: str, listen: str, config: str) -> int:
             env.setdefault("BUSGATE__SERVICES__EVENTS__JETSTREAM", "true")
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
+        cafile = self_signed_files(env, workdir.name, listen) if tls else None
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
         stack.spawn("edge", ["edge", "--config", config], env)
         host, _, port = listen.rpartition(":")
-        url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
-        wait_ready(url, "demo", stack)
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+        wait_ready(url, "demo", stack, cafile=cafile)
         state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
+        if cafile:
+            print(f"busgate dev: cacert {cafile}  (curl --cacert)", flush=True)
         if password:  # generated here: shown once, on the console only
             print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)
         print(f"busgate dev ready: {url}  (Ctrl-C stops)", flush=True)

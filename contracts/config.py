@@ -133,6 +133,8 @@ class Gateway(Section, frozen=True):
     presence_ttl: float = 6.0
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
+    tls: ServerTls | None = None
+    """HTTPS on ``listen`` (see :class:`ServerTls`); None = plain HTTP."""
 
 
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
@@ -141,6 +143,12 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     """Overrides ``gateway.timeout`` for calls of this system."""
     max_connections: int = 100
     headers: dict[str, str] = {}
+    tls: ClientTls | None = None
+    """How to reach an ``https://`` runner (CA, client certificate); needs ``https://``."""
+
+    def __post_init__(self) -> None:
+        if self.tls is not None and not self.base_url.startswith("https://"):
+            raise ValueError("tls: set only with an https:// base_url")
 
 
 System = RpcSystem
@@ -432,6 +440,74 @@ class Telemetry(Section, frozen=True):
     @property
     def tracing(self) -> bool:
         return self.sampling > 0 and (self.bus_export or bool(self.otlp_endpoint))
+
+
+class TlsIdentity(Section, frozen=True):
+    """How a verified client certificate becomes the caller's identity, as a token would:
+    the subject is the certificate's common name (``cn``) or its first URI SAN (``uri``,
+    e.g. a SPIFFE id); ``roles`` maps subjects to their roles, others get ``default_roles``."""
+
+    subject: Literal["cn", "uri"] = "cn"
+    roles: dict[str, tuple[str, ...]] = {}
+    default_roles: tuple[str, ...] = ()
+
+
+class ServerTls(Section, frozen=True):
+    """``[gateway.tls]``: the edge's certificate, rotated at runtime (see ``edge.tls_server``).
+
+    ``source``: ``files`` (``cert`` and ``key``, PEM), ``folder`` (``cert.pem`` + ``key.pem``,
+    or ``tls.crt`` + ``tls.key`` as a Kubernetes secret mounts them) or ``self-signed``
+    (made at start for ``self_signed_hosts``, renewed ``renew_before`` seconds before it
+    expires) or ``bus`` (the bus's store, ``busgate cert push``). The files (or the store's
+    view) are read every ``poll`` seconds; a changed certificate is served to
+    new connections ``grace`` seconds later (clients can trust it first); open connections
+    keep theirs. ``client_auth`` asks for client certificates signed by ``ca``.
+    """
+
+    source: Literal["files", "folder", "self-signed", "bus"] = "files"
+    name: str = "default"
+    """``source = "bus"``: the name the certificate was pushed under (``busgate cert push``)."""
+    cert: str = ""
+    key: str = ""
+    folder: str = ""
+    ca: str = ""
+    """PEM bundle of the CAs that sign client certificates."""
+    client_auth: Literal["none", "optional", "require"] = "none"
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    ciphers: str = ""
+    """OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); empty = Python's."""
+    poll: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    grace: Annotated[float, msgspec.Meta(ge=0)] = 11.0
+    self_signed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    self_signed_lifetime: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
+    renew_before: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
+    identity: TlsIdentity = msgspec.field(default_factory=TlsIdentity)
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not (self.cert and self.key):
+            raise ValueError("source 'files': set cert and key (PEM paths)")
+        if self.source == "folder" and not self.folder:
+            raise ValueError("source 'folder': set folder")
+        if self.client_auth != "none" and not self.ca:
+            raise ValueError(f"client_auth {self.client_auth!r}: set ca (the clients' CAs)")
+        if self.source == "self-signed" and self.renew_before >= self.self_signed_lifetime:
+            raise ValueError("renew_before: must be shorter than self_signed_lifetime")
+
+
+class ClientTls(Section, frozen=True):
+    """TLS to a runner: ``ca`` verifies it (empty = the system's trust store); ``cert`` and
+    ``key`` are the client certificate for mTLS, re-read every ``poll`` seconds and used for
+    new connections once they change."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    poll: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key: set both (a client certificate) or neither")
 
 
 class Config(Section, frozen=True):

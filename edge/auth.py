@@ -10,6 +10,7 @@ from busgate.contracts import errors
 from busgate.contracts.config import Config
 from busgate.contracts.wire import Identity
 from busgate.edge.access import ChannelAccess
+from busgate.edge.cert_identity import CertIdentities
 from busgate.edge.responses import error_response
 from busgate.edge.tokens import TokenService
 
@@ -26,6 +27,10 @@ class AuthContext:
             name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth
         }
         self.sessions: Sessions | None = None
+        tls = config.gateway.tls
+        self.certs = (
+            CertIdentities(tls.identity) if tls is not None and tls.client_auth != "none" else None
+        )
 
     @property
     def session_ttl(self) -> float:

@@ -13,8 +13,10 @@ import logging
 from aiohttp import web
 
 from busgate.contracts.config import Config
+from busgate.edge import keys
 from busgate.edge.app import create_app
 from busgate.edge.http_server import runner_for
+from busgate.edge.tls_server import rotating
 
 log = logging.getLogger("busgate.edge")
 
@@ -36,9 +38,15 @@ async def serve(config: Config) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("edge %s listening on http://%s:%d", config.gateway.id, host, port)
-        await asyncio.Future()  # until cancelled
+        async with contextlib.AsyncExitStack() as stack:
+            ssl_context = None
+            if (tls := config.gateway.tls) is not None:
+                bus = runner.app[keys.BUS]  # connected by now (the app's cleanup_ctx)
+                ssl_context = (await stack.enter_async_context(rotating(tls, bus))).context
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            scheme = "https" if ssl_context else "http"
+            log.info("edge %s listening on %s://%s:%d", config.gateway.id, scheme, host, port)
+            await asyncio.Future()  # until cancelled
     finally:
         await runner.cleanup()
 

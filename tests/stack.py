@@ -34,12 +34,25 @@ class DevStack:
 
 @contextlib.contextmanager
 def dev_stack(
-    bus: str = "nats", env: dict[str, str] | None = None, timeout: float = 90
+    bus: str = "nats",
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    args: tuple[str, ...] = (),
 ) -> Iterator[DevStack]:
     port = free_port()
     stack = DevStack(bus=bus)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "dev", "--bus", bus, "--listen", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "busgate",
+            "dev",
+            "--bus",
+            bus,
+            "--listen",
+            f"127.0.0.1:{port}",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -24,6 +24,7 @@ from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Gateway, RpcSystem
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Reply, Request
+from busgate.tls.client import ClientCerts
 
 if TYPE_CHECKING:
     from busgate.adapters.observe import AdapterObserver
@@ -90,6 +91,7 @@ class RpcClient:
         self._base = str(URL(self.base_url))  # encoded once, here
         self._urls: dict[str, URL] = {}  # path -> runner URL: most calls reuse a few paths
         self._session: aiohttp.ClientSession | None = None
+        self.tls = ClientCerts(f"systems.{name}", system.tls) if system.tls else None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -100,6 +102,8 @@ class RpcClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self.system.headers, skip_auto_headers=("User-Agent",)
             )
+            if self.tls is not None:
+                self.tls.start()
         return self._session
 
     def observe(self, observer: AdapterObserver) -> None:
@@ -155,7 +159,11 @@ class RpcClient:
         url = self.runner_url(req.path)
         try:
             async with self.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                ssl=self.tls.context if self.tls is not None else True,
             ) as resp:
                 payload = await resp.read()
                 passed = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k)) is not None}
@@ -296,3 +304,5 @@ class RpcClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self.tls is not None:
+            await self.tls.close()
