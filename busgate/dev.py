@@ -107,6 +107,23 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     return password if generated else None
 
 
+def start_crud(stack: Stack, env: dict[str, str], config: str, workdir: str) -> str | None:
+    """The sample CRUD runner on SQLite in the stack's temporary folder, when the config has
+    a ``data`` system of type ``crud``; its base URL."""
+    with open(config, "rb") as f:
+        data = tomllib.load(f).get("systems", {}).get("data", {})
+    if data.get("type") != "crud":
+        return None
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/data"
+    env["BUSGATE__SYSTEMS__DATA__BASE_URL"] = base
+    db = "sqlite:///" + os.path.join(workdir, "data.db")  # absolute: sqlite:////tmp/…
+    args = ["runner", "crud", "--listen", f"127.0.0.1:{port}", "--db", db]
+    runner = stack.spawn("crud", args, env)
+    wait_for_port("127.0.0.1", port, 30, runner)
+    return base
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -161,6 +178,7 @@ def run(*, bus: str, listen: str, config: str) -> int:
             env.setdefault("BUSGATE__SERVICES__EVENTS__JETSTREAM", "true")
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
+        crud = start_crud(stack, env, config, workdir.name)
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
         stack.spawn("edge", ["edge", "--config", config], env)
@@ -170,6 +188,8 @@ def run(*, bus: str, listen: str, config: str) -> int:
         state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        if crud:
+            print(f"busgate dev: data   {crud}  (CRUD runner, SQLite)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if password:  # generated here: shown once, on the console only
             print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)
