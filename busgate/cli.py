@@ -74,6 +74,10 @@ def cmd_runner(args: argparse.Namespace) -> int:
         from busgate.runners.crud import run as run_crud
 
         run_crud(args.listen, args.db or "sqlite:///busgate-data.db")
+    elif args.kind == "rsocket":
+        from busgate.runners.rsocket import run as run_rsocket
+
+        run_rsocket(args.listen, args.ws_listen)
     return 0
 
 
@@ -169,8 +173,9 @@ def parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     runner = sub.add_parser("runner", help="run a shipped sample runner")
-    runner.add_argument("kind", choices=("rpc", "auth", "crud"))
-    runner.add_argument("--listen", default="127.0.0.1:9001")
+    runner.add_argument("kind", choices=("rpc", "auth", "crud", "rsocket"))
+    runner.add_argument("--listen", default="127.0.0.1:9001", help="rsocket: its tcp HOST:PORT")
+    runner.add_argument("--ws-listen", help="rsocket: also websocket on HOST:PORT, at /rsocket")
     runner.add_argument(
         "--db",
         help="auth: the SQLite user store (busgate-users.db); crud: sqlite:///PATH or"
