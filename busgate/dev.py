@@ -124,6 +124,20 @@ def start_crud(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     return base
 
 
+def start_rsocket(stack: Stack, env: dict[str, str], config: str) -> str | None:
+    """The sample RSocket runner (tcp), when the config has an ``rsocket`` system of that
+    type; its address."""
+    with open(config, "rb") as f:
+        system = tomllib.load(f).get("systems", {}).get("rsocket", {})
+    if system.get("type") != "rsocket":
+        return None
+    port = free_port()
+    env["BUSGATE__SYSTEMS__RSOCKET__HOSTS"] = f'["127.0.0.1:{port}"]'
+    runner = stack.spawn("rsocket", ["runner", "rsocket", "--listen", f"127.0.0.1:{port}"], env)
+    wait_for_port("127.0.0.1", port, 30, runner)
+    return f"tcp://127.0.0.1:{port}"
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -179,6 +193,7 @@ def run(*, bus: str, listen: str, config: str) -> int:
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
         crud = start_crud(stack, env, config, workdir.name)
+        rsocket = start_rsocket(stack, env, config)
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
         stack.spawn("edge", ["edge", "--config", config], env)
@@ -190,6 +205,8 @@ def run(*, bus: str, listen: str, config: str) -> int:
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
         if crud:
             print(f"busgate dev: data   {crud}  (CRUD runner, SQLite)", flush=True)
+        if rsocket:
+            print(f"busgate dev: rsocket {rsocket}  (RSocket runner)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if password:  # generated here: shown once, on the console only
             print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -65,6 +66,24 @@ def _int(params: dict[str, Any], key: str, default: int) -> int:
         raise SagaError(400, f"parameter {key!r} must be an integer") from None
 
 
+def concurrent(
+    handler: Callable[..., Coroutine[Any, Any, Payload]],
+) -> Callable[..., Coroutine[Any, Any, asyncio.Future[Payload]]]:
+    """Run a request-response handler as its own task.
+
+    rsocket-py awaits a route's coroutine inside the connection's receive loop, so a slow
+    saga (``sleep``) would hold up every other request on that connection, CANCEL frames
+    included. A route that returns a Future is answered when the Future is done, and CANCEL
+    cancels it.
+    """
+
+    @functools.wraps(handler)
+    async def start(*args: Any, **kwargs: Any) -> asyncio.Future[Payload]:
+        return asyncio.ensure_future(handler(*args, **kwargs))
+
+    return start
+
+
 class Sagas:
     """The routes, and the log of calls they keep."""
 
@@ -74,12 +93,12 @@ class Sagas:
         """Request ids of streams that got CANCEL (for tests in the same process)."""
         self.router = RequestRouter()
         r = self.router
-        r.response("echo")(self.echo)
-        r.response("meta")(self.meta)
-        r.response("sleep")(self.sleep)
-        r.response("fail")(self.fail)
-        r.response("calls")(self.list_calls)
-        r.response_unknown()(self.unknown)
+        r.response("echo")(concurrent(self.echo))
+        r.response("meta")(concurrent(self.meta))
+        r.response("sleep")(concurrent(self.sleep))
+        r.response("fail")(concurrent(self.fail))
+        r.response("calls")(concurrent(self.list_calls))
+        r.response_unknown()(concurrent(self.unknown))
         r.stream("count")(self.count)
         r.stream_unknown()(self.unknown_stream)
 

@@ -5,6 +5,7 @@ tied to the edge's credits, CANCEL, several hosts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -206,3 +207,17 @@ async def test_a_stream_to_a_down_runner_ends_with_a_502_step(client_for):
     await client.stream(request("count", kind="stream"), steps)
     assert len(steps.steps) == 1 and steps.steps[0]["last"]
     assert isinstance(steps.steps[0]["error"], errors.UpstreamUnreachable)
+
+
+async def test_a_slow_saga_does_not_hold_up_the_connection(runner, client_for):
+    """The runner answers an echo while a sleep on the same connection is still running."""
+    client = client_for(runner.port)
+    slow = asyncio.create_task(client.call(request("sleep", b'{"ms": 3000}', timeout=5)))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    assert (await client.call(request("echo", timeout=5))).status == 200
+    assert time.monotonic() - started < 1.0
+    assert not slow.done()
+    slow.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await slow
