@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from busgate.runners.crud import create_app
+from busgate.runners.crud_store import PostgresStore, SqliteStore, open_store
 from tests.postgres import shared_postgres
 
 DATABASES = ["sqlite", pytest.param("postgres", id="postgres")]
@@ -18,10 +19,8 @@ DATABASES = ["sqlite", pytest.param("postgres", id="postgres")]
 
 @pytest.fixture(params=DATABASES)
 async def client(request, tmp_path) -> AsyncIterator[TestClient]:
-    if request.param == "sqlite":
-        db = f"sqlite:///{tmp_path}/data.db".replace("sqlite:///", "sqlite:////", 1)
-    else:
-        db = shared_postgres().url
+    # tmp_path is absolute, so the SQLite URL has four slashes (sqlite:////tmp/…).
+    db = f"sqlite:///{tmp_path}/data.db" if request.param == "sqlite" else shared_postgres().url
     async with TestClient(TestServer(create_app(db))) as http:
         yield http
 
@@ -141,3 +140,23 @@ async def test_a_bad_state_name_is_refused(client):
     resp = await client.get("/api/data/x;drop")
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "bad_state"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///data.db", "data.db"),
+        ("sqlite:////var/lib/data.db", "/var/lib/data.db"),
+        ("sqlite://:memory:", ":memory:"),
+        ("plain.db", "plain.db"),
+    ],
+)
+def test_sqlite_urls(url, path):
+    store = open_store(url)
+    assert isinstance(store, SqliteStore) and store.path == path
+
+
+def test_postgres_urls_and_unknown_schemes():
+    assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
+    with pytest.raises(ValueError, match="--db"):
+        open_store("mysql://u@h/db")

@@ -11,13 +11,14 @@ import time
 import pytest
 
 from busgate.adapters.rsocket.client import RsocketClient
+from busgate.adapters.rsocket.pool import targets
 from busgate.brokers import free_port
 from busgate.bus.flow import Credits
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode
 from busgate.contracts.config import Gateway, RsocketSystem
 from busgate.contracts.wire import Request
-from busgate.runners.rsocket import Listener, Sagas, serve
+from busgate.runners.rsocket import Listener, Sagas, serve, websocket_app
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -221,3 +222,33 @@ async def test_a_slow_saga_does_not_hold_up_the_connection(runner, client_for):
     slow.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await slow
+
+
+async def test_websocket_hosts_work_like_tcp_ones(client_for):
+    """``protocol = "websocket"``: the same calls over the runner's websocket endpoint."""
+    sagas = Sagas()
+    port = free_port()
+    site = await websocket_app("127.0.0.1", port, sagas)
+    system = RsocketSystem(protocol="websocket", urls=(f"ws://127.0.0.1:{port}/rsocket",))
+    client = RsocketClient("rs", system, Gateway())
+    try:
+        reply = await client.call(request("echo", b'{"over": "ws"}'))
+        assert json_decode(reply.body) == {"over": "ws"}
+        steps = Steps(credits=2)
+        task = asyncio.create_task(
+            client.stream(request("count", b'{"to": 3, "wait": 0}', kind="stream"), steps)
+        )
+        for _ in range(2):
+            await steps.arrived.get()
+        steps.credits.grant(10)
+        await task
+        assert [s["items"] for s in steps.steps] == [[b"1"], [b"2"], [b"3"]]
+        assert sagas.calls[-1]["emitted"] == 3
+    finally:
+        await client.close()
+        await site.cleanup()
+
+
+def test_tcp_hosts_default_to_port_7000():
+    system = RsocketSystem(hosts=("a", "b:7100", "[::1]:7200"))
+    assert targets(system) == ["a:7000", "b:7100", "[::1]:7200"]
