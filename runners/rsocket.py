@@ -90,7 +90,9 @@ class Sagas:
     def __init__(self) -> None:
         self.calls: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
         self.cancels: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
-        """Request ids of streams that got CANCEL (for tests in the same process)."""
+        """Request ids of calls that got CANCEL (for tests in the same process)."""
+        self.arrivals: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+        """Routes of the calls as they arrive (for tests in the same process)."""
         self.router = RequestRouter()
         r = self.router
         r.response("echo")(concurrent(self.echo))
@@ -112,6 +114,8 @@ class Sagas:
             "at": time.monotonic(),
         }
         self.calls.append(call)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.arrivals.put_nowait(route)
         return call
 
     async def echo(self, payload: Payload, composite_metadata: CompositeMetadata) -> Payload:
@@ -125,7 +129,13 @@ class Sagas:
     async def sleep(self, payload: Payload, composite_metadata: CompositeMetadata) -> Payload:
         call = self.log("sleep", payload, composite_metadata)
         ms = _int(call["parameters"], "ms", 100)
-        await asyncio.sleep(ms / 1000)
+        try:
+            await asyncio.sleep(ms / 1000)
+        except asyncio.CancelledError:  # CANCEL from the requester (its deadline passed)
+            call["cancelled"] = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self.cancels.put_nowait(call["requestId"])
+            raise
         return Payload(_encode({"slept": ms}))
 
     async def fail(self, payload: Payload, composite_metadata: CompositeMetadata) -> Payload:

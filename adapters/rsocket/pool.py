@@ -61,6 +61,11 @@ class _Watch(BaseRequestHandler):  # type: ignore[misc]
     async def on_connection_error(self, rsocket: Any, exception: Exception) -> None:
         self.connection.lost(rsocket)
 
+    async def on_keepalive_timeout(self, time_since_last_keepalive: Any, rsocket: Any) -> None:
+        # A host that accepts but stopped answering (hung, or a half-open link): without
+        # this its calls would each wait for their deadline.
+        self.connection.lost(rsocket)
+
 
 class Connection:
     """One host, and its RSocket client while connected."""
@@ -113,6 +118,9 @@ class Connection:
             self._retry = asyncio.create_task(self._reconnect())
 
     async def _close(self, rsocket: RSocketClient) -> None:
+        """Fail what is still pending on it (a 502 now, not a 504 later), then close it."""
+        with contextlib.suppress(Exception):
+            rsocket.stop_all_streams()
         with contextlib.suppress(Exception):
             await rsocket.close()
 

@@ -117,12 +117,27 @@ async def test_a_runners_4xx_passes_through_and_a_5xx_is_a_502(runner, client_fo
     assert unknown.value.status == 404
 
 
-async def test_a_slow_runner_is_a_504_at_the_deadline(runner, client_for):
+async def test_a_slow_runner_is_a_504_at_the_deadline_and_gets_cancel(runner, client_for):
     client = client_for(runner.port)
     started = time.monotonic()
+    req = request("sleep", b'{"ms": 5000}', timeout=0.5)
     with pytest.raises(errors.DeadlineExceeded):
-        await client.call(request("sleep", b'{"ms": 5000}', timeout=0.5))
+        await client.call(req)
     assert time.monotonic() - started < 1.5
+    assert await asyncio.wait_for(runner.sagas.cancels.get(), 5) == req.id
+
+
+async def test_a_connection_lost_mid_call_is_a_502_at_once(runner, client_for):
+    client = client_for(runner.port)
+    assert (await client.call(request("echo"))).status == 200
+    slow = asyncio.create_task(client.call(request("sleep", b'{"ms": 5000}', timeout=5)))
+    while await runner.sagas.arrivals.get() != "sleep":
+        pass
+    started = time.monotonic()
+    await runner.stop()
+    with pytest.raises(errors.UpstreamUnreachable):
+        await slow
+    assert time.monotonic() - started < 1.0
 
 
 async def test_a_runner_that_is_down_is_a_502_at_once(client_for):
