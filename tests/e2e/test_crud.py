@@ -1,16 +1,19 @@
-"""CRUD systems end to end: client → edge → bus → adapter → the shipped CRUD runner (SQLite),
-separate processes (``busgate dev``'s ``data`` channel), over NATS and over Kafka."""
+"""CRUD systems end to end: client → edge → bus → adapter → the shipped CRUD runner on SQLite
+(``busgate dev``'s ``data`` channel) and on PostgreSQL, separate processes, over NATS and Kafka."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from busgate.brokers import free_port
+from busgate.brokers import free_port, wait_for_port
 from tests.e2e.conftest import E2E_ENV
+from tests.postgres import shared_postgres
 from tests.sse_client import collect
 from tests.stack import dev_stack
 
@@ -26,13 +29,31 @@ def blackhole() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def pg_runner() -> Iterator[str]:
+    """``busgate runner crud`` on a real PostgreSQL server (started by the tests): its base."""
+    port = free_port()
+    argv = [sys.executable, "-m", "busgate", "runner", "crud", "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen([*argv, "--db", shared_postgres().url])
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        yield f"http://127.0.0.1:{port}/api/data"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="module", params=["nats", "kafka"])
-def stack(request, blackhole):
-    """The dev stack, plus CRUD systems whose runner is not running (``datadown``) or never
-    answers (``datamute``, 1 s timeout)."""
+def stack(request, blackhole, pg_runner):
+    """The dev stack (its ``data`` channel on SQLite), plus ``pgdata`` on PostgreSQL, and
+    CRUD systems whose runner is not running (``datadown``) or never answers (``datamute``,
+    1 s timeout)."""
     request.applymarker(getattr(pytest.mark, request.param))
     env = {
         **E2E_ENV,
+        "BUSGATE__SYSTEMS__PGDATA__TYPE": "crud",
+        "BUSGATE__SYSTEMS__PGDATA__BASE_URL": pg_runner,
+        "BUSGATE__CHANNELS__PGDATA__SYSTEM": "pgdata",
         "BUSGATE__SYSTEMS__DOWN__BASE_URL": f"http://127.0.0.1:{free_port()}/x",
         "BUSGATE__SYSTEMS__DATADOWN__TYPE": "crud",
         "BUSGATE__SYSTEMS__DATADOWN__BASE_URL": f"http://127.0.0.1:{free_port()}/api/data",
@@ -46,9 +67,9 @@ def stack(request, blackhole):
         yield running
 
 
-@pytest.fixture
-def state(stack) -> str:
-    return f"{stack.url}/api/request/data/p{uuid.uuid4().hex[:10]}"
+@pytest.fixture(params=["data", "pgdata"], ids=["sqlite", "postgres"])
+def state(stack, request) -> str:
+    return f"{stack.url}/api/request/{request.param}/p{uuid.uuid4().hex[:10]}"
 
 
 async def test_the_whole_lifecycle_through_the_gateway(stack, http, state):
