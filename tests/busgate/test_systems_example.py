@@ -55,3 +55,4 @@ def test_busgate_config_check_accepts_it() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "2 system(s), 2 channel(s)" in result.stdout
+    assert result.stderr == ""
