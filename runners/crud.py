@@ -30,6 +30,7 @@ from busgate.runners.crud_store import (
     NAME,
     Doc,
     Exists,
+    Invalid,
     Missing,
     Store,
     VersionMismatch,
@@ -148,6 +149,8 @@ async def collection(request: web.Request) -> web.Response:
             id_ = _id(str(given)) if given not in (None, "") else uuid.uuid4().hex
             return await _create(store, state, id_, doc)
         raise Refused(405, "method_not_allowed", f"{request.method} needs an id: STATE/ID")
+    except Invalid as exc:
+        return _error(Refused(400, "bad_value", f"the database refuses a value: {exc}"))
     except Refused as exc:
         return _error(exc)
 
@@ -192,6 +195,8 @@ async def document(request: web.Request) -> web.Response:
         return _error(Refused(404, "not_found", f"no {request.match_info['state']} with that id"))
     except VersionMismatch:
         return _error(Refused(412, "precondition_failed", "the document changed: read it again"))
+    except Invalid as exc:
+        return _error(Refused(400, "bad_value", f"the database refuses a value: {exc}"))
     except Refused as exc:
         return _error(exc)
 

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +42,21 @@ class Exists(StoreError):
 
 class VersionMismatch(StoreError):
     """The document is not at the version the writer expected (412)."""
+
+
+class Invalid(StoreError):
+    """The database refuses a value the client sent (400): PostgreSQL takes no NUL
+    character (``\\u0000``) in a JSONB string or a text parameter."""
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    import asyncpg
+
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        raise Invalid(type(exc).__name__) from None
 
 
 Doc = dict[str, Any]
@@ -225,72 +240,79 @@ class PostgresStore(Store):
             )
 
     async def get(self, state: str, id_: str) -> tuple[Doc, int]:
-        table = await self.table(state)
-        row = await self._pool.fetchrow(f"SELECT doc, version FROM {table} WHERE id = $1", id_)
-        if row is None:
-            raise Missing(id_)
-        return _decode(row["doc"]), int(row["version"])
+        with _refusals():
+            table = await self.table(state)
+            row = await self._pool.fetchrow(f"SELECT doc, version FROM {table} WHERE id = $1", id_)
+            if row is None:
+                raise Missing(id_)
+            return _decode(row["doc"]), int(row["version"])
 
     async def insert(self, state: str, id_: str, doc: Doc) -> None:
-        import asyncpg
+        with _refusals():
+            import asyncpg
 
-        table = await self.table(state)
-        try:
-            await self._pool.execute(
-                f"INSERT INTO {table} (id, version, doc) VALUES ($1, 1, $2::jsonb)",
-                id_,
-                _encode(doc).decode(),
-            )
-        except asyncpg.UniqueViolationError:
-            raise Exists(id_) from None
+            table = await self.table(state)
+            try:
+                await self._pool.execute(
+                    f"INSERT INTO {table} (id, version, doc) VALUES ($1, 1, $2::jsonb)",
+                    id_,
+                    _encode(doc).decode(),
+                )
+            except asyncpg.UniqueViolationError:
+                raise Exists(id_) from None
 
     async def _missing_or_stale(self, state: str, id_: str, version: int | None) -> None:
         await self.get(state, id_)  # raises Missing
         raise VersionMismatch(f"{id_} is not at version {version}")
 
     async def update(self, state: str, id_: str, doc: Doc, version: int | None) -> int:
-        table = await self.table(state)
-        text = _encode(doc).decode()
-        sql = f"UPDATE {table} SET doc = $1::jsonb, version = version + 1 WHERE id = $2"
-        if version is None:
-            new = await self._pool.fetchval(sql + " RETURNING version", text, id_)
-        else:
-            new = await self._pool.fetchval(
-                sql + " AND version = $3 RETURNING version", text, id_, version
-            )
-        if new is None:
-            await self._missing_or_stale(state, id_, version)
-        return int(new)
+        with _refusals():
+            table = await self.table(state)
+            text = _encode(doc).decode()
+            sql = f"UPDATE {table} SET doc = $1::jsonb, version = version + 1 WHERE id = $2"
+            if version is None:
+                new = await self._pool.fetchval(sql + " RETURNING version", text, id_)
+            else:
+                new = await self._pool.fetchval(
+                    sql + " AND version = $3 RETURNING version", text, id_, version
+                )
+            if new is None:
+                await self._missing_or_stale(state, id_, version)
+            return int(new)
 
     async def delete(self, state: str, id_: str, version: int | None) -> None:
-        table = await self.table(state)
-        if version is None:
-            gone = await self._pool.fetchval(f"DELETE FROM {table} WHERE id = $1 RETURNING id", id_)
-        else:
-            gone = await self._pool.fetchval(
-                f"DELETE FROM {table} WHERE id = $1 AND version = $2 RETURNING id", id_, version
-            )
-        if gone is None:
-            await self._missing_or_stale(state, id_, version)
+        with _refusals():
+            table = await self.table(state)
+            if version is None:
+                gone = await self._pool.fetchval(
+                    f"DELETE FROM {table} WHERE id = $1 RETURNING id", id_
+                )
+            else:
+                gone = await self._pool.fetchval(
+                    f"DELETE FROM {table} WHERE id = $1 AND version = $2 RETURNING id", id_, version
+                )
+            if gone is None:
+                await self._missing_or_stale(state, id_, version)
 
     async def list(
         self, state: str, where: Mapping[str, str], limit: int, offset: int
     ) -> tuple[list[Doc], int]:
-        table = await self.table(state)
-        clauses, args = [], []
-        for key, value in where.items():
-            args += [key, value]
-            clauses.append(f"doc->>${len(args) - 1} = ${len(args)}")
-        cond = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        total = await self._pool.fetchval(f"SELECT count(*) FROM {table} {cond}", *args)
-        n = len(args)
-        rows = await self._pool.fetch(
-            f"SELECT doc FROM {table} {cond} ORDER BY seq LIMIT ${n + 1} OFFSET ${n + 2}",
-            *args,
-            limit,
-            offset,
-        )
-        return [_decode(r["doc"]) for r in rows], int(total)
+        with _refusals():
+            table = await self.table(state)
+            clauses, args = [], []
+            for key, value in where.items():
+                args += [key, value]
+                clauses.append(f"doc->>${len(args) - 1} = ${len(args)}")
+            cond = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            total = await self._pool.fetchval(f"SELECT count(*) FROM {table} {cond}", *args)
+            n = len(args)
+            rows = await self._pool.fetch(
+                f"SELECT doc FROM {table} {cond} ORDER BY seq LIMIT ${n + 1} OFFSET ${n + 2}",
+                *args,
+                limit,
+                offset,
+            )
+            return [_decode(r["doc"]) for r in rows], int(total)
 
 
 def open_store(url: str) -> Store:

@@ -160,9 +160,8 @@ class Sagas:
         p = call["parameters"]
         first, to, wait = _int(p, "from", 1), _int(p, "to", 10), _int(p, "wait", 1000)
         fail_at = _int(p, "fail_at", 0)
-        previous = p.get("previous")
-        if previous not in (None, ""):
-            first = int(str(previous)) + 1
+        if p.get("previous") not in (None, ""):  # the client's Last-Event-ID
+            first = _int(p, "previous", 0) + 1
         call.update(emitted=0, cancelled=False, completed=False)
 
         async def numbers() -> AsyncGenerator[tuple[Payload, bool], None]:

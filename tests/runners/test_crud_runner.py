@@ -160,3 +160,16 @@ def test_postgres_urls_and_unknown_schemes():
     assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
     with pytest.raises(ValueError, match="--db"):
         open_store("mysql://u@h/db")
+
+
+async def test_a_value_the_database_refuses_is_a_400_not_a_500(client, base):
+    """PostgreSQL takes no NUL in JSONB text; SQLite does. Either way no 500."""
+    nul = {"Content-Type": "application/json"}
+    resp = await client.post(base, data=b'{"id": "n", "name": "a\\u0000b"}', headers=nul)
+    assert resp.status in (201, 400)
+    if resp.status == 400:
+        assert (await resp.json())["error"]["code"] == "bad_value"
+    resp = await client.get(base, params={"name": "a\x00b"})
+    assert resp.status in (200, 400)
+    resp = await client.put(f"{base}/n", data=b'{"name": "\\u0000"}', headers=nul)
+    assert resp.status in (200, 400, 404)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 
+import msgspec
 import pytest
 
 from busgate.adapters.rsocket.client import RsocketClient
@@ -267,3 +268,14 @@ async def test_websocket_hosts_work_like_tcp_ones(client_for):
 def test_tcp_hosts_default_to_port_7000():
     system = RsocketSystem(hosts=("a", "b:7100", "[::1]:7200"))
     assert targets(system) == ["a:7000", "b:7100", "[::1]:7200"]
+
+
+async def test_a_bad_parameter_is_the_runners_400_not_a_502(runner, client_for):
+    client = client_for(runner.port)
+    with pytest.raises(errors.RunnerRefused) as refused:
+        await client.call(request("sleep", b'{"ms": "long"}'))
+    assert refused.value.status == 400
+    steps = Steps()
+    req = msgspec.structs.replace(request("count", kind="stream"), resume="not-a-number")
+    await client.stream(req, steps)
+    assert steps.steps[-1]["error"].status == 400
