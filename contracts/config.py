@@ -54,8 +54,15 @@ class Cors(Section, frozen=True):
         "x-csrf-token",
         "x-api-key",
         "last-event-id",
+        "if-match",  # CRUD writes conditional on a version (ETag)
+        "if-none-match",
     )
-    expose_headers: tuple[str, ...] = ("x-request-id", "x-trace-id", "www-authenticate")
+    expose_headers: tuple[str, ...] = (
+        "x-request-id",
+        "x-trace-id",
+        "www-authenticate",
+        "etag",  # a CRUD document's version, for the browser to send back in If-Match
+    )
     credentials: bool = False
     max_age: int = 1800
     """Seconds a browser may cache a preflight answer."""

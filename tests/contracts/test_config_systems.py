@@ -37,3 +37,9 @@ def test_bad_systems_name_their_key(system, expected):
     with pytest.raises(ConfigError) as info:
         parse({"systems": {"s": system}})
     assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_browsers_may_send_if_match_and_read_etag_by_default():
+    cors = parse({}).gateway.cors
+    assert {"if-match", "if-none-match"} <= set(cors.headers)
+    assert "etag" in cors.expose_headers
