@@ -122,7 +122,11 @@ class SqliteStore(Store):
     async def open(self) -> None:
         import aiosqlite
 
-        self._db = await aiosqlite.connect(self.path)
+        # Autocommit: every statement is its own transaction. With the sqlite3 module's
+        # implicit transactions, a refused INSERT (409) would leave one open, holding the
+        # file's write lock, and a rollback would also undo another request's statement
+        # that shares the connection.
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA busy_timeout=5000")
 
@@ -135,7 +139,6 @@ class SqliteStore(Store):
             f'CREATE TABLE IF NOT EXISTS "doc_{state}" (seq INTEGER PRIMARY KEY AUTOINCREMENT,'
             " id TEXT NOT NULL UNIQUE, version INTEGER NOT NULL, doc TEXT NOT NULL)"
         )
-        await self._db.commit()
 
     async def get(self, state: str, id_: str) -> tuple[Doc, int]:
         table = await self.table(state)
@@ -158,7 +161,6 @@ class SqliteStore(Store):
             )
         except sqlite3.IntegrityError:
             raise Exists(id_) from None
-        await self._db.commit()
 
     async def _changed(self, state: str, id_: str, version: int | None, rowcount: int) -> None:
         """After a write that changed no row: which of Missing or VersionMismatch it was."""
@@ -175,7 +177,6 @@ class SqliteStore(Store):
         else:
             sql = f"UPDATE {table} SET doc = ?, version = version + 1 WHERE id = ? AND version = ?"
             cur = await self._db.execute(sql, (text, id_, version))
-        await self._db.commit()
         await self._changed(state, id_, version, cur.rowcount)
         return (await self.get(state, id_))[1] if version is None else version + 1
 
@@ -187,7 +188,6 @@ class SqliteStore(Store):
             cur = await self._db.execute(
                 f"DELETE FROM {table} WHERE id = ? AND version = ?", (id_, version)
             )
-        await self._db.commit()
         await self._changed(state, id_, version, cur.rowcount)
 
     async def list(
