@@ -15,7 +15,7 @@ from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
 from busgate.bus.base import Responder
-from busgate.contracts.config import Config, RpcSystem
+from busgate.contracts.config import Config, CrudSystem, RpcSystem, RsocketSystem
 from busgate.contracts.errors import BusgateError, NotFound
 from busgate.contracts.wire import Reply, Request
 
@@ -42,6 +42,14 @@ def client_for(name: str, config: Config) -> SystemClient:
             from busgate.adapters.rpc.client import RpcClient
 
             return RpcClient(name, system, config.gateway)
+        case CrudSystem():
+            from busgate.adapters.crud.client import CrudClient
+
+            return CrudClient(name, system, config.gateway)
+        case RsocketSystem():
+            from busgate.adapters.rsocket.client import RsocketClient
+
+            return RsocketClient(name, system, config.gateway)
     raise ValueError(f"system {name!r}: unsupported type")  # pragma: no cover
 
 

@@ -389,6 +389,44 @@ def busgate_https(env: Env, bus_url: str) -> Stack | Pending:
     return stack if isinstance(stack, Pending) else to_https(stack)
 
 
+def busgate_rsocket(env: Env, bus_url: str) -> Stack | Pending:
+    """``busgate-rsocket``: the same echo, with the demo system an RSocket one (tcp) served
+    by ``busgate runner rsocket``: edge → bus → adapter → RSocket runner."""
+    if env.busgate is None or not has_command(env.busgate, "edge"):
+        return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
+    if not _importable(env, "import busgate.runners.rsocket"):
+        return Pending("busgate has no RSocket runner in this tree yet")
+    name = "busgate-rsocket"
+    runner, edge = free_port(), free_port()
+    text = busgate_config(name, bus_url, f"{HOST}:{edge}", runner)
+    text = text.replace(
+        f'type = "rpc"\nbase_url = "http://{HOST}:{runner}/api/demo"',
+        f'type = "rsocket"\nhosts = ["{HOST}:{runner}"]',
+    )
+    config = env.workdir / f"{name}.toml"
+    config.write_text(text)
+    cfg = str(config)
+    return Stack(
+        name=name,
+        bus=bus_url.partition("://")[0],
+        processes=[
+            ProcSpec(
+                "runner",
+                [*env.busgate, "runner", "rsocket", "--listen", f"{HOST}:{runner}"],
+                Ready(port=runner),
+            ),
+            ProcSpec("adapter", [*env.busgate, "adapter", "--config", cfg], Ready(settle=0.5)),
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", cfg],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{ECHO}",
+        edge_port=edge,
+    )
+
+
 STACKS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -418,6 +456,7 @@ STACKS: dict[str, Scenario] = {
         Scenario("busgate-nats-https", "nats", busgate_https, floor="floor-nats-https"),
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
+        Scenario("busgate-rsocket", "nats", busgate_rsocket, floor="floor-nats"),
     )
 }
 """Scenarios that run under load; ``latency`` and ``sse-idle`` are measured on them."""

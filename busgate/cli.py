@@ -69,7 +69,15 @@ def cmd_runner(args: argparse.Namespace) -> int:
     elif args.kind == "auth":
         from busgate.runners.auth import run as run_auth
 
-        run_auth(args.listen, args.db, args.seed)
+        run_auth(args.listen, args.db or "busgate-users.db", args.seed)
+    elif args.kind == "crud":
+        from busgate.runners.crud import run as run_crud
+
+        run_crud(args.listen, args.db or "sqlite:///busgate-data.db")
+    elif args.kind == "rsocket":
+        from busgate.runners.rsocket import run as run_rsocket
+
+        run_rsocket(args.listen, args.ws_listen)
     return 0
 
 
@@ -199,9 +207,14 @@ def parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     runner = sub.add_parser("runner", help="run a shipped sample runner")
-    runner.add_argument("kind", choices=("rpc", "auth"))
-    runner.add_argument("--listen", default="127.0.0.1:9001")
-    runner.add_argument("--db", default="busgate-users.db", help="auth: the SQLite user store")
+    runner.add_argument("kind", choices=("rpc", "auth", "crud", "rsocket"))
+    runner.add_argument("--listen", default="127.0.0.1:9001", help="rsocket: its tcp HOST:PORT")
+    runner.add_argument("--ws-listen", help="rsocket: also websocket on HOST:PORT, at /rsocket")
+    runner.add_argument(
+        "--db",
+        help="auth: the SQLite user store (busgate-users.db); crud: sqlite:///PATH or"
+        " postgresql://USER@HOST:PORT/DB (sqlite:///busgate-data.db)",
+    )
     runner.add_argument(
         "--seed",
         action="append",

@@ -111,6 +111,37 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     return password if generated else None
 
 
+def start_crud(stack: Stack, env: dict[str, str], config: str, workdir: str) -> str | None:
+    """The sample CRUD runner on SQLite in the stack's temporary folder, when the config has
+    a ``data`` system of type ``crud``; its base URL."""
+    with open(config, "rb") as f:
+        data = tomllib.load(f).get("systems", {}).get("data", {})
+    if data.get("type") != "crud":
+        return None
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/data"
+    env["BUSGATE__SYSTEMS__DATA__BASE_URL"] = base
+    db = "sqlite:///" + os.path.join(workdir, "data.db")  # absolute: sqlite:////tmp/…
+    args = ["runner", "crud", "--listen", f"127.0.0.1:{port}", "--db", db]
+    runner = stack.spawn("crud", args, env)
+    wait_for_port("127.0.0.1", port, 30, runner)
+    return base
+
+
+def start_rsocket(stack: Stack, env: dict[str, str], config: str) -> str | None:
+    """The sample RSocket runner (tcp), when the config has an ``rsocket`` system of that
+    type; its address."""
+    with open(config, "rb") as f:
+        system = tomllib.load(f).get("systems", {}).get("rsocket", {})
+    if system.get("type") != "rsocket":
+        return None
+    port = free_port()
+    env["BUSGATE__SYSTEMS__RSOCKET__HOSTS"] = f'["127.0.0.1:{port}"]'
+    runner = stack.spawn("rsocket", ["runner", "rsocket", "--listen", f"127.0.0.1:{port}"], env)
+    wait_for_port("127.0.0.1", port, 30, runner)
+    return f"tcp://127.0.0.1:{port}"
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -186,6 +217,8 @@ def run(*, bus: str, listen: str, config: str, tls: bool = False) -> int:
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
         cafile = self_signed_files(env, workdir.name, listen) if tls else None
+        crud = start_crud(stack, env, config, workdir.name)
+        rsocket = start_rsocket(stack, env, config)
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
         stack.spawn("edge", ["edge", "--config", config], env)
@@ -196,6 +229,10 @@ def run(*, bus: str, listen: str, config: str, tls: bool = False) -> int:
         state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        if crud:
+            print(f"busgate dev: data   {crud}  (CRUD runner, SQLite)", flush=True)
+        if rsocket:
+            print(f"busgate dev: rsocket {rsocket}  (RSocket runner)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if cafile:
             print(f"busgate dev: cacert {cafile}  (curl --cacert)", flush=True)

@@ -54,8 +54,15 @@ class Cors(Section, frozen=True):
         "x-csrf-token",
         "x-api-key",
         "last-event-id",
+        "if-match",  # CRUD writes conditional on a version (ETag)
+        "if-none-match",
     )
-    expose_headers: tuple[str, ...] = ("x-request-id", "x-trace-id", "www-authenticate")
+    expose_headers: tuple[str, ...] = (
+        "x-request-id",
+        "x-trace-id",
+        "www-authenticate",
+        "etag",  # a CRUD document's version, for the browser to send back in If-Match
+    )
     credentials: bool = False
     max_age: int = 1800
     """Seconds a browser may cache a preflight answer."""
@@ -103,7 +110,13 @@ class Gateway(Section, frozen=True):
     ``bus.base.Bus.body_limit``)."""
     timeout: Timeout = 30.0
     """Deadline of a call, seconds, where no system, channel or path sets one."""
-    forward_headers: tuple[str, ...] = ("accept", "accept-language", "content-type")
+    forward_headers: tuple[str, ...] = (
+        "accept",
+        "accept-language",
+        "content-type",
+        "if-match",  # CRUD runners: a write conditional on the version the client read
+        "if-none-match",
+    )
     stream_wait: float = 10.0
     """Default pause between saga steps when the runner names none, seconds."""
     stream_heartbeat: float = 15.0
@@ -151,7 +164,46 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
             raise ValueError("tls: set only with an https:// base_url")
 
 
-System = RpcSystem
+class CrudSystem(Section, frozen=True, tag="crud", tag_field="type"):
+    """A CRUD runner over HTTP: ``/api/request/CHANNEL/STATE/ID`` → ``BASE/STATE/ID`` with
+    the client's method, query and body as they are (see ``adapters.crud``)."""
+
+    base_url: str
+    timeout: Timeout | None = None
+    max_connections: int = 100
+    headers: dict[str, str] = {}
+
+    def as_rpc(self) -> RpcSystem:
+        """The HTTP settings it shares with an RPC system (one pooled client for both)."""
+        return RpcSystem(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_connections=self.max_connections,
+            headers=self.headers,
+        )
+
+
+class RsocketSystem(Section, frozen=True, tag="rsocket", tag_field="type"):
+    """RSocket runners (see ``adapters.rsocket``): ``tcp`` to each of ``hosts`` (``host`` or
+    ``host:port``, port 7000 by default), or ``websocket`` to each of ``urls``; requests are
+    spread over the connected ones, a lost connection is retried ``retry_attempts`` times
+    ``retry_duration`` seconds apart, then again at the next call."""
+
+    protocol: Literal["tcp", "websocket"] = "tcp"
+    hosts: tuple[str, ...] = ("127.0.0.1:7000",)
+    urls: tuple[str, ...] = ()
+    timeout: Timeout | None = None
+    retry_attempts: Annotated[int, msgspec.Meta(ge=0)] = 3
+    retry_duration: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.protocol == "websocket" and not self.urls:
+            raise ValueError("urls: a websocket system needs at least one ws:// URL")
+        if self.protocol == "tcp" and not self.hosts:
+            raise ValueError("hosts: a tcp system needs at least one host")
+
+
+System = RpcSystem | CrudSystem | RsocketSystem
 
 
 Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"]
