@@ -27,6 +27,10 @@ system, then ``gateway.timeout`` (see :meth:`Config.timeout_for`); each may be l
 shorter than the one it overrides."""
 
 
+Cidr = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")]
+"""An address or network (``10.0.0.0/8``, ``::1``); checked fully when the edge starts."""
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the offending key path."""
 
@@ -133,7 +137,7 @@ class Gateway(Section, frozen=True):
     presence_ttl: float = 6.0
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[Cidr, ...] = ()
     """CIDRs of the proxies whose ``X-Forwarded-For`` / ``Forwarded`` name the client's IP
     (see ``edge.client_ip``); from any other peer the socket's address is the client's."""
     rate_limit: GatewayLimits = msgspec.field(default_factory=lambda: GatewayLimits())
