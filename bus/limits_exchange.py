@@ -30,6 +30,10 @@ class Counts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     v: int = 1
     node: str
     counts: dict[str, tuple[int, int]] = {}
+    seq: int = 0
+    """This report's number, counting from 1 per edge process."""
+    seen: dict[str, int] = {}
+    """node -> the number of the last report heard from it."""
     bye: bool = False
 
 

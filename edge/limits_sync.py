@@ -23,6 +23,7 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
     guards = app[keys.GUARDS]
     windows = guards.windows
     bus = app[keys.BUS]
+    windows.node = bus.node
     exchange = None
     if guards.sharing:
 
@@ -30,7 +31,7 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
             if counts.bye:
                 windows.forget(counts.node)
             else:
-                windows.heard(counts.node, counts.counts)
+                windows.heard(counts.node, counts.counts, counts.seq, counts.seen)
 
         exchange = open_exchange(bus, guards.config.gateway.bus, on_counts)
     if exchange is None:
@@ -45,7 +46,8 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def beat() -> None:
         while True:
-            await exchange.publish(Counts(node=bus.node, counts=windows.report()))
+            counts, seq, seen = windows.report()
+            await exchange.publish(Counts(node=bus.node, counts=counts, seq=seq, seen=seen))
             await asyncio.sleep(windows.interval)
 
     task = asyncio.create_task(beat(), name="limits-sync")

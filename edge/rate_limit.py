@@ -30,15 +30,23 @@ from aiolimiter import AsyncLimiter
 from busgate.contracts import errors
 from busgate.contracts.config import Limit
 
-ROUND_WAIT = 3.0
-"""Sync intervals a caller over its share waits for the next round."""
+ROUND_WAIT = 0.5
+"""Seconds a caller over this edge's share of a round waits for the next rounds (a round
+takes an interval plus two bus hops: about 60 ms on NATS, 150 ms on Kafka here), while the
+limit has room left; a limit without room refuses at once."""
 
 
 @dataclass(slots=True)
 class Peer:
+    name: str
     heard: float = 0.0
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     """key -> (window, count), as last reported."""
+    seq: int = 0
+    """The number of its last report."""
+    echo: int | None = None
+    """The number of this edge's last report it had heard when it reported (None: it does
+    not say; then hearing from it at all is taken as its having heard)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +70,19 @@ class RateLimited(errors.RateLimited):
 class Windows:
     """This edge's counts, its peers' reported counts and the admission rule."""
 
-    def __init__(self, sync_interval: float = 0.05, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sync_interval: float = 0.05, clock: Callable[[], float] = time.time, node: str = ""
+    ) -> None:
         self.interval = sync_interval
         self.ttl = max(1.0, 20 * sync_interval)
+        self.node = node
         self._clock = clock
         self.local: dict[str, tuple[int, int]] = {}
         self.confirmed: dict[str, tuple[int, int]] = {}
-        """Counts every live peer has heard about (reported before their last report)."""
+        """Counts every live peer has heard about (before it last reported)."""
         self.peers: dict[str, Peer] = {}
-        self._pending: tuple[float, dict[str, tuple[int, int]]] | None = None
+        self.seq = 0
+        self._pending: tuple[int, float, dict[str, tuple[int, int]]] | None = None
         self._round = asyncio.Event()
         self._buckets: dict[str, AsyncLimiter] = {}
         self.periods: dict[str, float] = {}
@@ -81,8 +93,9 @@ class Windows:
         now = time.monotonic()
         return [p for p in self.peers.values() if now - p.heard < self.ttl]
 
-    def report(self) -> dict[str, tuple[int, int]]:
-        """The counts to publish now (current windows only); starts a round."""
+    def report(self) -> tuple[dict[str, tuple[int, int]], int, dict[str, int]]:
+        """What to publish now: the counts of the current windows, this report's number and
+        the numbers of the peers' reports heard (so each peer knows what this edge knew)."""
         now = self._clock()
         current = {
             key: (w, c)
@@ -90,21 +103,33 @@ class Windows:
             if w == int(now // self.periods.get(key, 1.0))
         }
         self.local = current
+        self.seq += 1
         if self._pending is None and current != self.confirmed:
-            self._pending = (time.monotonic(), dict(current))
+            self._pending = (self.seq, time.monotonic(), dict(current))
         if not self.live_peers():
             self._confirm()
-        return current
+        return current, self.seq, {p.name: p.seq for p in self.live_peers()}
 
-    def heard(self, node: str, counts: dict[str, tuple[int, int]]) -> None:
+    def heard(
+        self,
+        node: str,
+        counts: dict[str, tuple[int, int]],
+        seq: int = 0,
+        echo: dict[str, int] | None = None,
+    ) -> None:
         peer = self.peers.get(node)
         if peer is None:
-            peer = self.peers[node] = Peer()
+            peer = self.peers[node] = Peer(node)
         peer.heard = time.monotonic()
         peer.counts = counts
+        peer.seq = seq
+        peer.echo = None if echo is None else echo.get(self.node, 0)
         if self._pending is not None:
-            sent = self._pending[0]
-            if all(p.heard > sent for p in self.live_peers()):
+            number, sent, _ = self._pending
+            if all(
+                (p.echo >= number) if p.echo is not None else (p.heard > sent)
+                for p in self.live_peers()
+            ):
                 self._confirm()
 
     def forget(self, node: str) -> None:
@@ -112,7 +137,7 @@ class Windows:
 
     def _confirm(self) -> None:
         if self._pending is not None:
-            self.confirmed = self._pending[1]
+            self.confirmed = self._pending[2]
             self._pending = None
         self._round.set()
         self._round = asyncio.Event()
@@ -126,8 +151,11 @@ class Windows:
         wc = table.get(key)
         return wc[1] if wc is not None and wc[0] == window else 0
 
-    def try_admit(self, key: str, limit: Limit) -> tuple[bool, bool, Verdict]:
-        """(admitted, worth waiting for the next round, verdict)."""
+    def try_admit(self, key: str, limit: Limit, waited: bool = False) -> tuple[bool, bool, Verdict]:
+        """(admitted, worth waiting for the next round, verdict). A caller that ``waited``
+        a whole round gets at least one permit of what is left, so a remainder smaller than
+        the number of edges is not kept from the edge whose callers want it (at the cost of
+        at most one call per edge over the limit)."""
         now = self._clock()
         self.periods[key] = limit.period
         window = int(now // limit.period)
@@ -139,12 +167,22 @@ class Windows:
         if left <= 0:
             return False, False, Verdict(key, limit, 0, reset)
         if peers:
-            share = math.ceil(left / (len(peers) + 1))
+            share = self._share(left, peers)
+            if waited:
+                share = max(share, 1)
             unconfirmed = mine - self._mine(self.confirmed, key, window)
             if unconfirmed >= share:
                 return False, True, Verdict(key, limit, left, reset)
         self.local[key] = (window, mine + 1)
         return True, False, Verdict(key, limit, left - 1, reset)
+
+    def _share(self, left: int, peers: list[Peer]) -> int:
+        """This edge's part of ``left`` for one round: the parts of all edges add up to
+        ``left`` exactly (the remainder goes to the first edges by name), so a round in
+        which all edges see the same counts admits no more than is left."""
+        names = sorted([self.node, *(p.name for p in peers)])
+        whole, rest = divmod(left, len(names))
+        return whole + (1 if names.index(self.node) < rest else 0)
 
     async def admit(self, key: str, limit: Limit) -> Verdict:
         """Admit one call under ``limit`` for ``key``, or raise RateLimited."""
@@ -160,9 +198,10 @@ class Windows:
             except TimeoutError:
                 _, _, verdict = self.try_admit_dry(key, limit)
                 raise RateLimited(f"rate limit {limit.limit}/{limit.period:g}s", verdict) from None
-        end = time.monotonic() + max(limit.max_wait, ROUND_WAIT * self.interval)
+        end = time.monotonic() + max(limit.max_wait, ROUND_WAIT)
+        waited = False
         while True:
-            admitted, wait, verdict = self.try_admit(key, limit)
+            admitted, wait, verdict = self.try_admit(key, limit, waited)
             if admitted:
                 return verdict
             remaining = end - time.monotonic()
@@ -171,6 +210,7 @@ class Windows:
                 try:
                     async with asyncio.timeout(remaining):
                         await round_.wait()
+                    waited = True
                 except TimeoutError:
                     pass
                 continue

@@ -2,7 +2,8 @@
 
 Sagas: ``echo``, ``meta`` (the ``meta`` it got, plus its ``traceparent`` header), ``sleep``,
 ``fail``, ``flaky`` (answers ``status``, default 503, to the first ``failures`` calls with a
-given ``key``, default 2, then 200 with the calls it saw and ``meta.attempt``), ``blob``
+given ``key``, default 2, then 200 with the calls it saw and ``meta.attempt``; ``ms`` waits
+first), ``blob``
 (an answer of ``bytes`` bytes) and the streaming ``count`` (``from``, ``to``,
 ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N; ``big_at=N``
 sends that step as one item of ``big`` bytes) and ``bulk`` (``size`` bytes per step, ``to``
@@ -115,6 +116,8 @@ async def saga(request: web.Request) -> web.Response:
             return _json(bulk_step(p))
         case "flaky":  # fails `failures` times per `key`, then succeeds: for retry tests
             key = str(p.get("key", ""))
+            if "ms" in p:
+                await asyncio.sleep(_int(p, "ms", 0) / 1000)
             seen = request.app[FLAKY][key] = request.app[FLAKY].get(key, 0) + 1
             if seen <= _int(p, "failures", 2):
                 return _json({"error": f"call {seen} fails on purpose"}, _int(p, "status", 503))

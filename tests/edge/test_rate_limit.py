@@ -89,7 +89,7 @@ async def test_counts_of_an_old_window_do_not_count():
 async def test_with_peers_an_edge_takes_its_share_per_round():
     """Before its peers have heard of its calls, an edge admits only its share of what is
     left: three edges that each see a burst admit about one limit, not three."""
-    edges = {name: Windows(sync_interval=0.02) for name in "abc"}
+    edges = {name: Windows(sync_interval=0.02, node=name) for name in "abc"}
     for name, w in edges.items():
         for other in edges:
             if other != name:
@@ -101,9 +101,9 @@ async def test_with_peers_an_edge_takes_its_share_per_round():
             reports = {name: w.report() for name, w in edges.items()}
             await asyncio.sleep(0.005)  # in flight
             for name, w in edges.items():
-                for other, counts in reports.items():
+                for other, (counts, seq, seen) in reports.items():
                     if other != name:
-                        w.heard(other, counts)
+                        w.heard(other, counts, seq, seen)
             await asyncio.sleep(0.015)
 
     sync = asyncio.create_task(sync_forever())
@@ -113,7 +113,7 @@ async def test_with_peers_an_edge_takes_its_share_per_round():
         )
     finally:
         sync.cancel()
-    assert 50 <= sum(counts) <= 55, counts
+    assert sum(counts) == 50, counts  # the same view everywhere: exact
 
 
 async def test_max_wait_queues_for_a_permit():
