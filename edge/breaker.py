@@ -34,9 +34,9 @@ class CircuitBreaker:
         self.config = config
         self._clock = clock
         self.state: State = "closed"
-        self._calls: collections.deque[tuple[float, bool, bool]] = collections.deque(
-            maxlen=config.size if config.window == "count" else None
-        )
+        self._calls: collections.deque[tuple[float, bool, bool]] = collections.deque()
+        self._failures = 0
+        self._slows = 0
         self._opened = 0.0
         self._trial_permits = 0
         self._trial_ok = 0
@@ -74,24 +74,37 @@ class CircuitBreaker:
             else:
                 self._trial_ok += 1
                 if self._trial_ok >= cfg.half_open_calls:
-                    self._calls.clear()
+                    self._reset()
                     self._set("closed")
             return
         if self.state == "open":
             return  # a call let through before it opened
-        self._calls.append((now, failed, slow))
-        if cfg.window == "time":
-            while self._calls and self._calls[0][0] < now - cfg.size:
-                self._calls.popleft()
-        n = len(self._calls)
+        calls = self._calls
+        calls.append((now, failed, slow))
+        self._failures += failed
+        self._slows += slow
+        if cfg.window == "count":
+            if len(calls) > cfg.size:
+                self._forget_oldest()
+        else:
+            while calls and calls[0][0] < now - cfg.size:
+                self._forget_oldest()
+        n = len(calls)
         if n < cfg.min_calls:
             return
-        failures = sum(1 for _, f, _ in self._calls if f)
-        slows = sum(1 for _, _, s in self._calls if s)
-        if failures * 100 >= cfg.failure_rate * n or (
-            cfg.slow_call > 0 and slows * 100 >= cfg.slow_rate * n
+        if self._failures * 100 >= cfg.failure_rate * n or (
+            cfg.slow_call > 0 and self._slows * 100 >= cfg.slow_rate * n
         ):
             self._open(now)
+
+    def _forget_oldest(self) -> None:
+        _, failed, slow = self._calls.popleft()
+        self._failures -= failed
+        self._slows -= slow
+
+    def _reset(self) -> None:
+        self._calls.clear()
+        self._failures = self._slows = 0
 
     def release(self) -> None:
         """A call let through ended with no verdict (its client went away)."""
@@ -100,7 +113,7 @@ class CircuitBreaker:
 
     def _open(self, now: float) -> None:
         self._opened = now
-        self._calls.clear()
+        self._reset()
         self._set("open")
 
     def status(self) -> dict[str, object]:

@@ -5,9 +5,7 @@ call past it waits up to ``max_wait`` seconds for a slot, then is refused with 5
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-from collections.abc import AsyncIterator
 
 from busgate.contracts.config import Bulkhead as BulkheadConfig
 from busgate.contracts.errors import BulkheadFull
@@ -21,23 +19,26 @@ class Bulkhead:
         self.unbounded = config.max_concurrent < 0
         self.in_flight = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def acquire(self) -> None:
+        """Take a slot, waiting up to ``max_wait``; raises BulkheadFull."""
         if self.unbounded:
-            yield
             return
-        wait = self.config.max_wait
-        if self._slots.locked() and wait <= 0:
-            raise self._full()
-        try:
-            async with asyncio.timeout(wait if wait > 0 else None):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise self._full() from None
+        slots = self._slots
+        if slots.locked():
+            wait = self.config.max_wait
+            if wait <= 0:
+                raise self._full()
+            try:
+                async with asyncio.timeout(wait):
+                    await slots.acquire()
+            except TimeoutError:
+                raise self._full() from None
+        else:
+            await slots.acquire()  # free: returns at once
         self.in_flight += 1
-        try:
-            yield
-        finally:
+
+    def release(self) -> None:
+        if not self.unbounded:
             self.in_flight -= 1
             self._slots.release()
 

@@ -20,6 +20,7 @@ the shared window still has the last word.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -90,6 +91,8 @@ class Windows:
     # -- the exchange's side ----------------------------------------------------------
 
     def live_peers(self) -> list[Peer]:
+        if not self.peers:
+            return []
         now = time.monotonic()
         return [p for p in self.peers.values() if now - p.heard < self.ttl]
 
@@ -198,14 +201,14 @@ class Windows:
             except TimeoutError:
                 _, _, verdict = self.try_admit_dry(key, limit)
                 raise RateLimited(f"rate limit {limit.limit}/{limit.period:g}s", verdict) from None
+        admitted, wait, verdict = self.try_admit(key, limit)
+        if admitted:  # the usual case
+            return verdict
         end = time.monotonic() + max(limit.max_wait, ROUND_WAIT)
         waited = False
         while True:
-            admitted, wait, verdict = self.try_admit(key, limit, waited)
-            if admitted:
-                return verdict
             remaining = end - time.monotonic()
-            if wait and remaining > 0:
+            if wait and remaining > 0:  # over this edge's share: the next round may admit
                 round_ = self._round
                 try:
                     async with asyncio.timeout(remaining):
@@ -213,13 +216,15 @@ class Windows:
                     waited = True
                 except TimeoutError:
                     pass
-                continue
-            if limit.max_wait > 0 and 0 < verdict.reset <= remaining:
-                await asyncio.sleep(verdict.reset)
-                continue
-            raise RateLimited(
-                f"rate limit of {limit.limit} calls per {limit.period:g} s reached", verdict
-            )
+            elif limit.max_wait > 0 and 0 < verdict.reset <= remaining:
+                await asyncio.sleep(verdict.reset)  # queued for the next window
+            else:
+                raise RateLimited(
+                    f"rate limit of {limit.limit} calls per {limit.period:g} s reached", verdict
+                )
+            admitted, wait, verdict = self.try_admit(key, limit, waited)
+            if admitted:
+                return verdict
 
     def try_admit_dry(self, key: str, limit: Limit) -> tuple[bool, bool, Verdict]:
         now = self._clock()
@@ -230,22 +235,29 @@ class Windows:
 
 
 def headers(verdicts: list[Verdict]) -> dict[str, str]:
-    """IETF ``RateLimit-Policy`` / ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers):
-    every limit that applied, and the remaining quota of each."""
-    shown = [v for v in verdicts if not v.limit.unlimited]
-    if not shown:
+    """IETF ``RateLimit-Policy`` / ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers) of
+    the limit closest to refusing, the one a client must heed."""
+    tightest: Verdict | None = None
+    for v in verdicts:
+        if v.limit.limit >= 0 and (tightest is None or v.remaining < tightest.remaining):
+            tightest = v
+    if tightest is None:
         return {}
-    policy = ", ".join(
-        f'"{_name(v.name)}";q={v.limit.limit};w={math.ceil(v.limit.period)}' for v in shown
-    )
-    state = ", ".join(
-        f'"{_name(v.name)}";r={max(v.remaining, 0)};t={math.ceil(v.reset)}' for v in shown
-    )
-    return {"RateLimit-Policy": policy, "RateLimit": state}
+    name = _name(tightest.name.partition("|")[0])
+    return {
+        "RateLimit-Policy": _policy(name, tightest.limit),
+        "RateLimit": f'"{name}";r={max(tightest.remaining, 0)};t={math.ceil(tightest.reset)}',
+    }
 
 
-def _name(key: str) -> str:
-    """The policy's name: its kind and scope, never the user or IP it counted."""
-    kind, _, rest = key.partition(":")
-    scope = rest.split("|", 1)[0]
+@functools.lru_cache(maxsize=1024)
+def _policy(name: str, limit: Limit) -> str:
+    return f'"{name}";q={limit.limit};w={math.ceil(limit.period)}'
+
+
+@functools.lru_cache(maxsize=1024)
+def _name(kind_and_scope: str) -> str:
+    """The policy's name: its kind and scope (the key up to ``|``), never the user or IP
+    it counted."""
+    kind, _, scope = kind_and_scope.partition(":")
     return "".join(ch for ch in f"{kind}-{scope}" if ch.isalnum() or ch in "-_/*.")

@@ -11,10 +11,8 @@ in ``retry.on_codes``): an adapter that answered has already retried its runner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
@@ -117,33 +115,9 @@ class Guards:
             found = self.bulkheads[scope] = Bulkhead(scope, policy.bulkhead.value)
         return found
 
-    @contextlib.asynccontextmanager
-    async def protect(self, policy: Policy) -> AsyncIterator[Outcome]:
+    def protect(self, policy: Policy) -> Protected:
         """Breaker, then bulkhead, around one call; the caller fills in the outcome."""
-        breaker = self.breaker(policy)
-        if breaker is not None:
-            breaker.check()
-        outcome = Outcome()
-        started = time.monotonic()
-        try:
-            bulkhead = self.bulkhead(policy)
-            if bulkhead is None:
-                yield outcome
-            else:
-                async with bulkhead.slot():
-                    yield outcome
-        except errors.BulkheadFull:
-            outcome.status = None  # refused here: nothing to say about the runner
-            raise
-        except errors.BusgateError as exc:
-            outcome.status = exc.status
-            raise
-        finally:
-            if breaker is not None:
-                if outcome.status is None:
-                    breaker.release()
-                else:
-                    breaker.record(outcome.status >= 500, time.monotonic() - started)
+        return Protected(self.breaker(policy), self.bulkhead(policy))
 
     def status(self) -> dict[str, object]:
         """For ``/readyz``: breakers, bulkheads, and the edges sharing the limits."""
@@ -154,13 +128,43 @@ class Guards:
         }
 
 
-class Outcome:
-    """The status a protected call ended with (None: it ended with no answer)."""
+class Protected:
+    """``async with``: the breaker's check and the bulkhead's slot on entry; on exit the
+    slot back and the call's ``status`` to the breaker (none: it gave no verdict). A class,
+    not a generator: it runs on every call of a protected channel."""
 
-    __slots__ = ("status",)
+    __slots__ = ("_started", "breaker", "bulkhead", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, breaker: CircuitBreaker | None, bulkhead: Bulkhead | None) -> None:
+        self.breaker = breaker
+        self.bulkhead = bulkhead
         self.status: int | None = None
+        self._started = 0.0
+
+    async def __aenter__(self) -> Protected:
+        if self.breaker is not None:
+            self.breaker.check()
+            self._started = time.monotonic()
+        if self.bulkhead is not None:
+            try:
+                await self.bulkhead.acquire()
+            except BaseException:
+                if self.breaker is not None:
+                    self.breaker.release()
+                raise
+        return self
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if self.bulkhead is not None:
+            self.bulkhead.release()
+        if isinstance(exc, errors.BusgateError):
+            self.status = exc.status
+        breaker = self.breaker
+        if breaker is not None:
+            if self.status is None:
+                breaker.release()
+            else:
+                breaker.record(self.status >= 500, time.monotonic() - self._started)
 
 
 async def send(bus: Bus, req: Request, policy: Policy) -> Reply:
