@@ -34,6 +34,8 @@ class Counts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """This report's number, counting from 1 per edge process."""
     seen: dict[str, int] = {}
     """node -> the number of the last report heard from it."""
+    full: bool = True
+    """All of the edge's counts (replacing what it said before), or only changed ones."""
     bye: bool = False
 
 

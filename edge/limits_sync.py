@@ -12,11 +12,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from busgate.bus.limits_exchange import Counts, open_exchange
+from busgate.bus.limits_exchange import Counts, Exchange, open_exchange
 from busgate.edge import keys
+from busgate.edge.rate_limit import Report
 from busgate.edge.resilience import Guards
 
 log = logging.getLogger("busgate.edge.limits")
+
+
+CHUNK = 1000
+"""Counts per message, so that a report of many keys (per-IP limits) stays far below the
+bus's message size."""
 
 
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -24,30 +30,30 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
     windows = guards.windows
     bus = app[keys.BUS]
     windows.node = bus.node
-    exchange = None
+    exchange: Exchange | None = None
     if guards.sharing:
 
         def on_counts(counts: Counts) -> None:
             if counts.bye:
                 windows.forget(counts.node)
             else:
-                windows.heard(counts.node, counts.counts, counts.seq, counts.seen)
+                windows.heard(counts.node, counts.counts, counts.seq, counts.seen, counts.full)
 
         exchange = open_exchange(bus, guards.config.gateway.bus, on_counts)
-    if exchange is None:
-        yield
-        return
-    try:
-        await exchange.start()
-    except Exception as exc:
-        log.warning("rate limits: not shared with other edges (%r); counted locally", exc)
-        yield
-        return
+    if exchange is not None:
+        try:
+            await exchange.start()
+        except Exception as exc:
+            log.warning("rate limits: not shared with other edges (%r); counted locally", exc)
+            exchange = None
 
     async def beat() -> None:
+        """Every interval: forget ended windows, and publish the counts (if shared)."""
         while True:
-            counts, seq, seen = windows.report()
-            await exchange.publish(Counts(node=bus.node, counts=counts, seq=seq, seen=seen))
+            report = windows.report()
+            if exchange is not None:
+                for message in messages(bus.node, report):
+                    await exchange.publish(message)
             await asyncio.sleep(windows.interval)
 
     task = asyncio.create_task(beat(), name="limits-sync")
@@ -57,8 +63,25 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await exchange.publish(Counts(node=bus.node, bye=True))
-        await exchange.close()
+        if exchange is not None:
+            await exchange.publish(Counts(node=bus.node, bye=True))
+            await exchange.close()
+
+
+def messages(node: str, report: Report) -> list[Counts]:
+    """One report as messages of at most CHUNK counts; only the first replaces."""
+    items = list(report.counts.items())
+    chunks = [dict(items[i : i + CHUNK]) for i in range(0, len(items), CHUNK)] or [{}]
+    return [
+        Counts(
+            node=node,
+            counts=chunk,
+            seq=report.seq,
+            seen=report.seen,
+            full=report.full and n == 0,
+        )
+        for n, chunk in enumerate(chunks)
+    ]
 
 
 def install(app: web.Application) -> None:

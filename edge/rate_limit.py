@@ -31,7 +31,7 @@ from aiolimiter import AsyncLimiter
 from busgate.contracts import errors
 from busgate.contracts.config import Limit
 
-ROUND_WAIT = 0.5
+ROUND_WAIT = 1.0
 """Seconds a caller over this edge's share of a round waits for the next rounds (a round
 takes an interval plus two bus hops: about 60 ms on NATS, 150 ms on Kafka here), while the
 limit has room left; a limit without room refuses at once."""
@@ -48,6 +48,20 @@ class Peer:
     echo: int | None = None
     """The number of this edge's last report it had heard when it reported (None: it does
     not say; then hearing from it at all is taken as its having heard)."""
+
+
+FULL_EVERY = 20
+"""Every this many reports carries all counts, not only the changed ones (about once a
+second at the default interval): a lost report is healed by then, and peers forget the
+windows that ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    counts: dict[str, tuple[int, int]]
+    full: bool
+    seq: int
+    seen: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ class Windows:
         """Counts every live peer has heard about (before it last reported)."""
         self.peers: dict[str, Peer] = {}
         self.seq = 0
+        self._sent: dict[str, tuple[int, int]] = {}
         self._pending: tuple[int, float, dict[str, tuple[int, int]]] | None = None
         self._round = asyncio.Event()
         self._buckets: dict[str, AsyncLimiter] = {}
@@ -96,22 +111,32 @@ class Windows:
         now = time.monotonic()
         return [p for p in self.peers.values() if now - p.heard < self.ttl]
 
-    def report(self) -> tuple[dict[str, tuple[int, int]], int, dict[str, int]]:
-        """What to publish now: the counts of the current windows, this report's number and
-        the numbers of the peers' reports heard (so each peer knows what this edge knew)."""
+    def report(self) -> Report:
+        """What to publish now: the counts of the current windows that changed since the last
+        report (all of them every ``FULL_EVERY`` reports, healing lost ones), this report's
+        number, and the numbers of the peers' reports heard (so each peer knows what this
+        edge knew). Also forgets the windows that ended: call it every interval."""
         now = self._clock()
         current = {
             key: (w, c)
             for key, (w, c) in self.local.items()
             if w == int(now // self.periods.get(key, 1.0))
         }
+        if len(current) < len(self.local):
+            self.periods = {k: p for k, p in self.periods.items() if k in current}
+            self._buckets = {k: b for k, b in self._buckets.items() if k in current}
         self.local = current
         self.seq += 1
+        full = self.seq % FULL_EVERY == 1
+        sent = self._sent
+        changed = dict(current) if full else {k: v for k, v in current.items() if sent.get(k) != v}
+        self._sent = dict(current)
         if self._pending is None and current != self.confirmed:
             self._pending = (self.seq, time.monotonic(), dict(current))
-        if not self.live_peers():
+        peers = self.live_peers()
+        if not peers:
             self._confirm()
-        return current, self.seq, {p.name: p.seq for p in self.live_peers()}
+        return Report(changed, full, self.seq, {p.name: p.seq for p in peers})
 
     def heard(
         self,
@@ -119,12 +144,17 @@ class Windows:
         counts: dict[str, tuple[int, int]],
         seq: int = 0,
         echo: dict[str, int] | None = None,
+        full: bool = True,
     ) -> None:
+        """A peer's report: all its counts (``full``) or those that changed."""
         peer = self.peers.get(node)
         if peer is None:
             peer = self.peers[node] = Peer(node)
         peer.heard = time.monotonic()
-        peer.counts = counts
+        if full:
+            peer.counts = counts
+        else:
+            peer.counts.update(counts)
         peer.seq = seq
         peer.echo = None if echo is None else echo.get(self.node, 0)
         if self._pending is not None:

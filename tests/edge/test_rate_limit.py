@@ -11,7 +11,8 @@ import time
 import pytest
 
 from busgate.contracts.config import Limit
-from busgate.edge.rate_limit import RateLimited, Windows, headers
+from busgate.edge.limits_sync import CHUNK, messages
+from busgate.edge.rate_limit import FULL_EVERY, RateLimited, Report, Windows, headers
 
 
 async def admitted(windows: Windows, key: str, limit: Limit, calls: int) -> int:
@@ -101,9 +102,9 @@ async def test_with_peers_an_edge_takes_its_share_per_round():
             reports = {name: w.report() for name, w in edges.items()}
             await asyncio.sleep(0.005)  # in flight
             for name, w in edges.items():
-                for other, (counts, seq, seen) in reports.items():
+                for other, r in reports.items():
                     if other != name:
-                        w.heard(other, counts, seq, seen)
+                        w.heard(other, r.counts, r.seq, r.seen, r.full)
             await asyncio.sleep(0.015)
 
     sync = asyncio.create_task(sync_forever())
@@ -141,3 +142,49 @@ async def test_headers_name_policy_and_remaining_without_the_caller():
     assert h["RateLimit-Policy"] == '"user-demo/reports/*";q=5;w=10'
     assert h["RateLimit"].startswith('"user-demo/reports/*";r=4;t=')
     assert "alice" not in h["RateLimit"] + h["RateLimit-Policy"]
+
+
+async def test_reports_carry_what_changed_and_all_now_and_then():
+    windows = Windows()
+    limit = Limit(limit=100, period=3600)
+    await windows.admit("a", limit)
+    first = windows.report()
+    assert first.full and set(first.counts) == {"a"}
+    await windows.admit("b", limit)
+    second = windows.report()
+    assert not second.full and set(second.counts) == {"b"}
+    assert windows.report().counts == {}
+    for _ in range(FULL_EVERY - 3):
+        windows.report()
+    again = windows.report()
+    assert again.full and set(again.counts) == {"a", "b"}
+
+
+async def test_a_partial_report_is_merged_a_full_one_replaces():
+    windows = Windows(node="me")
+    w = int(time.time() // 3600)
+    windows.heard("p", {"a": (w, 1), "b": (w, 2)})
+    windows.heard("p", {"b": (w, 3)}, full=False)
+    assert windows.peers["p"].counts == {"a": (w, 1), "b": (w, 3)}
+    windows.heard("p", {"c": (w, 1)}, full=True)
+    assert windows.peers["p"].counts == {"c": (w, 1)}
+
+
+async def test_many_keys_go_out_in_chunks_only_the_first_replacing():
+    w = int(time.time() // 3600)
+    report = Report({f"ip:x|{n}": (w, 1) for n in range(2500)}, True, 7, {"p": 3})
+    sent = messages("me", report)
+    assert [len(m.counts) for m in sent] == [CHUNK, CHUNK, 500]
+    assert [m.full for m in sent] == [True, False, False]
+    assert {m.seq for m in sent} == {7}
+
+
+async def test_ended_windows_are_forgotten():
+    now = [1000.0]
+    windows = Windows(clock=lambda: now[0])
+    await windows.admit("k", Limit(limit=5, period=10))
+    windows.report()
+    now[0] += 10
+    windows.report()
+    assert windows.local == {}
+    assert windows.periods == {}
