@@ -229,7 +229,7 @@ class Windows:
                 async with asyncio.timeout(limit.max_wait):
                     await bucket.acquire()
             except TimeoutError:
-                _, _, verdict = self.try_admit_dry(key, limit)
+                _, _, verdict = self._refusal(key, limit)
                 raise RateLimited(f"rate limit {limit.limit}/{limit.period:g}s", verdict) from None
         admitted, wait, verdict = self.try_admit(key, limit)
         if admitted:  # the usual case
@@ -256,7 +256,7 @@ class Windows:
             if admitted:
                 return verdict
 
-    def try_admit_dry(self, key: str, limit: Limit) -> tuple[bool, bool, Verdict]:
+    def _refusal(self, key: str, limit: Limit) -> tuple[bool, bool, Verdict]:
         now = self._clock()
         window = int(now // limit.period)
         reset = (window + 1) * limit.period - now
