@@ -39,9 +39,10 @@ def client_for(name: str, config: Config) -> SystemClient:
     system = config.systems[name]
     match system:
         case RpcSystem():
+            from busgate.adapters.retry import retry_for
             from busgate.adapters.rpc.client import RpcClient
 
-            return RpcClient(name, system, config.gateway)
+            return RpcClient(name, system, config.gateway, retry_for(config))
         case CrudSystem():
             from busgate.adapters.crud.client import CrudClient
 

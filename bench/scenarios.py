@@ -291,6 +291,16 @@ sampling = 0.0
 metrics = true
 """
 """``busgate-nats-metrics``: tracing off (0 % sampling), Prometheus metrics on."""
+RESILIENT_TABLES = """
+[channels.demo.resilience]
+rate = { limit = 100000000, period = 1 }
+ip = { limit = 100000000, period = 1 }
+bulkhead = { max_concurrent = 100000, max_wait = 0.05 }
+breaker = { size = 50, failure_rate = 50, min_calls = 20, slow_call = 2.0, open_wait = 30 }
+retry = { attempts = 3, wait = 0.1, backoff = 2.0, on_status = [502, 503, 504] }
+"""
+"""``busgate-nats-resilient``: rate limits high enough never to bite, bulkhead, breaker and
+retries all configured on the channel (issue 11: at >= 0.95 x ``busgate-nats``)."""
 
 
 def busgate(
@@ -454,6 +464,12 @@ STACKS: dict[str, Scenario] = {
         Scenario("busgate-nats-command", "nats", busgate_command, floor="floor-nats-command"),
         Scenario("floor-nats-https", "nats", floor_https),
         Scenario("busgate-nats-https", "nats", busgate_https, floor="floor-nats-https"),
+        Scenario(
+            "busgate-nats-resilient",
+            "nats",
+            _busgate("busgate-nats-resilient", tables=RESILIENT_TABLES),
+            floor="floor-nats",
+        ),
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
         Scenario("busgate-rsocket", "nats", busgate_rsocket, floor="floor-nats"),

@@ -27,6 +27,10 @@ system, then ``gateway.timeout`` (see :meth:`Config.timeout_for`); each may be l
 shorter than the one it overrides."""
 
 
+Cidr = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")]
+"""An address or network (``10.0.0.0/8``, ``::1``); checked fully when the edge starts."""
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the offending key path."""
 
@@ -148,6 +152,11 @@ class Gateway(Section, frozen=True):
     csrf: Csrf = msgspec.field(default_factory=Csrf)
     tls: ServerTls | None = None
     """HTTPS on ``listen`` (see :class:`ServerTls`); None = plain HTTP."""
+    trusted_proxies: tuple[Cidr, ...] = ()
+    """CIDRs of the proxies whose ``X-Forwarded-For`` / ``Forwarded`` name the client's IP
+    (see ``edge.client_ip``); from any other peer the socket's address is the client's."""
+    rate_limit: GatewayLimits = msgspec.field(default_factory=lambda: GatewayLimits())
+    login_limit: LoginLimit = msgspec.field(default_factory=lambda: LoginLimit())
 
 
 class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
@@ -340,6 +349,104 @@ class Token(Section, frozen=True):
                 raise ValueError(f"{name}: must be positive")
 
 
+class Limit(Section, frozen=True):
+    """``limit`` calls per ``period`` seconds (-1 = unlimited); ``max_wait`` > 0 queues a
+    caller up to that many seconds for a permit instead of answering 429 at once."""
+
+    limit: Annotated[int, msgspec.Meta(ge=-1)]
+    period: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    max_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.limit < 0
+
+
+class GatewayLimits(Section, frozen=True):
+    """``[gateway.rate_limit]``: defaults for every channel, per authenticated subject and
+    per client IP (anonymous callers). ``sync_interval``: seconds between two exchanges of
+    counts with the other edges over the bus (``edge.limits_sync``)."""
+
+    user: Limit | None = None
+    ip: Limit | None = None
+    sync_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.05
+
+
+class LoginLimit(Section, frozen=True):
+    """Attempts at ``/api/auth/login`` per client IP and per username: a brute force is
+    slowed (429), a real user is not locked out for longer than a period. The IP's limit is
+    the looser one: many users may share an address (an office, a carrier's NAT)."""
+
+    enabled: bool = True
+    ip: Limit = Limit(limit=60, period=60)
+    username: Limit = Limit(limit=10, period=60)
+
+
+class Bulkhead(Section, frozen=True):
+    """At most ``max_concurrent`` calls in flight per channel/path on one edge (-1 = no
+    bound); past it a call waits up to ``max_wait`` seconds, then 503 ``bulkhead_full``."""
+
+    max_concurrent: Annotated[int, msgspec.Meta(ge=-1)] = 200
+    max_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent == 0:
+            raise ValueError("max_concurrent: at least 1, or -1 for no bound")
+
+
+class Breaker(Section, frozen=True):
+    """A circuit breaker per channel/path on each edge, over the last ``size`` calls
+    (``window = "count"``) or the last ``size`` seconds (``"time"``). It opens when at least
+    ``min_calls`` were seen and ``failure_rate`` % of them failed (5xx, timeouts, no adapter)
+    or ``slow_rate`` % took longer than ``slow_call`` seconds (0 = no slow-call rule); open,
+    it answers 503 ``circuit_open`` for ``open_wait`` seconds, then lets ``half_open_calls``
+    through: all succeed -> closed, one fails -> open again."""
+
+    window: Literal["count", "time"] = "count"
+    size: Annotated[int, msgspec.Meta(ge=1)] = 50
+    failure_rate: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0
+    min_calls: Annotated[int, msgspec.Meta(ge=1)] = 20
+    slow_call: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    slow_rate: Annotated[float, msgspec.Meta(gt=0, le=100)] = 100.0
+    open_wait: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    half_open_calls: Annotated[int, msgspec.Meta(ge=1)] = 5
+
+
+class Retry(Section, frozen=True):
+    """Retries of a failed call: the adapter retries the runner call (``on_status``: the
+    runner's statuses, ``on_codes``: error codes such as ``upstream_unreachable``); the edge
+    retries only calls no adapter answered (``no_adapter``, ``bus_unavailable`` in
+    ``on_codes``). Only ``methods`` are retried (idempotent ones by default); the pause is
+    ``wait * backoff ** (n - 1)`` seconds with ±``jitter`` (a share) and never runs past the
+    call's deadline."""
+
+    attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    wait: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    backoff: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    on_status: tuple[int, ...] = (502, 503, 504)
+    on_codes: tuple[str, ...] = ("upstream_unreachable", "no_adapter")
+    methods: tuple[str, ...] = ("GET", "PUT", "DELETE")
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown method(s) {bad}; allowed: {list(METHODS)}")
+
+
+class Resilience(Section, frozen=True):
+    """``[channels.NAME.resilience]`` and ``[channels.NAME.paths."KEY".resilience]``: each
+    part set on the most specific key matching a path wins, then the channel's, then (for
+    ``user`` and ``ip``) ``[gateway.rate_limit]``. ``rate`` counts the calls of all callers."""
+
+    rate: Limit | None = None
+    user: Limit | None = None
+    ip: Limit | None = None
+    bulkhead: Bulkhead | None = None
+    breaker: Breaker | None = None
+    retry: Retry | None = None
+
+
 class PathRule(Section, frozen=True):
     """Access to the paths a key matches: ``*`` (all), ``prefix/*`` (below prefix) or an
     exact path; the most specific key wins. ``roles`` maps a method (or ``*``) to the roles
@@ -353,6 +460,9 @@ class PathRule(Section, frozen=True):
     """Overrides the channel's (and system's) timeout for the paths the key matches. A key
     is one whole rule: a key set only for a timeout still decides access to its paths (any
     authenticated caller on a channel with ``auth``), so repeat ``public`` or ``roles``."""
+    resilience: Resilience | None = None
+    """Rate limits, bulkhead, breaker and retries for the paths the key matches (the same
+    caveat as ``timeout``)."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.roles if m != "*" and m not in METHODS]
@@ -369,6 +479,7 @@ class Channel(Section, frozen=True):
     """The token (``tokens.NAME``) calls on this channel are checked against; for the auth
     API, the token it issues. None = every path is public."""
     paths: dict[str, PathRule] = {}
+    resilience: Resilience | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]

@@ -13,6 +13,7 @@ from busgate.edge import health, keys, observe
 from busgate.edge.commands import install as install_commands
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
+from busgate.edge.limits_sync import install as install_limits
 from busgate.edge.middleware.front import front_middleware
 from busgate.edge.open_streams import OpenStreams
 from busgate.edge.request import handle_request
@@ -56,6 +57,7 @@ def create_app(
             await the_bus.close()
 
     app.cleanup_ctx.append(bus_ctx)
+    install_limits(app)  # rate limits, breakers, bulkheads; counts shared over the bus
     observe.install(app, config)  # spans, /metrics, log ids: only what [telemetry] asks for
 
     async def close_streams(app: web.Application) -> None:

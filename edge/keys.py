@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
     from busgate.edge.open_streams import OpenStreams
+    from busgate.edge.resilience import Guards
 
 CONFIG = web.AppKey("config", Config)
 BUS = web.AppKey("bus", Bus)
@@ -22,6 +23,7 @@ IDS: web.AppKey[IdFactory] = web.AppKey("ids")
 AUTH: web.AppKey[AuthContext] = web.AppKey("auth")
 STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
+GUARDS: web.AppKey[Guards] = web.AppKey("guards")
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -18,6 +18,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from busgate.adapters import retry
+from busgate.adapters.retry import RetryFor
 from busgate.bus.base import Responder
 from busgate.contracts import errors
 from busgate.contracts.codec import json_decode, json_encode
@@ -61,7 +63,7 @@ def cursor_text(cursor: Any) -> str | None:
     return json_encode(cursor).decode()
 
 
-def _meta(req: Request, trace_id: str) -> bytes:
+def _meta(req: Request, trace_id: str, attempt: bool = False) -> bytes:
     identity = msgspec.to_builtins(req.identity) if req.identity else None
     meta = {
         "requestId": req.shown_id,
@@ -74,6 +76,8 @@ def _meta(req: Request, trace_id: str) -> bytes:
     if req.kind == "command":  # the runner may deduplicate on the id across attempts
         meta["commandId"] = req.id
         meta["attempt"] = req.attempt
+    elif attempt:  # a call its path's retry policy may repeat (adapters.retry)
+        meta["attempt"] = req.attempt
     return json_encode(meta)
 
 
@@ -83,8 +87,11 @@ def trace_id_of(traceparent: str) -> str:
 
 
 class RpcClient:
-    def __init__(self, name: str, system: RpcSystem, gateway: Gateway) -> None:
+    def __init__(
+        self, name: str, system: RpcSystem, gateway: Gateway, retry_for: RetryFor | None = None
+    ) -> None:
         self.name = name
+        self.retry_for = retry_for
         self.system = system
         self.gateway = gateway
         self.base_url = system.base_url.rstrip("/")
@@ -145,9 +152,10 @@ class RpcClient:
 
     async def _post(self, req: Request, parameters: bytes) -> tuple[int, dict[str, str], bytes]:
         timeout = self._remaining(req)
+        retried = self.retry_for is not None and self.retry_for(req) is not None
         body = b'{"parameters":%b,"meta":%b}' % (
             parameters or b"null",
-            _meta(req, trace_id_of(req.traceparent)),
+            _meta(req, trace_id_of(req.traceparent), retried),
         )
         headers = {
             "Content-Type": "application/json",
@@ -178,6 +186,13 @@ class RpcClient:
             ) from None
 
     async def call(self, req: Request) -> Reply:
+        """One runner call, retried as the path's ``retry`` says (``adapters.retry``)."""
+        policy = self.retry_for(req) if self.retry_for is not None else None
+        if policy is None:
+            return await self._call_once(req)
+        return await retry.run(self._call_once, req, policy)
+
+    async def _call_once(self, req: Request) -> Reply:
         try:
             status, headers, payload = await self._post(req, req.body)
         except errors.BusgateError:
@@ -190,7 +205,7 @@ class RpcClient:
                 f"internal error while calling the runner of system {self.name!r}"
             ) from None
         if status >= 500:
-            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}")
+            raise retry.RunnerFailed(f"runner of system {self.name!r} answered {status}", status)
         return Reply(id=req.id, status=status, headers=headers, body=payload)
 
     async def stream(self, req: Request, responder: Responder) -> None:
