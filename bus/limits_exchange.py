@@ -170,10 +170,15 @@ class KafkaExchange(Exchange):
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), 5)
+        if self._consumer is not None:
+            from busgate.bus.kafka.internals import stop_consumer
+
+            # aiokafka's stop() may hand a stray CancelledError on (see stop_consumer).
+            with contextlib.suppress(Exception):
+                await stop_consumer(self._consumer, 5)
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), 5)
         self._consumer = self._producer = None
 
 
