@@ -70,6 +70,10 @@ def cmd_runner(args: argparse.Namespace) -> int:
         from busgate.runners.auth import run as run_auth
 
         run_auth(args.listen, args.db, args.seed)
+    elif args.kind == "native":
+        from busgate.runners.native import run as run_native
+
+        run_native(args.system, args.bus, args.prefix)
     return 0
 
 
@@ -165,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     runner = sub.add_parser("runner", help="run a shipped sample runner")
-    runner.add_argument("kind", choices=("rpc", "auth"))
+    runner.add_argument("kind", choices=("rpc", "auth", "native"))
     runner.add_argument("--listen", default="127.0.0.1:9001")
     runner.add_argument("--db", default="busgate-users.db", help="auth: the SQLite user store")
     runner.add_argument(
@@ -174,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="USER=ROLE[,ROLE]",
         help="auth: create or reset a user; password from $BUSGATE_AUTH_SEED_PASSWORD",
     )
+    runner.add_argument("--bus", help="native: bus URL (default: $BUSGATE_BUS, local NATS)")
+    runner.add_argument("--system", default="native", help="native: the system it serves")
+    runner.add_argument("--prefix", help="native: bus prefix (default: busgate)")
     runner.set_defaults(func=cmd_runner)
 
     config = sub.add_parser("config", help="configuration tools")

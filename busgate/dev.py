@@ -107,6 +107,17 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     return password if generated else None
 
 
+def start_native(stack: Stack, env: dict[str, str], config: str, bus_url: str) -> str | None:
+    """The sample bus-native runner (FastStream, no adapter), when the config has a
+    ``native`` system; the system's name, for the ready wait."""
+    with open(config, "rb") as f:
+        system = tomllib.load(f).get("systems", {}).get("native", {})
+    if system.get("type") != "bus":
+        return None
+    stack.spawn("native", ["runner", "native", "--bus", bus_url, "--system", "native"], env)
+    return "native"
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -166,10 +177,15 @@ def run(*, bus: str, listen: str, config: str) -> int:
         stack.spawn("edge", ["edge", "--config", config], env)
         host, _, port = listen.rpartition(":")
         url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+        native = start_native(stack, env, config, broker.url)
         wait_ready(url, "demo", stack)
+        if native is not None:
+            wait_ready(url, native, stack)
         state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        if native is not None:
+            print(f"busgate dev: native {url}/api/request/native/echo  (bus-native)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if password:  # generated here: shown once, on the console only
             print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)

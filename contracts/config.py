@@ -143,7 +143,15 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     headers: dict[str, str] = {}
 
 
-System = RpcSystem
+class BusSystem(Section, frozen=True, tag="bus", tag_field="type"):
+    """A bus-native system: no adapter; its runner (``busgate.runners.kit``) consumes
+    ``PREFIX.req.NAME`` itself and replies on the bus, one hop fewer."""
+
+    timeout: Timeout | None = None
+    """Overrides ``gateway.timeout`` for calls of this system."""
+
+
+System = RpcSystem | BusSystem
 
 
 Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"]

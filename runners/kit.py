@@ -1,0 +1,466 @@
+"""The bus-native runner kit: a runner that consumes its system's requests from the bus itself.
+
+A ``type = "bus"`` system has no adapter: the runner joins the system's queue group (NATS) or
+consumer group (Kafka) on ``PREFIX.req.SYSTEM``, answers on the Request's ``reply_to`` with the
+contracts' envelopes, and announces Presence like an adapter so edges still fail fast (503)
+when no runner is up. Built on FastStream (the design's choice), so the same code runs on NATS
+and Kafka, and a runner can be tested with FastStream's ``TestNatsBroker`` without a broker::
+
+    runner = Runner("orders")
+
+    @runner.saga("create")
+    async def create(parameters: dict, meta: Meta) -> dict: ...
+
+    @runner.stream("feed")
+    async def feed(parameters: dict, meta: Meta, previous: str | None) -> Step: ...
+
+    runner.run()  # until SIGTERM/SIGINT, then drains
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import msgspec
+from faststream.kafka import KafkaBroker
+from faststream.nats import NatsBroker
+
+from busgate.bus import parse_url
+from busgate.bus.flow import Credits
+from busgate.bus.naming import Names
+from busgate.contracts.codec import decode, encode, json_decode, json_encode
+from busgate.contracts.errors import (
+    BadRequest,
+    BusgateError,
+    DeadlineExceeded,
+    NotFound,
+)
+from busgate.contracts.wire import (
+    Cancel,
+    Credit,
+    Identity,
+    Presence,
+    Reply,
+    Request,
+    StreamStep,
+)
+
+log = logging.getLogger("busgate.runner")
+
+DEFAULT_BUS = "nats://127.0.0.1:4222"
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What a saga knows about its call besides the parameters."""
+
+    request_id: str
+    system: str
+    path: str
+    channel: str = ""
+    method: str = "POST"
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    identity: Identity | None = None
+    traceparent: str = ""
+    deadline: float = 0.0
+    """Absolute, seconds since the epoch (0 = none); the kit stops the saga there."""
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the client went away (a stream's Cancel): a long saga may check it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a stream: its items; ``next`` is the cursor for the following call (None
+    ends the stream); ``wait`` seconds pass before that call."""
+
+    items: list[Any]
+    next: str | None = None
+    wait: float = 0.0
+
+
+Saga: TypeAlias = Callable[[dict[str, Any], Meta], Awaitable[Any]]
+StreamSaga: TypeAlias = Callable[[dict[str, Any], Meta, str | None], Awaitable[Step]]
+Broker: TypeAlias = NatsBroker | KafkaBroker
+
+
+def _parameters(body: bytes) -> dict[str, Any]:
+    """The JSON body as a dict (a non-object is ``{"value": …}``), like an RPC runner's."""
+    if not body:
+        return {}
+    try:
+        value = json_decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise BadRequest("the body is not JSON") from None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+class _Call:
+    """One request in hand: its cancel flag and, for streams, its credits."""
+
+    __slots__ = ("credits", "meta")
+
+    def __init__(self, req: Request, meta: Meta) -> None:
+        self.meta = meta
+        self.credits = Credits(req.credits)
+
+
+class Runner:
+    """A bus-native runner of one system (see the module docstring).
+
+    ``bus``: ``nats://…`` or ``kafka://…``; default ``$BUSGATE_BUS``, else a local NATS.
+    """
+
+    def __init__(
+        self,
+        system: str,
+        *,
+        bus: str | None = None,
+        prefix: str | None = None,
+        node: str | None = None,
+        capacity: int = 1000,
+        presence_interval: float = 2.0,
+        presence_ttl: float = 6.0,
+    ) -> None:
+        self.system = system
+        self.url = bus or os.environ.get("BUSGATE_BUS") or DEFAULT_BUS
+        self.names = Names(prefix or os.environ.get("BUSGATE_PREFIX") or "busgate")
+        self.node = node or f"{system}-runner-{secrets.token_hex(3)}"
+        self.capacity = capacity
+        self.presence_interval = presence_interval
+        self.presence_ttl = presence_ttl
+        self.sagas: dict[str, Saga] = {}
+        self.streams: dict[str, StreamSaga] = {}
+        self._calls: dict[str, _Call] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._serving = False
+        self._beat: asyncio.Task[None] | None = None
+        self._assigned = asyncio.Event()
+        self._requests: Any = None
+        self.scheme, self.servers, _ = parse_url(self.url)
+        self.reply_topic = self.names.reply(self.node)
+        self.broker: Broker = self._build()
+
+    # -- what a runner author writes -------------------------------------------------
+
+    def saga(self, name: str) -> Callable[[Saga], Saga]:
+        """Register ``/api/request/CHANNEL/NAME``: its return value is the JSON answer."""
+
+        def register(fn: Saga) -> Saga:
+            self.sagas[name.strip("/")] = fn
+            return fn
+
+        return register
+
+    def stream(self, name: str) -> Callable[[StreamSaga], StreamSaga]:
+        """Register ``/api/stream/CHANNEL/NAME``: called once per step with the previous
+        step's ``next`` cursor (at first the client's ``Last-Event-ID``)."""
+
+        def register(fn: StreamSaga) -> StreamSaga:
+            self.streams[name.strip("/")] = fn
+            return fn
+
+        return register
+
+    # -- FastStream wiring -----------------------------------------------------------
+
+    def _build(self) -> Broker:
+        request = self.names.request(self.system)
+        about = f"Requests for system {self.system!r} (busgate Request, MessagePack)"
+        broker: Broker
+        if self.scheme == "nats":
+            nats = NatsBroker(self.servers, logger=None)
+            self._requests = nats.subscriber(
+                request, queue=self.names.group(self.system), title=request, description=about
+            )
+            self._requests(self._on_request)
+            nats.subscriber(
+                self.names.control, title=self.names.control, description="Cancel, Presence"
+            )(self._on_control)
+            nats.subscriber(
+                self.reply_topic + ".>",
+                title=self.names.reply("{runner}") + ".{request}",
+                description="Credit messages for this runner's streams",
+            )(self._on_credit)
+            broker = nats
+        else:
+            from aiokafka import ConsumerRebalanceListener
+
+            assigned = self._assigned
+
+            class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+                async def on_partitions_revoked(self, revoked: Any) -> None:
+                    pass
+
+                async def on_partitions_assigned(self, partitions: Any) -> None:
+                    assigned.set()
+
+            kafka = KafkaBroker(self.servers, logger=None)
+            self._requests = kafka.subscriber(
+                request,
+                group_id=self.names.group(self.system),
+                auto_offset_reset="latest",
+                listener=Joined(),
+                title=request,
+                description=about,
+            )
+            self._requests(self._on_request)
+            kafka.subscriber(
+                self.names.control, title=self.names.control, description="Cancel, Presence"
+            )(self._on_control)
+            kafka.subscriber(
+                self.reply_topic,
+                title=self.names.reply("{runner}"),
+                description="Credit messages for this runner's streams",
+            )(self._on_credit)
+            broker = kafka
+        return broker
+
+    async def _publish(self, dest: str, data: bytes) -> None:
+        if isinstance(self.broker, NatsBroker):
+            await self.broker.publish(data, dest)
+        else:
+            # Keyed by node, like an adapter's: a stream's steps stay in one partition.
+            await self.broker.publish(data, dest, key=self.node.encode())
+
+    async def _on_control(self, body: bytes) -> None:
+        msg = _decoded(body)
+        if isinstance(msg, Cancel) and (call := self._calls.get(msg.id)) is not None:
+            call.meta.cancelled.set()
+
+    async def _on_credit(self, body: bytes) -> None:
+        msg = _decoded(body)
+        if isinstance(msg, Credit) and (call := self._calls.get(msg.id)) is not None:
+            call.credits.grant(msg.limit)
+
+    async def _on_request(self, body: bytes) -> None:
+        """Takes the request and returns at once: the saga runs in its own task, so one slow
+        saga does not hold the subscription."""
+        req = _decoded(body)
+        if not isinstance(req, Request):
+            return
+        if req.deadline and time.time() >= req.deadline:
+            return  # nobody waits for it any more
+        meta = Meta(
+            request_id=req.shown_id,
+            system=req.system,
+            path=req.path,
+            channel=req.channel,
+            method=req.method,
+            query=req.query,
+            headers=req.headers,
+            identity=req.identity,
+            traceparent=req.traceparent,
+            deadline=req.deadline,
+        )
+        call = self._calls[req.id] = _Call(req, meta)
+        self._idle.clear()
+        work = self._stream(req, call) if req.kind == "stream" else self._request(req, call)
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, req.id))
+
+    def _done(self, task: asyncio.Task[None], request_id: str) -> None:
+        self._tasks.discard(task)
+        self._calls.pop(request_id, None)
+        if not self._calls:
+            self._idle.set()
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def _request(self, req: Request, call: _Call) -> None:
+        try:
+            saga = self.sagas.get(req.path.strip("/"))
+            if saga is None:
+                raise NotFound(f"no saga {req.path!r} in system {self.system!r}")
+            parameters = _parameters(req.body)
+            deadline = _loop_deadline(req.deadline)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await saga(parameters, call.meta)
+            except TimeoutError:
+                raise DeadlineExceeded(f"saga {req.path!r} ran past its deadline") from None
+            reply = Reply(id=req.id, headers=JSON_HEADERS, body=json_encode(result))
+        except BusgateError as exc:
+            reply = Reply(id=req.id, status=exc.status, error=exc.to_wire())
+        except Exception:
+            log.exception("saga %s failed for %s", req.path, req.id)
+            error = BusgateError(f"saga {req.path!r} failed")
+            reply = Reply(id=req.id, status=error.status, error=error.to_wire())
+        if req.reply_to:
+            await self._publish(req.reply_to, encode(reply))
+
+    async def _stream(self, req: Request, call: _Call) -> None:
+        """The saga loop, like an adapter's: a step only when the edge has credit for it, an
+        error ends the stream, a Cancel stops it before the next call and ends a pause."""
+        seq = 0
+        credit_to = self._credit_address(req.id) if req.credits > 0 else ""
+        cancelled = call.meta.cancelled
+
+        async def send(step: StreamStep) -> None:
+            await self._publish(req.reply_to, encode(step))
+
+        try:
+            saga = self.streams.get(req.path.strip("/"))
+            if saga is None:
+                raise NotFound(f"no stream {req.path!r} in system {self.system!r}")
+            parameters = _parameters(req.body)
+            budget = (req.deadline - time.time()) if req.deadline else 0.0
+            previous = req.resume
+            while not cancelled.is_set():
+                if not await call.credits.wait(seq + 1, cancelled):
+                    return
+                try:
+                    async with asyncio.timeout(budget if budget > 0 else None):
+                        step = await saga(parameters, call.meta, previous)
+                except TimeoutError:
+                    raise DeadlineExceeded(f"stream step {req.path!r} ran past its time") from None
+                if cancelled.is_set():
+                    return
+                seq += 1
+                last = step.next is None
+                items = [json_encode(item) for item in step.items]
+                await send(
+                    StreamStep(
+                        id=req.id,
+                        seq=seq,
+                        items=items,
+                        next=step.next,
+                        last=last,
+                        credit_to=credit_to,
+                    )
+                )
+                if last:
+                    return
+                previous = step.next
+                if step.wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(step.wait):
+                            await cancelled.wait()
+        except BusgateError as exc:
+            await send(StreamStep(id=req.id, seq=seq + 1, last=True, error=exc.to_wire()))
+        except Exception:
+            log.exception("stream %s failed for %s", req.path, req.id)
+            error = BusgateError(f"stream {req.path!r} failed").to_wire()
+            await send(StreamStep(id=req.id, seq=seq + 1, last=True, error=error))
+
+    def _credit_address(self, request_id: str) -> str:
+        """Where the edge sends this stream's Credits: like an adapter's reply address."""
+        if self.scheme == "nats":
+            return f"{self.reply_topic}.{request_id}"
+        return self.reply_topic
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def announce(self, ttl: float | None = None) -> None:
+        """Broadcast Presence (ttl=0 says goodbye), so edges know a runner serves this
+        system: on Kafka they send nothing without it."""
+        beat = Presence(
+            node=self.node,
+            systems=(self.system,),
+            capacity=self.capacity,
+            ttl=self.presence_ttl if ttl is None else ttl,
+        )
+        await self._publish(self.names.control, encode(beat))
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_interval)
+            try:
+                await self.announce()
+            except Exception as exc:
+                log.warning("presence heartbeat not sent: %r", exc)
+
+    async def start(self, *, join_timeout: float = 30.0) -> None:
+        """Connect, subscribe, then announce: on Kafka once the group gave this runner its
+        partitions, so no request is sent before someone reads it."""
+        if isinstance(self.broker, KafkaBroker):
+            await self._ensure_topics()
+        self._serving = True
+        await self.broker.start()
+        if isinstance(self.broker, KafkaBroker):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(join_timeout):
+                    await self._assigned.wait()
+        await self.announce()
+        self._beat = asyncio.ensure_future(self._announce_forever())
+        log.info("runner %s serving system %s on %s", self.node, self.system, self.url)
+
+    async def _ensure_topics(self) -> None:
+        from busgate.bus.kafka.admin import Topics
+
+        topics = Topics(
+            ",".join(self.servers), client_id=f"busgate-{self.node}-admin", replication=None
+        )
+        _, _, options = parse_url(self.url)
+        topics.wanted[self.names.request(self.system)] = options.get("request_partitions", 2)
+        topics.wanted[self.reply_topic] = 1
+        topics.wanted[self.names.control] = 1
+        await topics.start()
+        try:
+            await topics.ensure(list(topics.wanted))
+        finally:
+            await topics.close()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Drain: say goodbye, take no more requests, give those in hand ``grace`` seconds."""
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        if self._serving:
+            self._serving = False
+            with contextlib.suppress(Exception):
+                await self.announce(ttl=0)
+            # Leave the queue/consumer group: the other runners get what this one would.
+            with contextlib.suppress(Exception):
+                await self._requests.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.stop()
+
+    async def run_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def run(self) -> None:
+        asyncio.run(self.run_forever())
+
+
+def _decoded(body: bytes) -> Any:
+    try:
+        return decode(body)
+    except (msgspec.DecodeError, TypeError):
+        return None
+
+
+def _loop_deadline(deadline: float) -> float | None:
+    """An absolute wall-clock deadline on the event loop's clock (None = none)."""
+    if not deadline:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.time())
+
+
+__all__ = ["Meta", "Runner", "Step"]
