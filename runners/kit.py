@@ -131,6 +131,7 @@ class Runner:
         capacity: int = 1000,
         presence_interval: float = 2.0,
         presence_ttl: float = 6.0,
+        credit_timeout: float = 60.0,
     ) -> None:
         self.system = system
         self.url = bus or os.environ.get("BUSGATE_BUS") or DEFAULT_BUS
@@ -139,6 +140,8 @@ class Runner:
         self.capacity = capacity
         self.presence_interval = presence_interval
         self.presence_ttl = presence_ttl
+        self.credit_timeout = credit_timeout
+        """Seconds a stream waits for the edge's credit before taking the edge for gone."""
         self.sagas: dict[str, Saga] = {}
         self.streams: dict[str, StreamSaga] = {}
         self._calls: dict[str, _Call] = {}
@@ -173,6 +176,15 @@ class Runner:
             return fn
 
         return register
+
+    @property
+    def inflight(self) -> int:
+        """Calls in hand: requests and streams whose saga has not finished."""
+        return len(self._calls)
+
+    async def idle(self) -> None:
+        """Return once no call is in hand."""
+        await self._idle.wait()
 
     # -- FastStream wiring -----------------------------------------------------------
 
@@ -320,7 +332,12 @@ class Runner:
             budget = (req.deadline - time.time()) if req.deadline else 0.0
             previous = req.resume
             while not cancelled.is_set():
-                if not await call.credits.wait(seq + 1, cancelled):
+                try:
+                    async with asyncio.timeout(self.credit_timeout):
+                        if not await call.credits.wait(seq + 1, cancelled):
+                            return
+                except TimeoutError:
+                    log.warning("stream %s stopped: no credit from the edge", req.id)
                     return
                 try:
                     async with asyncio.timeout(budget if budget > 0 else None):

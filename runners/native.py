@@ -48,6 +48,11 @@ def build(system: str = "native", bus: str | None = None, prefix: str | None = N
             raise Conflict("you asked for a conflict")
         raise RuntimeError("the sample runner failed on purpose")
 
+    @runner.saga("inflight")
+    async def inflight(parameters: dict[str, Any], meta: Meta) -> dict[str, Any]:
+        """Calls in hand, this one included: shows that a cancelled stream let go."""
+        return {"inflight": runner.inflight}
+
     @runner.stream("count")
     async def count(parameters: dict[str, Any], meta: Meta, previous: str | None) -> Step:
         """``{"to": N, "wait": seconds}``: one number a step, up to N (0 = for ever)."""
