@@ -119,6 +119,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from busgate.edge.asyncapi import document_of
+
+    data = document_of(_config(args.config or str(DEV_CONFIG)))
+    if args.output in (None, "-"):
+        sys.stdout.write(data.decode() + "\n")
+    else:
+        Path(args.output).write_bytes(data + b"\n")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from busgate.dev import run
 
@@ -182,6 +193,13 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--system", default="native", help="native: the system it serves")
     runner.add_argument("--prefix", help="native: bus prefix (default: busgate)")
     runner.set_defaults(func=cmd_runner)
+
+    asyncapi = sub.add_parser(
+        "asyncapi", help="write the AsyncAPI document of the bus (subjects/topics, messages)"
+    )
+    asyncapi.add_argument("--config", help="config file (default: the shipped dev config)")
+    asyncapi.add_argument("-o", "--output", help="file to write (default: stdout)")
+    asyncapi.set_defaults(func=cmd_asyncapi)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)

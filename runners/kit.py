@@ -186,6 +186,30 @@ class Runner:
         """Return once no call is in hand."""
         await self._idle.wait()
 
+    def asyncapi(self) -> dict[str, Any]:
+        """This runner's AsyncAPI document (FastStream's, with busgate's envelopes as the
+        payloads): what it consumes. Its replies go to each Request's ``reply_to``."""
+        from busgate.bus.asyncapi import document
+
+        messages: dict[str, tuple[type[msgspec.Struct], ...]] = {
+            self.names.request(self.system): (Request,),
+            self.names.control: (Cancel, Presence),
+            self._credit_title: (Credit,),
+        }
+        about = (
+            f"Bus-native runner of system {self.system!r}: sagas {sorted(self.sagas)},"
+            f" streams {sorted(self.streams)}. It answers each Request on its reply_to with"
+            " a Reply, or StreamSteps."
+        )
+        return document(
+            self.broker, messages, title=f"busgate runner {self.system}", description=about
+        )
+
+    @property
+    def _credit_title(self) -> str:
+        suffix = ".{request}" if self.scheme == "nats" else ""
+        return self.names.reply("{runner}") + suffix
+
     # -- FastStream wiring -----------------------------------------------------------
 
     def _build(self) -> Broker:
@@ -203,7 +227,7 @@ class Runner:
             )(self._on_control)
             nats.subscriber(
                 self.reply_topic + ".>",
-                title=self.names.reply("{runner}") + ".{request}",
+                title=self._credit_title,
                 description="Credit messages for this runner's streams",
             )(self._on_credit)
             broker = nats
@@ -234,7 +258,7 @@ class Runner:
             )(self._on_control)
             kafka.subscriber(
                 self.reply_topic,
-                title=self.names.reply("{runner}"),
+                title=self._credit_title,
                 description="Credit messages for this runner's streams",
             )(self._on_credit)
             broker = kafka

@@ -185,3 +185,12 @@ async def test_sigterm_drains_then_the_system_is_503(stack, http) -> None:
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+
+
+async def test_the_edge_serves_the_asyncapi_document(stack, http) -> None:
+    async with http.get(f"{stack.url}/api/asyncapi.json") as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        doc = await resp.json()
+    assert {"busgate.req.native", "busgate.req.demo", "busgate.control"} <= set(doc["channels"])
+    protocol = doc["servers"]["development"]["protocol"]
+    assert protocol == stack.bus
