@@ -161,6 +161,8 @@ class Runner:
         self._assigned = asyncio.Event()
         self._requests: Any = None
         self._nc: NatsClient | None = None
+        self._held: tuple[int, ...] | None = None
+        """Kafka: the request-topic partitions this runner holds (None: not known)."""
         self.scheme, self.servers, _ = parse_url(self.url)
         self.reply_topic = self.names.reply(self.node)
         self.broker: Broker = self._build()
@@ -251,14 +253,21 @@ class Runner:
         else:
             from aiokafka import ConsumerRebalanceListener
 
-            assigned = self._assigned
+            runner = self
 
             class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+                """Keeps the partitions this runner holds, for its Presence (edges send
+                only to partitions a live runner holds, as with adapters)."""
+
                 async def on_partitions_revoked(self, revoked: Any) -> None:
-                    pass
+                    runner._held = None  # between assignments: edges use every partition
 
                 async def on_partitions_assigned(self, partitions: Any) -> None:
-                    assigned.set()
+                    runner._held = tuple(sorted(tp.partition for tp in partitions))
+                    runner._assigned.set()
+                    if runner._beat is not None:  # serving already: tell the edges now
+                        with contextlib.suppress(Exception):
+                            await runner.announce()
 
             kafka = KafkaBroker(self.servers, logger=None, apply_types=False)
             self._requests = kafka.subscriber(
@@ -457,6 +466,7 @@ class Runner:
             systems=(self.system,),
             capacity=self.capacity,
             ttl=self.presence_ttl if ttl is None else ttl,
+            partitions={self.system: self._held} if self._held is not None and ttl != 0 else {},
         )
         await self._publish(self.names.control, encode(beat))
 

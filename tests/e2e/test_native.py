@@ -86,11 +86,15 @@ async def test_unknown_saga_is_404_and_bad_json_400(stack, http) -> None:
     assert status == 404 and answer["error"]["code"] == "not_found"
 
 
-async def test_deadline_is_504_at_the_system_timeout(stack, http) -> None:
+async def test_deadline_is_504_and_the_runner_stops_the_saga(stack, http) -> None:
     started = time.monotonic()
-    status, answer = await call(http, f"{stack.url}/api/request/native/sleep", {"seconds": 5})
+    status, answer = await call(http, f"{stack.url}/api/request/native/sleep", {"seconds": 8})
     assert status == 504, answer
     assert time.monotonic() - started < 3.0
+    # The runner gave up at the deadline too, not after the saga's 8 s.
+    while await inflight(http, stack) != 0:
+        assert time.monotonic() - started < 4.0, "the runner still runs a saga past its deadline"
+        await asyncio.sleep(0.05)
 
 
 async def test_stream_steps_in_order(stack, http) -> None:
