@@ -353,6 +353,13 @@ class Runner:
     # -- calls -------------------------------------------------------------------------
 
     async def _request(self, req: Request, call: _Call) -> None:
+        if req.detach:
+            await self._detached(req, call)
+        elif req.reply_to:
+            await self._answer(req, encode(await self._reply_of(req, call)))
+
+    async def _reply_of(self, req: Request, call: _Call) -> Reply:
+        """The saga's answer as a Reply: its JSON, or the error it raised."""
         try:
             saga = self.sagas.get(req.path.strip("/"))
             if saga is None:
@@ -364,15 +371,25 @@ class Runner:
                     result = await saga(parameters, call.meta)
             except TimeoutError:
                 raise DeadlineExceeded(f"saga {req.path!r} ran past its deadline") from None
-            reply = Reply(id=req.id, headers=JSON_HEADERS, body=json_encode(result))
+            return Reply(id=req.id, headers=JSON_HEADERS, body=json_encode(result))
         except BusgateError as exc:
-            reply = Reply(id=req.id, status=exc.status, error=exc.to_wire())
+            return Reply(id=req.id, status=exc.status, error=exc.to_wire())
         except Exception:
             log.exception("saga %s failed for %s", req.path, req.id)
             error = BusgateError(f"saga {req.path!r} failed")
-            reply = Reply(id=req.id, status=error.status, error=error.to_wire())
-        if req.reply_to:
-            await self._answer(req, encode(reply))
+            return Reply(id=req.id, status=error.status, error=error.to_wire())
+
+    async def _detached(self, req: Request, call: _Call) -> None:
+        """``X-Async`` (as an adapter does it): ``backend`` = 202 as soon as the runner has
+        the request, then the saga runs; ``gateway`` = the edge answered 202 already. The
+        saga's answer is logged and dropped."""
+        if req.detach == "backend" and req.reply_to:
+            accepted = json_encode({"requestId": req.id})
+            await self._answer(
+                req, encode(Reply(id=req.id, status=202, body=accepted, headers=JSON_HEADERS))
+            )
+        reply = await self._reply_of(req, call)
+        log.info("async request %s answered %d (dropped)", req.id, reply.status)
 
     async def _answer(self, req: Request, data: bytes, *, seq: int = 0) -> None:
         """Send a reply (or, with ``seq``, a step); one larger than the bus carries is

@@ -198,3 +198,17 @@ async def test_the_edge_serves_the_asyncapi_document(stack, http) -> None:
     assert {"busgate.req.native", "busgate.req.demo", "busgate.control"} <= set(doc["channels"])
     protocol = doc["servers"]["development"]["protocol"]
     assert protocol == stack.bus
+
+
+async def test_async_backend_is_202_once_the_runner_has_it(stack, http) -> None:
+    """``X-Async: backend``: the runner answers 202 before it runs the saga, then runs it."""
+    url = f"{stack.url}/api/request/native/sleep"
+    headers = {"X-Async": "backend"}
+    async with http.post(url, json={"seconds": 1.0}, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["requestId"]
+    assert await inflight(http, stack) == 1, "the saga runs after the 202"
+    end = time.monotonic() + 10
+    while await inflight(http, stack) != 0:
+        assert time.monotonic() < end
+        await asyncio.sleep(0.05)
