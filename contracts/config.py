@@ -471,6 +471,11 @@ class Config(Section, frozen=True):
                     f"commands.system: unknown system {self.commands.system!r}; "
                     f"known: {sorted(self.systems)}"
                 )
+            if isinstance(self.systems[self.commands.system], BusSystem):
+                raise ValueError(
+                    f"commands.system: system {self.commands.system!r} is bus-native; commands"
+                    " are executed by an adapter, so name a system that has one"
+                )
             if self.commands.token is not None and self.commands.token not in self.tokens:
                 raise ValueError(f"commands.token: unknown token {self.commands.token!r}")
         for name, service in self.services.items():

@@ -26,6 +26,7 @@ import os
 import secrets
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -38,6 +39,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError
 
 from busgate.bus import parse_url
+from busgate.bus.base import CANCEL_MEMORY, CANCEL_MEMORY_SIZE
 from busgate.bus.flow import Credits
 from busgate.bus.naming import Names
 from busgate.contracts.codec import decode, encode, json_decode, json_encode
@@ -162,6 +164,7 @@ class Runner:
         self._requests: Any = None
         self._nc: NatsClient | None = None
         self._held: tuple[int, ...] | None = None
+        self._early_cancels: OrderedDict[str, float] = OrderedDict()
         """Kafka: the request-topic partitions this runner holds (None: not known)."""
         self.scheme, self.servers, _ = parse_url(self.url)
         self.reply_topic = self.names.reply(self.node)
@@ -309,8 +312,21 @@ class Runner:
 
     async def _on_control(self, body: bytes) -> None:
         msg = _decoded(body)
-        if isinstance(msg, Cancel) and (call := self._calls.get(msg.id)) is not None:
-            call.meta.cancelled.set()
+        if isinstance(msg, Cancel):
+            if (call := self._calls.get(msg.id)) is not None:
+                call.meta.cancelled.set()
+            else:
+                self._remember_cancel(msg.id)
+
+    def _remember_cancel(self, request_id: str) -> None:
+        """Keep a Cancel whose request has not arrived (yet): on Kafka a Cancel can overtake
+        its request (another topic), which is then dropped on arrival. Bounded in time and
+        size, as an adapter's (``bus.base``): most ids are other runners' requests."""
+        now = time.monotonic()
+        early = self._early_cancels
+        early[request_id] = now + CANCEL_MEMORY
+        while early and (len(early) > CANCEL_MEMORY_SIZE or next(iter(early.values())) < now):
+            early.popitem(last=False)
 
     async def _on_credit(self, body: bytes) -> None:
         msg = _decoded(body)
@@ -325,6 +341,8 @@ class Runner:
             return
         if req.deadline and time.time() >= req.deadline:
             return  # nobody waits for it any more
+        if self._early_cancels and self._early_cancels.pop(req.id, None) is not None:
+            return  # its client went away before it arrived
         meta = Meta(
             request_id=req.shown_id,
             system=req.system,

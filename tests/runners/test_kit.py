@@ -107,3 +107,26 @@ async def test_presence_names_the_system() -> None:
         await runner.announce()
         beat = await beats.get()
     assert isinstance(beat, Presence) and beat.systems == ("orders",) and beat.ttl > 0
+
+
+async def test_a_cancel_that_overtakes_its_request_drops_it(harness: Harness) -> None:
+    """On Kafka a Cancel (control topic) can arrive before its request (request topic)."""
+    runner = harness.runner
+    await harness.send(runner.names.control, Cancel(id="early-1"))
+    await harness.send(
+        runner.names.request(runner.system),
+        Request(
+            id="early-1",
+            system=runner.system,
+            path="count",
+            kind="stream",
+            body=b'{"to": 0}',
+            reply_to=REPLY,
+            deadline=time.time() + 5,
+        ),
+    )
+    req = await harness.request("echo", b'{"after": 1}')
+    reply = await harness.next()  # a step of the cancelled stream would have come first
+    assert isinstance(reply, Reply) and reply.id == req.id
+    async with asyncio.timeout(5):
+        await runner.idle()  # nothing left running: the stream never started
