@@ -63,6 +63,8 @@ from busgate.contracts.wire import (
 log = logging.getLogger("busgate.runner")
 
 DEFAULT_BUS = "nats://127.0.0.1:4222"
+STOP_WAIT = 5.0
+"""Seconds each step of closing the bus connection may take on stop."""
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -558,13 +560,23 @@ class Runner:
                 await self.announce(ttl=0)
             # Leave the queue/consumer group: the other runners get what this one would.
             with contextlib.suppress(Exception):
-                await self._requests.stop()
+                async with asyncio.timeout(STOP_WAIT):
+                    await self._requests.stop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self._idle.wait()
         for task in list(self._tasks):
             task.cancel()
-        await self.broker.stop()
+        try:
+            async with asyncio.timeout(STOP_WAIT):
+                await self.broker.stop()
+        except Exception as exc:
+            # The broker went first (a whole stack stopping): FastStream's NATS stop drains,
+            # which waits up to 30 s for a server that is not coming back.
+            log.warning("runner %s: the bus did not close cleanly (%r)", self.node, exc)
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
 
     async def run_forever(self) -> None:
         stop = asyncio.Event()

@@ -4,6 +4,8 @@ large for the bus becomes a small error instead of silence."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -86,3 +88,29 @@ async def test_an_answer_too_large_for_the_bus_is_a_502(
         assert (reply.status, reply.error.code) == (502, "reply_too_large")
     finally:
         await nc.close()
+
+
+async def test_sigterm_after_the_broker_went_away_exits_cleanly() -> None:
+    """A whole stack stopping stops the broker first or alongside: the runner still exits 0,
+    promptly (FastStream's stop raised on the dead connection: exit 1, with a traceback)."""
+    server = NatsServer()
+    server.start()
+    args = ["-m", "busgate", "runner", "native", "--bus", server.url, "--system", "gone"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"serving system gone" not in await proc.stderr.readline():
+                pass
+        server.stop()
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            rest = await proc.stderr.read()
+            assert await proc.wait() == 0, rest.decode()[-2000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        server.stop()
