@@ -15,7 +15,7 @@ from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
 from busgate.bus.base import Responder
-from busgate.contracts.config import Config, CrudSystem, RpcSystem, RsocketSystem
+from busgate.contracts.config import BusSystem, Config, CrudSystem, RpcSystem, RsocketSystem
 from busgate.contracts.errors import BusgateError, NotFound
 from busgate.contracts.wire import Reply, Request
 
@@ -59,10 +59,12 @@ class AdapterService:
         self, config: Config, systems: list[str] | None = None, metrics_listen: str | None = None
     ) -> None:
         self.config = config
-        self.systems = systems or sorted(config.systems)
-        unknown = [s for s in self.systems if s not in config.systems]
+        # A bus-native system has no adapter: its runner consumes its requests itself.
+        adapted = sorted(n for n, s in config.systems.items() if not isinstance(s, BusSystem))
+        self.systems = systems or adapted
+        unknown = [s for s in self.systems if s not in adapted]
         if unknown:
-            raise ValueError(f"unknown system(s) {unknown}; known: {sorted(config.systems)}")
+            raise ValueError(f"unknown system(s) {unknown}; adapters serve: {adapted}")
         gateway = config.gateway
         self.node = f"{gateway.id}-adapter-{secrets.token_hex(3)}"
         self.bus = bus_.from_url(gateway.bus, node=self.node, prefix=gateway.prefix)

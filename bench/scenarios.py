@@ -352,6 +352,47 @@ def busgate(
     )
 
 
+NATIVE_CONFIG = """[gateway]
+id = "{name}"
+prefix = "{name}"
+bus = "{bus_url}"
+listen = "{listen}"
+
+[systems.demo]
+type = "bus"
+timeout = 5.0
+
+[channels.demo]
+system = "demo"
+"""
+"""``busgate-nats-native``: system ``demo`` is bus-native, served by ``busgate runner native``
+(the FastStream runner kit, its ``echo`` saga) with no adapter: one hop fewer."""
+
+
+def busgate_native(env: Env, bus_url: str, *, name: str) -> Stack | Pending:
+    if env.busgate is None or not has_command(env.busgate, "runner", "native"):
+        return Pending("busgate runner native (the bus-native runner kit) is not in this tree yet")
+    edge = free_port()
+    config = env.workdir / f"{name}.toml"
+    listen = f"{HOST}:{edge}"
+    config.write_text(NATIVE_CONFIG.format(name=name, bus_url=bus_url, listen=listen))
+    runner = [*env.busgate, "runner", "native", "--bus", bus_url, "--system", "demo"]
+    return Stack(
+        name=name,
+        bus=bus_url.partition("://")[0],
+        processes=[
+            ProcSpec("runner", [*runner, "--prefix", name], Ready(settle=1.0)),
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", str(config)],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{ECHO}",
+        edge_port=edge,
+    )
+
+
 def _busgate(name: str, secure: bool = False, tables: str = "") -> Builder:
     return functools.partial(busgate, name=name, secure=secure, tables=tables)
 
@@ -468,6 +509,12 @@ STACKS: dict[str, Scenario] = {
             "busgate-nats-resilient",
             "nats",
             _busgate("busgate-nats-resilient", tables=RESILIENT_TABLES),
+            floor="floor-nats",
+        ),
+        Scenario(
+            "busgate-nats-native",
+            "nats",
+            functools.partial(busgate_native, name="busgate-nats-native"),
             floor="floor-nats",
         ),
         Scenario("floor-kafka", "kafka", floor),

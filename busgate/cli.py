@@ -78,6 +78,10 @@ def cmd_runner(args: argparse.Namespace) -> int:
         from busgate.runners.rsocket import run as run_rsocket
 
         run_rsocket(args.listen, args.ws_listen)
+    elif args.kind == "native":
+        from busgate.runners.native import run as run_native
+
+        run_native(args.system, args.bus, args.prefix)
     return 0
 
 
@@ -121,6 +125,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
         channel=args.channel,
         wait=args.wait,
     )
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from busgate.edge.asyncapi import document_of
+
+    data = document_of(_config(args.config or str(DEV_CONFIG)))
+    if args.output in (None, "-"):
+        sys.stdout.write(data.decode() + "\n")
+    else:
+        Path(args.output).write_bytes(data + b"\n")
+    return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -207,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     runner = sub.add_parser("runner", help="run a shipped sample runner")
-    runner.add_argument("kind", choices=("rpc", "auth", "crud", "rsocket"))
+    runner.add_argument("kind", choices=("rpc", "auth", "crud", "rsocket", "native"))
     runner.add_argument("--listen", default="127.0.0.1:9001", help="rsocket: its tcp HOST:PORT")
     runner.add_argument("--ws-listen", help="rsocket: also websocket on HOST:PORT, at /rsocket")
     runner.add_argument(
@@ -221,6 +236,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="USER=ROLE[,ROLE]",
         help="auth: create or reset a user; password from $BUSGATE_AUTH_SEED_PASSWORD",
     )
+    runner.add_argument("--bus", help="native: bus URL (default: $BUSGATE_BUS, local NATS)")
+    runner.add_argument("--system", default="native", help="native: the system it serves")
+    runner.add_argument("--prefix", help="native: bus prefix (default: busgate)")
     runner.set_defaults(func=cmd_runner)
 
     from busgate import publish, tail
@@ -236,6 +254,13 @@ def parser() -> argparse.ArgumentParser:
     push.add_argument("--config", required=True, help="config naming the bus and prefix")
     push.add_argument("--name", default="default", help="[gateway.tls] name (default: default)")
     push.set_defaults(func=cmd_cert_push)
+
+    asyncapi = sub.add_parser(
+        "asyncapi", help="write the AsyncAPI document of the bus (subjects/topics, messages)"
+    )
+    asyncapi.add_argument("--config", help="config file (default: the shipped dev config)")
+    asyncapi.add_argument("-o", "--output", help="file to write (default: stdout)")
+    asyncapi.set_defaults(func=cmd_asyncapi)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)

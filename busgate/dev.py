@@ -142,6 +142,17 @@ def start_rsocket(stack: Stack, env: dict[str, str], config: str) -> str | None:
     return f"tcp://127.0.0.1:{port}"
 
 
+def start_native(stack: Stack, env: dict[str, str], config: str, bus_url: str) -> str | None:
+    """The sample bus-native runner (FastStream, no adapter), when the config has a
+    ``native`` system; the system's name, for the ready wait."""
+    with open(config, "rb") as f:
+        system = tomllib.load(f).get("systems", {}).get("native", {})
+    if system.get("type") != "bus":
+        return None
+    stack.spawn("native", ["runner", "native", "--bus", bus_url, "--system", "native"], env)
+    return "native"
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -225,7 +236,10 @@ def run(*, bus: str, listen: str, config: str, tls: bool = False) -> int:
         host, _, port = listen.rpartition(":")
         scheme = "https" if tls else "http"
         url = f"{scheme}://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+        native = start_native(stack, env, config, broker.url)
         wait_ready(url, "demo", stack, cafile=cafile)
+        if native is not None:
+            wait_ready(url, native, stack, cafile=cafile)
         state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
@@ -233,6 +247,8 @@ def run(*, bus: str, listen: str, config: str, tls: bool = False) -> int:
             print(f"busgate dev: data   {crud}  (CRUD runner, SQLite)", flush=True)
         if rsocket:
             print(f"busgate dev: rsocket {rsocket}  (RSocket runner)", flush=True)
+        if native is not None:
+            print(f"busgate dev: native {url}/api/request/native/echo  (bus-native)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if cafile:
             print(f"busgate dev: cacert {cafile}  (curl --cacert)", flush=True)

@@ -212,7 +212,15 @@ class RsocketSystem(Section, frozen=True, tag="rsocket", tag_field="type"):
             raise ValueError("hosts: a tcp system needs at least one host")
 
 
-System = RpcSystem | CrudSystem | RsocketSystem
+class BusSystem(Section, frozen=True, tag="bus", tag_field="type"):
+    """A bus-native system: no adapter; its runner (``busgate.runners.kit``) consumes
+    ``PREFIX.req.NAME`` itself and replies on the bus, one hop fewer."""
+
+    timeout: Timeout | None = None
+    """Overrides ``gateway.timeout`` for calls of this system."""
+
+
+System = RpcSystem | CrudSystem | RsocketSystem | BusSystem
 
 
 Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"]
@@ -701,6 +709,11 @@ class Config(Section, frozen=True):
                 raise ValueError(
                     f"commands.system: unknown system {self.commands.system!r}; "
                     f"known: {sorted(self.systems)}"
+                )
+            if isinstance(self.systems[self.commands.system], BusSystem):
+                raise ValueError(
+                    f"commands.system: system {self.commands.system!r} is bus-native; commands"
+                    " are executed by an adapter, so name a system that has one"
                 )
             if self.commands.token is not None and self.commands.token not in self.tokens:
                 raise ValueError(f"commands.token: unknown token {self.commands.token!r}")

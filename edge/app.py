@@ -9,7 +9,7 @@ from aiohttp import web
 from busgate import bus as bus_
 from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
-from busgate.edge import health, keys, observe
+from busgate.edge import asyncapi, health, keys, observe
 from busgate.edge.commands import install as install_commands
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
@@ -67,6 +67,7 @@ def create_app(
     app.cleanup_ctx.append(sweeper)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    asyncapi.install(app)  # GET /api/asyncapi.json
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         app.router.add_route(method, API_PATH, handle_request)
         app.router.add_route(method, STREAM_PATH, handle_stream)
