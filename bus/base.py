@@ -233,6 +233,10 @@ class Bus(abc.ABC):
     async def _stop_requests(self) -> None:
         """Leave the request groups; the requests already received are still handed on."""
 
+    async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:  # noqa: B027
+        """Leave the request groups of ``systems`` only (a config refresh removed them); the
+        requests already received are still handed on. Transports override it."""
+
     # -- callbacks for transports -------------------------------------------------------
 
     def _decode(self, data: bytes) -> Message | None:
@@ -444,6 +448,28 @@ class Bus(abc.ABC):
         for system in self._served:
             await self._listen_requests(system)
         await self.announce()
+
+    async def serve_more(self, systems: Iterable[str]) -> None:
+        """Also take requests for ``systems`` (a config refresh added them), with the
+        handler given to ``serve``."""
+        new = tuple(s for s in systems if s not in self._served)
+        for system in new:
+            await self._listen_requests(system)
+        self._served = (*self._served, *new)
+        if new:
+            await self.announce(self._ttl)
+
+    async def stop_serving_systems(self, systems: Iterable[str]) -> None:
+        """Take no more requests for ``systems``: announce without them first, so edges stop
+        sending, then leave their groups; calls in hand go on to their end."""
+        gone = tuple(s for s in systems if s in self._served)
+        if not gone:
+            return
+        self._served = tuple(s for s in self._served if s not in gone)
+        if self.connected:
+            with contextlib.suppress(BusgateError):
+                await self.announce(self._ttl)
+        await self._stop_requests_for(gone)
 
     async def announce(self, ttl: float = 6.0) -> None:
         """Broadcast this adapter's Presence; ttl=0 says goodbye."""

@@ -131,6 +131,14 @@ class Gateway(Section, frozen=True):
     balancer's 60 s, so the balancer closes first)."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
+    refresh: float = 15.0
+    """Seconds between re-reads of the config source (the file; a bus source is watched and
+    applied at once); -1 = never. See ``Config.shared``."""
+    config_source: Literal["file", "bus"] = "file"
+    """``bus``: systems, channels, tokens, services and commands come from the revision
+    ``busgate config push`` published on ``bus`` (this file's own until there is one)."""
+    control_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """CIDRs whose callers may use ``/api/control`` (with the admin role as well)."""
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
 
@@ -476,6 +484,33 @@ class Config(Section, frozen=True):
         if ch.paths and (found := path_timeout(ch.paths, path)) is not None:
             return found
         return ch.timeout or self.systems[ch.system].timeout or self.gateway.timeout
+
+
+SHARED = ("systems", "channels", "tokens", "services", "commands")
+"""What a refresh changes on a running node; ``gateway`` and ``telemetry`` stay the node's
+own (its bus, listen address and id cannot change under it)."""
+
+
+def with_shared(node: Config, shared: Config) -> Config:
+    """``node``'s gateway and telemetry with ``shared``'s systems, channels, tokens, services
+    and commands, checked again as a whole (a revision may drop what another refers to)."""
+    try:
+        return Config(
+            gateway=node.gateway,
+            telemetry=node.telemetry,
+            **{name: getattr(shared, name) for name in SHARED},
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def loads(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate TOML text (a pushed revision) as ``load`` does a file."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse(apply_env(raw, os.environ if env is None else env))
 
 
 def path_timeout(paths: Mapping[str, PathRule], path: str) -> float | None:

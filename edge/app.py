@@ -13,6 +13,7 @@ from busgate.edge import health, keys, observe
 from busgate.edge.commands import install as install_commands
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
+from busgate.edge.live import LiveConfig, live_ctx
 from busgate.edge.middleware.front import front_middleware
 from busgate.edge.open_streams import OpenStreams
 from busgate.edge.request import handle_request
@@ -26,9 +27,14 @@ STREAM_PATH = r"/api/stream/{channel}/{path:[\s\S]*}"
 
 
 def create_app(
-    config: Config, *, bus: bus_.Bus | None = None, sessions: Sessions | None = None
+    config: Config,
+    *,
+    bus: bus_.Bus | None = None,
+    sessions: Sessions | None = None,
+    config_path: str | None = None,
 ) -> web.Application:
-    """The edge app; it connects its own bus unless one is given (tests, embedding)."""
+    """The edge app; it connects its own bus unless one is given (tests, embedding).
+    ``config_path``: the file ``config`` came from, re-read every ``gateway.refresh``."""
     ids = IdFactory(config.gateway.id)
     app = web.Application(
         middlewares=[front_middleware(config.gateway, ids)],
@@ -38,6 +44,9 @@ def create_app(
         handler_args={"handler_cancellation": True},
     )
     app[keys.CONFIG] = config
+    app[keys.LIVE] = LiveConfig(config)
+    if config_path is not None:
+        app[keys.CONFIG_PATH] = config_path
     app[keys.IDS] = ids
     app[keys.STREAMS] = OpenStreams(
         config.gateway.max_streams, config.gateway.max_streams_per_client
@@ -72,4 +81,5 @@ def create_app(
     app.cleanup_ctx.append(idempotency_ctx)
     install_commands(app, config)
     install_send(app, config)
+    app.cleanup_ctx.append(live_ctx)  # after the bus and the session store are up
     return app

@@ -27,6 +27,21 @@ class AuthContext:
         }
         self.sessions: Sessions | None = None
 
+    def swap(self, config: Config, tokens: dict[str, TokenService]) -> list[TokenService]:
+        """Take a refreshed config's tokens and rules, in place (the auth middleware holds
+        these dicts); returns the token services it replaced."""
+        retired = [s for name, s in self.tokens.items() if tokens.get(name) is not s]
+        access = {name: ChannelAccess(ch) for name, ch in config.channels.items()}
+        channel_tokens = {name: tokens[ch.auth] for name, ch in config.channels.items() if ch.auth}
+        self.config = config
+        self.tokens.clear()
+        self.tokens.update(tokens)
+        self.access.clear()
+        self.access.update(access)
+        self.channel_tokens.clear()
+        self.channel_tokens.update(channel_tokens)
+        return retired
+
     @property
     def session_ttl(self) -> float:
         """How long the shared store keeps a session: the longest refresh lifetime, plus a

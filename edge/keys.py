@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from busgate.edge.auth import AuthContext
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
+    from busgate.edge.live import LiveConfig
     from busgate.edge.open_streams import OpenStreams
 
 CONFIG = web.AppKey("config", Config)
@@ -22,6 +23,10 @@ IDS: web.AppKey[IdFactory] = web.AppKey("ids")
 AUTH: web.AppKey[AuthContext] = web.AppKey("auth")
 STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
+LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
+"""The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""
+CONFIG_PATH = web.AppKey("config_path", str)
+"""The file a node was started with, re-read every ``gateway.refresh`` seconds."""
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)

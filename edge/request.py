@@ -14,7 +14,7 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
     app = request.app
     if (detach := request.headers.get(HEADER)) is not None:
         return await handle_async(request, detach)
-    envelope_ = await envelope.build(request, app[keys.CONFIG], "request")
+    envelope_ = await envelope.build(request, app[keys.LIVE].config, "request")
     reply = await app[keys.BUS].request(envelope_)
     if reply.error is not None:
         raise Remote(reply.error)
