@@ -15,7 +15,7 @@ from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
 from busgate.bus.base import Responder
-from busgate.bus.config_source import ConfigSource, initial_config
+from busgate.bus.config_source import ConfigSource, fixed, initial_config
 from busgate.contracts.config import Config, RpcSystem
 from busgate.contracts.errors import BusgateError, NotFound
 from busgate.contracts.wire import Reply, Request
@@ -115,6 +115,9 @@ class AdapterService:
                 self.config, node=self.node, role="adapter", path=self.config_path
             )
             await self.source.start(self.bus, self.apply)
+            self.bus.on_refresh = self.source.answer
+        else:
+            self.bus.on_refresh = fixed(self.node, "adapter")
         commands = self.config.commands
         if commands is not None and commands.system in self.clients:
             self.commands = CommandWorker(self.bus, commands, self.clients[commands.system])

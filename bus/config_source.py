@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from busgate.bus.store import Change, MemoryBackend, open_store
 from busgate.contracts.config import Config, ConfigError, loads, with_shared
 from busgate.contracts.revisions import ConfigRevision, NodeConfig
+from busgate.contracts.wire import Refresh, Refreshed
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
@@ -255,6 +256,18 @@ class ConfigSource:
             return live is None or self.revision == live.number
         return await self._reread()
 
+    async def answer(self, msg: Refresh) -> Refreshed:
+        """A Refresh from the control subject: re-read now, say what runs after it."""
+        ok = await self.refresh()
+        return Refreshed(
+            id=msg.id,
+            node=self.node,
+            role=self.role,
+            revision=self.revision,
+            ok=ok,
+            error=self.error,
+        )
+
     async def _poll(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
@@ -281,6 +294,16 @@ class ConfigSource:
             log.info("config: %s re-read and applied", self.path)
             self.applied.set()
             return True
+
+
+def fixed(node: str, role: str) -> Callable[[Refresh], Awaitable[Refreshed]]:
+    """How a node without a refreshable source (a file with ``refresh = -1``) answers."""
+
+    async def answer(msg: Refresh) -> Refreshed:
+        why = "not refreshable: gateway.refresh = -1 and config_source = file"
+        return Refreshed(id=msg.id, node=node, role=role, ok=False, error=why)
+
+    return answer
 
 
 async def initial_config(config: Config) -> Config:

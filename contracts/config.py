@@ -87,6 +87,19 @@ class Csrf(Section, frozen=True):
     signing secret or private key."""
 
 
+class Controllers(Section, frozen=True):
+    """Parts of the public API that can be switched off; a switched-off one answers 404.
+    ``track`` and ``file`` name endpoints busgate does not have yet."""
+
+    request: bool = True
+    auth: bool = True
+    control: bool = True
+    track: bool = True
+    command: bool = True
+    file: bool = True
+    stream: bool = True
+
+
 class Gateway(Section, frozen=True):
     id: str = "busgate"
     bus: str = "nats://127.0.0.1:4222"
@@ -139,6 +152,11 @@ class Gateway(Section, frozen=True):
     ``busgate config push`` published on ``bus`` (this file's own until there is one)."""
     control_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     """CIDRs whose callers may use ``/api/control`` (with the admin role as well)."""
+    control_role: str = "admin"
+    control_token: str = ""
+    """The token (``tokens.NAME``) that authenticates ``/api/control`` callers; empty = the
+    only token, when there is exactly one."""
+    controllers: Controllers = msgspec.field(default_factory=Controllers)
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
 

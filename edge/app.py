@@ -11,6 +11,7 @@ from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
 from busgate.edge import health, keys, observe
 from busgate.edge.commands import install as install_commands
+from busgate.edge.control import install as install_control
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
 from busgate.edge.live import LiveConfig, live_ctx
@@ -74,12 +75,17 @@ def create_app(
     app.cleanup_ctx.append(sweeper)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    controllers = config.gateway.controllers  # one switched off: its routes do not exist
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        app.router.add_route(method, API_PATH, handle_request)
-        app.router.add_route(method, STREAM_PATH, handle_stream)
+        if controllers.request:
+            app.router.add_route(method, API_PATH, handle_request)
+        if controllers.stream:
+            app.router.add_route(method, STREAM_PATH, handle_stream)
     install_security(app, config, sessions=sessions)
     app.cleanup_ctx.append(idempotency_ctx)
-    install_commands(app, config)
+    if controllers.command:
+        install_commands(app, config)
     install_send(app, config)
+    install_control(app, config)
     app.cleanup_ctx.append(live_ctx)  # after the bus and the session store are up
     return app

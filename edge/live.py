@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from busgate.bus.config_source import ConfigSource
+from busgate.bus.config_source import ConfigSource, fixed
 from busgate.contracts.config import Config, ConfigError
 from busgate.edge import keys
 from busgate.edge.tokens import TokenService
@@ -50,16 +50,20 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     live = app[keys.LIVE]
     gateway = live.config.gateway
     path = app.get(keys.CONFIG_PATH)
+    bus = app[keys.BUS]
     if gateway.config_source != "bus" and not (path and gateway.refresh > 0):
+        bus.on_refresh = fixed(bus.node, "edge")
         yield
         return
-    source = ConfigSource(live.config, node=app[keys.BUS].node, role="edge", path=path)
+    source = ConfigSource(live.config, node=bus.node, role="edge", path=path)
 
     async def apply(config: Config) -> None:
         await live.apply(app, config)
 
-    await source.start(app[keys.BUS], apply)
+    await source.start(bus, apply)
     live.source = source
+    bus.on_refresh = source.answer
     yield
+    bus.on_refresh = None
     live.source = None
     await source.close()

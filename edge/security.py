@@ -70,4 +70,5 @@ def install(app: web.Application, config: Config, *, sessions: Sessions | None =
         await ctx.close()
 
     app.cleanup_ctx.append(sessions_ctx)
-    app.router.add_post(ROUTE, AuthApi(ctx).handle)
+    if gateway.controllers.auth:
+        app.router.add_post(ROUTE, AuthApi(ctx).handle)

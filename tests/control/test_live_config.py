@@ -19,6 +19,7 @@ from busgate import bus as bus_
 from busgate.adapters.service import AdapterService
 from busgate.bus.config_source import PushRefused, Revisions, initial_config
 from busgate.contracts.config import Token, loads
+from busgate.edge import keys
 from busgate.edge.app import create_app
 from busgate.edge.tokens import TokenService
 from tests.control.conftest import TRANSPORTS
@@ -75,8 +76,9 @@ base_url = "http://127.0.0.1:9/"
     )
 
 
-def mint(secret: str) -> str:
-    return TokenService("main", Token(secret=secret)).access("u:1", {}, "sid-1")
+def mint(secret: str, *roles: str) -> str:
+    claims = {"roles": list(roles)}
+    return TokenService("main", Token(secret=secret)).access("u:1", claims, "sid-1")
 
 
 @contextlib.asynccontextmanager
@@ -169,6 +171,13 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
                 url = edge.make_url("/api/request/secure/echo")
                 async with http.post(url, json={}, headers=headers) as resp:
                     assert resp.status == 401
+            # POST /api/control: the refresh fans out over the control subject to every node.
+            headers = {"Authorization": f"Bearer {mint(NEW_SECRET, 'admin')}"}
+            async with http.post(edges[1].make_url("/api/control"), headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                nodes = (await resp.json())["nodes"]
+            assert sorted(n["role"] for n in nodes) == ["adapter", "edge", "edge"]
+            assert all(n["applied"] and n["revision"] == pushed.number for n in nodes), nodes
             stop.set()
             await asyncio.gather(*loaders)
             assert set(seen) == {200}, seen
@@ -198,3 +207,78 @@ async def test_bad_push_is_refused(nats_server: Any) -> None:
     finally:
         await revisions.close()
         await cli.close()
+
+
+@pytest.mark.nats
+async def test_node_that_cannot_apply_keeps_its_revision(nats_server: Any, runner_url: str) -> None:
+    """A revision valid as text but not runnable on a node (its secret's variable is unset
+    there): the node keeps the previous one and says so; the others apply it."""
+    prefix = f"ka{uuid.uuid4().hex[:6]}"
+    cli = bus_.from_url(nats_server.url, node=f"cli-{prefix}", prefix=prefix)
+    await cli.connect()
+    revisions = Revisions(cli)
+    await revisions.start()
+    try:
+        await revisions.push(shared(runner_url, revision=1))
+        async with fleet(nats_server.url, prefix) as (edges, _), aiohttp.ClientSession() as http:
+            broken = shared(runner_url, revision=2).replace(
+                f'"{NEW_SECRET}"', '"env:BUSGATE_TEST_UNSET_SECRET"'
+            )
+            pushed = await revisions.push(broken)
+            async with asyncio.timeout(10):
+                await revisions.nodes.wait_until(
+                    lambda: (
+                        all(
+                            r.revision == pushed.number or r.failed == pushed.number
+                            for r in revisions.reports()
+                        )
+                        and len(revisions.reports()) == 3
+                    )
+                )
+            by_role = {r.role: r for r in revisions.reports()}
+            assert by_role["adapter"].revision == 2
+            edge = by_role["edge"]
+            assert (edge.revision, edge.failed) == (1, 2)
+            assert "BUSGATE_TEST_UNSET_SECRET" in edge.error
+            for server in edges:  # still revision 1: its channel and its token key
+                headers = {"Authorization": f"Bearer {mint(OLD_SECRET)}"}
+                url = server.make_url("/api/request/secure/echo")
+                async with http.post(url, json={}, headers=headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                async with http.get(server.make_url("/api/request/demo/meta")) as resp:
+                    assert resp.status == 200
+    finally:
+        await revisions.close()
+        await cli.close()
+
+
+@pytest.mark.nats
+async def test_file_source_is_reread(nats_server: Any, runner_url: str, tmp_path: Any) -> None:
+    """``gateway.refresh``: an edge re-reads its file and applies the change; a broken edit
+    is not applied and the node runs on."""
+    path = tmp_path / "busgate.toml"
+    head = f'[gateway]\nbus = "{nats_server.url}"\nprefix = "fr{uuid.uuid4().hex[:6]}"\n'
+    head += "refresh = 0.1\n"
+    path.write_text(head + shared(runner_url, revision=1))
+    config = loads(path.read_text(), env={})
+    server = TestServer(create_app(config, config_path=str(path)), host="127.0.0.1")
+    await server.start_server()
+    live = server.app[keys.LIVE]
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert live.source is not None
+            live.source.applied.clear()
+            path.write_text(head + "[channels.broken]\nsystem = 'nope'\n")
+            async with asyncio.timeout(5):
+                await live.source.applied.wait()
+            assert "unknown system 'nope'" in live.source.error
+            assert "demo" in live.config.channels
+            live.source.applied.clear()
+            path.write_text(head + shared(runner_url, revision=2))
+            async with asyncio.timeout(5):
+                await live.source.applied.wait()
+            assert live.source.error == ""
+            async with http.get(server.make_url("/api/request/demo/meta")) as resp:
+                assert resp.status == 404
+    finally:
+        await server.close()
