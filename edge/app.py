@@ -17,6 +17,7 @@ from busgate.edge.ids import IdFactory
 from busgate.edge.live import LiveConfig, live_ctx
 from busgate.edge.middleware.front import front_middleware
 from busgate.edge.open_streams import OpenStreams
+from busgate.edge.openapi import install as install_openapi
 from busgate.edge.request import handle_request
 from busgate.edge.security import install as install_security
 from busgate.edge.send import install as install_send
@@ -87,5 +88,6 @@ def create_app(
         install_commands(app, config)
     install_send(app, config)
     install_control(app, config)
+    install_openapi(app)
     app.cleanup_ctx.append(live_ctx)  # after the bus and the session store are up
     return app
