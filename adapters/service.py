@@ -127,6 +127,8 @@ class AdapterService:
     async def apply(self, config: Config) -> None:
         """Run ``config`` (a refresh): serve new systems, drain removed ones, and call
         changed ones with a new client; calls in flight end on the client they started on."""
+        if config.commands != self.config.commands:  # the worker is built once, at start
+            raise ValueError("commands: changed; restart this adapter to apply the change")
         wanted = [s for s in (self.chosen or sorted(config.systems)) if s in config.systems]
         fresh = {
             name: client_for(name, config)

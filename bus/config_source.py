@@ -192,7 +192,13 @@ class ConfigSource:
         revision = change.entry.value
         if revision.number == self.revision:
             return
-        self._tasks.append(asyncio.create_task(self._apply_revision(revision)))
+        task = asyncio.create_task(self._apply_revision(revision))
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
 
     async def _apply_revision(self, revision: ConfigRevision) -> None:
         async with self._lock:
@@ -297,10 +303,10 @@ class ConfigSource:
 
 
 def fixed(node: str, role: str) -> Callable[[Refresh], Awaitable[Refreshed]]:
-    """How a node without a refreshable source (a file with ``refresh = -1``) answers."""
+    """How a node without a refreshable source (``refresh = -1``, or no file) answers."""
 
     async def answer(msg: Refresh) -> Refreshed:
-        why = "not refreshable: gateway.refresh = -1 and config_source = file"
+        why = "not refreshable: config_source = file, with refresh = -1 or no file"
         return Refreshed(id=msg.id, node=node, role=role, ok=False, error=why)
 
     return answer

@@ -26,6 +26,9 @@ class AuthContext:
             name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth
         }
         self.sessions: Sessions | None = None
+        self.checking = False
+        """Whether the auth middleware is installed (only when the config at start has
+        access rules: a node without any pays nothing per call for it)."""
 
     def swap(self, config: Config, tokens: dict[str, TokenService]) -> list[TokenService]:
         """Take a refreshed config's tokens and rules, in place (the auth middleware holds

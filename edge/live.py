@@ -27,9 +27,17 @@ class LiveConfig:
         """Make ``config`` the one calls see; raises (and changes nothing) when it cannot."""
         ctx = app.get(keys.AUTH)
         old = self.config
+        for name in ("services", "commands"):  # their APIs are built once, at start
+            if getattr(config, name) != getattr(old, name):
+                raise ConfigError(f"{name}: changed; restart this edge to apply the change")
         if ctx is not None:
             if config.tokens and not old.tokens:
                 raise ConfigError("tokens: this node started without tokens; restart it")
+            rules = any(ch.auth or ch.paths for ch in config.channels.values())
+            if rules and not ctx.checking:
+                raise ConfigError(
+                    "channels: access rules on a node that started without any; restart it"
+                )
             services = {
                 name: TokenService(name, token, config.gateway.csrf.secret)
                 for name, token in config.tokens.items()

@@ -50,9 +50,9 @@ def install(app: web.Application, config: Config, *, sessions: Sessions | None =
             if h
         )
         app.middlewares.append(csrf_middleware(gateway.csrf, ctx.tokens.values(), skip))
-    refreshable = gateway.config_source == "bus" or gateway.refresh > 0  # rules may come
-    if refreshable or ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
+    if ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
         app.middlewares.append(auth_middleware(ctx))
+        ctx.checking = True
     if not ctx.tokens:
         return
 
