@@ -472,6 +472,16 @@ class Bus(abc.ABC):
         self.request = functools.partial(observer.request, inner_request)  # type: ignore[method-assign]
         self.stream = functools.partial(observer.stream, inner_stream)  # type: ignore[method-assign]
 
+    async def publish_track(self, channel: str, batch: list[bytes]) -> None:
+        """Tracking events (encoded ``Request``s of kind ``track``) to ``PREFIX.track.CHANNEL``
+        (NATS) / topic ``PREFIX.track`` (Kafka); raises BusUnavailable."""
+        dest = await self._track_destination(channel)
+        for data in batch:
+            await self._send(dest, data, {hdr.KIND: "track"})
+
+    async def _track_destination(self, channel: str) -> str:
+        return self.names.track(channel)
+
     async def cancel(self, request_id: str, reason: str = "client went away") -> None:
         await self._send(self.names.control, encode(Cancel(id=request_id, reason=reason)), {})
 

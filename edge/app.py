@@ -22,6 +22,7 @@ from busgate.edge.request import handle_request
 from busgate.edge.security import install as install_security
 from busgate.edge.send import install as install_send
 from busgate.edge.stream import handle_stream, sweeper
+from busgate.edge.track import install as install_track
 
 # Paths match any character, line breaks included, so that contracts.paths refuses them (400).
 API_PATH = r"/api/request/{channel}/{path:[\s\S]*}"
@@ -89,5 +90,7 @@ def create_app(
     install_send(app, config)
     install_control(app, config)
     install_openapi(app)
+    if controllers.track:
+        install_track(app)
     app.cleanup_ctx.append(live_ctx)  # after the bus and the session store are up
     return app
