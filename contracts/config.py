@@ -157,6 +157,8 @@ class Gateway(Section, frozen=True):
     """The token (``tokens.NAME``) that authenticates ``/api/control`` callers; empty = the
     only token, when there is exactly one."""
     controllers: Controllers = msgspec.field(default_factory=Controllers)
+    full_role: str = "gateway"
+    """The role a caller of ``/api/request/full/...`` needs to supply origin and identity."""
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
 

@@ -12,6 +12,7 @@ from busgate.contracts.config import Config
 from busgate.edge import health, keys, observe
 from busgate.edge.commands import install as install_commands
 from busgate.edge.control import install as install_control
+from busgate.edge.full import install as install_full
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
 from busgate.edge.live import LiveConfig, live_ctx
@@ -78,6 +79,8 @@ def create_app(
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     controllers = config.gateway.controllers  # one switched off: its routes do not exist
+    if controllers.request:
+        install_full(app)  # first: the request routes would take "full" for a channel
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         if controllers.request:
             app.router.add_route(method, API_PATH, handle_request)
