@@ -9,7 +9,7 @@ from aiohttp import web
 from busgate import bus as bus_
 from busgate.bus.sessions import Sessions
 from busgate.contracts.config import Config
-from busgate.edge import health, keys, observe
+from busgate.edge import formats, health, keys, observe
 from busgate.edge.commands import install as install_commands
 from busgate.edge.control import install as install_control
 from busgate.edge.full import install as install_full
@@ -83,6 +83,7 @@ def create_app(
         install_full(app)  # first: the request routes would take "full" for a channel
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         if controllers.request:
+            app.router.add_route(method, formats.EXTENSION_PATH, handle_request)
             app.router.add_route(method, API_PATH, handle_request)
         if controllers.stream:
             app.router.add_route(method, STREAM_PATH, handle_stream)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from busgate.contracts.errors import NotAcceptable
 from busgate.contracts.wire import Reply
+from busgate.edge.headers import checked
 from busgate.edge.responses import from_reply
 
 MEDIA = {
@@ -43,11 +44,22 @@ CONTENT_TYPE = {
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
+EXTENSION_PATH = r"/api/request/{channel}/{path:[\s\S]*}.{ext:(?:xml|html|txt|csv)}"
+"""``/api/request/demo/report.csv``: the route strips the extension from ``path``, so the
+access rules judge, and the runner receives, ``report`` -- the same path."""
+EXTENSIONS = {"xml": "xml", "html": "html", "txt": "text", "csv": "csv"}
+
+
 def wanted(request: web.Request) -> str | None:
-    """The format to answer in (None = JSON as the runner sent it); raises NotAcceptable."""
+    """The format to answer in (None = JSON as the runner sent it); raises NotAcceptable.
+    A path extension wins over ``Accept``."""
+    ext = request.match_info.get("ext")
+    if ext is not None:
+        return EXTENSIONS[ext]
     accept = request.headers.get("Accept")
     if accept is None or accept.startswith(("application/json", "*/*")):
         return None
+    accept = checked("Accept", accept)  # 400 for bytes that are not UTF-8
     best, best_q = "", -1.0
     for part in accept.split(","):
         media, _, params = part.strip().partition(";")

@@ -83,3 +83,17 @@ def test_shapes() -> None:
     assert to_csv([1, 2]) == "value\r\n1\r\n2\r\n"
     assert to_csv({"a": 1}) == "a\r\n1\r\n"
     assert to_text([{"a": 1}, {"a": 2}]) == "a\n1\n2\n"
+
+
+@pytest.mark.nats
+async def test_path_extension_asks_and_is_not_sent(edge: TestServer, runner_url: str) -> None:
+    status, ctype, text = await call(edge, None, path="echo.csv")
+    assert (status, ctype) == (200, "text/csv")
+    assert text.startswith("id,name,tags\r\n")
+    status, ctype, _ = await call(edge, "application/json", path="echo.xml")
+    assert (status, ctype) == (200, "application/xml")
+    status, ctype, text = await call(edge, None, body="x", path="echo.txt")
+    assert (status, ctype, text) == (200, "text/plain", "x")
+    async with aiohttp.ClientSession() as http, http.get(f"{runner_url}/calls") as resp:
+        sagas = {c["saga"] for c in await resp.json()}
+    assert "echo.csv" not in sagas and "echo" in sagas
