@@ -32,6 +32,7 @@ ERRORS = {
     "401": "A token is needed, or it is not valid",
     "403": "The caller lacks a role this path needs",
     "404": "No such channel or path",
+    "406": "The Accept header names no format the gateway answers in",
     "413": "The body is larger than the gateway accepts",
     "429": "Too many calls",
     "502": "The runner failed",
@@ -129,10 +130,17 @@ def _operation(
         }
     else:
         ok = {
-            "description": "The runner's answer",
-            "content": {"application/json": {"schema": ANY_JSON}},
+            "description": "The runner's answer (other formats converted at the edge: "
+            "Accept or a .xml/.html/.txt/.csv extension)",
+            "content": {
+                media: {"schema": ANY_JSON if media == "application/json" else {"type": "string"}}
+                for media in ("application/json", "application/xml", "text/html", "text/csv")
+            }
+            | {"text/plain": {"schema": {"type": "string"}}},
         }
     codes = ["400", "404", "413", "429", "502", "503", "504"]
+    if kind == "request":
+        codes.insert(2, "406")
     if channel.auth is not None and not need.public:
         codes[1:1] = ["401", "403"]
     op["responses"] = {"200": ok, **_error_responses(*codes)}
@@ -189,6 +197,19 @@ def _simple(summary: str, *params: str, body: bool = True, tag: str = "gateway")
 def document(config: Config, revision: int = 0) -> dict[str, Any]:
     controllers = config.gateway.controllers
     paths = _channel_paths(config)
+    if controllers.track and config.channels:
+        paths["/api/track/{channel}/{path}"] = {
+            "post": _simple("Send a tracking event (202)", "channel", "path", tag="track")
+        }
+    if controllers.request and config.channels:
+        paths["/api/request/full/{channel}/{path}"] = {
+            "post": _simple(
+                "Call with a supplied origin and identity (role gateway.full_role)",
+                "channel",
+                "path",
+                tag="full",
+            )
+        }
     if controllers.auth and config.tokens:
         paths["/api/auth/{action}/{channel}/{type}"] = {
             "post": _simple(

@@ -57,6 +57,10 @@ async def test_document_is_valid_openapi_31_from_the_live_config(dev_edge: TestS
     assert "/api/auth/{action}/{channel}/{type}" in paths
     assert "/api/command/{path}" in paths
     assert "/api/send/{service}/{topic}/{key}" in paths
+    assert "/api/track/{channel}/{path}" in paths
+    assert "/api/request/full/{channel}/{path}" in paths
+    answers = paths["/api/request/demo/{path}"]["get"]["responses"]
+    assert {"text/csv", "application/xml"} <= set(answers["200"]["content"]) and "406" in answers
     schemes = doc["components"]["securitySchemes"]
     assert schemes["main"]["scheme"] == "bearer"
     assert schemes["main_api_key"] == {"type": "apiKey", "in": "header", "name": "X-Api-Key"}
