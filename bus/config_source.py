@@ -81,10 +81,11 @@ class Revisions:
             loads(text, env={})  # the text as pushed: node environments are not ours to read
         except ConfigError as exc:
             raise PushRefused(str(exc)) from None
+        taken = 0  # the highest number a racing push took (our view may not show it yet)
         while True:
             current = await self.revisions.get(LIVE)
             known = max((r.number for r in self.history()), default=0)
-            number = max(known, current.value.number if current else 0) + 1
+            number = max(known, taken, current.value.number if current else 0) + 1
             revision = ConfigRevision(
                 number=number,
                 text=text,
@@ -94,7 +95,8 @@ class Revisions:
                 rollback_of=rollback_of,
             )
             if await self.revisions.create(f"rev.{number}", revision) is None:
-                continue  # another push took the number
+                taken = number  # another push took the number
+                continue
             if current is None:
                 won = await self.revisions.create(LIVE, revision)
             else:

@@ -204,6 +204,13 @@ async def test_bad_push_is_refused(nats_server: Any) -> None:
         assert [r.number for r in revisions.history()] == [1]
         back = await revisions.rollback(1)
         assert back.number == 2 and back.rollback_of == 1 and back.text == good.text
+        other = Revisions(cli)  # a second pusher, its own view
+        await other.start()
+        try:
+            pushed = await asyncio.gather(revisions.push(good.text), other.push(good.text + "\n"))
+        finally:
+            await other.close()
+        assert sorted(p.number for p in pushed) == [3, 4]
     finally:
         await revisions.close()
         await cli.close()
