@@ -15,6 +15,10 @@ from busgate.edge.tokens import TokenService
 
 
 class AuthContext:
+    checking: bool = False
+    """Whether the auth middleware is installed (only when the config at start has access
+    rules: a node without any pays nothing per call for it)."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         csrf = config.gateway.csrf.secret
@@ -26,9 +30,6 @@ class AuthContext:
             name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth
         }
         self.sessions: Sessions | None = None
-        self.checking = False
-        """Whether the auth middleware is installed (only when the config at start has
-        access rules: a node without any pays nothing per call for it)."""
 
     def swap(self, config: Config, tokens: dict[str, TokenService]) -> list[TokenService]:
         """Take a refreshed config's tokens and rules, in place (the auth middleware holds
