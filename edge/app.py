@@ -26,7 +26,10 @@ from busgate.edge.stream import handle_stream, sweeper
 from busgate.edge.track import install as install_track
 
 # Paths match any character, line breaks included, so that contracts.paths refuses them (400).
-API_PATH = r"/api/request/{channel}/{path:[\s\S]*}"
+API_PATH = r"/api/request/{channel:(?!full/)[^/]+}/{path:[\s\S]*+" + formats.NO_EXTENSION + "}"
+"""Paths without a format extension, and no ``full`` channel (see ``edge.full``): both leave
+the hot route as cheap as a plain one (possessive, so a refused path costs no backtracking);
+every route tried before the one that matches costs each call."""
 STREAM_PATH = r"/api/stream/{channel}/{path:[\s\S]*}"
 
 
@@ -79,14 +82,19 @@ def create_app(
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     controllers = config.gateway.controllers  # one switched off: its routes do not exist
+    methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    # A route's methods added one after another share one resource: one match per call
+    # instead of one per method tried before it.
     if controllers.request:
-        install_full(app)  # first: the request routes would take "full" for a channel
-    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        if controllers.request:
-            app.router.add_route(method, formats.EXTENSION_PATH, handle_request)
+        for method in methods:
             app.router.add_route(method, API_PATH, handle_request)
-        if controllers.stream:
+        for method in methods:
+            app.router.add_route(method, formats.EXTENSION_PATH, handle_request)
+    if controllers.stream:
+        for method in methods:
             app.router.add_route(method, STREAM_PATH, handle_stream)
+    if controllers.request:
+        install_full(app)  # after the hot routes, which leave "full" to it
     install_security(app, config, sessions=sessions)
     app.cleanup_ctx.append(idempotency_ctx)
     if controllers.command:

@@ -44,17 +44,19 @@ CONTENT_TYPE = {
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
-EXTENSION_PATH = r"/api/request/{channel}/{path:[\s\S]*}.{ext:(?:xml|html|txt|csv)}"
-"""``/api/request/demo/report.csv``: the route strips the extension from ``path``, so the
-access rules judge, and the runner receives, ``report`` -- the same path."""
-EXTENSIONS = {"xml": "xml", "html": "html", "txt": "text", "csv": "csv"}
+NO_EXTENSION = r"(?<!\.xml)(?<!\.html)(?<!\.txt)(?<!\.csv)"
+EXTENSION_PATH = r"/api/request/{channel:(?!full/)[^/]+}/{path:[\s\S]*}{ext:\.(?:xml|html|txt|csv)}"
+"""``/api/request/demo/report.csv`` (tried after the plain route, which refuses it): the route
+takes the extension off ``path``, so the access rules judge, and the runner receives,
+``report`` -- the same path."""
+EXTENSIONS = {".xml": "xml", ".html": "html", ".txt": "text", ".csv": "csv"}
 
 
 def wanted(request: web.Request) -> str | None:
     """The format to answer in (None = JSON as the runner sent it); raises NotAcceptable.
     A path extension wins over ``Accept``."""
     ext = request.match_info.get("ext")
-    if ext is not None:
+    if ext:
         return EXTENSIONS[ext]
     accept = request.headers.get("Accept")
     if accept is None or accept.startswith(("application/json", "*/*")):
