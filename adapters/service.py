@@ -14,8 +14,8 @@ from busgate import bus as bus_
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
+from busgate.bus import config_source
 from busgate.bus.base import Responder
-from busgate.bus.config_source import ConfigSource, fixed, initial_config
 from busgate.contracts.config import Config, RpcSystem
 from busgate.contracts.errors import BusgateError, NotFound
 from busgate.contracts.wire import Reply, Request
@@ -58,7 +58,7 @@ class AdapterService:
         self.chosen = tuple(systems or ())
         """``--system``: only these, whatever a refresh adds; empty = every system."""
         self.config_path = config_path
-        self.source: ConfigSource | None = None
+        self.source: config_source.ConfigSource | None = None
         self.retired: list[SystemClient] = []
         """Clients of systems a refresh removed or changed, closed once their calls ended."""
         self._closing: set[asyncio.Task[None]] = set()
@@ -111,13 +111,13 @@ class AdapterService:
         await self.bus.serve(self.systems, handler, capacity=1000)
         gateway = self.config.gateway
         if gateway.config_source == "bus" or (self.config_path and gateway.refresh > 0):
-            self.source = ConfigSource(
+            self.source = config_source.ConfigSource(
                 self.config, node=self.node, role="adapter", path=self.config_path
             )
             await self.source.start(self.bus, self.apply)
             self.bus.on_refresh = self.source.answer
         else:
-            self.bus.on_refresh = fixed(self.node, "adapter")
+            self.bus.on_refresh = config_source.fixed(self.node, "adapter")
         commands = self.config.commands
         if commands is not None and commands.system in self.clients:
             self.commands = CommandWorker(self.bus, commands, self.clients[commands.system])
@@ -205,7 +205,7 @@ def run(
     config_path: str | None = None,
 ) -> None:
     async def main() -> None:
-        start = await initial_config(config)
+        start = await config_source.initial_config(config)
         await AdapterService(start, systems, metrics_listen, config_path).run_forever()
 
     asyncio.run(main())
