@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ from busgate.contracts.wire import (
     Credit,
     Message,
     Presence,
+    Refresh,
+    Refreshed,
     Reply,
     Request,
     StreamStep,
@@ -182,6 +185,9 @@ class Bus(abc.ABC):
         """The TTL of this adapter's last heartbeat, for announcements between beats."""
         self.dropped_expired = 0
         """Requests an adapter received after their deadline, and so never started."""
+        self.on_refresh: Callable[[Refresh], Awaitable[Refreshed]] | None = None
+        """How this node re-reads its config when a Refresh comes (None: it ignores them)."""
+        self._refreshes: dict[str, asyncio.Queue[Refreshed]] = {}
 
     # -- what a transport implements ------------------------------------------------
 
@@ -233,6 +239,10 @@ class Bus(abc.ABC):
     async def _stop_requests(self) -> None:
         """Leave the request groups; the requests already received are still handed on."""
 
+    async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:  # noqa: B027
+        """Leave the request groups of ``systems`` only (a config refresh removed them); the
+        requests already received are still handed on. Transports override it."""
+
     # -- callbacks for transports -------------------------------------------------------
 
     def _decode(self, data: bytes) -> Message | None:
@@ -251,6 +261,8 @@ class Bus(abc.ABC):
             self.pending.step(msg)
         elif isinstance(msg, Credit) and (responder := self._inflight.get(msg.id)) is not None:
             responder.credits.grant(msg.limit)
+        elif isinstance(msg, Refreshed) and (answers := self._refreshes.get(msg.id)) is not None:
+            answers.put_nowait(msg)
 
     def _on_control(self, data: bytes) -> None:
         msg = self._decode(data)
@@ -262,6 +274,35 @@ class Bus(abc.ABC):
                 responder.cancelled.set()
             elif self._served:
                 self._remember_cancel(msg.id)
+        elif isinstance(msg, Refresh) and self.on_refresh is not None:
+            self._spawn(self._refresh(msg, self.on_refresh))
+
+    async def _refresh(
+        self, msg: Refresh, refresh: Callable[[Refresh], Awaitable[Refreshed]]
+    ) -> None:
+        answer = await refresh(msg)
+        with contextlib.suppress(BusgateError):
+            await self._send(msg.reply_to, encode(answer), _NO_HEADERS)
+
+    async def refresh_all(
+        self, component: str = "", name: str = "", *, wait: float = 1.0, expect: int = 0
+    ) -> list[Refreshed]:
+        """Ask every node to re-read its config; the answers that came within ``wait``
+        seconds (sooner once ``expect`` nodes answered)."""
+        ask = Refresh(id=uuid.uuid4().hex, reply_to="", component=component, name=name)
+        ask = msgspec.structs.replace(ask, reply_to=self.reply_address(ask.id))
+        answers: asyncio.Queue[Refreshed] = asyncio.Queue()
+        self._refreshes[ask.id] = answers
+        got: list[Refreshed] = []
+        try:
+            await self._send(self.names.control, encode(ask), {})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while not expect or len(got) < expect:
+                        got.append(await answers.get())
+        finally:
+            del self._refreshes[ask.id]
+        return got
 
     def _remember_cancel(self, request_id: str) -> None:
         """Keep a Cancel whose request has not arrived (yet).
@@ -431,6 +472,16 @@ class Bus(abc.ABC):
         self.request = functools.partial(observer.request, inner_request)  # type: ignore[method-assign]
         self.stream = functools.partial(observer.stream, inner_stream)  # type: ignore[method-assign]
 
+    async def publish_track(self, channel: str, batch: list[bytes]) -> None:
+        """Tracking events (encoded ``Request``s of kind ``track``) to ``PREFIX.track.CHANNEL``
+        (NATS) / topic ``PREFIX.track`` (Kafka); raises BusUnavailable."""
+        dest = await self._track_destination(channel)
+        for data in batch:
+            await self._send(dest, data, {hdr.KIND: "track"})
+
+    async def _track_destination(self, channel: str) -> str:
+        return self.names.track(channel)
+
     async def cancel(self, request_id: str, reason: str = "client went away") -> None:
         await self._send(self.names.control, encode(Cancel(id=request_id, reason=reason)), {})
 
@@ -444,6 +495,28 @@ class Bus(abc.ABC):
         for system in self._served:
             await self._listen_requests(system)
         await self.announce()
+
+    async def serve_more(self, systems: Iterable[str]) -> None:
+        """Also take requests for ``systems`` (a config refresh added them), with the
+        handler given to ``serve``."""
+        new = tuple(s for s in systems if s not in self._served)
+        for system in new:
+            await self._listen_requests(system)
+        self._served = (*self._served, *new)
+        if new:
+            await self.announce(self._ttl)
+
+    async def stop_serving_systems(self, systems: Iterable[str]) -> None:
+        """Take no more requests for ``systems``: announce without them first, so edges stop
+        sending, then leave their groups; calls in hand go on to their end."""
+        gone = tuple(s for s in systems if s in self._served)
+        if not gone:
+            return
+        self._served = tuple(s for s in self._served if s not in gone)
+        if self.connected:
+            with contextlib.suppress(BusgateError):
+                await self.announce(self._ttl)
+        await self._stop_requests_for(gone)
 
     async def announce(self, ttl: float = 6.0) -> None:
         """Broadcast this adapter's Presence; ttl=0 says goodbye."""

@@ -41,7 +41,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
     use_uvloop()
     try:
-        run(_config(args.config))
+        run(_config(args.config), args.config)
     except ConfigError as exc:  # found while building the app: a secret or key not readable
         print(f"busgate: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -53,7 +53,7 @@ def cmd_adapter(args: argparse.Namespace) -> int:
 
     use_uvloop()
     try:
-        run(_config(args.config), args.system or None, args.metrics_listen)
+        run(_config(args.config), args.system or None, args.metrics_listen, args.config)
     except ValueError as exc:
         print(f"busgate adapter: {exc}", file=sys.stderr)
         return 2
@@ -267,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a config file")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+    from busgate.config_cmd import add_parsers
+
+    add_parsers(config_sub)
     return p
 
 

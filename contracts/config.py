@@ -98,6 +98,19 @@ class Csrf(Section, frozen=True):
     signing secret or private key."""
 
 
+class Controllers(Section, frozen=True):
+    """Parts of the public API that can be switched off; a switched-off one answers 404.
+    ``track`` and ``file`` name endpoints busgate does not have yet."""
+
+    request: bool = True
+    auth: bool = True
+    control: bool = True
+    track: bool = True
+    command: bool = True
+    file: bool = True
+    stream: bool = True
+
+
 class Gateway(Section, frozen=True):
     id: str = "busgate"
     bus: str = "nats://127.0.0.1:4222"
@@ -148,6 +161,21 @@ class Gateway(Section, frozen=True):
     balancer's 60 s, so the balancer closes first)."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
+    refresh: float = 15.0
+    """Seconds between re-reads of the config source (the file; a bus source is watched and
+    applied at once); -1 = never. See ``Config.shared``."""
+    config_source: Literal["file", "bus"] = "file"
+    """``bus``: systems, channels, tokens, services and commands come from the revision
+    ``busgate config push`` published on ``bus`` (this file's own until there is one)."""
+    control_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """CIDRs whose callers may use ``/api/control`` (with the admin role as well)."""
+    control_role: str = "admin"
+    control_token: str = ""
+    """The token (``tokens.NAME``) that authenticates ``/api/control`` callers; empty = the
+    only token, when there is exactly one."""
+    controllers: Controllers = msgspec.field(default_factory=Controllers)
+    full_role: str = "gateway"
+    """The role a caller of ``/api/request/full/...`` needs to supply origin and identity."""
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
     tls: ServerTls | None = None
@@ -728,6 +756,33 @@ class Config(Section, frozen=True):
         if ch.paths and (found := path_timeout(ch.paths, path)) is not None:
             return found
         return ch.timeout or self.systems[ch.system].timeout or self.gateway.timeout
+
+
+SHARED = ("systems", "channels", "tokens", "services", "commands")
+"""What a refresh changes on a running node; ``gateway`` and ``telemetry`` stay the node's
+own (its bus, listen address and id cannot change under it)."""
+
+
+def with_shared(node: Config, shared: Config) -> Config:
+    """``node``'s gateway and telemetry with ``shared``'s systems, channels, tokens, services
+    and commands, checked again as a whole (a revision may drop what another refers to)."""
+    try:
+        return Config(
+            gateway=node.gateway,
+            telemetry=node.telemetry,
+            **{name: getattr(shared, name) for name in SHARED},
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def loads(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate TOML text (a pushed revision) as ``load`` does a file."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse(apply_env(raw, os.environ if env is None else env))
 
 
 def path_timeout(paths: Mapping[str, PathRule], path: str) -> float | None:

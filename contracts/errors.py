@@ -71,6 +71,12 @@ class UnsupportedMediaType(BusgateError):
     status, code = 415, "unsupported_media_type"
 
 
+class NotAcceptable(BusgateError):
+    """The caller's ``Accept`` names none of the formats the edge answers in."""
+
+    status, code = 406, "not_acceptable"
+
+
 class RateLimited(BusgateError):
     status, code, retryable = 429, "rate_limited", True
 

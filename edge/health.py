@@ -15,7 +15,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     bus = app[keys.BUS]
-    config = app[keys.CONFIG]
+    config = app[keys.LIVE].config
     adapters = bus.presence.snapshot()
     ready = bus.connected
     body: dict[str, object] = {

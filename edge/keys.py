@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from busgate.edge.auth import AuthContext
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
+    from busgate.edge.live import LiveConfig
     from busgate.edge.open_streams import OpenStreams
     from busgate.edge.resilience import Guards
 
@@ -24,6 +25,10 @@ AUTH: web.AppKey[AuthContext] = web.AppKey("auth")
 STREAMS: web.AppKey[OpenStreams] = web.AppKey("streams")
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 GUARDS: web.AppKey[Guards] = web.AppKey("guards")
+LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
+"""The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""
+CONFIG_PATH = web.AppKey("config_path", str)
+"""The file a node was started with, re-read every ``gateway.refresh`` seconds."""
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)

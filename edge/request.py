@@ -6,7 +6,8 @@ from aiohttp import web
 
 from busgate.contracts.errors import Remote
 from busgate.contracts.resilience import Policy
-from busgate.edge import envelope, keys
+from busgate.contracts.wire import Reply
+from busgate.edge import envelope, formats, keys
 from busgate.edge.async_calls import HEADER, handle_async
 from busgate.edge.rate_limit import RateLimited
 from busgate.edge.resilience import send, with_headers
@@ -17,18 +18,23 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
     app = request.app
     if (detach := request.headers.get(HEADER)) is not None:
         return await handle_async(request, detach)
+    fmt = formats.wanted(request)  # 406 before any runner call
     guards = app[keys.GUARDS]
     policy = guards.policy(request)
     if policy.empty:
-        envelope_ = await envelope.build(request, app[keys.CONFIG], "request")
+        envelope_ = await envelope.build(request, app[keys.LIVE].config, "request")
         reply = await app[keys.BUS].request(envelope_)
         if reply.error is not None:
             raise Remote(reply.error)
-        return from_reply(reply)
-    return await _guarded(request, policy)
+        return _answer(reply, fmt)
+    return await _guarded(request, policy, fmt)
 
 
-async def _guarded(request: web.Request, policy: Policy) -> web.StreamResponse:
+def _answer(reply: Reply, fmt: str | None) -> web.StreamResponse:
+    return from_reply(reply) if fmt is None else formats.render(reply, fmt)
+
+
+async def _guarded(request: web.Request, policy: Policy, fmt: str | None) -> web.StreamResponse:
     """Rate limits, breaker, bulkhead and the edge's retries (``edge.resilience``)."""
     app = request.app
     guards = app[keys.GUARDS]
@@ -37,10 +43,10 @@ async def _guarded(request: web.Request, policy: Policy) -> web.StreamResponse:
     except RateLimited as exc:
         refused = error_response(exc, request.get(keys.REQUEST_ID))
         return with_headers(refused, [exc.verdict])
-    envelope_ = await envelope.build(request, app[keys.CONFIG], "request")
+    envelope_ = await envelope.build(request, app[keys.LIVE].config, "request")
     async with guards.protect(policy) as outcome:
         reply = await send(app[keys.BUS], envelope_, policy)
         if reply.error is not None:
             raise Remote(reply.error)
         outcome.status = reply.status
-    return with_headers(from_reply(reply), verdicts)
+    return with_headers(_answer(reply, fmt), verdicts)

@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from busgate.bus.config_source import initial_config
 from busgate.contracts.config import Config
 from busgate.edge import keys
 from busgate.edge.app import create_app
@@ -26,11 +27,12 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, config_path: str | None = None) -> None:
     """Serve until cancelled (or until a signal raises ``GracefulExit``)."""
     host, port = split_listen(config.gateway.listen)
+    config = await initial_config(config)
     runner = runner_for(
-        create_app(config),
+        create_app(config, config_path=config_path),
         config.gateway,
         access_log=None,
         shutdown_timeout=10,
@@ -51,10 +53,10 @@ async def serve(config: Config) -> None:
         await runner.cleanup()
 
 
-def run(config: Config) -> None:
+def run(config: Config, config_path: str | None = None) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(serve(config))
+    main = loop.create_task(serve(config, config_path))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -87,7 +87,7 @@ def idle_timeout(config: Config, channel: str, path: str = "") -> float:
 
 async def handle_stream(request: web.Request) -> web.StreamResponse:
     app = request.app
-    config = app[keys.CONFIG]
+    config = app[keys.LIVE].config  # this call's config to its end, whatever a refresh does
     guards = app[keys.GUARDS]
     policy = guards.policy(request)
     if not policy.empty:  # an open stream counts as one call
@@ -99,7 +99,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     req = await envelope.build(request, config, "stream")
     slot = app[keys.STREAMS].open(client_key(req))
     try:
-        return await _relay(request, req, slot)
+        return await _relay(request, req, slot, config)
     finally:
         slot.close()
 
@@ -117,8 +117,9 @@ async def _prepare(request: web.Request, req: Request, slot: Slot) -> web.Stream
     return response
 
 
-async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamResponse:
-    config = request.app[keys.CONFIG]
+async def _relay(
+    request: web.Request, req: Request, slot: Slot, config: Config
+) -> web.StreamResponse:
     gateway = config.gateway
     steps = request.app[keys.BUS].stream(
         req,

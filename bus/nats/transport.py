@@ -172,6 +172,17 @@ class NatsBus(Bus):
                     "nats: leaving %s: %r; requests in flight may be lost", sub.subject, exc
                 )
 
+    async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:
+        subjects = {self.names.request(s) for s in systems}
+        leaving = [sub for sub in self._request_subs if sub.subject in subjects]
+        self._request_subs = [sub for sub in self._request_subs if sub not in leaving]
+        for sub in leaving:
+            self._subs.remove(sub)
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except nats.errors.Error as exc:
+                log.warning("nats: leaving %s: %r", sub.subject, exc)
+
     async def _send(
         self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
     ) -> None:
