@@ -137,10 +137,10 @@ class AdapterObserver:
                     "busgate.system": req.system,
                 },
             )
-            req = msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+            req = msgspec.structs.replace(req, traceparent=span.traceparent)
             self._consuming[req.id] = span
         if self.logs:
-            calllog.CALL.set((req.id, tr.trace_id_of(span) if span else _trace_id(req)))
+            calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
         stream = req.kind == "stream"
         if metrics is not None:
@@ -181,7 +181,7 @@ class AdapterObserver:
                         "busgate.system": system,
                     },
                 )
-                req = msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+                req = msgspec.structs.replace(req, traceparent=span.traceparent)
             start = time.perf_counter()
             try:
                 status, headers, payload = await inner(req, parameters)

@@ -233,7 +233,9 @@ def busgate(
         return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
     kind = bus_url.partition("://")[0]
     if kind == "kafka" and not _importable(env, "from busgate.bus.kafka import KafkaBus"):
-        return Pending("busgate has no Kafka transport in this tree yet (busgate.bus.kafka.KafkaBus)")
+        return Pending(
+            "busgate has no Kafka transport in this tree yet (busgate.bus.kafka.KafkaBus)"
+        )
     runner, edge = free_port(), free_port()
     config = env.workdir / f"{name}.toml"
     listen = f"{HOST}:{edge}"

@@ -23,18 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+import msgspec
+
+from busgate.bus.spans import ERROR, Kind, decode_batch
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-SERVER, CLIENT, PRODUCER, CONSUMER = (
-    PbSpan.SPAN_KIND_SERVER,
-    PbSpan.SPAN_KIND_CLIENT,
-    PbSpan.SPAN_KIND_PRODUCER,
-    PbSpan.SPAN_KIND_CONSUMER,
-)
+SERVER, CLIENT, PRODUCER, CONSUMER = Kind.SERVER, Kind.CLIENT, Kind.PRODUCER, Kind.CONSUMER
 
 
 def dev_state_file() -> Path:
@@ -56,6 +50,8 @@ class SpanRecord:
     error: bool
     service: str
     instance: str
+    links: list[tuple[str, str]] = field(default_factory=list)
+    """(trace id, span id) of linked spans: a command's execution, of the call that issued it."""
     children: list[SpanRecord] = field(default_factory=list)
 
     @property
@@ -63,35 +59,30 @@ class SpanRecord:
         return (self.end - self.start) / 1e6
 
 
-def _value(value: AnyValue) -> Any:
-    which = value.WhichOneof("value")
-    return getattr(value, which) if which else None
-
-
 def decode(batches: Iterable[bytes]) -> list[SpanRecord]:
-    """The spans of OTLP ``ExportTraceServiceRequest`` messages, each span once."""
+    """The spans of span batches (``bus.spans``), each span once; a batch that is not one
+    (another version's, say) is skipped."""
     seen: dict[str, SpanRecord] = {}
     for data in batches:
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(data)
-        for resource_spans in message.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    record = SpanRecord(
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_id=span.parent_span_id.hex(),
-                        name=span.name,
-                        kind=span.kind,
-                        start=span.start_time_unix_nano,
-                        end=span.end_time_unix_nano,
-                        attributes={a.key: _value(a.value) for a in span.attributes},
-                        error=span.status.code == PbStatus.STATUS_CODE_ERROR,
-                        service=str(resource.get("service.name", "")),
-                        instance=str(resource.get("service.instance.id", "")),
-                    )
-                    seen[record.span_id] = record
+        try:
+            batch = decode_batch(data)
+        except msgspec.DecodeError:
+            continue
+        for span in batch.spans:
+            seen[span.span_id] = SpanRecord(
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_id=span.parent_id,
+                name=span.name,
+                kind=span.kind,
+                start=span.start,
+                end=span.end,
+                attributes=span.attributes,
+                error=span.status == ERROR,
+                service=batch.service,
+                instance=batch.instance,
+                links=[(link.trace_id, link.span_id) for link in span.links],
+            )
     return sorted(seen.values(), key=lambda s: s.start)
 
 

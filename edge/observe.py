@@ -159,7 +159,7 @@ class EdgeCalls:
                 "busgate.system": req.system,
             },
         )
-        return span, msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+        return span, msgspec.structs.replace(req, traceparent=span.traceparent)
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
         span, req = self._span(req)
@@ -234,7 +234,7 @@ def observe_middleware(
 
     def start_span(request: web.Request, tracing: tr.Tracing) -> tr.Span | None:
         incoming = request.headers.get("traceparent", "") if accept_trace else ""
-        if incoming and tr.parse(incoming.strip().lower()) is not None:
+        if incoming and tr.valid(incoming.strip().lower()):
             incoming = incoming.strip().lower()
             sampled = tr.is_sampled(incoming)
         else:
@@ -257,8 +257,8 @@ def observe_middleware(
                 "busgate.channel": request.match_info.get("channel", ""),
             },
         )
-        request[keys.TRACEPARENT] = tr.traceparent_of(span)
-        request[keys.TRACE_ID] = tr.trace_id_of(span)
+        request[keys.TRACEPARENT] = span.traceparent
+        request[keys.TRACE_ID] = span.trace_id
         return span
 
     @web.middleware

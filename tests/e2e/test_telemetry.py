@@ -331,6 +331,8 @@ async def test_follow_prints_calls_of_one_channel_as_they_end(traced, http):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
     for request_id, status in ids:
         (line,) = [line for line in lines if f"  {request_id}  " in line]
         assert f"  {status}  " in line and " ms  trace " in line, line
