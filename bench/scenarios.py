@@ -224,6 +224,13 @@ sampling = 0.0
 metrics = true
 """
 """``busgate-nats-metrics``: tracing off (0 % sampling), Prometheus metrics on."""
+SAMPLING0_TABLES = """
+[telemetry]
+sampling = 0.0
+bus_export = true
+otlp_endpoint = "http://127.0.0.1:9/v1/traces"
+"""
+"""``busgate-nats-sampling0``: tracing configured (bus and OTLP export) but sampling 0."""
 
 
 def busgate(
@@ -279,6 +286,8 @@ def _busgate(name: str, secure: bool = False, tables: str = "") -> Builder:
     return functools.partial(busgate, name=name, secure=secure, tables=tables)
 
 
+# The telemetry scenarios' ratio is to ``busgate-nats``, not to the floor: what they measure
+# is what telemetry costs the same gateway (issue 10: traced ≥ 0.9x, 0 % sampling ≥ 0.98x).
 STACKS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -294,13 +303,19 @@ STACKS: dict[str, Scenario] = {
             "busgate-nats-traced",
             "nats",
             _busgate("busgate-nats-traced", tables=TRACED_TABLES),
-            floor="floor-nats",
+            floor="busgate-nats",
         ),
         Scenario(
             "busgate-nats-metrics",
             "nats",
             _busgate("busgate-nats-metrics", tables=METRICS_TABLES),
-            floor="floor-nats",
+            floor="busgate-nats",
+        ),
+        Scenario(
+            "busgate-nats-sampling0",
+            "nats",
+            _busgate("busgate-nats-sampling0", tables=SAMPLING0_TABLES),
+            floor="busgate-nats",
         ),
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
@@ -332,7 +347,14 @@ TARGETS = (
         "busgate-nats-secure ≥ 0.8 x floor-nats req/s", "busgate-nats-secure", "ratio", 0.8, True
     ),
     Target(
-        "busgate-nats-traced ≥ 0.9 x floor-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
+        "busgate-nats-traced ≥ 0.9 x busgate-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
+    ),
+    Target(
+        "busgate-nats-sampling0 ≥ 0.98 x busgate-nats req/s",
+        "busgate-nats-sampling0",
+        "ratio",
+        0.98,
+        True,
     ),
     Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
     Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),
