@@ -81,8 +81,6 @@ class AdapterObserver:
         self.system = parse_url(config.gateway.bus)[0]
         self.names = Names(config.gateway.prefix)
         self.logs = calllog.enabled
-        self._consuming: dict[str, tr.Span] = {}
-        """CONSUMER spans by request id, so a failed runner call marks its request's span."""
         self._site: web.AppRunner | None = None
 
     @property
@@ -138,7 +136,6 @@ class AdapterObserver:
                 },
             )
             req = msgspec.structs.replace(req, traceparent=span.traceparent)
-            self._consuming[req.id] = span
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
@@ -154,7 +151,8 @@ class AdapterObserver:
                 metrics.in_flight -= 1
                 metrics.streams -= stream
             if span is not None:
-                del self._consuming[req.id]
+                if responder.failure:  # an error answer, whatever caused it
+                    tr.fail(span, responder.failure)
                 if responder.cancelled.is_set():
                     span.add_event("cancelled")
                 span.end()
@@ -190,7 +188,6 @@ class AdapterObserver:
                     metrics.runner_calls.labels(system, exc.code).inc()
                 if span is not None:
                     tr.fail(span, exc.code, exc.message)
-                    self._fail_request(req.id, exc.code)
                 raise
             else:
                 if metrics is not None:
@@ -199,7 +196,6 @@ class AdapterObserver:
                     span.set_attribute("http.response.status_code", status)
                     if status >= 400:
                         tr.fail(span, "upstream_error" if status >= 500 else "runner_refused")
-                        self._fail_request(req.id, "upstream_error" if status >= 500 else "")
             finally:
                 if seconds is not None:
                     seconds.observe(time.perf_counter() - start)
@@ -208,11 +204,6 @@ class AdapterObserver:
             return status, headers, payload
 
         return post
-
-    def _fail_request(self, request_id: str, code: str) -> None:
-        span = self._consuming.get(request_id)
-        if span is not None and code:
-            tr.fail(span, code)
 
 
 def _trace_id(req: Request) -> str:

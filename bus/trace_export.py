@@ -280,6 +280,9 @@ async def _nats_read(
 async def _nats_follow(
     servers: list[str], names: Names, ready: Callable[[], None]
 ) -> AsyncIterator[bytes]:
+    """A core subscription, not a JetStream consumer: live output needs no durable state on
+    the server, and what it misses during a reconnect stays in the stream for ``trace ID``
+    (said in ``busgate trace --help``)."""
     import nats
 
     nc = await nats.connect(servers, connect_timeout=5)

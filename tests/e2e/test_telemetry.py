@@ -5,6 +5,8 @@ in this test, ``busgate trace`` reading the spans back from the bus, and ``/metr
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -192,6 +194,22 @@ async def test_a_failed_call_marks_its_spans_with_the_error_code(traced, otlp, h
     assert one(spans, CONSUMER).span.status.code == Status.STATUS_CODE_ERROR
 
 
+async def test_an_error_answer_without_a_runner_failure_marks_the_consumer_span(traced, otlp, http):
+    """The runner answers 200, but its answer is larger than the bus carries: the adapter
+    answers ``reply_too_large`` instead, and its CONSUMER span says so (the CLIENT one not)."""
+    url = f"{traced.url}/api/request/demo/blob"
+    async with http.post(url, json={"bytes": 2_000_000}) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "reply_too_large"
+        trace_id = resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER, CLIENT))
+    client, consumer = one(spans, CLIENT), one(spans, CONSUMER)
+    assert client.span.status.code != Status.STATUS_CODE_ERROR
+    assert client.attributes["http.response.status_code"] == 200
+    assert consumer.span.status.code == Status.STATUS_CODE_ERROR
+    assert consumer.attributes["error.type"] == "reply_too_large"
+
+
 _ROW = re.compile(r"^  (\w+)\s+(.*?)\s+(-?\d+\.\d)\s+(-?\d+\.\d) ms")
 _HEAD = re.compile(r"^trace ([0-9a-f]{32})  (\S+) (\S+)  (\d+)  (\d+\.\d) ms$")
 
@@ -337,3 +355,26 @@ async def test_follow_prints_calls_of_one_channel_as_they_end(traced, http):
         (line,) = [line for line in lines if f"  {request_id}  " in line]
         assert f"  {status}  " in line and " ms  trace " in line, line
         assert "/api/request/followed/" in line
+
+
+@pytest.mark.nats
+async def test_dev_passes_the_json_log_format_on_to_its_processes(http):
+    with dev_stack("nats", options=("--log-format", "json")) as stack:
+        url = f"{stack.url}/api/request/demo/blob"
+        async with http.post(url, json={"bytes": 2_000_000}) as resp:  # the adapter warns
+            assert resp.status == 502
+            request_id, trace_id = resp.headers["X-Request-Id"], resp.headers["X-Trace-Id"]
+
+        # The adapter logged the warning before it answered; a thread reads its output.
+        def logged(output: list[str]) -> bool:
+            return any(request_id in line for line in output)
+
+        assert await asyncio.to_thread(stack.wait_for_output, logged), stack.output
+        (entry,) = [json.loads(line) for line in stack.output if request_id in line]
+    assert entry["level"] == "WARNING" and entry["logger"].startswith("busgate")
+    assert (entry["request_id"], entry["trace_id"]) == (request_id, trace_id)
+    (started,) = [
+        line for line in stack.output if '"busgate.adapter"' in line and " serving " in line
+    ]
+    assert json.loads(started)["level"] == "INFO"  # not the call's: no ids
+    assert json.loads(started)["request_id"] is None
