@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from busgate.bus.spans import CONSUMER_LIKE, ERROR, Span
+from busgate.bus.spans import CONSUMER_LIKE, ERROR, Row
 
 log = logging.getLogger("busgate.tracing")
 
@@ -26,45 +26,41 @@ DELAY = 5.0
 """Seconds between posts when batches do not fill up."""
 
 
-def readable(spans: Iterable[Span], resource: Any, scope: Any) -> list[Any]:
+def readable(rows: Iterable[Row], resource: Any, scope: Any) -> list[Any]:
     """The SDK's ``ReadableSpan`` for each lean span (what the OTLP exporter takes)."""
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
     sampled = TraceFlags(TraceFlags.SAMPLED)
     found = []
-    for span in spans:
-        trace_id = int(span.trace_id, 16)
-        context = SpanContext(trace_id, int(span.span_id, 16), False, sampled)
+    for row in rows:
+        trace, span_id, parent_id, name, kind, start, end, attributes, code, message = row[:10]
+        events, links = row[10:12]
+        trace_id = int(trace, 16)
+        context = SpanContext(trace_id, int(span_id, 16), False, sampled)
         parent = None
-        if span.parent_id:
+        if parent_id:
             # The parent is in another process for spans that take a call or message in.
-            remote = span.kind in CONSUMER_LIKE
-            parent = SpanContext(trace_id, int(span.parent_id, 16), remote, sampled)
+            parent = SpanContext(trace_id, int(parent_id, 16), kind in CONSUMER_LIKE, sampled)
         status = (
-            Status(StatusCode.ERROR, span.message or None)
-            if span.status == ERROR
-            else Status(StatusCode(span.status))
+            Status(StatusCode.ERROR, message or None) if code == ERROR else Status(StatusCode(code))
         )
         found.append(
             ReadableSpan(
-                span.name,
+                name,
                 context=context,
                 parent=parent,
                 resource=resource,
-                attributes=span.attributes,
-                events=[
-                    Event(name, attributes, timestamp=at)
-                    for name, at, attributes in span.events or ()
-                ],
+                attributes=attributes,
+                events=[Event(what, values, timestamp=at) for what, at, values in events],
                 links=[
-                    Link(SpanContext(int(t, 16), int(s, 16), True, sampled), attributes)
-                    for t, s, attributes in span.links or ()
+                    Link(SpanContext(int(t, 16), int(s, 16), True, sampled), values)
+                    for t, s, values in links
                 ],
-                kind=SpanKind(span.kind - 1),  # the API counts from INTERNAL = 0
+                kind=SpanKind(kind - 1),  # the API counts from INTERNAL = 0
                 status=status,
-                start_time=span.start,
-                end_time=span.end_time,
+                start_time=start,
+                end_time=end,
                 instrumentation_scope=scope,
             )
         )
@@ -78,7 +74,7 @@ class OtlpExporter:
         self.endpoint = endpoint
         self.service = service
         self.node = node
-        self._queue: collections.deque[Span] = collections.deque()
+        self._queue: collections.deque[Row] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
         self.dropped = 0
@@ -86,7 +82,7 @@ class OtlpExporter:
         self._thread = threading.Thread(target=self._run, name="busgate-otlp", daemon=True)
         self._thread.start()
 
-    def on_end(self, span: Span) -> None:
+    def on_end(self, span: Row) -> None:
         queue = self._queue
         if len(queue) >= MAX_QUEUE:
             self.dropped += 1
@@ -115,11 +111,11 @@ class OtlpExporter:
         finally:
             exporter.shutdown()  # type: ignore[no-untyped-call]
 
-    def _take(self) -> Sequence[Span]:
+    def _take(self) -> Sequence[Row]:
         queue = self._queue
         return [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
 
-    def _post(self, exporter: Any, spans: Sequence[Span], resource: Any, scope: Any) -> None:
+    def _post(self, exporter: Any, spans: Sequence[Row], resource: Any, scope: Any) -> None:
         try:
             exporter.export(readable(spans, resource, scope))
         except Exception:  # the exporter logs its own failures; never kill the thread

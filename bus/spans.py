@@ -43,9 +43,19 @@ UNSET, OK, ERROR = 0, 1, 2
 """Status codes, as OTLP numbers them."""
 
 
+Row = tuple[Any, ...]
+"""A finished span: the fields of :class:`SpanData`, in order (what :func:`encode_batch`
+writes). Immutable, so the OTLP exporter's thread reads it safely; and a plain tuple of
+strings, numbers and flat dicts, which the garbage collector stops tracking at its first
+pass while a batch holds it."""
+
+TRACE_ID, ATTRIBUTES = 0, 7
+"""Positions in a :data:`Row` that exporters read."""
+
+
 class Span:
-    """One span being recorded. Finished by :meth:`end`, which hands it to ``done`` (the
-    node's exporters); it is not changed after that, so exporter threads may read it."""
+    """One span being recorded. Finished by :meth:`end`, which hands its :data:`Row` to
+    ``done`` (the node's exporters)."""
 
     __slots__ = (
         "_done",
@@ -65,7 +75,7 @@ class Span:
 
     def __init__(
         self,
-        done: Callable[[Span], None],
+        done: Callable[[Row], None],
         trace_id: str,
         span_id: str,
         parent_id: str,
@@ -115,10 +125,9 @@ class Span:
         if self.end_time:
             return
         self.end_time = time.time_ns()
-        self._done(self)
+        self._done(self.row())
 
-    def row(self) -> tuple[Any, ...]:
-        """The span as :class:`SpanData` encodes (a msgpack array, fields in order)."""
+    def row(self) -> Row:
         return (
             self.trace_id,
             self.span_id,
@@ -153,7 +162,7 @@ class Link(msgspec.Struct, array_like=True, frozen=True):
 
 
 class SpanData(msgspec.Struct, array_like=True, frozen=True):
-    """A finished span as it travels on the bus (:meth:`Span.row`)."""
+    """A finished span as it travels on the bus (a :data:`Row`)."""
 
     trace_id: str
     span_id: str
@@ -185,8 +194,8 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(SpanBatch)
 
 
-def encode_batch(service: str, instance: str, spans: Sequence[Span]) -> bytes:
-    return _encoder.encode((VERSION, service, instance, [span.row() for span in spans]))
+def encode_batch(service: str, instance: str, spans: Sequence[Row]) -> bytes:
+    return _encoder.encode((VERSION, service, instance, spans))
 
 
 def decode_batch(data: bytes) -> SpanBatch:

@@ -32,7 +32,7 @@ from busgate.bus import parse_url
 from busgate.bus.base import Bus
 from busgate.bus.headers import REQUEST_ID as REQUEST_ID_HEADER
 from busgate.bus.naming import Names
-from busgate.bus.spans import Span, encode_batch
+from busgate.bus.spans import ATTRIBUTES, TRACE_ID, Row, encode_batch
 from busgate.bus.tracing import REQUEST_ID
 
 log = logging.getLogger("busgate.tracing")
@@ -163,13 +163,13 @@ class BusSpanProcessor:
         self.delay = delay
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._spans: list[Span] = []
+        self._spans: list[Row] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.dropped = 0
         """Spans lost because the bus refused their batch."""
 
-    def on_end(self, span: Span) -> None:
+    def on_end(self, span: Row) -> None:
         if threading.get_ident() != self._thread:  # not ours, but be safe
             self._loop.call_soon_threadsafe(self.on_end, span)
             return
@@ -189,11 +189,11 @@ class BusSpanProcessor:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, spans: Sequence[Span]) -> None:
-        calls: dict[tuple[str, str], list[Span]] = {}
+    async def _send(self, spans: Sequence[Row]) -> None:
+        calls: dict[tuple[str, str], list[Row]] = {}
         for span in spans:
-            request_id = str(span.attributes.get(REQUEST_ID, "-"))
-            calls.setdefault((span.trace_id, request_id), []).append(span)
+            request_id = str(span[ATTRIBUTES].get(REQUEST_ID, "-"))
+            calls.setdefault((span[TRACE_ID], request_id), []).append(span)
         for (trace_id, request_id), group in calls.items():
             try:
                 await self.sink.publish(

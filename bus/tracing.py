@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from busgate.bus.spans import Attributes, Kind, Span
+from busgate.bus.spans import Attributes, Kind, Row, Span
 from busgate.contracts.config import Telemetry
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ _bits = random.getrandbits
 class Exporter(Protocol):
     """Where finished spans go (called on the event loop, as each span ends)."""
 
-    def on_end(self, span: Span) -> None: ...
+    def on_end(self, span: Row) -> None: ...
 
 
 def is_sampled(traceparent: str) -> bool:
@@ -99,7 +99,7 @@ class Tracing:
             self.exporters.append(OtlpExporter(telemetry.otlp_endpoint, service, node))
         self._end = self._fan_out
 
-    def _fan_out(self, span: Span) -> None:
+    def _fan_out(self, span: Row) -> None:
         for exporter in self.exporters:
             exporter.on_end(span)
 
