@@ -23,11 +23,12 @@ from prometheus_client.registry import Collector
 from busgate.bus import calllog, parse_url
 from busgate.bus import tracing as tr
 from busgate.bus.base import Bus, Responder
+from busgate.bus.commands import Execute
 from busgate.bus.metrics import CONTENT_TYPE, LATENCY_BUCKETS, BusCollector, exposition
 from busgate.bus.naming import Names
 from busgate.contracts.config import Config
 from busgate.contracts.errors import BusgateError
-from busgate.contracts.wire import Request
+from busgate.contracts.wire import Error, Request
 
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
@@ -156,6 +157,53 @@ class AdapterObserver:
                 if responder.cancelled.is_set():
                     span.add_event("cancelled")
                 span.end()
+
+    def command(self, inner: Execute) -> Execute:
+        """Wraps a command worker's ``execute``: a CONSUMER span per attempt, in a trace of
+        its own (an attempt may run long after the call, or again) with a *link* to the
+        issuing call's PRODUCER span, whose context the command carries."""
+        tracing = self.tracing
+        if tracing is None and not self.logs:
+            return inner
+
+        async def execute(req: Request, attempt: int) -> Error | None:
+            span = None
+            if tracing is not None and tr.is_sampled(req.traceparent):
+                dest = self.names.command(req.system)
+                span = tracing.start(
+                    f"{dest} process",
+                    tr.Kind.CONSUMER,
+                    "",
+                    {
+                        "messaging.system": self.system,
+                        "messaging.operation.type": "process",
+                        "messaging.destination.name": dest,
+                        "messaging.message.id": req.id,
+                        tr.REQUEST_ID: req.id,
+                        "busgate.kind": req.kind,
+                        "busgate.system": req.system,
+                        "busgate.command_id": req.id,
+                        "busgate.attempt": attempt,
+                    },
+                    links=(req.traceparent,),
+                )
+                req = msgspec.structs.replace(req, traceparent=span.traceparent)
+            if self.logs:
+                calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
+            try:
+                error = await inner(req, attempt)
+            except BaseException as exc:
+                if span is not None:
+                    tr.fail(span, "adapter_error", type(exc).__name__)
+                    span.end()
+                raise
+            if span is not None:
+                if error is not None:
+                    tr.fail(span, error.code, error.message)
+                span.end()
+            return error
+
+        return execute
 
     def runner(self, system: str, base_url: str) -> Callable[[Post, Request, bytes], Any]:
         """The wrapper of one system client's runner call (see ``RpcClient.observe``)."""

@@ -101,12 +101,22 @@ def roots(spans: list[SpanRecord]) -> list[SpanRecord]:
     return found
 
 
+PUBLISHED = ("command", "message")
+"""Kinds of PRODUCER spans nobody answers in the same trace (a command's execution is a
+trace of its own, linked to its PRODUCER span)."""
+
+
 def complete(spans: list[SpanRecord]) -> bool:
-    """A SERVER span is in, and every bus request has its adapter's CONSUMER span."""
+    """A SERVER span (or a command execution's linked CONSUMER) is in, and every bus request
+    has its adapter's CONSUMER span."""
     roots(spans)
-    if not any(s.kind == SERVER for s in spans):
+    if not any(s.kind == SERVER or (s.kind == CONSUMER and s.links) for s in spans):
         return False
-    return all(any(c.kind == CONSUMER for c in s.children) for s in spans if s.kind == PRODUCER)
+    return all(
+        any(c.kind == CONSUMER for c in s.children)
+        for s in spans
+        if s.kind == PRODUCER and s.attributes.get("busgate.kind") not in PUBLISHED
+    )
 
 
 def _status(span: SpanRecord) -> str:
@@ -134,6 +144,10 @@ def _rows(span: SpanRecord, t0: int, depth: int, out: list[Row]) -> None:
     if span.kind == PRODUCER:
         consumer = next((c for c in span.children if c.kind == CONSUMER), None)
         where = f"{a.get('messaging.system', '')} {a.get('messaging.destination.name', '')}"
+        kind = a.get("busgate.kind")
+        if kind in PUBLISHED:
+            out.append(Row("bus", where, f"publish {kind}", offset, span.ms, _status(span), depth))
+            return
         if consumer is None:
             out.append(Row("bus", where, "request (no adapter span)", offset, span.ms, "", depth))
             return
@@ -174,6 +188,8 @@ def waterfall(spans: list[SpanRecord]) -> list[str]:
         a = root.attributes
         what = f"{a.get('http.request.method', '')} {a.get('url.path', root.name)}".strip()
         lines.append(f"trace {root.trace_id}  {what}  {_status(root)}  {root.ms:.1f} ms")
+        for trace_id, span_id in root.links:
+            lines.append(f"  linked to trace {trace_id} span {span_id} (the call that issued it)")
         rows: list[Row] = []
         _rows(root, root.start, 0, rows)
         for row in rows:
@@ -217,16 +233,18 @@ def bus_of(bus: str | None, config_path: str | None, prefix: str | None) -> tupl
 async def show(url: str, prefix: str, ident: str, wait: float) -> int:
     from busgate.bus.trace_export import read_call
 
-    by_trace = bool(_TRACE_ID.match(ident.lower()))
+    # 32 hex digits: a trace id, or a command id (they look alike): spans by trace id first.
+    asks = [{"request_id": ident}]
+    if _TRACE_ID.match(ident.lower()):
+        asks.insert(0, {"trace_id": ident.lower()})
     end = time.monotonic() + wait
     spans: list[SpanRecord] = []
     while True:
-        batches = await read_call(
-            url,
-            prefix,
-            trace_id=ident.lower() if by_trace else "",
-            request_id="" if by_trace else ident,
-        )
+        for ask in asks:
+            batches = await read_call(url, prefix, **ask)
+            if batches:
+                asks = [ask]  # found: keep asking the same way
+                break
         spans = decode(batches)
         if complete(spans) or time.monotonic() >= end:
             break

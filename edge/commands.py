@@ -26,6 +26,7 @@ import msgspec
 from aiohttp import web
 
 from busgate.bus import headers as hdr
+from busgate.bus import parse_url
 from busgate.bus.commands import MSG_ID, command_name
 from busgate.bus.store import Entry, Store, open_store
 from busgate.contracts import errors
@@ -38,6 +39,7 @@ from busgate.edge.access import ChannelAccess
 from busgate.edge.caller import identify, require, www_authenticate
 from busgate.edge.envelope import origin_of, read_body
 from busgate.edge.idempotency import fingerprint
+from busgate.edge.observe import publishing
 from busgate.edge.responses import JSON
 
 log = logging.getLogger("busgate.edge.commands")
@@ -143,22 +145,29 @@ class CommandApi:
             for name in gateway.forward_headers
             if (value := request.headers.get(name)) is not None
         }
-        envelope = Request(
-            id=command_id,
-            kind="command",
-            traceparent=request[keys.TRACEPARENT],
-            system=system,
-            path=path,
-            method="POST",
-            headers=forwarded,
-            body=body,
-            identity=identity,
-            origin=origin_of(request),
-        )
-        headers = hdr.for_request(envelope)
-        headers[MSG_ID] = slot or command_id  # JetStream's duplicate window: a second guard
         bus = request.app[keys.BUS]
-        await bus.publish_command(command_name(system, command_id), encode(envelope), headers)
+        with publishing(
+            request,
+            parse_url(gateway.bus)[0],
+            bus.names.command(system),
+            command_id,
+            {"busgate.kind": "command", "busgate.system": system, "busgate.command_id": command_id},
+        ) as traceparent:  # the adapter's execution links to it
+            envelope = Request(
+                id=command_id,
+                kind="command",
+                traceparent=traceparent,
+                system=system,
+                path=path,
+                method="POST",
+                headers=forwarded,
+                body=body,
+                identity=identity,
+                origin=origin_of(request),
+            )
+            headers = hdr.for_request(envelope)
+            headers[MSG_ID] = slot or command_id  # JetStream's duplicate window: a second guard
+            await bus.publish_command(command_name(system, command_id), encode(envelope), headers)
         await self._accepted(envelope)
         location = f"/api/command/status/{command_id}"
         return web.Response(

@@ -12,6 +12,7 @@ no node after this one records it either (``bus.tracing``).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -203,6 +204,47 @@ class EdgeCalls:
             await steps.aclose()  # type: ignore[attr-defined]  # an async generator
             if span is not None:
                 span.end()
+
+
+@contextlib.contextmanager
+def publishing(
+    request: web.Request,
+    system: str,
+    destination: str,
+    message_id: str,
+    attributes: dict[str, Any],
+) -> Iterator[str]:
+    """A PRODUCER span around a message this call publishes without waiting for an answer
+    (a command, an ad hoc message), when the call is traced. Yields the ``traceparent`` the
+    message carries: the span's, else the call's."""
+    traceparent: str = request[keys.TRACEPARENT]
+    tracing = request.app.get(TRACING)
+    if tracing is None or not tr.is_sampled(traceparent):
+        yield traceparent
+        return
+    span = tracing.start(
+        f"{destination} publish",
+        tr.Kind.PRODUCER,
+        traceparent,
+        {
+            "messaging.system": system,
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+            "messaging.message.id": message_id,
+            tr.REQUEST_ID: request[keys.REQUEST_ID],
+            **attributes,
+        },
+    )
+    try:
+        yield span.traceparent
+    except BusgateError as exc:
+        tr.fail(span, exc.code, exc.message)
+        raise
+    except BaseException as exc:
+        tr.fail(span, _status_of(exc)[1])
+        raise
+    finally:
+        span.end()
 
 
 def auth_reason(response: web.StreamResponse) -> str:

@@ -71,6 +71,15 @@ class OtlpReceiver(ThreadingHTTPServer):
                     self.spans.extend(Received(s, resource) for s in scope.spans)
             self.changed.notify_all()
 
+    def wait_until(
+        self, done: Callable[[list[Received]], bool], timeout: float = 20
+    ) -> list[Received]:
+        """All spans received, once ``done(spans)`` holds (woken by each export)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: done(self.spans), timeout):
+                raise AssertionError(f"not received: {[s.span.name for s in self.spans]}")
+            return list(self.spans)
+
     def wait_for(
         self, trace_id: str, done: Callable[[list[Received]], bool], timeout: float = 20
     ) -> list[Received]:
@@ -208,6 +217,81 @@ async def test_an_error_answer_without_a_runner_failure_marks_the_consumer_span(
     assert client.attributes["http.response.status_code"] == 200
     assert consumer.span.status.code == Status.STATUS_CODE_ERROR
     assert consumer.attributes["error.type"] == "reply_too_large"
+
+
+async def test_a_command_execution_links_to_the_call_that_issued_it(traced, otlp, http):
+    """Each attempt of a command is a CONSUMER span in a trace of its own, linked to the
+    PRODUCER span of the call that issued it; the runner continues the attempt's trace."""
+    url = f"{traced.url}/api/command/orders/traced"
+    async with http.post(url, json={"fail_until": 2}) as resp:  # attempt 1 fails (500)
+        assert resp.status == 202
+        command_id = (await resp.json())["commandId"]
+        trace_id = resp.headers["X-Trace-Id"]
+    issued = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER))
+    server, producer = one(issued, SERVER), one(issued, PRODUCER)
+    assert producer.parent_id == server.span_id
+    assert producer.attributes["messaging.message.id"] == command_id
+    assert producer.attributes["messaging.destination.name"] == "busgate.cmd.demo"
+
+    def attempts(spans: list[Received]) -> list[Received]:
+        return [
+            s
+            for s in spans
+            if s.span.kind == CONSUMER and s.attributes.get("busgate.command_id") == command_id
+        ]
+
+    spans = otlp.wait_until(lambda spans: len(attempts(spans)) == 2)
+    first, second = sorted(attempts(spans), key=lambda s: s.attributes["busgate.attempt"])
+    for consumer in (first, second):
+        assert consumer.trace_id != trace_id and consumer.parent_id == ""
+        (link,) = consumer.span.links
+        assert (link.trace_id.hex(), link.span_id.hex()) == (trace_id, producer.span_id)
+        assert consumer.service == "busgate-adapter"
+    assert first.span.status.code == Status.STATUS_CODE_ERROR
+    assert first.attributes["error.type"] == "upstream_error"
+    assert second.span.status.code != Status.STATUS_CODE_ERROR
+    # the runner call of the second attempt: a CLIENT span in its trace, whose id it got
+    client = one(otlp.wait_for(second.trace_id, kinds(CONSUMER, CLIENT)), CLIENT)
+    assert client.parent_id == second.span_id
+    async with http.get(f"{traced.runner}/calls") as resp:
+        made = [c for c in await resp.json() if c["commandId"] == command_id]
+    assert [c["attempt"] for c in made] == [1, 2]
+    assert made[1]["traceparent"] == f"00-{second.trace_id}-{client.span_id}-01"
+    # busgate trace: the command's attempts by its id, each linked to the issuing call ...
+    lines = trace_cli(traced, command_id)
+    assert sum(f"linked to trace {trace_id} span {producer.span_id}" in x for x in lines) == 2
+    assert "incomplete" not in "\n".join(lines), lines
+    # ... and the call by its id, the command's publish in it
+    lines = trace_cli(traced, server.attributes["busgate.request_id"])
+    assert any("publish command" in x for x in lines) and "incomplete" not in "\n".join(lines)
+
+
+async def test_an_ad_hoc_message_gets_a_producer_span_and_carries_its_context(traced, otlp, http):
+    url = f"{traced.url}/api/send/events/orders.created/42"
+    received: list[Any] = []
+    if traced.bus == "nats":  # what the message carried, read off the bus
+        import nats
+
+        nc = await nats.connect(traced.parts["bus"])
+        sub = await nc.subscribe("orders.created", max_msgs=1)
+        await nc.flush()
+    try:
+        async with http.post(url, data=b"hello", headers={"content-type": "text/plain"}) as resp:
+            assert resp.status == 202, await resp.text()
+            trace_id = resp.headers["X-Trace-Id"]
+        if traced.bus == "nats":
+            received.append(await sub.next_msg(timeout=10))
+    finally:
+        if traced.bus == "nats":
+            await nc.close()
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER))
+    server, producer = one(spans, SERVER), one(spans, PRODUCER)
+    assert producer.parent_id == server.span_id
+    assert producer.attributes["messaging.destination.name"] == "orders.created"
+    assert producer.attributes["messaging.system"] == traced.bus
+    assert producer.attributes["busgate.kind"] == "message"
+    if received:
+        assert received[0].headers["traceparent"] == f"00-{trace_id}-{producer.span_id}-01"
 
 
 _ROW = re.compile(r"^  (\w+)\s+(.*?)\s+(-?\d+\.\d)\s+(-?\d+\.\d) ms")
