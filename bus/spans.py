@@ -124,23 +124,22 @@ class Span:
         """Finish the span (a second call does nothing, as in OpenTelemetry)."""
         if self.end_time:
             return
-        self.end_time = time.time_ns()
-        self._done(self.row())
-
-    def row(self) -> Row:
-        return (
-            self.trace_id,
-            self.span_id,
-            self.parent_id,
-            self.name,
-            self.kind,
-            self.start,
-            self.end_time,
-            self.attributes,
-            self.status,
-            self.message,
-            self.events or (),
-            self.links or (),
+        self.end_time = end = time.time_ns()
+        self._done(
+            (
+                self.trace_id,
+                self.span_id,
+                self.parent_id,
+                self.name,
+                self.kind,
+                self.start,
+                end,
+                self.attributes,
+                self.status,
+                self.message,
+                self.events or (),
+                self.links or (),
+            )
         )
 
 

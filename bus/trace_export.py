@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -162,7 +161,6 @@ class BusSpanProcessor:
         self.node = node
         self.delay = delay
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
         self._spans: list[Row] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -170,14 +168,13 @@ class BusSpanProcessor:
         """Spans lost because the bus refused their batch."""
 
     def on_end(self, span: Row) -> None:
-        if threading.get_ident() != self._thread:  # not ours, but be safe
-            self._loop.call_soon_threadsafe(self.on_end, span)
-            return
-        self._spans.append(span)
-        if len(self._spans) >= MAX_BATCH:
-            self._flush()
-        elif self._timer is None:
+        """Spans end on the event loop (busgate ends none elsewhere)."""
+        spans = self._spans
+        spans.append(span)
+        if self._timer is None:
             self._timer = self._loop.call_later(self.delay, self._flush)
+        elif len(spans) >= MAX_BATCH:
+            self._flush()
 
     def _flush(self) -> None:
         if self._timer is not None:
