@@ -105,6 +105,7 @@ class KafkaTraceSink(TraceSink):
         from aiokafka import AIOKafkaProducer
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
+        from aiokafka.partitioner import DefaultPartitioner
 
         from busgate.bus.kafka.transport import default_replication
 
@@ -123,7 +124,10 @@ class KafkaTraceSink(TraceSink):
         finally:
             await admin.close()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.servers, acks=1, linger_ms=KAFKA_LINGER_MS
+            bootstrap_servers=self.servers,
+            acks=1,
+            linger_ms=KAFKA_LINGER_MS,
+            partitioner=DefaultPartitioner(),  # the reader picks a trace id's partition with it
         )
         await self._producer.start()
 
@@ -293,16 +297,21 @@ async def _nats_follow(
         await nc.close()
 
 
-async def _kafka_consumer(servers: list[str], topic: str, *, end: bool) -> Any:
-    """A consumer without a group, assigned every partition of ``topic`` (None: no topic)."""
+async def _kafka_consumer(servers: list[str], topic: str, *, end: bool, key: bytes = b"") -> Any:
+    """A consumer without a group, assigned every partition of ``topic`` (None: no topic),
+    or only the one the producers' partitioner puts ``key`` in."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.partitioner import DefaultPartitioner
 
     consumer = AIOKafkaConsumer(bootstrap_servers=",".join(servers), enable_auto_commit=False)
     await consumer.start()
     if topic not in await consumer.topics():
         await consumer.stop()
         return None
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    partitions = sorted(consumer.partitions_for_topic(topic) or ())
+    if key and partitions:  # the sinks' producers partition by key with this partitioner
+        partitions = [DefaultPartitioner()(key, partitions, partitions)]
+    tps = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(tps)
     if end:
         await consumer.seek_to_end(*tps)
@@ -314,7 +323,7 @@ async def _kafka_consumer(servers: list[str], topic: str, *, end: bool) -> Any:
 async def _kafka_read(
     servers: list[str], names: Names, trace_id: str, request_id: str
 ) -> list[bytes]:
-    consumer = await _kafka_consumer(servers, names.trace(), end=False)
+    consumer = await _kafka_consumer(servers, names.trace(), end=False, key=trace_id.encode())
     if consumer is None:
         return []
     found: list[bytes] = []
