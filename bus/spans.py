@@ -8,8 +8,9 @@ protobuf with OpenTelemetry's encoder another 57-80 µs. An edge makes two spans
 an adapter two more, so fully traced calls ran at 0.41x of untraced ones in the bench
 (CPU per call 1,460 µs against 617). A :class:`Span` here is a slotted object holding the
 same data (3-4 µs to start and end, ids and times included), and a finished span travels
-as one msgpack array (under 1 µs to encode): traced calls then took 773 µs of CPU against
-711 untraced (0.92x; the bench, 2 cores, December 2026). The bus export
+as one msgpack array (under 1 µs to encode): traced calls then took 0.81-0.92x of the
+CPU of untraced ones (two bench runs on a shared 2-core box, December 2026; about a third
+of the rest is nats-server storing each node's span batch per call). The bus export
 (``bus.trace_export``) publishes those, and ``busgate trace`` decodes them
 (:func:`decode_batch`). The OTLP export still uses the official exporter: ``bus.otlp``
 builds the SDK's ``ReadableSpan`` from these lazily, in its exporter thread.
