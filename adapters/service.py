@@ -131,7 +131,9 @@ class AdapterService:
             self.bus.on_refresh = config_source.fixed(self.node, "adapter")
         commands = self.config.commands
         if commands is not None and commands.system in self.clients:
-            self.commands = CommandWorker(self.bus, commands, self.clients[commands.system])
+            client = self.clients[commands.system]
+            observe = self.observer.command if self.observer.active else None
+            self.commands = CommandWorker(self.bus, commands, client, observe)
             await self.commands.start()
         log.info("adapter %s serving %s", self.node, ", ".join(self.systems))
 

@@ -82,7 +82,16 @@ class Responder:
     handler nor the waiting client is left hanging.
     """
 
-    __slots__ = ("_bus", "_credit_to", "_ended", "_seq", "cancelled", "credits", "request")
+    __slots__ = (
+        "_bus",
+        "_credit_to",
+        "_ended",
+        "_seq",
+        "cancelled",
+        "credits",
+        "failure",
+        "request",
+    )
 
     def __init__(self, bus: Bus, request: Request) -> None:
         self._bus = bus
@@ -95,6 +104,8 @@ class Responder:
         self.credits = Credits(request.credits)
         """How far the edge can take this stream's steps (see ``bus.flow``)."""
         self._credit_to = bus.reply_address(request.id) if request.credits > 0 else ""
+        self.failure = ""
+        """The error code this request was answered with, if any (its span's status)."""
 
     def may_step(self) -> bool:
         """Whether the edge can take one more step now (always, without flow control)."""
@@ -120,11 +131,14 @@ class Responder:
         )
 
     async def reply(self, reply: Reply) -> None:
+        if reply.error is not None:
+            self.failure = reply.error.code
         data = encode(reply)
         try:
             await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
         except MessageTooLarge:
             error = self._too_large("answer", len(data))
+            self.failure = error.code
             small = Reply(id=reply.id, status=error.status, error=error.to_wire())
             await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
@@ -140,6 +154,8 @@ class Responder:
         error), further steps are dropped."""
         if self._ended:
             return
+        if error is not None:
+            self.failure = error.code
         self._seq += 1
         step = StreamStep(
             id=self.request.id,
@@ -157,6 +173,7 @@ class Responder:
             self._ended = True
             self.cancelled.set()  # a saga loop stops before its next runner call
             failed = self._too_large("stream step", len(data)).to_wire()
+            self.failure = failed.code
             end = StreamStep(id=self.request.id, seq=self._seq, last=True, error=failed)
             await self._bus._send(self.request.reply_to, encode(end), _NO_HEADERS)
 

@@ -142,7 +142,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from busgate.dev import run
 
     return run(
-        bus=args.bus, listen=args.listen, config=args.config or str(DEV_CONFIG), tls=args.tls
+        bus=args.bus,
+        listen=args.listen,
+        config=args.config or str(DEV_CONFIG),
+        tls=args.tls,
+        log_format=args.log_format,
+        log_level=args.log_level,
     )
 
 
@@ -193,6 +198,12 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--listen", default="127.0.0.1:8080")
     dev.add_argument("--config", help="config file (default: the shipped dev config)")
     dev.add_argument("--tls", action="store_true", help="serve HTTPS (a self-signed certificate)")
+    dev.add_argument(  # also taken after ``dev`` (argparse keeps the global one otherwise)
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="json: one object per line, with trace_id and request_id, from every process",
+    )
     dev.set_defaults(func=cmd_dev)
 
     edge = sub.add_parser("edge", help="run one HTTP edge node")
@@ -211,7 +222,12 @@ def parser() -> argparse.ArgumentParser:
         "trace", help="one call's waterfall from the spans on the bus, or --follow calls live"
     )
     trace.add_argument("id", nargs="?", help="a request id (X-Request-Id) or a trace id")
-    trace.add_argument("--follow", action="store_true", help="print calls as they end")
+    trace.add_argument(
+        "--follow",
+        action="store_true",
+        help="print calls as they end, from now on (NATS: a core subscription, so calls "
+        "that end while it reconnects are missed; look them up by id)",
+    )
     trace.add_argument("--channel", help="--follow: only calls on this channel")
     trace.add_argument("--bus", help="bus URL (default: --config's, or a running busgate dev)")
     trace.add_argument("--config", help="config file naming the bus and prefix")

@@ -33,13 +33,15 @@ from busgate.brokers import (
 class Stack:
     """The processes of one dev stack, stopped in reverse order of start."""
 
-    def __init__(self) -> None:
+    def __init__(self, common: list[str] | None = None) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.broker: Broker | None = None
+        self.common = common or []
+        """Options every child takes before its command (``--log-format``, ``--log-level``)."""
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "busgate", *args],
+            [sys.executable, "-m", "busgate", *self.common, *args],
             env=env,
             start_new_session=True,
             preexec_fn=die_with_parent(),
@@ -198,8 +200,16 @@ def self_signed_files(env: dict[str, str], workdir: str, listen: str) -> str:
     return cert
 
 
-def run(*, bus: str, listen: str, config: str, tls: bool = False) -> int:
-    stack = Stack()
+def run(
+    *,
+    bus: str,
+    listen: str,
+    config: str,
+    tls: bool = False,
+    log_format: str = "text",
+    log_level: str = "INFO",
+) -> int:
+    stack = Stack(["--log-format", log_format, "--log-level", log_level])
     stopping = False
 
     def on_signal(signum: int, _: object) -> None:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from aiohttp import web
 
+from busgate.bus import parse_url
 from busgate.bus.commands import accepted, command_request
 from busgate.bus.commands import publish as publish_command
 from busgate.bus.store import Entry, Store, open_store
@@ -36,6 +37,7 @@ from busgate.edge.access import ChannelAccess
 from busgate.edge.caller import identify, require, www_authenticate
 from busgate.edge.envelope import origin_of, read_body
 from busgate.edge.idempotency import fingerprint
+from busgate.edge.observe import publishing
 from busgate.edge.responses import JSON
 
 log = logging.getLogger("busgate.edge.commands")
@@ -148,7 +150,18 @@ class CommandApi:
             identity=identity,
             origin=origin_of(request),
         )
-        await publish_command(request.app[keys.BUS], command, msg_id=slot)
+        bus = request.app[keys.BUS]
+        system = command.system
+        with publishing(
+            request,
+            parse_url(gateway.bus)[0],
+            bus.names.command(system),
+            command.id,
+            {"busgate.kind": "command", "busgate.system": system, "busgate.command_id": command.id},
+        ) as traceparent:  # the adapter's execution links to it
+            if traceparent != command.traceparent:
+                command = msgspec.structs.replace(command, traceparent=traceparent)
+            await publish_command(bus, command, msg_id=slot)
         await self._accepted(command)
         return web.Response(
             status=202,
