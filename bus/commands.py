@@ -95,7 +95,8 @@ async def publish(bus: Bus, command: Request, *, msg_id: str | None = None) -> N
 
 
 def accepted(command: Request) -> CommandStatus:
-    """The status a command has once the broker has it, before an adapter took it."""
+    """The status a command has once the broker has it, before an adapter took it (recorded
+    in the store, or derived from the command found on the bus: see ``finds_published``)."""
     return CommandStatus(
         id=command.id,
         status="accepted",
@@ -103,6 +104,33 @@ def accepted(command: Request) -> CommandStatus:
         subject=command.identity.subject if command.identity else None,
         updated=time.time(),
     )
+
+
+def finds_published(bus: Bus) -> bool:
+    """Whether :func:`find_published` can read a command back from ``bus`` (NATS: from the
+    JetStream stream, by its subject). Where it can, the status ``accepted`` needs no record
+    of its own: a command without a record in the status store but found on the bus *is*
+    accepted. Measured on NATS, 64 in flight: the acked publish alone 3,666/s, with the
+    status store's ``create`` of ``accepted`` after it 1,207/s (and every edge watching the
+    store got that write back). Kafka has no lookup by key, so the edge records it there."""
+    from busgate.bus.nats import NatsBus
+
+    return isinstance(bus, NatsBus)
+
+
+async def find_published(
+    bus: Bus, system: str, command_id: str, *, max_age: float = 0.0
+) -> Request | None:
+    """The published command ``command_id`` of ``system`` if the bus still holds it (and it
+    is younger than ``max_age`` seconds, 0 = any age); None where :func:`finds_published` is
+    False. BusUnavailable when the bus does not answer."""
+    from busgate.bus.nats import NatsBus
+
+    if not isinstance(bus, NatsBus):
+        return None
+    from busgate.bus.nats.commands import find_command
+
+    return await find_command(bus, system, command_id, max_age=max_age)
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
