@@ -23,8 +23,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,9 +68,12 @@ def command_request(
     identity: Identity | None = None,
     origin: Origin | None = None,
 ) -> Request:
-    """A new command (fresh id) for ``system``: what the edge and ``busgate command`` send."""
+    """A new command (fresh id) for ``system``: what the edge and ``busgate command`` send.
+
+    The id is 128 random bits as 32 hex digits, the shape of ``uuid4().hex``, without
+    building a UUID object (a few µs of the edge's command path)."""
     return Request(
-        id=uuid.uuid4().hex,
+        id=os.urandom(16).hex(),
         kind="command",
         traceparent=traceparent,
         system=system,
