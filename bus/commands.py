@@ -46,7 +46,7 @@ PriorAttempts = Callable[[str], Awaitable[int]]
 
 MSG_ID = "Nats-Msg-Id"
 """JetStream's message id header: a publish repeated within the stream's duplicate window
-is stored once (commands carry their id, or their idempotency key's)."""
+is stored once (a command published with an idempotency key carries the key's slot)."""
 
 DEAD = "_dead"
 """NATS: dead letters are ``PREFIX.cmd._dead.SYSTEM.ID`` (in the command stream, not matched
@@ -89,11 +89,15 @@ def command_request(
 async def publish(bus: Bus, command: Request, *, msg_id: str | None = None) -> None:
     """Publish ``command``; return once the broker acknowledged it (BusUnavailable if not).
 
-    Its bus headers are a request's, plus the JetStream message id: ``msg_id`` (an
-    idempotency key's slot) or the command id, so the stream's duplicate window is a
-    second guard against a repeated publish."""
+    Its bus headers are a request's, plus, given ``msg_id`` (an idempotency key's slot),
+    the JetStream message id, so the stream's duplicate window is a second guard against
+    a repeated publish. Without a key none is set: a fresh random command id would guard
+    against nothing (nothing publishes a command twice), yet JetStream would track every
+    command in its duplicate window, and nats-py encodes each header in Python (headers
+    were the largest single cost of the edge's command path over the floor's publish)."""
     headers = hdr.for_request(command)
-    headers[MSG_ID] = msg_id or command.id
+    if msg_id:
+        headers[MSG_ID] = msg_id
     await bus.publish_command(command_name(command.system, command.id), encode(command), headers)
 
 

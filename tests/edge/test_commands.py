@@ -291,3 +291,33 @@ async def test_nats_status_older_than_the_retention_is_gone(broker):
         assert (await client.get(url)).status == 404
     finally:
         await client.close()
+
+
+async def test_nats_message_id_only_with_an_idempotency_key(edges):
+    """The JetStream message id (the stream's duplicate guard) is the idempotency key's slot
+    on a keyed command; an unkeyed one carries the request's headers and no message id."""
+    if broker_kind(edges[0]) != "nats":
+        pytest.skip("a JetStream header")
+    from busgate.bus import headers as hdr
+    from busgate.bus.commands import MSG_ID, command_name
+    from busgate.edge import keys
+    from busgate.edge.idempotency import fingerprint
+
+    bus = edges[0].server.app[keys.BUS]
+
+    async def stored_headers(command_id: str) -> dict[str, str]:
+        subject = bus.names.command(command_name("demo", command_id))
+        msg = await bus.nc.jetstream().get_last_msg(bus.command_stream, subject)
+        return dict(msg.headers or {})
+
+    key = uuid.uuid4().hex
+    keyed = await edges[0].post("/api/command/orders/k", json={}, headers={"Idempotency-Key": key})
+    plain = await edges[0].post("/api/command/orders/p", json={})
+    assert (keyed.status, plain.status) == (202, 202)
+    keyed_headers = await stored_headers((await keyed.json())["commandId"])
+    assert keyed_headers[MSG_ID] == fingerprint("command", "anonymous", key)
+    plain_id = (await plain.json())["commandId"]
+    plain_headers = await stored_headers(plain_id)
+    assert MSG_ID not in plain_headers
+    assert plain_headers[hdr.REQUEST_ID] == plain_id
+    assert plain_headers[hdr.KIND] == "command"
