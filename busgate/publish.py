@@ -21,7 +21,7 @@ from typing import Any
 
 from busgate import bus as bus_
 from busgate.bus import headers as hdr
-from busgate.bus.commands import accepted, command_request
+from busgate.bus.commands import accepted, command_request, finds_published
 from busgate.bus.commands import publish as publish_command
 from busgate.bus.producers import allows, producer_for
 from busgate.bus.store import open_store
@@ -77,11 +77,12 @@ async def issue_command(config: Config, path: str, body: bytes) -> dict[str, Any
     await bus.connect()
     try:
         await publish_command(bus, command)
-        try:
-            async with asyncio.timeout(STATUS_WAIT):
-                await _record_accepted(bus, command, commands.retention)
-        except (BusgateError, TimeoutError) as exc:  # published all the same, as at the edge
-            print(f"busgate command: its status not stored: {exc!r}", file=sys.stderr)
+        if not finds_published(bus):  # NATS: the stream's copy is its ``accepted`` (the edge's)
+            try:
+                async with asyncio.timeout(STATUS_WAIT):
+                    await _record_accepted(bus, command, commands.retention)
+            except (BusgateError, TimeoutError) as exc:  # published all the same, as at the edge
+                print(f"busgate command: its status not stored: {exc!r}", file=sys.stderr)
     finally:
         await bus.close()
     return {"commandId": command.id, "status": "accepted"}

@@ -27,6 +27,7 @@ from nats.errors import (
     OutboundBufferLimitError,
 )
 from nats.js.api import StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from busgate.bus import limits
@@ -81,6 +82,7 @@ class NatsBus(Bus):
         self._request_subs: list[Subscription] = []
         self._reply_prefix = f"{self.names.reply(node)}."
         self._stream_ready = False
+        self._js: JetStreamContext | None = None
 
     @property
     def connected(self) -> bool:
@@ -229,8 +231,11 @@ class NatsBus(Bus):
         if len(data) > self.max_message:
             raise MessageTooLarge(f"a command of {len(data)} bytes is more than the bus carries")
         try:
-            await self.ensure_command_stream()
-            await self.nc.jetstream().publish(self.names.command(name), data, headers=headers)
+            if not self._stream_ready:
+                await self.ensure_command_stream()
+            if self._js is None:  # one context, as nats-py means it (each builds parsers, locks)
+                self._js = self.nc.jetstream()
+            await self._js.publish(self.names.command(name), data, headers=headers)
         except (
             NoStreamResponseError,
             ServiceUnavailableError,
