@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
 
 from busgate.bus.base import Bus
-from busgate.bus.commands import CommandConsumer, command_consumer
+from busgate.bus.commands import CommandConsumer, Execute, command_consumer
 from busgate.bus.store import Store, open_store
 from busgate.contracts.commands import CommandStatus, Status
 from busgate.contracts.config import Commands
@@ -34,7 +35,14 @@ class Caller(Protocol):
 
 
 class CommandWorker:
-    def __init__(self, bus: Bus, config: Commands, client: Caller) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        config: Commands,
+        client: Caller,
+        observe: Callable[[Execute], Execute] | None = None,
+    ) -> None:
+        """``observe`` wraps each attempt (spans: ``AdapterObserver.command``)."""
         self.bus = bus
         self.config = config
         self.client = client
@@ -44,7 +52,7 @@ class CommandWorker:
         self.consumer: CommandConsumer = command_consumer(
             bus,
             config.system,
-            self.execute,
+            observe(self.execute) if observe is not None else self.execute,
             self.on_dead,
             max_attempts=config.max_attempts,
             backoff=config.backoff,

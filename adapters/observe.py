@@ -23,11 +23,12 @@ from prometheus_client.registry import Collector
 from busgate.bus import calllog, parse_url
 from busgate.bus import tracing as tr
 from busgate.bus.base import Bus, Responder
+from busgate.bus.commands import Execute
 from busgate.bus.metrics import CONTENT_TYPE, LATENCY_BUCKETS, BusCollector, exposition
 from busgate.bus.naming import Names
 from busgate.contracts.config import Config
 from busgate.contracts.errors import BusgateError
-from busgate.contracts.wire import Request
+from busgate.contracts.wire import Error, Request
 
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
@@ -81,8 +82,6 @@ class AdapterObserver:
         self.system = parse_url(config.gateway.bus)[0]
         self.names = Names(config.gateway.prefix)
         self.logs = calllog.enabled
-        self._consuming: dict[str, tr.Span] = {}
-        """CONSUMER spans by request id, so a failed runner call marks its request's span."""
         self._site: web.AppRunner | None = None
 
     @property
@@ -137,10 +136,9 @@ class AdapterObserver:
                     "busgate.system": req.system,
                 },
             )
-            req = msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
-            self._consuming[req.id] = span
+            req = msgspec.structs.replace(req, traceparent=span.traceparent)
         if self.logs:
-            calllog.CALL.set((req.id, tr.trace_id_of(span) if span else _trace_id(req)))
+            calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
         stream = req.kind == "stream"
         if metrics is not None:
@@ -154,10 +152,58 @@ class AdapterObserver:
                 metrics.in_flight -= 1
                 metrics.streams -= stream
             if span is not None:
-                del self._consuming[req.id]
+                if responder.failure:  # an error answer, whatever caused it
+                    tr.fail(span, responder.failure)
                 if responder.cancelled.is_set():
                     span.add_event("cancelled")
                 span.end()
+
+    def command(self, inner: Execute) -> Execute:
+        """Wraps a command worker's ``execute``: a CONSUMER span per attempt, in a trace of
+        its own (an attempt may run long after the call, or again) with a *link* to the
+        issuing call's PRODUCER span, whose context the command carries."""
+        tracing = self.tracing
+        if tracing is None and not self.logs:
+            return inner
+
+        async def execute(req: Request, attempt: int) -> Error | None:
+            span = None
+            if tracing is not None and tr.is_sampled(req.traceparent):
+                dest = self.names.command(req.system)
+                span = tracing.start(
+                    f"{dest} process",
+                    tr.Kind.CONSUMER,
+                    "",
+                    {
+                        "messaging.system": self.system,
+                        "messaging.operation.type": "process",
+                        "messaging.destination.name": dest,
+                        "messaging.message.id": req.id,
+                        tr.REQUEST_ID: req.id,
+                        "busgate.kind": req.kind,
+                        "busgate.system": req.system,
+                        "busgate.command_id": req.id,
+                        "busgate.attempt": attempt,
+                    },
+                    links=(req.traceparent,),
+                )
+                req = msgspec.structs.replace(req, traceparent=span.traceparent)
+            if self.logs:
+                calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
+            try:
+                error = await inner(req, attempt)
+            except BaseException as exc:
+                if span is not None:
+                    tr.fail(span, "adapter_error", type(exc).__name__)
+                    span.end()
+                raise
+            if span is not None:
+                if error is not None:
+                    tr.fail(span, error.code, error.message)
+                span.end()
+            return error
+
+        return execute
 
     def runner(self, system: str, base_url: str) -> Callable[[Post, Request, bytes], Any]:
         """The wrapper of one system client's runner call (see ``RpcClient.observe``)."""
@@ -181,7 +227,7 @@ class AdapterObserver:
                         "busgate.system": system,
                     },
                 )
-                req = msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+                req = msgspec.structs.replace(req, traceparent=span.traceparent)
             start = time.perf_counter()
             try:
                 status, headers, payload = await inner(req, parameters)
@@ -190,7 +236,6 @@ class AdapterObserver:
                     metrics.runner_calls.labels(system, exc.code).inc()
                 if span is not None:
                     tr.fail(span, exc.code, exc.message)
-                    self._fail_request(req.id, exc.code)
                 raise
             else:
                 if metrics is not None:
@@ -199,7 +244,6 @@ class AdapterObserver:
                     span.set_attribute("http.response.status_code", status)
                     if status >= 400:
                         tr.fail(span, "upstream_error" if status >= 500 else "runner_refused")
-                        self._fail_request(req.id, "upstream_error" if status >= 500 else "")
             finally:
                 if seconds is not None:
                     seconds.observe(time.perf_counter() - start)
@@ -208,11 +252,6 @@ class AdapterObserver:
             return status, headers, payload
 
         return post
-
-    def _fail_request(self, request_id: str, code: str) -> None:
-        span = self._consuming.get(request_id)
-        if span is not None and code:
-            tr.fail(span, code)
 
 
 def _trace_id(req: Request) -> str:

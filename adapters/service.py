@@ -16,8 +16,9 @@ from busgate.adapters.call_logs import CallLogs
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
+from busgate.bus import config_source
 from busgate.bus.base import Responder
-from busgate.contracts.config import Config, RpcSystem
+from busgate.contracts.config import BusSystem, Config, CrudSystem, RpcSystem, RsocketSystem
 from busgate.contracts.errors import BusgateError, NotFound
 from busgate.contracts.wire import Reply, Request
 
@@ -41,21 +42,43 @@ def client_for(name: str, config: Config) -> SystemClient:
     system = config.systems[name]
     match system:
         case RpcSystem():
+            from busgate.adapters.retry import retry_for
             from busgate.adapters.rpc.client import RpcClient
 
-            return RpcClient(name, system, config.gateway)
+            return RpcClient(name, system, config.gateway, retry_for(config))
+        case CrudSystem():
+            from busgate.adapters.crud.client import CrudClient
+
+            return CrudClient(name, system, config.gateway)
+        case RsocketSystem():
+            from busgate.adapters.rsocket.client import RsocketClient
+
+            return RsocketClient(name, system, config.gateway)
     raise ValueError(f"system {name!r}: unsupported type")  # pragma: no cover
 
 
 class AdapterService:
     def __init__(
-        self, config: Config, systems: list[str] | None = None, metrics_listen: str | None = None
+        self,
+        config: Config,
+        systems: list[str] | None = None,
+        metrics_listen: str | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
-        self.systems = systems or sorted(config.systems)
-        unknown = [s for s in self.systems if s not in config.systems]
+        self.chosen = tuple(systems or ())
+        """``--system``: only these, whatever a refresh adds; empty = every system."""
+        self.config_path = config_path
+        self.source: config_source.ConfigSource | None = None
+        self.retired: list[SystemClient] = []
+        """Clients of systems a refresh removed or changed, closed once their calls ended."""
+        self._closing: set[asyncio.Task[None]] = set()
+        # A bus-native system has no adapter: its runner consumes its requests itself.
+        adapted = sorted(n for n, s in config.systems.items() if not isinstance(s, BusSystem))
+        self.systems = systems or adapted
+        unknown = [s for s in self.systems if s not in adapted]
         if unknown:
-            raise ValueError(f"unknown system(s) {unknown}; known: {sorted(config.systems)}")
+            raise ValueError(f"unknown system(s) {unknown}; adapters serve: {adapted}")
         gateway = config.gateway
         self.node = f"{gateway.id}-adapter-{secrets.token_hex(3)}"
         self.bus = bus_.from_url(gateway.bus, node=self.node, prefix=gateway.prefix)
@@ -106,13 +129,64 @@ class AdapterService:
             await self.observer.start(self.bus, self.metrics_listen)
             handler = functools.partial(self.observer.handle, self.handle)
         await self.bus.serve(self.systems, handler, capacity=1000)
+        gateway = self.config.gateway
+        if gateway.config_source == "bus" or (self.config_path and gateway.refresh > 0):
+            self.source = config_source.ConfigSource(
+                self.config, node=self.node, role="adapter", path=self.config_path
+            )
+            await self.source.start(self.bus, self.apply)
+            self.bus.on_refresh = self.source.answer
+        else:
+            self.bus.on_refresh = config_source.fixed(self.node, "adapter")
         commands = self.config.commands
         if commands is not None and commands.system in self.clients:
-            self.commands = CommandWorker(self.bus, commands, self.clients[commands.system])
+            client = self.clients[commands.system]
+            observe = self.observer.command if self.observer.active else None
+            self.commands = CommandWorker(self.bus, commands, client, observe)
             await self.commands.start()
         log.info("adapter %s serving %s", self.node, ", ".join(self.systems))
 
+    async def apply(self, config: Config) -> None:
+        """Run ``config`` (a refresh): serve new systems, drain removed ones, and call
+        changed ones with a new client; calls in flight end on the client they started on."""
+        if config.commands != self.config.commands:  # the worker is built once, at start
+            raise ValueError("commands: changed; restart this adapter to apply the change")
+        adapted = {n for n, s in config.systems.items() if not isinstance(s, BusSystem)}
+        wanted = [s for s in (self.chosen or sorted(adapted)) if s in adapted]
+        fresh = {
+            name: client_for(name, config)
+            for name in wanted
+            if name not in self.clients or config.systems[name] != self.config.systems.get(name)
+        }
+        if self.observer.active:
+            for client in fresh.values():
+                client.observe(self.observer)
+        gone = [s for s in self.systems if s not in wanted]
+        replaced = [self.clients[n] for n in fresh if n in self.clients]
+        self.clients.update(fresh)
+        self.config, self.systems = config, wanted
+        await self.bus.serve_more(wanted)
+        await self.bus.stop_serving_systems(gone)
+        retired = [self.clients.pop(s) for s in gone] + replaced
+        if retired:  # after the longest call a retired client may still be serving
+            later = max(config.gateway.timeout, *(s.timeout or 0 for s in config.systems.values()))
+            self.retired.extend(retired)
+            task = asyncio.create_task(self._close_later(retired, later + 1))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        log.info("adapter %s now serving %s", self.node, ", ".join(wanted) or "nothing")
+
+    async def _close_later(self, clients: list[SystemClient], delay: float) -> None:
+        await asyncio.sleep(delay)
+        for client in clients:
+            self.retired.remove(client)
+        await _close_all(clients)
+
     async def stop(self) -> None:
+        if self.source is not None:
+            await self.source.close()
+        for task in list(self._closing):
+            task.cancel()
         if self.commands is not None:
             await self.commands.stop()
         await self.bus.drain()
@@ -121,6 +195,7 @@ class AdapterService:
         await self.bus.close()
         for client in self.clients.values():
             await client.close()
+        await _close_all(self.retired)
 
     async def run_forever(self) -> None:
         stop = asyncio.Event()
@@ -141,7 +216,20 @@ class AdapterService:
             await self.stop()
 
 
+async def _close_all(clients: list[SystemClient]) -> None:
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
 def run(
-    config: Config, systems: list[str] | None = None, metrics_listen: str | None = None
+    config: Config,
+    systems: list[str] | None = None,
+    metrics_listen: str | None = None,
+    config_path: str | None = None,
 ) -> None:
-    asyncio.run(AdapterService(config, systems, metrics_listen).run_forever())
+    async def main() -> None:
+        start = await config_source.initial_config(config)
+        await AdapterService(start, systems, metrics_listen, config_path).run_forever()
+
+    asyncio.run(main())

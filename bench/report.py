@@ -56,7 +56,7 @@ def render(results: dict[str, Any]) -> str:
                     rows.append([name, entry["status"].upper(), *["-"] * 7, reason])
                 continue
             if mode == "throughput":
-                vs = f"x{entry['ratio']:.2f} of floor" if entry.get("ratio") else ""
+                vs = f"x{entry['ratio']:.2f} of {entry['floor']}" if entry.get("ratio") else ""
             else:
                 vs = f"p99 {entry['p99_delta_ms']:+.2f} ms" if "p99_delta_ms" in entry else ""
             rows.append(

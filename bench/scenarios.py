@@ -9,6 +9,7 @@ which the report prints instead of a number: nothing is faked.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -22,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.load import BODY
 from bench.procs import HOST, ROOT, ProcSpec, Ready
 from busgate.brokers import free_port
 
 ECHO = "/api/request/demo/echo"
+COMMAND = "/api/command/orders/create"
 FLOOR_ECHO = ECHO  # the floor edge forwards any path; the same one keeps logs comparable
 STREAM = "/api/stream/demo/count"
 STREAM_BODY = b'{"from":1,"to":2,"batch":1,"wait":3600000}'
@@ -72,6 +75,33 @@ class Env:
         return "bench.floor.runner (stand-in: busgate runner rpc not in this tree)"
 
 
+def echoed(status: int, body: bytes) -> bool:
+    """A request scenario's right answer: 200 with the body sent, as the runner echoes it."""
+    try:
+        return status == 200 and bool(json.loads(body) == json.loads(BODY))
+    except ValueError:
+        return False
+
+
+def shaped(status: int, body: bytes) -> bool:
+    """``busgate-nats-shaped``'s right answer: 200 with the alias's mappings applied (the
+    path parameter and the tenant header merged into the echoed body)."""
+    try:
+        return status == 200 and bool(
+            json.loads(body) == {"hello": "world", "id": "42", "tenant": "bench"}
+        )
+    except ValueError:
+        return False
+
+
+def accepted(status: int, body: bytes) -> bool:
+    """A command scenario's right answer: 202 with a JSON object (after the broker's ack)."""
+    try:
+        return status == 202 and isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
+
+
 @dataclass
 class Stack:
     """One system under test, ready to start."""
@@ -85,8 +115,8 @@ class Stack:
     check_rejects: bool = False
     """Also check that a request without ``headers`` is refused (auth really enforced)."""
     edge_port: int = 0
-    expected: dict[str, Any] | None = None
-    """The answer the probe waits for; None = the body echoed."""
+    expect: Callable[[int, bytes], bool] = echoed
+    """Whether an answer is right (the probe waits for one, end to end)."""
 
 
 @dataclass
@@ -170,6 +200,52 @@ def floor(env: Env, bus_url: str) -> Stack:
     )
 
 
+def floor_command(env: Env, bus_url: str) -> Stack:
+    """An aiohttp handler doing one acked JetStream publish (``bench.floor.command``)."""
+    edge = free_port()
+    argv = [env.python, "-m", "bench.floor.command", "--bus", bus_url, "--listen", f"{HOST}:{edge}"]
+    return Stack(
+        name="floor-nats-command",
+        bus="nats",
+        processes=[ProcSpec("edge", argv, Ready(http=f"http://{HOST}:{edge}/readyz"))],
+        url=f"http://{HOST}:{edge}{COMMAND}",
+        edge_port=edge,
+        expect=accepted,
+    )
+
+
+def busgate_command(env: Env, bus_url: str) -> Stack | Pending:
+    """``POST /api/command/orders/create`` through ``busgate edge``: 202 once JetStream has
+    the command. Only the edge runs (no adapter consumes), as no consumer runs beside the
+    floor: both measure the acked publish, and the stream keeps what they published."""
+    name = "busgate-nats-command"
+    if env.busgate is None or not has_command(env.busgate, "edge"):
+        return Pending("busgate CLI (busgate edge) is not in this tree yet")
+    edge = free_port()
+    config = env.workdir / f"{name}.toml"
+    dead = free_port()  # the runner: never called, nothing consumes the commands
+    text = busgate_config(name, bus_url, f"{HOST}:{edge}", dead)
+    config.write_text(text + '\n[commands]\nsystem = "demo"\n')
+    check = _cli(env, "config", "check", str(config))
+    if check.returncode != 0:
+        why = (check.stderr or check.stdout).strip().splitlines()
+        return Pending(f"busgate rejects [commands]: {why[-1] if why else check.returncode}")
+    return Stack(
+        name=name,
+        bus="nats",
+        processes=[
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", str(config)],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{COMMAND}",
+        edge_port=edge,
+        expect=accepted,
+    )
+
+
 def busgate_config(
     name: str, bus_url: str, listen: str, runner: int, channel: str = "", tables: str = ""
 ) -> str:
@@ -246,6 +322,27 @@ mappings), answers get response headers by specificity, and every call is audite
 SHAPED_PATH = "/api/request/demo/v1/echo/42"
 
 
+RESILIENT_TABLES = """
+[channels.demo.resilience]
+rate = { limit = 100000000, period = 1 }
+ip = { limit = 100000000, period = 1 }
+bulkhead = { max_concurrent = 100000, max_wait = 0.05 }
+breaker = { size = 50, failure_rate = 50, min_calls = 20, slow_call = 2.0, open_wait = 30 }
+retry = { attempts = 3, wait = 0.1, backoff = 2.0, on_status = [502, 503, 504] }
+"""
+"""``busgate-nats-resilient``: rate limits high enough never to bite, bulkhead, breaker and
+retries all configured on the channel (issue 11: at >= 0.95 x ``busgate-nats``)."""
+
+
+SAMPLING0_TABLES = """
+[telemetry]
+sampling = 0.0
+bus_export = true
+otlp_endpoint = "http://127.0.0.1:9/v1/traces"
+"""
+"""``busgate-nats-sampling0``: tracing configured (bus and OTLP export) but sampling 0."""
+
+
 def busgate(
     env: Env,
     bus_url: str,
@@ -255,7 +352,7 @@ def busgate(
     tables: str = "",
     path: str = ECHO,
     extra_headers: tuple[tuple[str, str], ...] = (),
-    expected: dict[str, Any] | None = None,
+    expect: Callable[[int, bytes], bool] = echoed,
 ) -> Stack | Pending:
     if env.busgate is None or not has_command(env.busgate, "edge"):
         return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
@@ -301,7 +398,48 @@ def busgate(
         headers=headers,
         check_rejects=secure,
         edge_port=edge,
-        expected=expected,
+        expect=expect,
+    )
+
+
+NATIVE_CONFIG = """[gateway]
+id = "{name}"
+prefix = "{name}"
+bus = "{bus_url}"
+listen = "{listen}"
+
+[systems.demo]
+type = "bus"
+timeout = 5.0
+
+[channels.demo]
+system = "demo"
+"""
+"""``busgate-nats-native``: system ``demo`` is bus-native, served by ``busgate runner native``
+(the FastStream runner kit, its ``echo`` saga) with no adapter: one hop fewer."""
+
+
+def busgate_native(env: Env, bus_url: str, *, name: str) -> Stack | Pending:
+    if env.busgate is None or not has_command(env.busgate, "runner", "native"):
+        return Pending("busgate runner native (the bus-native runner kit) is not in this tree yet")
+    edge = free_port()
+    config = env.workdir / f"{name}.toml"
+    listen = f"{HOST}:{edge}"
+    config.write_text(NATIVE_CONFIG.format(name=name, bus_url=bus_url, listen=listen))
+    runner = [*env.busgate, "runner", "native", "--bus", bus_url, "--system", "demo"]
+    return Stack(
+        name=name,
+        bus=bus_url.partition("://")[0],
+        processes=[
+            ProcSpec("runner", [*runner, "--prefix", name], Ready(settle=1.0)),
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", str(config)],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{ECHO}",
+        edge_port=edge,
     )
 
 
@@ -309,6 +447,89 @@ def _busgate(name: str, secure: bool = False, tables: str = "", **more: Any) -> 
     return functools.partial(busgate, name=name, secure=secure, tables=tables, **more)
 
 
+def https_files(env: Env) -> tuple[str, str]:
+    """A self-signed certificate for the HTTPS scenarios (both sides serve the same one)."""
+    cert, key = env.workdir / "https-cert.pem", env.workdir / "https-key.pem"
+    if not cert.exists():
+        from busgate.tls.self_signed import generate
+
+        pair = generate((HOST,), 86_400.0)
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+    return str(cert), str(key)
+
+
+def to_https(stack: Stack) -> Stack:
+    def https(url: str) -> str:
+        return url.replace("http://", "https://", 1)
+
+    stack.url = https(stack.url)
+    stack.processes = [
+        dataclasses.replace(spec, ready=Ready(http=https(spec.ready.http)))
+        if spec.ready.http
+        else spec
+        for spec in stack.processes
+    ]
+    return stack
+
+
+def floor_https(env: Env, bus_url: str) -> Stack:
+    """The floor edge serving HTTPS: what busgate's ``[gateway.tls]`` is measured against."""
+    cert, key = https_files(env)
+    stack = floor(env, bus_url)
+    stack.name = f"{stack.name}-https"
+    edge = next(spec for spec in stack.processes if spec.name == "edge")
+    edge.argv.extend(["--tls-cert", cert, "--tls-key", key])
+    return to_https(stack)
+
+
+def busgate_https(env: Env, bus_url: str) -> Stack | Pending:
+    cert, key = https_files(env)
+    tables = f'[gateway.tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    stack = busgate(env, bus_url, name="busgate-nats-https", tables=tables)
+    return stack if isinstance(stack, Pending) else to_https(stack)
+
+
+def busgate_rsocket(env: Env, bus_url: str) -> Stack | Pending:
+    """``busgate-rsocket``: the same echo, with the demo system an RSocket one (tcp) served
+    by ``busgate runner rsocket``: edge → bus → adapter → RSocket runner."""
+    if env.busgate is None or not has_command(env.busgate, "edge"):
+        return Pending("busgate CLI (busgate edge/adapter) is not in this tree yet")
+    if not _importable(env, "import busgate.runners.rsocket"):
+        return Pending("busgate has no RSocket runner in this tree yet")
+    name = "busgate-rsocket"
+    runner, edge = free_port(), free_port()
+    text = busgate_config(name, bus_url, f"{HOST}:{edge}", runner)
+    text = text.replace(
+        f'type = "rpc"\nbase_url = "http://{HOST}:{runner}/api/demo"',
+        f'type = "rsocket"\nhosts = ["{HOST}:{runner}"]',
+    )
+    config = env.workdir / f"{name}.toml"
+    config.write_text(text)
+    cfg = str(config)
+    return Stack(
+        name=name,
+        bus=bus_url.partition("://")[0],
+        processes=[
+            ProcSpec(
+                "runner",
+                [*env.busgate, "runner", "rsocket", "--listen", f"{HOST}:{runner}"],
+                Ready(port=runner),
+            ),
+            ProcSpec("adapter", [*env.busgate, "adapter", "--config", cfg], Ready(settle=0.5)),
+            ProcSpec(
+                "edge",
+                [*env.busgate, "edge", "--config", cfg],
+                Ready(http=f"http://{HOST}:{edge}/readyz"),
+            ),
+        ],
+        url=f"http://{HOST}:{edge}{ECHO}",
+        edge_port=edge,
+    )
+
+
+# The telemetry scenarios' ratio is to ``busgate-nats``, not to the floor: what they measure
+# is what telemetry costs the same gateway (issue 10: traced ≥ 0.9x, 0 % sampling ≥ 0.98x).
 STACKS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -324,13 +545,35 @@ STACKS: dict[str, Scenario] = {
             "busgate-nats-traced",
             "nats",
             _busgate("busgate-nats-traced", tables=TRACED_TABLES),
-            floor="floor-nats",
+            floor="busgate-nats",
         ),
         Scenario(
             "busgate-nats-metrics",
             "nats",
             _busgate("busgate-nats-metrics", tables=METRICS_TABLES),
-            floor="floor-nats",
+            floor="busgate-nats",
+        ),
+        Scenario(
+            "busgate-nats-sampling0",
+            "nats",
+            _busgate("busgate-nats-sampling0", tables=SAMPLING0_TABLES),
+            floor="busgate-nats",
+        ),
+        Scenario("floor-nats-command", "nats", floor_command),
+        Scenario("busgate-nats-command", "nats", busgate_command, floor="floor-nats-command"),
+        Scenario("floor-nats-https", "nats", floor_https),
+        Scenario("busgate-nats-https", "nats", busgate_https, floor="floor-nats-https"),
+        Scenario(
+            "busgate-nats-resilient",
+            "nats",
+            _busgate("busgate-nats-resilient", tables=RESILIENT_TABLES),
+            floor="busgate-nats",
+        ),
+        Scenario(
+            "busgate-nats-native",
+            "nats",
+            functools.partial(busgate_native, name="busgate-nats-native"),
+            floor="busgate-nats",
         ),
         Scenario(
             "busgate-nats-shaped",
@@ -340,12 +583,13 @@ STACKS: dict[str, Scenario] = {
                 tables=SHAPED_TABLES,
                 path=SHAPED_PATH,
                 extra_headers=(("X-Tenant", "bench"),),
-                expected={"hello": "world", "id": "42", "tenant": "bench"},
+                expect=shaped,
             ),
-            floor="floor-nats",
+            floor="busgate-nats",
         ),
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
+        Scenario("busgate-rsocket", "nats", busgate_rsocket, floor="floor-nats"),
     )
 }
 """Scenarios that run under load; ``latency`` and ``sse-idle`` are measured on them."""
@@ -374,12 +618,37 @@ TARGETS = (
         "busgate-nats-secure ≥ 0.8 x floor-nats req/s", "busgate-nats-secure", "ratio", 0.8, True
     ),
     Target(
-        "busgate-nats-traced ≥ 0.9 x floor-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
+        "busgate-nats-traced ≥ 0.9 x busgate-nats req/s", "busgate-nats-traced", "ratio", 0.9, True
     ),
     Target(
-        "busgate-nats-shaped ≥ 0.9 x floor-nats req/s", "busgate-nats-shaped", "ratio", 0.9, True
+        "busgate-nats-sampling0 ≥ 0.98 x busgate-nats req/s",
+        "busgate-nats-sampling0",
+        "ratio",
+        0.98,
+        True,
+    ),
+    Target(
+        "busgate-nats-command ≥ 0.9 x floor-nats-command req/s",
+        "busgate-nats-command",
+        "ratio",
+        0.9,
+        True,
+    ),
+    Target(
+        "busgate-nats-shaped ≥ 0.9 x busgate-nats req/s",
+        "busgate-nats-shaped",
+        "ratio",
+        0.9,
+        True,
     ),
     Target("busgate-kafka ≥ 0.9 x floor-kafka req/s", "busgate-kafka", "ratio", 0.9, True),
+    Target(
+        "busgate-nats-https ≥ 0.9 x floor-nats-https req/s",
+        "busgate-nats-https",
+        "ratio",
+        0.9,
+        True,
+    ),
     Target("busgate-kafka p50 @1 in flight ≤ 6 ms", "busgate-kafka", "p50_ms", 6.0),
     Target("idle busgate-nats edge ≤ 80 MB RSS", "busgate-nats", "idle_rss_mb", 80.0),
     Target("idle busgate-kafka edge ≤ 80 MB RSS", "busgate-kafka", "idle_rss_mb", 80.0),

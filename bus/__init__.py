@@ -27,10 +27,17 @@ cluster; the fetch waits are explained in ``bus.kafka.transport``; ``max_request
 (bytes, default 1 MiB) is the producers' and should not exceed the brokers'
 ``message.max.bytes``."""
 
-NATS_OPTIONS: dict[str, tuple[str, type]] = {"max_payload": ("max_payload", int)}
+NATS_OPTIONS: dict[str, tuple[str, type]] = {
+    "max_payload": ("max_payload", int),
+    "ca": ("tls_ca", str),
+    "cert": ("tls_cert", str),
+    "key": ("tls_key", str),
+}
 """``nats://…?max_payload=N``: the servers' ``max_payload`` (bytes) when it is not the
 default 1 MiB, so that what is checked without connecting (``busgate config check``) knows
-it; a connected node takes the server's own, or this if lower."""
+it; a connected node takes the server's own, or this if lower. ``tls://…?ca=PEM&cert=PEM&
+key=PEM``: TLS, the servers verified against ``ca`` (else the system's trust store), with a
+client certificate when the servers ask for one (``verify: true``)."""
 
 
 def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
@@ -58,6 +65,11 @@ def _options(url: str, query: str, known: dict[str, tuple[str, type]]) -> dict[s
         if name not in known:
             raise ValueError(f"bus URL {url!r}: unknown option {name!r}; known: {', '.join(known)}")
         argument, kind = known[name]
+        if kind is str:
+            if not value:
+                raise ValueError(f"bus URL {url!r}: {name} must not be empty")
+            options[argument] = value
+            continue
         try:
             options[argument] = number = kind(value)
         except ValueError:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ from busgate.contracts.wire import (
     Credit,
     Message,
     Presence,
+    Refresh,
+    Refreshed,
     Reply,
     Request,
     StreamStep,
@@ -79,7 +82,16 @@ class Responder:
     handler nor the waiting client is left hanging.
     """
 
-    __slots__ = ("_bus", "_credit_to", "_ended", "_seq", "cancelled", "credits", "request")
+    __slots__ = (
+        "_bus",
+        "_credit_to",
+        "_ended",
+        "_seq",
+        "cancelled",
+        "credits",
+        "failure",
+        "request",
+    )
 
     def __init__(self, bus: Bus, request: Request) -> None:
         self._bus = bus
@@ -92,6 +104,8 @@ class Responder:
         self.credits = Credits(request.credits)
         """How far the edge can take this stream's steps (see ``bus.flow``)."""
         self._credit_to = bus.reply_address(request.id) if request.credits > 0 else ""
+        self.failure = ""
+        """The error code this request was answered with, if any (its span's status)."""
 
     def may_step(self) -> bool:
         """Whether the edge can take one more step now (always, without flow control)."""
@@ -117,11 +131,14 @@ class Responder:
         )
 
     async def reply(self, reply: Reply) -> None:
+        if reply.error is not None:
+            self.failure = reply.error.code
         data = encode(reply)
         try:
             await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
         except MessageTooLarge:
             error = self._too_large("answer", len(data))
+            self.failure = error.code
             small = Reply(id=reply.id, status=error.status, error=error.to_wire())
             await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
@@ -137,6 +154,8 @@ class Responder:
         error), further steps are dropped."""
         if self._ended:
             return
+        if error is not None:
+            self.failure = error.code
         self._seq += 1
         step = StreamStep(
             id=self.request.id,
@@ -154,6 +173,7 @@ class Responder:
             self._ended = True
             self.cancelled.set()  # a saga loop stops before its next runner call
             failed = self._too_large("stream step", len(data)).to_wire()
+            self.failure = failed.code
             end = StreamStep(id=self.request.id, seq=self._seq, last=True, error=failed)
             await self._bus._send(self.request.reply_to, encode(end), _NO_HEADERS)
 
@@ -182,6 +202,9 @@ class Bus(abc.ABC):
         """The TTL of this adapter's last heartbeat, for announcements between beats."""
         self.dropped_expired = 0
         """Requests an adapter received after their deadline, and so never started."""
+        self.on_refresh: Callable[[Refresh], Awaitable[Refreshed]] | None = None
+        """How this node re-reads its config when a Refresh comes (None: it ignores them)."""
+        self._refreshes: dict[str, asyncio.Queue[Refreshed]] = {}
 
     # -- what a transport implements ------------------------------------------------
 
@@ -233,6 +256,10 @@ class Bus(abc.ABC):
     async def _stop_requests(self) -> None:
         """Leave the request groups; the requests already received are still handed on."""
 
+    async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:  # noqa: B027
+        """Leave the request groups of ``systems`` only (a config refresh removed them); the
+        requests already received are still handed on. Transports override it."""
+
     # -- callbacks for transports -------------------------------------------------------
 
     def _decode(self, data: bytes) -> Message | None:
@@ -251,6 +278,8 @@ class Bus(abc.ABC):
             self.pending.step(msg)
         elif isinstance(msg, Credit) and (responder := self._inflight.get(msg.id)) is not None:
             responder.credits.grant(msg.limit)
+        elif isinstance(msg, Refreshed) and (answers := self._refreshes.get(msg.id)) is not None:
+            answers.put_nowait(msg)
 
     def _on_control(self, data: bytes) -> None:
         msg = self._decode(data)
@@ -262,6 +291,35 @@ class Bus(abc.ABC):
                 responder.cancelled.set()
             elif self._served:
                 self._remember_cancel(msg.id)
+        elif isinstance(msg, Refresh) and self.on_refresh is not None:
+            self._spawn(self._refresh(msg, self.on_refresh))
+
+    async def _refresh(
+        self, msg: Refresh, refresh: Callable[[Refresh], Awaitable[Refreshed]]
+    ) -> None:
+        answer = await refresh(msg)
+        with contextlib.suppress(BusgateError):
+            await self._send(msg.reply_to, encode(answer), _NO_HEADERS)
+
+    async def refresh_all(
+        self, component: str = "", name: str = "", *, wait: float = 1.0, expect: int = 0
+    ) -> list[Refreshed]:
+        """Ask every node to re-read its config; the answers that came within ``wait``
+        seconds (sooner once ``expect`` nodes answered)."""
+        ask = Refresh(id=uuid.uuid4().hex, reply_to="", component=component, name=name)
+        ask = msgspec.structs.replace(ask, reply_to=self.reply_address(ask.id))
+        answers: asyncio.Queue[Refreshed] = asyncio.Queue()
+        self._refreshes[ask.id] = answers
+        got: list[Refreshed] = []
+        try:
+            await self._send(self.names.control, encode(ask), {})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while not expect or len(got) < expect:
+                        got.append(await answers.get())
+        finally:
+            del self._refreshes[ask.id]
+        return got
 
     def _remember_cancel(self, request_id: str) -> None:
         """Keep a Cancel whose request has not arrived (yet).
@@ -446,6 +504,16 @@ class Bus(abc.ABC):
         self.request = functools.partial(observer.request, inner_request)  # type: ignore[method-assign]
         self.stream = functools.partial(observer.stream, inner_stream)  # type: ignore[method-assign]
 
+    async def publish_track(self, channel: str, batch: list[bytes]) -> None:
+        """Tracking events (encoded ``Request``s of kind ``track``) to ``PREFIX.track.CHANNEL``
+        (NATS) / topic ``PREFIX.track`` (Kafka); raises BusUnavailable."""
+        dest = await self._track_destination(channel)
+        for data in batch:
+            await self._send(dest, data, {hdr.KIND: "track"})
+
+    async def _track_destination(self, channel: str) -> str:
+        return self.names.track(channel)
+
     async def cancel(self, request_id: str, reason: str = "client went away") -> None:
         await self._send(self.names.control, encode(Cancel(id=request_id, reason=reason)), {})
 
@@ -459,6 +527,28 @@ class Bus(abc.ABC):
         for system in self._served:
             await self._listen_requests(system)
         await self.announce()
+
+    async def serve_more(self, systems: Iterable[str]) -> None:
+        """Also take requests for ``systems`` (a config refresh added them), with the
+        handler given to ``serve``."""
+        new = tuple(s for s in systems if s not in self._served)
+        for system in new:
+            await self._listen_requests(system)
+        self._served = (*self._served, *new)
+        if new:
+            await self.announce(self._ttl)
+
+    async def stop_serving_systems(self, systems: Iterable[str]) -> None:
+        """Take no more requests for ``systems``: announce without them first, so edges stop
+        sending, then leave their groups; calls in hand go on to their end."""
+        gone = tuple(s for s in systems if s in self._served)
+        if not gone:
+            return
+        self._served = tuple(s for s in self._served if s not in gone)
+        if self.connected:
+            with contextlib.suppress(BusgateError):
+                await self.announce(self._ttl)
+        await self._stop_requests_for(gone)
 
     async def announce(self, ttl: float = 6.0) -> None:
         """Broadcast this adapter's Presence; ttl=0 says goodbye."""

@@ -23,11 +23,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from busgate.bus import headers as hdr
 from busgate.contracts.codec import encode
-from busgate.contracts.wire import DeadLetter, Error, Request
+from busgate.contracts.commands import CommandStatus
+from busgate.contracts.wire import DeadLetter, Error, Identity, Origin, Request
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
@@ -42,7 +46,7 @@ PriorAttempts = Callable[[str], Awaitable[int]]
 
 MSG_ID = "Nats-Msg-Id"
 """JetStream's message id header: a publish repeated within the stream's duplicate window
-is stored once (commands carry their id, or their idempotency key's)."""
+is stored once (a command published with an idempotency key carries the key's slot)."""
 
 DEAD = "_dead"
 """NATS: dead letters are ``PREFIX.cmd._dead.SYSTEM.ID`` (in the command stream, not matched
@@ -52,6 +56,88 @@ by the command consumers' ``PREFIX.cmd.SYSTEM.*``); Kafka: topic ``PREFIX.cmd.de
 def command_name(system: str, command_id: str) -> str:
     """The ``name`` for :meth:`Bus.publish_command`."""
     return f"{system}.{command_id}"
+
+
+def command_request(
+    system: str,
+    path: str,
+    body: bytes,
+    *,
+    traceparent: str = "",
+    headers: dict[str, str] | None = None,
+    identity: Identity | None = None,
+    origin: Origin | None = None,
+) -> Request:
+    """A new command (fresh id) for ``system``: what the edge and ``busgate command`` send.
+
+    The id is 128 random bits as 32 hex digits, the shape of ``uuid4().hex``, without
+    building a UUID object (a few µs of the edge's command path)."""
+    return Request(
+        id=os.urandom(16).hex(),
+        kind="command",
+        traceparent=traceparent,
+        system=system,
+        path=path,
+        method="POST",
+        headers=headers or {},
+        body=body,
+        identity=identity,
+        origin=origin,
+    )
+
+
+async def publish(bus: Bus, command: Request, *, msg_id: str | None = None) -> None:
+    """Publish ``command``; return once the broker acknowledged it (BusUnavailable if not).
+
+    Its bus headers are a request's, plus, given ``msg_id`` (an idempotency key's slot),
+    the JetStream message id, so the stream's duplicate window is a second guard against
+    a repeated publish. Without a key none is set: a fresh random command id would guard
+    against nothing (nothing publishes a command twice), yet JetStream would track every
+    command in its duplicate window, and nats-py encodes each header in Python (headers
+    were the largest single cost of the edge's command path over the floor's publish)."""
+    headers = hdr.for_request(command)
+    if msg_id:
+        headers[MSG_ID] = msg_id
+    await bus.publish_command(command_name(command.system, command.id), encode(command), headers)
+
+
+def accepted(command: Request) -> CommandStatus:
+    """The status a command has once the broker has it, before an adapter took it (recorded
+    in the store, or derived from the command found on the bus: see ``finds_published``)."""
+    return CommandStatus(
+        id=command.id,
+        status="accepted",
+        path=command.path,
+        subject=command.identity.subject if command.identity else None,
+        updated=time.time(),
+    )
+
+
+def finds_published(bus: Bus) -> bool:
+    """Whether :func:`find_published` can read a command back from ``bus`` (NATS: from the
+    JetStream stream, by its subject). Where it can, the status ``accepted`` needs no record
+    of its own: a command without a record in the status store but found on the bus *is*
+    accepted. Measured on NATS, 64 in flight: the acked publish alone 3,666/s, with the
+    status store's ``create`` of ``accepted`` after it 1,207/s (and every edge watching the
+    store got that write back). Kafka has no lookup by key, so the edge records it there."""
+    from busgate.bus.nats import NatsBus
+
+    return isinstance(bus, NatsBus)
+
+
+async def find_published(
+    bus: Bus, system: str, command_id: str, *, max_age: float = 0.0
+) -> Request | None:
+    """The published command ``command_id`` of ``system`` if the bus still holds it (and it
+    is younger than ``max_age`` seconds, 0 = any age); None where :func:`finds_published` is
+    False. BusUnavailable when the bus does not answer."""
+    from busgate.bus.nats import NatsBus
+
+    if not isinstance(bus, NatsBus):
+        return None
+    from busgate.bus.nats.commands import find_command
+
+    return await find_command(bus, system, command_id, max_age=max_age)
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import fnmatch
+import logging
 from typing import Any
 
 import nats
@@ -19,6 +22,8 @@ from nats.js.api import StorageType, StreamConfig
 
 from busgate.contracts.config import Service
 from busgate.contracts.errors import BadRequest, BusUnavailable, PayloadTooLarge
+
+log = logging.getLogger("busgate.bus.producers")
 
 KEY = "busgate-key"
 PARTITION = "busgate-partition"
@@ -51,14 +56,25 @@ class Producer(abc.ABC):
 class NatsProducer(Producer):
     async def start(self) -> None:
         self.nc = Client()
+
+        async def on_error(exc: Exception) -> None:  # nats-py's default logs a traceback
+            log.warning("service %s: nats: %s", self.url, exc or type(exc).__name__)
+
         try:
-            await self.nc.connect(
-                self.url.split(","),
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,  # type: ignore[arg-type]
-                connect_timeout=2,
+            # Bounded: with endless reconnects nats-py also retries a first connect for ever.
+            await asyncio.wait_for(
+                self.nc.connect(
+                    self.url.split(","),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,  # type: ignore[arg-type]
+                    connect_timeout=2,
+                    error_cb=on_error,
+                ),
+                max(self.service.timeout, 2.0),
             )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
             raise BusUnavailable(f"cannot connect to {self.url}: {exc!r}") from None
         service = self.service
         if service.stream:
@@ -150,6 +166,11 @@ class KafkaProducer(Producer):
         except KafkaError as exc:
             raise BusUnavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from None
         return {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset}
+
+
+def allows(service: Service, topic: str) -> bool:
+    """Whether ``topic`` matches one of the service's glob patterns."""
+    return any(fnmatch.fnmatchcase(topic, pattern) for pattern in service.topics)
 
 
 def producer_for(service: Service, default_url: str) -> Producer:

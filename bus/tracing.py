@@ -1,39 +1,37 @@
 """Spans of the calls that cross the bus: one tracer per process, the context in the envelope.
 
 Edge and adapters both trace, so the shared part lives here, in ``bus`` (which both import):
-the tracer with its exporters (OTLP over HTTP, and the bus itself, ``bus.trace_export``), and
-the W3C ``traceparent`` helpers that carry a span's context in ``Request.traceparent``.
+the tracer with its exporters (OTLP over HTTP, ``bus.otlp``, and the bus itself,
+``bus.trace_export``), and the W3C ``traceparent`` helpers that carry a span's context in
+``Request.traceparent``. Spans are the lean ones of ``bus.spans`` (why: see there), with
+OpenTelemetry's data model; the OpenTelemetry SDK is only loaded to export over OTLP.
 
 Off means off. Whether a call is traced is decided once, at the edge (``sampling``, or the
 client's sampled flag), and travels as the ``traceparent`` flags; a node starts a span only
-for a sampled ``traceparent``, so an untraced call makes no span object anywhere (not even a
-non-recording one), and with ``sampling = 0`` no tracer exists and the hooks are not
-installed at all (``Bus.observe``, ``RpcClient.observe``, the edge's observe middleware).
+for a sampled ``traceparent``, so an untraced call makes no span object anywhere, and with
+``sampling = 0`` no tracer exists and the hooks are not installed at all (``Bus.observe``,
+``RpcClient.observe``, the edge's observe middleware).
 
-Spans are started with explicit parents (``parent=traceparent``) rather than through the
-OpenTelemetry context (contextvars): the parent is always the envelope's ``traceparent``,
-and attaching and detaching a context per span would cost a few µs for nothing.
+Spans are started with explicit parents (``parent=traceparent``) rather than through a
+context variable: the parent is always the envelope's ``traceparent``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
-from opentelemetry.util.types import AttributeValue
-
+from busgate.bus.spans import Attributes, Kind, Row, Span
 from busgate.contracts.config import Telemetry
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
+
+__all__ = ["ERROR_CODE", "REQUEST_ID", "Kind", "Span", "Tracing", "fail", "is_sampled"]
 
 log = logging.getLogger("busgate.tracing")
 
@@ -42,8 +40,15 @@ REQUEST_ID = "busgate.request_id"
 ERROR_CODE = "error.type"
 """The busgate error code of a failed call (OpenTelemetry's ``error.type``)."""
 
-Span = trace.Span
-Kind = SpanKind
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+_bits = random.getrandbits
+
+
+class Exporter(Protocol):
+    """Where finished spans go (called on the event loop, as each span ends)."""
+
+    def on_end(self, span: Row) -> None: ...
 
 
 def is_sampled(traceparent: str) -> bool:
@@ -56,27 +61,23 @@ def unsampled(traceparent: str) -> str:
     return traceparent[:-2] + "00" if len(traceparent) == 55 else traceparent
 
 
-def parse(traceparent: str) -> SpanContext | None:
-    """The span context in a W3C ``traceparent``, or None when it is not one."""
-    parts = traceparent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+def ids(traceparent: str) -> tuple[str, str] | None:
+    """(trace id, span id) of a W3C ``traceparent`` (lowercase), or None when it is not one."""
+    found = _TRACEPARENT.fullmatch(traceparent)
+    if found is None or traceparent.startswith("ff"):
         return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-    except ValueError:
+    trace_id, span_id = found.group(1), found.group(2)
+    if trace_id == _NO_TRACE or span_id == _NO_SPAN:
         return None
-    if not trace_id or not span_id:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    return trace_id, span_id
 
 
-def traceparent_of(span: Span) -> str:
-    ctx = span.get_span_context()
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+def valid(traceparent: str) -> bool:
+    return ids(traceparent) is not None
 
 
-def trace_id_of(span: Span) -> str:
-    return f"{span.get_span_context().trace_id:032x}"
+def new_trace_id() -> str:
+    return f"{_bits(128) or 1:032x}"
 
 
 class Tracing:
@@ -85,23 +86,23 @@ class Tracing:
     def __init__(self, telemetry: Telemetry, *, service: str, node: str) -> None:
         self.telemetry = telemetry
         self.sampling = telemetry.sampling
+        self.service = service
         self.node = node
-        self.provider = TracerProvider(
-            sampler=ALWAYS_ON,  # the decision is made before a span is started (see above)
-            resource=Resource.create({"service.name": service, "service.instance.id": node}),
-        )
-        self.tracer = self.provider.get_tracer("busgate")
-        self._processors: list[SpanProcessor] = []
+        self.exporters: list[Exporter] = []
         if telemetry.otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from busgate.bus.otlp import OtlpExporter
 
-            self._add(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=telemetry.otlp_endpoint, timeout=5))
-            )
+            self.exporters.append(OtlpExporter(telemetry.otlp_endpoint, service, node))
+        self._end: Callable[[Row], None] = self._fan_out
+        self._wire()
 
-    def _add(self, processor: SpanProcessor) -> None:
-        self._processors.append(processor)
-        self.provider.add_span_processor(processor)
+    def _wire(self) -> None:
+        """Spans end straight into the exporter when there is one (a call less per span)."""
+        self._end = self.exporters[0].on_end if len(self.exporters) == 1 else self._fan_out
+
+    def _fan_out(self, span: Row) -> None:
+        for exporter in self.exporters:
+            exporter.on_end(span)
 
     async def export_to_bus(self, bus: Bus, url: str) -> None:
         """Also send finished spans onto ``bus`` (``busgate trace`` reads them there)."""
@@ -111,33 +112,43 @@ class Tracing:
 
         sink = open_sink(bus, url, max_age=self.telemetry.bus_max_age)
         await sink.start()
-        self._add(BusSpanProcessor(sink))
+        self.exporters.append(BusSpanProcessor(sink, service=self.service, node=self.node))
+        self._wire()
 
     def start(
         self,
         name: str,
-        kind: SpanKind,
+        kind: Kind,
         parent: str,
-        attributes: Mapping[str, AttributeValue],
+        attributes: Attributes,
+        links: Sequence[str] = (),
     ) -> Span:
         """A span whose parent is the span context in ``parent`` (a ``traceparent``), or a
-        new trace's root when ``parent`` is empty or invalid."""
-        ctx = parse(parent) if parent else None
-        context = trace.set_span_in_context(NonRecordingSpan(ctx)) if ctx is not None else None
-        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        new trace's root when ``parent`` is empty or invalid. ``links``: ``traceparent``s of
+        related spans that are not its parent (a command's issuing call). ``attributes`` is
+        the span's from now on."""
+        found = ids(parent) if parent else None
+        trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+        span_id = f"{_bits(64) or 1:016x}"
+        linked: list[tuple[str, str, Attributes]] | None = None
+        if links:
+            linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
+        return Span(self._end, trace_id, span_id, parent_id, name, kind, attributes, linked or None)
 
     async def close(self) -> None:
         """Export what is still buffered, then stop the exporters."""
+        from busgate.bus.otlp import OtlpExporter
         from busgate.bus.trace_export import BusSpanProcessor
 
-        for processor in self._processors:
-            if isinstance(processor, BusSpanProcessor):
-                await processor.aclose()
-        # OTLP's last batch is a blocking HTTP post: not on the event loop.
-        await asyncio.to_thread(self.provider.shutdown)
+        for exporter in self.exporters:
+            if isinstance(exporter, BusSpanProcessor):
+                await exporter.aclose()
+            elif isinstance(exporter, OtlpExporter):
+                # OTLP's last batch is a blocking HTTP post: not on the event loop.
+                await asyncio.to_thread(exporter.close)
 
 
 def fail(span: Span, code: str, message: str = "") -> None:
     """Mark ``span`` failed with a busgate error code."""
-    span.set_attribute(ERROR_CODE, code)
-    span.set_status(trace.Status(trace.StatusCode.ERROR, message or code))
+    span.attributes[ERROR_CODE] = code
+    span.fail(message or code)

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,13 +33,15 @@ from busgate.brokers import (
 class Stack:
     """The processes of one dev stack, stopped in reverse order of start."""
 
-    def __init__(self) -> None:
+    def __init__(self, common: list[str] | None = None) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.broker: Broker | None = None
+        self.common = common or []
+        """Options every child takes before its command (``--log-format``, ``--log-level``)."""
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "busgate", *args],
+            [sys.executable, "-m", "busgate", *self.common, *args],
             env=env,
             start_new_session=True,
             preexec_fn=die_with_parent(),
@@ -67,15 +70,18 @@ class Stack:
             self.broker.stop()
 
 
-def wait_ready(url: str, system: str, stack: Stack, timeout: float = 60) -> None:
+def wait_ready(
+    url: str, system: str, stack: Stack, timeout: float = 60, cafile: str | None = None
+) -> None:
     """Until the edge is ready and sees an adapter for ``system``."""
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         problem = stack.dead()
         if problem:
             raise RuntimeError(problem)
         with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1, context=context) as resp:
                 body = json.load(resp)
                 if body.get("systems", {}).get(system):
                     return
@@ -107,6 +113,48 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     return password if generated else None
 
 
+def start_crud(stack: Stack, env: dict[str, str], config: str, workdir: str) -> str | None:
+    """The sample CRUD runner on SQLite in the stack's temporary folder, when the config has
+    a ``data`` system of type ``crud``; its base URL."""
+    with open(config, "rb") as f:
+        data = tomllib.load(f).get("systems", {}).get("data", {})
+    if data.get("type") != "crud":
+        return None
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/data"
+    env["BUSGATE__SYSTEMS__DATA__BASE_URL"] = base
+    db = "sqlite:///" + os.path.join(workdir, "data.db")  # absolute: sqlite:////tmp/…
+    args = ["runner", "crud", "--listen", f"127.0.0.1:{port}", "--db", db]
+    runner = stack.spawn("crud", args, env)
+    wait_for_port("127.0.0.1", port, 30, runner)
+    return base
+
+
+def start_rsocket(stack: Stack, env: dict[str, str], config: str) -> str | None:
+    """The sample RSocket runner (tcp), when the config has an ``rsocket`` system of that
+    type; its address."""
+    with open(config, "rb") as f:
+        system = tomllib.load(f).get("systems", {}).get("rsocket", {})
+    if system.get("type") != "rsocket":
+        return None
+    port = free_port()
+    env["BUSGATE__SYSTEMS__RSOCKET__HOSTS"] = f'["127.0.0.1:{port}"]'
+    runner = stack.spawn("rsocket", ["runner", "rsocket", "--listen", f"127.0.0.1:{port}"], env)
+    wait_for_port("127.0.0.1", port, 30, runner)
+    return f"tcp://127.0.0.1:{port}"
+
+
+def start_native(stack: Stack, env: dict[str, str], config: str, bus_url: str) -> str | None:
+    """The sample bus-native runner (FastStream, no adapter), when the config has a
+    ``native`` system; the system's name, for the ready wait."""
+    with open(config, "rb") as f:
+        system = tomllib.load(f).get("systems", {}).get("native", {})
+    if system.get("type") != "bus":
+        return None
+    stack.spawn("native", ["runner", "native", "--bus", bus_url, "--system", "native"], env)
+    return "native"
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -132,8 +180,36 @@ def forget(content: str | None) -> None:
             path.unlink()
 
 
-def run(*, bus: str, listen: str, config: str) -> int:
-    stack = Stack()
+def self_signed_files(env: dict[str, str], workdir: str, listen: str) -> str:
+    """``--tls``: a self-signed certificate for this stack, written to ``workdir`` so that
+    curl can trust it (``--cacert``); the edge serves it from there (``source = "files"``,
+    rotated like any other). Returns the certificate's path."""
+    from busgate.tls.self_signed import generate
+
+    host = listen.rpartition(":")[0].strip("[]")
+    hosts = tuple(dict.fromkeys(h for h in ("localhost", "127.0.0.1", host) if h != "0.0.0.0"))
+    pair = generate(hosts, 7 * 86_400.0)
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    with open(cert, "wb") as f:
+        f.write(pair.cert_pem)
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(pair.key_pem)
+    env["BUSGATE__GATEWAY__TLS__SOURCE"] = "files"
+    env["BUSGATE__GATEWAY__TLS__CERT"] = cert
+    env["BUSGATE__GATEWAY__TLS__KEY"] = key
+    return cert
+
+
+def run(
+    *,
+    bus: str,
+    listen: str,
+    config: str,
+    tls: bool = False,
+    log_format: str = "text",
+    log_level: str = "INFO",
+) -> int:
+    stack = Stack(["--log-format", log_format, "--log-level", log_level])
     stopping = False
 
     def on_signal(signum: int, _: object) -> None:
@@ -161,16 +237,31 @@ def run(*, bus: str, listen: str, config: str) -> int:
             env.setdefault("BUSGATE__SERVICES__EVENTS__JETSTREAM", "true")
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")
         password = start_auth(stack, env, config, workdir.name)
+        cafile = self_signed_files(env, workdir.name, listen) if tls else None
+        crud = start_crud(stack, env, config, workdir.name)
+        rsocket = start_rsocket(stack, env, config)
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
         stack.spawn("edge", ["edge", "--config", config], env)
         host, _, port = listen.rpartition(":")
-        url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
-        wait_ready(url, "demo", stack)
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+        native = start_native(stack, env, config, broker.url)
+        wait_ready(url, "demo", stack, cafile=cafile)
+        if native is not None:
+            wait_ready(url, native, stack, cafile=cafile)
         state = remember(broker.url, url)
         print(f"busgate dev: bus    {broker.url}", flush=True)
         print(f"busgate dev: runner http://127.0.0.1:{runner_port}/api/demo", flush=True)
+        if crud:
+            print(f"busgate dev: data   {crud}  (CRUD runner, SQLite)", flush=True)
+        if rsocket:
+            print(f"busgate dev: rsocket {rsocket}  (RSocket runner)", flush=True)
+        if native is not None:
+            print(f"busgate dev: native {url}/api/request/native/echo  (bus-native)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
+        if cafile:
+            print(f"busgate dev: cacert {cafile}  (curl --cacert)", flush=True)
         if password:  # generated here: shown once, on the console only
             print(f"busgate dev: users  demo, admin  (password: {password})", flush=True)
         print(f"busgate dev ready: {url}  (Ctrl-C stops)", flush=True)

@@ -23,18 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+import msgspec
+
+from busgate.bus.spans import ERROR, Kind, decode_batch
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-SERVER, CLIENT, PRODUCER, CONSUMER = (
-    PbSpan.SPAN_KIND_SERVER,
-    PbSpan.SPAN_KIND_CLIENT,
-    PbSpan.SPAN_KIND_PRODUCER,
-    PbSpan.SPAN_KIND_CONSUMER,
-)
+SERVER, CLIENT, PRODUCER, CONSUMER = Kind.SERVER, Kind.CLIENT, Kind.PRODUCER, Kind.CONSUMER
 
 
 def dev_state_file() -> Path:
@@ -56,6 +50,8 @@ class SpanRecord:
     error: bool
     service: str
     instance: str
+    links: list[tuple[str, str]] = field(default_factory=list)
+    """(trace id, span id) of linked spans: a command's execution, of the call that issued it."""
     children: list[SpanRecord] = field(default_factory=list)
 
     @property
@@ -63,35 +59,30 @@ class SpanRecord:
         return (self.end - self.start) / 1e6
 
 
-def _value(value: AnyValue) -> Any:
-    which = value.WhichOneof("value")
-    return getattr(value, which) if which else None
-
-
 def decode(batches: Iterable[bytes]) -> list[SpanRecord]:
-    """The spans of OTLP ``ExportTraceServiceRequest`` messages, each span once."""
+    """The spans of span batches (``bus.spans``), each span once; a batch that is not one
+    (another version's, say) is skipped."""
     seen: dict[str, SpanRecord] = {}
     for data in batches:
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(data)
-        for resource_spans in message.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    record = SpanRecord(
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_id=span.parent_span_id.hex(),
-                        name=span.name,
-                        kind=span.kind,
-                        start=span.start_time_unix_nano,
-                        end=span.end_time_unix_nano,
-                        attributes={a.key: _value(a.value) for a in span.attributes},
-                        error=span.status.code == PbStatus.STATUS_CODE_ERROR,
-                        service=str(resource.get("service.name", "")),
-                        instance=str(resource.get("service.instance.id", "")),
-                    )
-                    seen[record.span_id] = record
+        try:
+            batch = decode_batch(data)
+        except msgspec.DecodeError:
+            continue
+        for span in batch.spans:
+            seen[span.span_id] = SpanRecord(
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_id=span.parent_id,
+                name=span.name,
+                kind=span.kind,
+                start=span.start,
+                end=span.end,
+                attributes=span.attributes,
+                error=span.status == ERROR,
+                service=batch.service,
+                instance=batch.instance,
+                links=[(link.trace_id, link.span_id) for link in span.links],
+            )
     return sorted(seen.values(), key=lambda s: s.start)
 
 
@@ -110,12 +101,22 @@ def roots(spans: list[SpanRecord]) -> list[SpanRecord]:
     return found
 
 
+PUBLISHED = ("command", "message")
+"""Kinds of PRODUCER spans nobody answers in the same trace (a command's execution is a
+trace of its own, linked to its PRODUCER span)."""
+
+
 def complete(spans: list[SpanRecord]) -> bool:
-    """A SERVER span is in, and every bus request has its adapter's CONSUMER span."""
+    """A SERVER span (or a command execution's linked CONSUMER) is in, and every bus request
+    has its adapter's CONSUMER span."""
     roots(spans)
-    if not any(s.kind == SERVER for s in spans):
+    if not any(s.kind == SERVER or (s.kind == CONSUMER and s.links) for s in spans):
         return False
-    return all(any(c.kind == CONSUMER for c in s.children) for s in spans if s.kind == PRODUCER)
+    return all(
+        any(c.kind == CONSUMER for c in s.children)
+        for s in spans
+        if s.kind == PRODUCER and s.attributes.get("busgate.kind") not in PUBLISHED
+    )
 
 
 def _status(span: SpanRecord) -> str:
@@ -143,6 +144,10 @@ def _rows(span: SpanRecord, t0: int, depth: int, out: list[Row]) -> None:
     if span.kind == PRODUCER:
         consumer = next((c for c in span.children if c.kind == CONSUMER), None)
         where = f"{a.get('messaging.system', '')} {a.get('messaging.destination.name', '')}"
+        kind = a.get("busgate.kind")
+        if kind in PUBLISHED:
+            out.append(Row("bus", where, f"publish {kind}", offset, span.ms, _status(span), depth))
+            return
         if consumer is None:
             out.append(Row("bus", where, "request (no adapter span)", offset, span.ms, "", depth))
             return
@@ -183,6 +188,8 @@ def waterfall(spans: list[SpanRecord]) -> list[str]:
         a = root.attributes
         what = f"{a.get('http.request.method', '')} {a.get('url.path', root.name)}".strip()
         lines.append(f"trace {root.trace_id}  {what}  {_status(root)}  {root.ms:.1f} ms")
+        for trace_id, span_id in root.links:
+            lines.append(f"  linked to trace {trace_id} span {span_id} (the call that issued it)")
         rows: list[Row] = []
         _rows(root, root.start, 0, rows)
         for row in rows:
@@ -226,16 +233,18 @@ def bus_of(bus: str | None, config_path: str | None, prefix: str | None) -> tupl
 async def show(url: str, prefix: str, ident: str, wait: float) -> int:
     from busgate.bus.trace_export import read_call
 
-    by_trace = bool(_TRACE_ID.match(ident.lower()))
+    # 32 hex digits: a trace id, or a command id (they look alike): spans by trace id first.
+    asks = [{"request_id": ident}]
+    if _TRACE_ID.match(ident.lower()):
+        asks.insert(0, {"trace_id": ident.lower()})
     end = time.monotonic() + wait
     spans: list[SpanRecord] = []
     while True:
-        batches = await read_call(
-            url,
-            prefix,
-            trace_id=ident.lower() if by_trace else "",
-            request_id="" if by_trace else ident,
-        )
+        for ask in asks:
+            batches = await read_call(url, prefix, **ask)
+            if batches:
+                asks = [ask]  # found: keep asking the same way
+                break
         spans = decode(batches)
         if complete(spans) or time.monotonic() >= end:
             break

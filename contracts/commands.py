@@ -1,7 +1,8 @@
 """What the shared store keeps about commands and idempotency keys (MessagePack on the bus).
 
 A command's status is written by the edge that accepted it (``accepted``, only if nothing is
-there yet) and by the adapter executing it (``running`` per attempt, then ``done``,
+there yet; not on NATS, where a command without a record is read back from its stream) and
+by the adapter executing it (``running`` per attempt, then ``done``,
 ``failed`` for a 4xx answer, or ``dead`` after the last attempt). The issuer's subject rides
 along so any edge can tell who may read it.
 """

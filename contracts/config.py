@@ -29,6 +29,10 @@ system, then ``gateway.timeout`` (see :meth:`Config.timeout_for`); each may be l
 shorter than the one it overrides."""
 
 
+Cidr = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")]
+"""An address or network (``10.0.0.0/8``, ``::1``); checked fully when the edge starts."""
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the offending key path."""
 
@@ -56,8 +60,15 @@ class Cors(Section, frozen=True):
         "x-csrf-token",
         "x-api-key",
         "last-event-id",
+        "if-match",  # CRUD writes conditional on a version (ETag)
+        "if-none-match",
     )
-    expose_headers: tuple[str, ...] = ("x-request-id", "x-trace-id", "www-authenticate")
+    expose_headers: tuple[str, ...] = (
+        "x-request-id",
+        "x-trace-id",
+        "www-authenticate",
+        "etag",  # a CRUD document's version, for the browser to send back in If-Match
+    )
     credentials: bool = False
     max_age: int = 1800
     """Seconds a browser may cache a preflight answer."""
@@ -89,6 +100,19 @@ class Csrf(Section, frozen=True):
     signing secret or private key."""
 
 
+class Controllers(Section, frozen=True):
+    """Parts of the public API that can be switched off; a switched-off one answers 404.
+    ``track`` and ``file`` name endpoints busgate does not have yet."""
+
+    request: bool = True
+    auth: bool = True
+    control: bool = True
+    track: bool = True
+    command: bool = True
+    file: bool = True
+    stream: bool = True
+
+
 class Gateway(Section, frozen=True):
     id: str = "busgate"
     bus: str = "nats://127.0.0.1:4222"
@@ -105,7 +129,13 @@ class Gateway(Section, frozen=True):
     ``bus.base.Bus.body_limit``)."""
     timeout: Timeout = 30.0
     """Deadline of a call, seconds, where no system, channel or path sets one."""
-    forward_headers: tuple[str, ...] = ("accept", "accept-language", "content-type")
+    forward_headers: tuple[str, ...] = (
+        "accept",
+        "accept-language",
+        "content-type",
+        "if-match",  # CRUD runners: a write conditional on the version the client read
+        "if-none-match",
+    )
     stream_wait: float = 10.0
     """Default pause between saga steps when the runner names none, seconds."""
     stream_heartbeat: float = 15.0
@@ -133,8 +163,30 @@ class Gateway(Section, frozen=True):
     balancer's 60 s, so the balancer closes first)."""
     presence_interval: float = 2.0
     presence_ttl: float = 6.0
+    refresh: float = 15.0
+    """Seconds between re-reads of the config source (the file; a bus source is watched and
+    applied at once); -1 = never. See ``Config.shared``."""
+    config_source: Literal["file", "bus"] = "file"
+    """``bus``: systems, channels, tokens, services and commands come from the revision
+    ``busgate config push`` published on ``bus`` (this file's own until there is one)."""
+    control_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """CIDRs whose callers may use ``/api/control`` (with the admin role as well)."""
+    control_role: str = "admin"
+    control_token: str = ""
+    """The token (``tokens.NAME``) that authenticates ``/api/control`` callers; empty = the
+    only token, when there is exactly one."""
+    controllers: Controllers = msgspec.field(default_factory=Controllers)
+    full_role: str = "gateway"
+    """The role a caller of ``/api/request/full/...`` needs to supply origin and identity."""
     cors: Cors = msgspec.field(default_factory=Cors)
     csrf: Csrf = msgspec.field(default_factory=Csrf)
+    tls: ServerTls | None = None
+    """HTTPS on ``listen`` (see :class:`ServerTls`); None = plain HTTP."""
+    trusted_proxies: tuple[Cidr, ...] = ()
+    """CIDRs of the proxies whose ``X-Forwarded-For`` / ``Forwarded`` name the client's IP
+    (see ``edge.client_ip``); from any other peer the socket's address is the client's."""
+    rate_limit: GatewayLimits = msgspec.field(default_factory=lambda: GatewayLimits())
+    login_limit: LoginLimit = msgspec.field(default_factory=lambda: LoginLimit())
 
 
 class RunnerAuth(Section, frozen=True):
@@ -188,6 +240,9 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     """Let the runners' ``Set-Cookie`` headers reach the client (else they are dropped)."""
     auth: RunnerAuth | None = None
     log: SystemLog | None = None
+    tls: ClientTls | None = None
+    """How to reach ``https://`` runners (CA, client certificate); needs every runner
+    (``base_url`` or all of ``base_urls``) on ``https://``."""
 
     def __post_init__(self) -> None:
         if not self.base_url and not self.base_urls:
@@ -198,13 +253,63 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
             raise ValueError("base_urls: a runner is listed twice")
         if self.base_urls and not self.base_url:
             msgspec.structs.force_setattr(self, "base_url", self.base_urls[0])
+        if self.tls is not None and not all(u.startswith("https://") for u in self.runners):
+            key = "base_urls" if self.base_urls else "base_url"
+            raise ValueError(f"tls: set only with https:// runners (see {key})")
 
     @property
     def runners(self) -> tuple[str, ...]:
         return self.base_urls or (self.base_url,)
 
 
-System = RpcSystem
+class CrudSystem(Section, frozen=True, tag="crud", tag_field="type"):
+    """A CRUD runner over HTTP: ``/api/request/CHANNEL/STATE/ID`` → ``BASE/STATE/ID`` with
+    the client's method, query and body as they are (see ``adapters.crud``)."""
+
+    base_url: str
+    timeout: Timeout | None = None
+    max_connections: int = 100
+    headers: dict[str, str] = {}
+
+    def as_rpc(self) -> RpcSystem:
+        """The HTTP settings it shares with an RPC system (one pooled client for both)."""
+        return RpcSystem(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_connections=self.max_connections,
+            headers=self.headers,
+        )
+
+
+class RsocketSystem(Section, frozen=True, tag="rsocket", tag_field="type"):
+    """RSocket runners (see ``adapters.rsocket``): ``tcp`` to each of ``hosts`` (``host`` or
+    ``host:port``, port 7000 by default), or ``websocket`` to each of ``urls``; requests are
+    spread over the connected ones, a lost connection is retried ``retry_attempts`` times
+    ``retry_duration`` seconds apart, then again at the next call."""
+
+    protocol: Literal["tcp", "websocket"] = "tcp"
+    hosts: tuple[str, ...] = ("127.0.0.1:7000",)
+    urls: tuple[str, ...] = ()
+    timeout: Timeout | None = None
+    retry_attempts: Annotated[int, msgspec.Meta(ge=0)] = 3
+    retry_duration: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.protocol == "websocket" and not self.urls:
+            raise ValueError("urls: a websocket system needs at least one ws:// URL")
+        if self.protocol == "tcp" and not self.hosts:
+            raise ValueError("hosts: a tcp system needs at least one host")
+
+
+class BusSystem(Section, frozen=True, tag="bus", tag_field="type"):
+    """A bus-native system: no adapter; its runner (``busgate.runners.kit``) consumes
+    ``PREFIX.req.NAME`` itself and replies on the bus, one hop fewer."""
+
+    timeout: Timeout | None = None
+    """Overrides ``gateway.timeout`` for calls of this system."""
+
+
+System = RpcSystem | CrudSystem | RsocketSystem | BusSystem
 
 
 Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"]
@@ -347,6 +452,104 @@ class Token(Section, frozen=True):
                 raise ValueError(f"{name}: must be positive")
 
 
+class Limit(Section, frozen=True):
+    """``limit`` calls per ``period`` seconds (-1 = unlimited); ``max_wait`` > 0 queues a
+    caller up to that many seconds for a permit instead of answering 429 at once."""
+
+    limit: Annotated[int, msgspec.Meta(ge=-1)]
+    period: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    max_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.limit < 0
+
+
+class GatewayLimits(Section, frozen=True):
+    """``[gateway.rate_limit]``: defaults for every channel, per authenticated subject and
+    per client IP (anonymous callers). ``sync_interval``: seconds between two exchanges of
+    counts with the other edges over the bus (``edge.limits_sync``)."""
+
+    user: Limit | None = None
+    ip: Limit | None = None
+    sync_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.05
+
+
+class LoginLimit(Section, frozen=True):
+    """Attempts at ``/api/auth/login`` per client IP and per username: a brute force is
+    slowed (429), a real user is not locked out for longer than a period. The IP's limit is
+    the looser one: many users may share an address (an office, a carrier's NAT)."""
+
+    enabled: bool = True
+    ip: Limit = Limit(limit=60, period=60)
+    username: Limit = Limit(limit=10, period=60)
+
+
+class Bulkhead(Section, frozen=True):
+    """At most ``max_concurrent`` calls in flight per channel/path on one edge (-1 = no
+    bound); past it a call waits up to ``max_wait`` seconds, then 503 ``bulkhead_full``."""
+
+    max_concurrent: Annotated[int, msgspec.Meta(ge=-1)] = 200
+    max_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent == 0:
+            raise ValueError("max_concurrent: at least 1, or -1 for no bound")
+
+
+class Breaker(Section, frozen=True):
+    """A circuit breaker per channel/path on each edge, over the last ``size`` calls
+    (``window = "count"``) or the last ``size`` seconds (``"time"``). It opens when at least
+    ``min_calls`` were seen and ``failure_rate`` % of them failed (5xx, timeouts, no adapter)
+    or ``slow_rate`` % took longer than ``slow_call`` seconds (0 = no slow-call rule); open,
+    it answers 503 ``circuit_open`` for ``open_wait`` seconds, then lets ``half_open_calls``
+    through: all succeed -> closed, one fails -> open again."""
+
+    window: Literal["count", "time"] = "count"
+    size: Annotated[int, msgspec.Meta(ge=1)] = 50
+    failure_rate: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0
+    min_calls: Annotated[int, msgspec.Meta(ge=1)] = 20
+    slow_call: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    slow_rate: Annotated[float, msgspec.Meta(gt=0, le=100)] = 100.0
+    open_wait: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    half_open_calls: Annotated[int, msgspec.Meta(ge=1)] = 5
+
+
+class Retry(Section, frozen=True):
+    """Retries of a failed call: the adapter retries the runner call (``on_status``: the
+    runner's statuses, ``on_codes``: error codes such as ``upstream_unreachable``); the edge
+    retries only calls no adapter answered (``no_adapter``, ``bus_unavailable`` in
+    ``on_codes``). Only ``methods`` are retried (idempotent ones by default); the pause is
+    ``wait * backoff ** (n - 1)`` seconds with ±``jitter`` (a share) and never runs past the
+    call's deadline."""
+
+    attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    wait: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    backoff: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    on_status: tuple[int, ...] = (502, 503, 504)
+    on_codes: tuple[str, ...] = ("upstream_unreachable", "no_adapter")
+    methods: tuple[str, ...] = ("GET", "PUT", "DELETE")
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown method(s) {bad}; allowed: {list(METHODS)}")
+
+
+class Resilience(Section, frozen=True):
+    """``[channels.NAME.resilience]`` and ``[channels.NAME.paths."KEY".resilience]``: each
+    part set on the most specific key matching a path wins, then the channel's, then (for
+    ``user`` and ``ip``) ``[gateway.rate_limit]``. ``rate`` counts the calls of all callers."""
+
+    rate: Limit | None = None
+    user: Limit | None = None
+    ip: Limit | None = None
+    bulkhead: Bulkhead | None = None
+    breaker: Breaker | None = None
+    retry: Retry | None = None
+
+
 class PathRule(Section, frozen=True):
     """Access to the paths a key matches: ``*`` (all), ``prefix/*`` (below prefix) or an
     exact path; the most specific key wins. ``roles`` maps a method (or ``*``) to the roles
@@ -369,6 +572,9 @@ class PathRule(Section, frozen=True):
     subject/topic (NATS ``PREFIX.audit.CHANNEL``, Kafka ``PREFIX.audit``)."""
     audit_body: bool = False
     """...with the request body (secret-looking keys of a JSON object redacted)."""
+    resilience: Resilience | None = None
+    """Rate limits, bulkhead, breaker and retries for the paths the key matches (the same
+    caveat as ``timeout``)."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.roles if m != "*" and m not in METHODS]
@@ -450,6 +656,7 @@ class Channel(Section, frozen=True):
     """Public paths (``v1/orders/{id}``) that call another path of this channel."""
     response_headers: ResponseHeaders = {}
     errors: ErrorDetail = "full"
+    resilience: Resilience | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -581,6 +788,74 @@ class Telemetry(Section, frozen=True):
         return self.sampling > 0 and (self.bus_export or bool(self.otlp_endpoint))
 
 
+class TlsIdentity(Section, frozen=True):
+    """How a verified client certificate becomes the caller's identity, as a token would:
+    the subject is the certificate's common name (``cn``) or its first URI SAN (``uri``,
+    e.g. a SPIFFE id); ``roles`` maps subjects to their roles, others get ``default_roles``."""
+
+    subject: Literal["cn", "uri"] = "cn"
+    roles: dict[str, tuple[str, ...]] = {}
+    default_roles: tuple[str, ...] = ()
+
+
+class ServerTls(Section, frozen=True):
+    """``[gateway.tls]``: the edge's certificate, rotated at runtime (see ``edge.tls_server``).
+
+    ``source``: ``files`` (``cert`` and ``key``, PEM), ``folder`` (``cert.pem`` + ``key.pem``,
+    or ``tls.crt`` + ``tls.key`` as a Kubernetes secret mounts them) or ``self-signed``
+    (made at start for ``self_signed_hosts``, renewed ``renew_before`` seconds before it
+    expires) or ``bus`` (the bus's store, ``busgate cert push``). The files (or the store's
+    view) are read every ``poll`` seconds; a changed certificate is served to
+    new connections ``grace`` seconds later (clients can trust it first); open connections
+    keep theirs. ``client_auth`` asks for client certificates signed by ``ca``.
+    """
+
+    source: Literal["files", "folder", "self-signed", "bus"] = "files"
+    name: str = "default"
+    """``source = "bus"``: the name the certificate was pushed under (``busgate cert push``)."""
+    cert: str = ""
+    key: str = ""
+    folder: str = ""
+    ca: str = ""
+    """PEM bundle of the CAs that sign client certificates."""
+    client_auth: Literal["none", "optional", "require"] = "none"
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    ciphers: str = ""
+    """OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); empty = Python's."""
+    poll: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    grace: Annotated[float, msgspec.Meta(ge=0)] = 11.0
+    self_signed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    self_signed_lifetime: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
+    renew_before: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
+    identity: TlsIdentity = msgspec.field(default_factory=TlsIdentity)
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not (self.cert and self.key):
+            raise ValueError("source 'files': set cert and key (PEM paths)")
+        if self.source == "folder" and not self.folder:
+            raise ValueError("source 'folder': set folder")
+        if self.client_auth != "none" and not self.ca:
+            raise ValueError(f"client_auth {self.client_auth!r}: set ca (the clients' CAs)")
+        if self.source == "self-signed" and self.renew_before >= self.self_signed_lifetime:
+            raise ValueError("renew_before: must be shorter than self_signed_lifetime")
+
+
+class ClientTls(Section, frozen=True):
+    """TLS to a runner: ``ca`` verifies it (empty = the system's trust store); ``cert`` and
+    ``key`` are the client certificate for mTLS, re-read every ``poll`` seconds and used for
+    new connections once they change."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    poll: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key: set both (a client certificate) or neither")
+
+
 class Config(Section, frozen=True):
     gateway: Gateway = msgspec.field(default_factory=Gateway)
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
@@ -610,6 +885,11 @@ class Config(Section, frozen=True):
                     f"commands.system: unknown system {self.commands.system!r}; "
                     f"known: {sorted(self.systems)}"
                 )
+            if isinstance(self.systems[self.commands.system], BusSystem):
+                raise ValueError(
+                    f"commands.system: system {self.commands.system!r} is bus-native; commands"
+                    " are executed by an adapter, so name a system that has one"
+                )
             if self.commands.token is not None and self.commands.token not in self.tokens:
                 raise ValueError(f"commands.token: unknown token {self.commands.token!r}")
         for name, service in self.services.items():
@@ -623,6 +903,33 @@ class Config(Section, frozen=True):
         if ch.paths and (found := path_timeout(ch.paths, path)) is not None:
             return found
         return ch.timeout or self.systems[ch.system].timeout or self.gateway.timeout
+
+
+SHARED = ("systems", "channels", "tokens", "services", "commands")
+"""What a refresh changes on a running node; ``gateway`` and ``telemetry`` stay the node's
+own (its bus, listen address and id cannot change under it)."""
+
+
+def with_shared(node: Config, shared: Config) -> Config:
+    """``node``'s gateway and telemetry with ``shared``'s systems, channels, tokens, services
+    and commands, checked again as a whole (a revision may drop what another refers to)."""
+    try:
+        return Config(
+            gateway=node.gateway,
+            telemetry=node.telemetry,
+            **{name: getattr(shared, name) for name in SHARED},
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def loads(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate TOML text (a pushed revision) as ``load`` does a file."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse(apply_env(raw, os.environ if env is None else env))
 
 
 def path_timeout(paths: Mapping[str, PathRule], path: str) -> float | None:

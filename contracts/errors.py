@@ -71,6 +71,12 @@ class UnsupportedMediaType(BusgateError):
     status, code = 415, "unsupported_media_type"
 
 
+class NotAcceptable(BusgateError):
+    """The caller's ``Accept`` names none of the formats the edge answers in."""
+
+    status, code = 406, "not_acceptable"
+
+
 class RateLimited(BusgateError):
     status, code, retryable = 429, "rate_limited", True
 
@@ -126,3 +132,16 @@ class Remote(BusgateError):
     def __init__(self, error: Error) -> None:
         super().__init__(error.message)
         self.status, self.code, self.retryable = error.status, error.code, error.retryable
+
+
+class BulkheadFull(BusgateError):
+    """Too many calls in flight on this channel/path at this edge (``resilience.bulkhead``)."""
+
+    status, code, retryable = 503, "bulkhead_full", True
+
+
+class CircuitOpen(BusgateError):
+    """The channel/path's circuit breaker is open: its runner has been failing, so the call
+    is refused at once, without crossing the bus (``resilience.breaker``)."""
+
+    status, code, retryable = 503, "circuit_open", True

@@ -210,6 +210,37 @@ class CallLog(Wire, frozen=True, tag="calllog"):
     body: bytes | None = None
 
 
+class Refresh(Wire, frozen=True, tag="refresh"):
+    """Re-read the config source now (``POST /api/control``), broadcast on the control
+    subject; every node answers ``Refreshed`` to ``reply_to``."""
+
+    id: str
+    reply_to: str
+    component: str = ""
+    name: str = ""
+
+
+class Refreshed(Wire, frozen=True, tag="refreshed"):
+    """One node's answer to a Refresh: the revision it runs after it (0 = its own file)."""
+
+    id: str
+    node: str
+    role: str = ""
+    revision: int = 0
+    ok: bool = True
+    error: str = ""
+
+
 Message = (
-    Request | Reply | StreamStep | Credit | Cancel | Presence | DeadLetter | AuditEvent | CallLog
+    Request
+    | Reply
+    | StreamStep
+    | Credit
+    | Cancel
+    | Presence
+    | DeadLetter
+    | AuditEvent
+    | CallLog
+    | Refresh
+    | Refreshed
 )

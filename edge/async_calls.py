@@ -27,7 +27,7 @@ async def handle_async(request: web.Request, mode: str) -> web.StreamResponse:
     if mode not in MODES:
         raise errors.BadRequest(f"{HEADER} must be 'gateway' or 'backend'")
     app = request.app
-    req = await envelope.build(request, app[keys.CONFIG], "request")
+    req = await envelope.build(request, app[keys.LIVE].config, "request")
     req = msgspec.structs.replace(req, detach=mode)
     bus = app[keys.BUS]
 

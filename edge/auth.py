@@ -10,11 +10,16 @@ from busgate.contracts import errors
 from busgate.contracts.config import Config
 from busgate.contracts.wire import Identity
 from busgate.edge.access import ChannelAccess
+from busgate.edge.cert_identity import CertIdentities
 from busgate.edge.responses import error_response
 from busgate.edge.tokens import TokenService
 
 
 class AuthContext:
+    checking: bool = False
+    """Whether the auth middleware is installed (only when the config at start has access
+    rules: a node without any pays nothing per call for it)."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         csrf = config.gateway.csrf.secret
@@ -26,6 +31,25 @@ class AuthContext:
             name: self.tokens[ch.auth] for name, ch in config.channels.items() if ch.auth
         }
         self.sessions: Sessions | None = None
+        tls = config.gateway.tls
+        self.certs = (
+            CertIdentities(tls.identity) if tls is not None and tls.client_auth != "none" else None
+        )
+
+    def swap(self, config: Config, tokens: dict[str, TokenService]) -> list[TokenService]:
+        """Take a refreshed config's tokens and rules, in place (the auth middleware holds
+        these dicts); returns the token services it replaced."""
+        retired = [s for name, s in self.tokens.items() if tokens.get(name) is not s]
+        access = {name: ChannelAccess(ch) for name, ch in config.channels.items()}
+        channel_tokens = {name: tokens[ch.auth] for name, ch in config.channels.items() if ch.auth}
+        self.config = config
+        self.tokens.clear()
+        self.tokens.update(tokens)
+        self.access.clear()
+        self.access.update(access)
+        self.channel_tokens.clear()
+        self.channel_tokens.update(channel_tokens)
+        return retired
 
     @property
     def session_ttl(self) -> float:

@@ -217,6 +217,8 @@ class AuthApi:
         self, request: web.Request, channel: Channel, service: TokenService, action: str
     ) -> web.StreamResponse:
         body = await self._credentials(request, action)
+        if action == "login" and (guards := request.app.get(keys.GUARDS)) is not None:
+            await guards.login(request, body)  # 429 past the attempts per IP and username
         answer = await self._call_provider(request, body)
         session_id = secrets.token_urlsafe(16)
         claims = map_claims(

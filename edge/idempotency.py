@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from busgate.bus.base import Bus
 from busgate.bus.store import Store, open_store
 from busgate.contracts import errors
 from busgate.contracts.commands import IdempotencyRecord
@@ -42,12 +43,40 @@ def fingerprint(*parts: bytes | str) -> str:
 
 
 class Idempotency:
-    def __init__(
-        self, store: Store[IdempotencyRecord], window: float, *, wait: float = 5.0
-    ) -> None:
-        self.store = store
+    """The keys live in the shared store's ``idempotency`` entries, opened on the first call
+    that carries a key: an edge whose callers never send one (no commands, sends or
+    ``X-Async`` in use) pays for no store -- on Kafka a producer and a consumer reading the
+    topic, on NATS a bucket watch."""
+
+    def __init__(self, bus: Bus, window: float, *, wait: float = 5.0) -> None:
+        self.bus = bus
         self.window = window
         self.wait = wait
+        self.store: Store[IdempotencyRecord] | None = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> Store[IdempotencyRecord]:
+        """The store, opened now if it is not yet; BusUnavailable (503) while the bus is
+        away, and the next keyed call tries again."""
+        async with self._opening:
+            if self.store is None:
+                store = open_store(self.bus, "idempotency", IdempotencyRecord, max_age=self.window)
+                try:
+                    await store.start()
+                except TimeoutError:
+                    await store.close()
+                    raise errors.BusUnavailable("the idempotency keys are not readable") from None
+                except BaseException:
+                    await store.close()
+                    raise
+                self.store = store
+            return self.store
+
+    async def close(self) -> None:
+        async with self._opening:
+            if self.store is not None:
+                await self.store.close()
+                self.store = None
 
     async def run(
         self,
@@ -66,13 +95,14 @@ class Idempotency:
             raise errors.BadRequest(f"{HEADER} must have 1 to {MAX_KEY} characters")
         who = identity.subject if identity is not None else "anonymous"
         slot = fingerprint(scope, who, key)
+        store = self.store or await self._open()
         pending = IdempotencyRecord(fingerprint=asked, created=time.time())
-        if await self.store.create(slot, pending, ttl=self.window) is None:
-            return await self._replay(slot, asked)
+        if await store.create(slot, pending, ttl=self.window) is None:
+            return await self._replay(store, slot, asked)
         try:
             response = await publish(slot)
         except BaseException:
-            await self._release(slot)
+            await self._release(store, slot)
             raise
         done = IdempotencyRecord(
             fingerprint=asked,
@@ -83,17 +113,17 @@ class Idempotency:
         )
         # Published and answered; if this write fails, a retry with the key gets a 409.
         with contextlib.suppress(errors.BusUnavailable):
-            await self.store.put(slot, done, ttl=self.window)
+            await store.put(slot, done, ttl=self.window)
         return response
 
-    async def _replay(self, slot: str, asked: str) -> web.Response:
-        entry = self.store.local(slot) or await self.store.get(slot)
+    async def _replay(self, store: Store[IdempotencyRecord], slot: str, asked: str) -> web.Response:
+        entry = store.local(slot) or await store.get(slot)
         if entry is not None and entry.value.fingerprint == asked and not entry.value.status:
             # Another call (maybe on another edge) is publishing: wait for its answer.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.wait):
-                    await self.store.wait_until(lambda: self._settled(slot))
-            entry = self.store.local(slot)
+                    await store.wait_until(lambda: _settled(store, slot))
+            entry = store.local(slot)
         if entry is None:
             raise errors.Conflict(f"a call with this {HEADER} failed meanwhile; retry it")
         record = entry.value
@@ -106,20 +136,19 @@ class Idempotency:
         response.headers[REPLAYED] = "true"
         return response
 
-    def _settled(self, slot: str) -> bool:
-        entry = self.store.local(slot)
-        return entry is None or entry.value.status != 0
-
-    async def _release(self, slot: str) -> None:
+    async def _release(self, store: Store[IdempotencyRecord], slot: str) -> None:
         with contextlib.suppress(errors.BusUnavailable):
-            await self.store.delete(slot)
+            await store.delete(slot)
+
+
+def _settled(store: Store[IdempotencyRecord], slot: str) -> bool:
+    entry = store.local(slot)
+    return entry is None or entry.value.status != 0
 
 
 async def idempotency_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The edge's idempotency keys: the shared store's ``idempotency`` entries."""
-    window = app[keys.CONFIG].gateway.idempotency_window
-    store = open_store(app[keys.BUS], "idempotency", IdempotencyRecord, max_age=window)
-    await store.start()
-    app[keys.IDEMPOTENCY] = Idempotency(store, window)
+    """The edge's idempotency keys (their store opens on first use)."""
+    idempotency = Idempotency(app[keys.BUS], app[keys.CONFIG].gateway.idempotency_window)
+    app[keys.IDEMPOTENCY] = idempotency
     yield
-    await store.close()
+    await idempotency.close()

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from busgate.edge.error_detail import ErrorLevels
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
+    from busgate.edge.live import LiveConfig
     from busgate.edge.open_streams import OpenStreams
+    from busgate.edge.resilience import Guards
     from busgate.edge.response_headers import HeaderRules
 
 CONFIG = web.AppKey("config", Config)
@@ -28,6 +30,11 @@ IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 ALIASES: web.AppKey[dict[str, ChannelAliases]] = web.AppKey("aliases")
 RESPONSE_HEADERS: web.AppKey[dict[str, HeaderRules]] = web.AppKey("response_headers")
 ERROR_LEVELS: web.AppKey[ErrorLevels] = web.AppKey("error_levels")
+GUARDS: web.AppKey[Guards] = web.AppKey("guards")
+LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
+"""The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""
+CONFIG_PATH = web.AppKey("config_path", str)
+"""The file a node was started with, re-read every ``gateway.refresh`` seconds."""
 
 # Per-call state, set by the ids middleware.
 REQUEST_ID = web.RequestKey("request_id", str)

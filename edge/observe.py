@@ -12,6 +12,7 @@ no node after this one records it either (``bus.tracing``).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -159,7 +160,7 @@ class EdgeCalls:
                 "busgate.system": req.system,
             },
         )
-        return span, msgspec.structs.replace(req, traceparent=tr.traceparent_of(span))
+        return span, msgspec.structs.replace(req, traceparent=span.traceparent)
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
         span, req = self._span(req)
@@ -205,6 +206,47 @@ class EdgeCalls:
                 span.end()
 
 
+@contextlib.contextmanager
+def publishing(
+    request: web.Request,
+    system: str,
+    destination: str,
+    message_id: str,
+    attributes: dict[str, Any],
+) -> Iterator[str]:
+    """A PRODUCER span around a message this call publishes without waiting for an answer
+    (a command, an ad hoc message), when the call is traced. Yields the ``traceparent`` the
+    message carries: the span's, else the call's."""
+    traceparent: str = request[keys.TRACEPARENT]
+    tracing = request.app.get(TRACING)
+    if tracing is None or not tr.is_sampled(traceparent):
+        yield traceparent
+        return
+    span = tracing.start(
+        f"{destination} publish",
+        tr.Kind.PRODUCER,
+        traceparent,
+        {
+            "messaging.system": system,
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+            "messaging.message.id": message_id,
+            tr.REQUEST_ID: request[keys.REQUEST_ID],
+            **attributes,
+        },
+    )
+    try:
+        yield span.traceparent
+    except BusgateError as exc:
+        tr.fail(span, exc.code, exc.message)
+        raise
+    except BaseException as exc:
+        tr.fail(span, _status_of(exc)[1])
+        raise
+    finally:
+        span.end()
+
+
 def auth_reason(response: web.StreamResponse) -> str:
     """Why the auth middleware refused a call; it answers (rather than raises) 401s, telling
     a missing token from an invalid one in ``WWW-Authenticate`` (RFC 6750)."""
@@ -234,7 +276,7 @@ def observe_middleware(
 
     def start_span(request: web.Request, tracing: tr.Tracing) -> tr.Span | None:
         incoming = request.headers.get("traceparent", "") if accept_trace else ""
-        if incoming and tr.parse(incoming.strip().lower()) is not None:
+        if incoming and tr.valid(incoming.strip().lower()):
             incoming = incoming.strip().lower()
             sampled = tr.is_sampled(incoming)
         else:
@@ -257,8 +299,8 @@ def observe_middleware(
                 "busgate.channel": request.match_info.get("channel", ""),
             },
         )
-        request[keys.TRACEPARENT] = tr.traceparent_of(span)
-        request[keys.TRACE_ID] = tr.trace_id_of(span)
+        request[keys.TRACEPARENT] = span.traceparent
+        request[keys.TRACE_ID] = span.trace_id
         return span
 
     @web.middleware

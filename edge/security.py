@@ -52,6 +52,7 @@ def install(app: web.Application, config: Config, *, sessions: Sessions | None =
         app.middlewares.append(csrf_middleware(gateway.csrf, ctx.tokens.values(), skip))
     if ctx.channel_tokens or any(ch.paths for ch in config.channels.values()):
         app.middlewares.append(auth_middleware(ctx, app.get(keys.ALIASES)))
+        ctx.checking = True
     if not ctx.tokens:
         return
 
@@ -69,4 +70,5 @@ def install(app: web.Application, config: Config, *, sessions: Sessions | None =
         await ctx.close()
 
     app.cleanup_ctx.append(sessions_ctx)
-    app.router.add_post(ROUTE, AuthApi(ctx).handle)
+    if gateway.controllers.auth:
+        app.router.add_post(ROUTE, AuthApi(ctx).handle)

@@ -11,20 +11,20 @@ large 413.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from busgate.bus import headers as hdr
-from busgate.bus.producers import Producer, producer_for
+from busgate.bus.producers import KafkaProducer, Producer, allows, producer_for
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Config
 from busgate.edge import keys
 from busgate.edge.caller import identify, require, www_authenticate
 from busgate.edge.idempotency import fingerprint
+from busgate.edge.observe import publishing
 from busgate.edge.responses import JSON
 
 log = logging.getLogger("busgate.edge.send")
@@ -78,7 +78,7 @@ class SendApi:
         if service.token is not None:
             roles = frozenset(r for r in service.roles if r != "*") or None
             require(identity, roles)
-        if not any(fnmatch.fnmatchcase(topic, pattern) for pattern in service.topics):
+        if not allows(service, topic):
             raise errors.Forbidden(f"service {name!r} may not send to topic {topic!r}")
         key, partition = target(info["rest"])
         limit = service.max_body or self.config.gateway.max_body
@@ -94,15 +94,18 @@ class SendApi:
             await producer.start()  # raises BusUnavailable while the broker is still away
             self.started.add(name)
         headers = {hdr.REQUEST_ID: request[keys.REQUEST_ID]}
-        if request[keys.TRACEPARENT]:
-            headers[hdr.TRACEPARENT] = request[keys.TRACEPARENT]
         if request.content_type:
             headers["content-type"] = request.content_type
+        system = "kafka" if isinstance(producer, KafkaProducer) else "nats"
 
         async def publish(slot: str | None) -> web.Response:
             if slot is not None:
                 headers["Nats-Msg-Id"] = slot
-            landed = await producer.send(topic, key, partition, body, headers)
+            attributes = {"busgate.kind": "message", "busgate.service": name}
+            with publishing(request, system, topic, request[keys.REQUEST_ID], attributes) as tp:
+                if tp:
+                    headers[hdr.TRACEPARENT] = tp
+                landed = await producer.send(topic, key, partition, body, headers)
             return web.Response(status=202, body=json_encode(landed), content_type=JSON)
 
         asked = fingerprint("send", name, topic, info["rest"], body)

@@ -12,9 +12,12 @@ import logging
 
 from aiohttp import web
 
+from busgate.bus.config_source import initial_config
 from busgate.contracts.config import Config
+from busgate.edge import keys
 from busgate.edge.app import create_app
 from busgate.edge.http_server import runner_for
+from busgate.edge.tls_server import rotating
 
 log = logging.getLogger("busgate.edge")
 
@@ -24,11 +27,12 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, config_path: str | None = None) -> None:
     """Serve until cancelled (or until a signal raises ``GracefulExit``)."""
     host, port = split_listen(config.gateway.listen)
+    config = await initial_config(config)
     runner = runner_for(
-        create_app(config),
+        create_app(config, config_path=config_path),
         config.gateway,
         access_log=None,
         shutdown_timeout=10,
@@ -36,17 +40,23 @@ async def serve(config: Config) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("edge %s listening on http://%s:%d", config.gateway.id, host, port)
-        await asyncio.Future()  # until cancelled
+        async with contextlib.AsyncExitStack() as stack:
+            ssl_context = None
+            if (tls := config.gateway.tls) is not None:
+                bus = runner.app[keys.BUS]  # connected by now (the app's cleanup_ctx)
+                ssl_context = (await stack.enter_async_context(rotating(tls, bus))).context
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            scheme = "https" if ssl_context else "http"
+            log.info("edge %s listening on %s://%s:%d", config.gateway.id, scheme, host, port)
+            await asyncio.Future()  # until cancelled
     finally:
         await runner.cleanup()
 
 
-def run(config: Config) -> None:
+def run(config: Config, config_path: str | None = None) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(serve(config))
+    main = loop.create_task(serve(config, config_path))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -59,7 +59,9 @@ from busgate.contracts.errors import BusgateError, BusUnavailable, DeadlineExcee
 from busgate.contracts.wire import Request
 from busgate.edge import envelope, keys, sse
 from busgate.edge.open_streams import OpenStreams, Slot, client_key
-from busgate.edge.responses import shown_error
+from busgate.edge.rate_limit import RateLimited
+from busgate.edge.resilience import with_headers
+from busgate.edge.responses import error_response, shown_error
 
 try:  # Linux: the socket's unsent and unacknowledged bytes (TIOCOUTQ = SIOCOUTQ)
     import fcntl
@@ -85,11 +87,19 @@ def idle_timeout(config: Config, channel: str, path: str = "") -> float:
 
 async def handle_stream(request: web.Request) -> web.StreamResponse:
     app = request.app
-    config = app[keys.CONFIG]
+    config = app[keys.LIVE].config  # this call's config to its end, whatever a refresh does
+    guards = app[keys.GUARDS]
+    policy = guards.policy(request)
+    if not policy.empty:  # an open stream counts as one call
+        try:
+            await guards.limit(request, policy)
+        except RateLimited as exc:
+            refused = error_response(exc, request.get(keys.REQUEST_ID))
+            return with_headers(refused, [exc.verdict])
     req = await envelope.build(request, config, "stream")
     slot = app[keys.STREAMS].open(client_key(req))
     try:
-        return await _relay(request, req, slot)
+        return await _relay(request, req, slot, config)
     finally:
         slot.close()
 
@@ -107,8 +117,9 @@ async def _prepare(request: web.Request, req: Request, slot: Slot) -> web.Stream
     return response
 
 
-async def _relay(request: web.Request, req: Request, slot: Slot) -> web.StreamResponse:
-    config = request.app[keys.CONFIG]
+async def _relay(
+    request: web.Request, req: Request, slot: Slot, config: Config
+) -> web.StreamResponse:
     gateway = config.gateway
     steps = request.app[keys.BUS].stream(
         req,

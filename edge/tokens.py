@@ -18,6 +18,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -197,6 +198,12 @@ class Jwks:
             await self._session.close()
 
 
+_BAD_SIGNATURE = "the token's signature is invalid"
+_BAD_ALGORITHM = "the token's algorithm is not accepted"
+_OTHER_KEY = (_BAD_SIGNATURE, _BAD_ALGORITHM)
+"""The refusals another (previous) key may still accept."""
+
+
 class TokenService:
     """Issues and checks the tokens of one ``tokens.NAME``."""
 
@@ -237,6 +244,8 @@ class TokenService:
         self._algorithms = [config.algorithm]
         self._options: Any = {"require": ["exp", "iat", "sub", "typ"]}
         self._cache: dict[str, tuple[Identity, float]] = {}
+        self._previous: list[tuple[Any, Sequence[str]]] = []
+        """Verification keys of this token before a config refresh changed it (``succeed``)."""
         self.verified = 0
         """Signature checks done (cache misses), for status and benchmarks."""
 
@@ -282,7 +291,28 @@ class TokenService:
 
     # -- checking ---------------------------------------------------------------------
 
+    def succeed(self, old: TokenService) -> None:
+        """Take over from ``old`` after a config refresh: tokens it signed stay valid until
+        they expire, when the key changed (a rotation must not log everybody out)."""
+        keys: list[tuple[Any, Sequence[str]]] = [(old._verify_key, old._algorithms)]
+        keys += old._previous
+        self._previous = [k for k in keys if k[0] != self._verify_key][:4]
+
     def _decode(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
+        if self._previous:
+            keys: list[tuple[Any, Sequence[str]]] = [(self._verify_key, self._algorithms)]
+            for key, algorithms in keys + self._previous:
+                try:
+                    return self._decode_with(token, key, algorithms, verify_exp=verify_exp)
+                except errors.Unauthorized as exc:
+                    if exc.message not in _OTHER_KEY:
+                        raise
+            raise errors.Unauthorized(_BAD_SIGNATURE)
+        return self._decode_with(token, self._verify_key, self._algorithms, verify_exp=verify_exp)
+
+    def _decode_with(
+        self, token: str, key: Any, algorithms: Sequence[str], *, verify_exp: bool
+    ) -> dict[str, Any]:
         if len(token) > self.config.max_size:
             raise errors.Unauthorized(f"the token is longer than {self.config.max_size} bytes")
         if not token.isascii():  # a JWT is base64url and dots; stray bytes broke pyjwt
@@ -293,8 +323,8 @@ class TokenService:
         try:
             return jwt.decode(
                 token,
-                self._verify_key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=algorithms,
                 audience=self.config.audience,
                 issuer=self.config.issuer,
                 leeway=self.config.leeway,
@@ -309,9 +339,9 @@ class TokenService:
         except jwt.InvalidIssuerError:
             raise errors.Unauthorized("the token is from another issuer") from None
         except jwt.InvalidAlgorithmError:
-            raise errors.Unauthorized("the token's algorithm is not accepted") from None
+            raise errors.Unauthorized(_BAD_ALGORITHM) from None
         except jwt.InvalidSignatureError:
-            raise errors.Unauthorized("the token's signature is invalid") from None
+            raise errors.Unauthorized(_BAD_SIGNATURE) from None
         except jwt.InvalidTokenError as exc:
             raise errors.Unauthorized(f"the token is invalid: {type(exc).__name__}") from None
 

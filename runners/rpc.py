@@ -1,7 +1,10 @@
 """The sample RPC runner: ``POST /api/{runner}/{saga}`` with ``{"parameters", "meta"}``.
 
 Sagas: ``echo``, ``meta`` (the ``meta`` it got, plus its ``traceparent`` header), ``sleep``,
-``fail``, ``blob`` (an answer of ``bytes`` bytes) and the streaming ``count`` (``from``, ``to``,
+``fail``, ``flaky`` (answers ``status``, default 503, to the first ``failures`` calls with a
+given ``key``, default 2, then 200 with the calls it saw and ``meta.attempt``; ``ms`` waits
+first), ``blob``
+(an answer of ``bytes`` bytes) and the streaming ``count`` (``from``, ``to``,
 ``batch``, ``wait`` ms; ``fail_at=N`` answers 500 for the step that would reach N; ``big_at=N``
 sends that step as one item of ``big`` bytes) and ``bulk`` (``size`` bytes per step, ``to``
 steps, ``wait`` ms, default 0: a fast stream of large steps, for backpressure tests). Commands
@@ -25,6 +28,7 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 CALLS = web.AppKey("calls", collections.deque[dict[str, Any]])
+FLAKY = web.AppKey("flaky", dict[str, int])
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -110,6 +114,14 @@ async def saga(request: web.Request) -> web.Response:
             return _json(step)
         case "bulk":
             return _json(bulk_step(p))
+        case "flaky":  # fails `failures` times per `key`, then succeeds: for retry tests
+            key = str(p.get("key", ""))
+            if "ms" in p:
+                await asyncio.sleep(_int(p, "ms", 0) / 1000)
+            seen = request.app[FLAKY][key] = request.app[FLAKY].get(key, 0) + 1
+            if seen <= _int(p, "failures", 2):
+                return _json({"error": f"call {seen} fails on purpose"}, _int(p, "status", 503))
+            return _json({"key": key, "calls": seen, "attempt": meta.get("attempt")})
     return _json({"error": f"no saga {name!r}"}, 404)
 
 
@@ -138,6 +150,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app() -> web.Application:
     app = web.Application()
     app[CALLS] = collections.deque(maxlen=20_000)
+    app[FLAKY] = {}
     app.router.add_post("/api/{runner}/{saga:.*}", saga)
     app.router.add_get("/calls", calls)
     app.router.add_get("/healthz", healthz)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from busgate.brokers import free_port
@@ -25,6 +25,13 @@ class DevStack:
     parts: dict[str, str] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    """Notified for each line of output."""
+
+    def wait_for_output(self, check: Callable[[list[str]], bool], timeout: float = 10) -> bool:
+        """Whether ``check(output)`` held within ``timeout`` seconds (woken by each line)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: check(self.output), timeout)
 
     @property
     def runner(self) -> str:
@@ -34,12 +41,28 @@ class DevStack:
 
 @contextlib.contextmanager
 def dev_stack(
-    bus: str = "nats", env: dict[str, str] | None = None, timeout: float = 90
+    bus: str = "nats",
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    args: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
 ) -> Iterator[DevStack]:
+    """``options``: more arguments to ``busgate dev``."""
     port = free_port()
     stack = DevStack(bus=bus)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "dev", "--bus", bus, "--listen", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "busgate",
+            "dev",
+            "--bus",
+            bus,
+            "--listen",
+            f"127.0.0.1:{port}",
+            *args,
+            *options,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -51,7 +74,9 @@ def dev_stack(
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            stack.output.append(line.rstrip())
+            with stack.changed:
+                stack.output.append(line.rstrip())
+                stack.changed.notify_all()
             if m := _PART.match(line):
                 stack.parts[m.group(1)] = m.group(2)
             if m := _READY.search(line):

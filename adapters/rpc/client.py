@@ -18,6 +18,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from busgate.adapters import retry
+from busgate.adapters.retry import RetryFor
 from busgate.adapters.rpc.balance import Balancer, Runner
 from busgate.adapters.rpc.runner_auth import ClientCredentials
 from busgate.bus.base import Responder
@@ -26,6 +28,7 @@ from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Gateway, RpcSystem
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Reply, Request
+from busgate.tls.client import ClientCerts
 
 if TYPE_CHECKING:
     from busgate.adapters.observe import AdapterObserver
@@ -62,7 +65,7 @@ def cursor_text(cursor: Any) -> str | None:
     return json_encode(cursor).decode()
 
 
-def _meta(req: Request, trace_id: str) -> bytes:
+def _meta(req: Request, trace_id: str, attempt: bool = False) -> bytes:
     identity = msgspec.to_builtins(req.identity) if req.identity else None
     meta = {
         "requestId": req.shown_id,
@@ -75,6 +78,8 @@ def _meta(req: Request, trace_id: str) -> bytes:
     if req.kind == "command":  # the runner may deduplicate on the id across attempts
         meta["commandId"] = req.id
         meta["attempt"] = req.attempt
+    elif attempt:  # a call its path's retry policy may repeat (adapters.retry)
+        meta["attempt"] = req.attempt
     if req.meta:  # an alias's mappings: never in place of what busgate itself says
         meta = {**req.meta, **meta}
     return json_encode(meta)
@@ -86,8 +91,11 @@ def trace_id_of(traceparent: str) -> str:
 
 
 class RpcClient:
-    def __init__(self, name: str, system: RpcSystem, gateway: Gateway) -> None:
+    def __init__(
+        self, name: str, system: RpcSystem, gateway: Gateway, retry_for: RetryFor | None = None
+    ) -> None:
         self.name = name
+        self.retry_for = retry_for
         self.system = system
         self.gateway = gateway
         self.base_url = system.base_url.rstrip("/")
@@ -95,8 +103,11 @@ class RpcClient:
         self._urls: dict[str, URL] = {}  # path -> runner URL: most calls reuse a few paths
         runners = system.runners
         self.balancer = Balancer(runners, system.eject_time) if len(runners) > 1 else None
+        self.tls = ClientCerts(f"systems.{name}", system.tls) if system.tls else None
         self.credentials = (
-            ClientCredentials(name, system.auth, runners[0]) if system.auth is not None else None
+            ClientCredentials(name, system.auth, runners[0], self.tls)
+            if system.auth is not None
+            else None
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -113,6 +124,8 @@ class RpcClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=headers, skip_auto_headers=("User-Agent",)
             )
+            if self.tls is not None:
+                self.tls.start()
         return self._session
 
     def observe(self, observer: AdapterObserver) -> None:
@@ -155,9 +168,10 @@ class RpcClient:
 
     async def _post(self, req: Request, parameters: bytes) -> tuple[int, dict[str, str], bytes]:
         timeout = self._remaining(req)
+        retried = self.retry_for is not None and self.retry_for(req) is not None
         body = b'{"parameters":%b,"meta":%b}' % (
             parameters or b"null",
-            _meta(req, trace_id_of(req.traceparent)),
+            _meta(req, trace_id_of(req.traceparent), retried),
         )
         headers = {
             "Content-Type": "application/json",
@@ -177,7 +191,11 @@ class RpcClient:
             url = self.runner_url(req.path, runner)
             try:
                 async with self.session.post(
-                    url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    ssl=self.tls.context if self.tls is not None else True,
                 ) as resp:
                     if resp.status == 401 and credentials is not None and not renewed:
                         # Refused before it acted: once more, with a fresh token.
@@ -239,6 +257,13 @@ class RpcClient:
         )
 
     async def call(self, req: Request) -> Reply:
+        """One runner call, retried as the path's ``retry`` says (``adapters.retry``)."""
+        policy = self.retry_for(req) if self.retry_for is not None else None
+        if policy is None:
+            return await self._call_once(req)
+        return await retry.run(self._call_once, req, policy)
+
+    async def _call_once(self, req: Request) -> Reply:
         try:
             status, headers, payload = await self._post(req, req.body)
         except errors.BusgateError:
@@ -251,7 +276,7 @@ class RpcClient:
                 f"internal error while calling the runner of system {self.name!r}"
             ) from None
         if status >= 500:
-            raise errors.UpstreamError(f"runner of system {self.name!r} answered {status}")
+            raise retry.RunnerFailed(f"runner of system {self.name!r} answered {status}", status)
         return Reply(id=req.id, status=status, headers=headers, body=payload)
 
     async def stream(self, req: Request, responder: Responder) -> None:
@@ -365,3 +390,5 @@ class RpcClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self.tls is not None:
+            await self.tls.close()

@@ -18,6 +18,7 @@ from yarl import URL
 from busgate.contracts import errors
 from busgate.contracts.config import RunnerAuth
 from busgate.contracts.secrets import resolve_secret
+from busgate.tls.client import ClientCerts
 
 log = logging.getLogger("busgate.adapter.rpc.auth")
 
@@ -32,8 +33,12 @@ _decode = msgspec.json.Decoder(TokenAnswer).decode
 
 
 class ClientCredentials:
-    def __init__(self, system: str, auth: RunnerAuth, base_url: str) -> None:
+    def __init__(
+        self, system: str, auth: RunnerAuth, base_url: str, tls: ClientCerts | None = None
+    ) -> None:
         self.system = system
+        self.tls = tls
+        """The system's client TLS (its CA, its client certificate) for an https token URL."""
         self.auth = auth
         self.url = URL(base_url).join(URL(auth.token_url))
         secret = resolve_secret(auth.client_secret, f"systems.{system}.auth.client_secret")
@@ -73,6 +78,7 @@ class ClientCredentials:
                 data=form,
                 headers={"Authorization": self._basic},
                 timeout=aiohttp.ClientTimeout(total=self.auth.timeout),
+                ssl=self.tls.context if self.tls is not None else True,
             ) as resp:
                 body = await resp.read()
                 status = resp.status

@@ -45,14 +45,15 @@ def run(main: Coroutine[Any, Any, None]) -> None:
             uvloop.run(main)
 
 
-async def serve(application: Any, listen: str) -> None:
-    """Serve an aiohttp app on ``listen`` until cancelled (both floor servers do this)."""
+async def serve(application: Any, listen: str, ssl_context: Any = None) -> None:
+    """Serve an aiohttp app on ``listen`` until cancelled (both floor servers do this);
+    HTTPS with ``ssl_context``."""
     from aiohttp import web
 
     host, port = host_port(listen)
     runner = web.AppRunner(application, access_log=None, handle_signals=True)
     await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=1024).start()
+    await web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context).start()
     try:
         await asyncio.Event().wait()
     finally:

@@ -126,13 +126,21 @@ def app(bus: str) -> web.Application:
 
 
 async def main(args: argparse.Namespace) -> None:
-    await serve(app(args.bus), args.listen)
+    context = None
+    if args.tls_cert:  # HTTPS: the floor of busgate's [gateway.tls] scenario
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    await serve(app(args.bus), args.listen, context)
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bus", required=True, help="nats://HOST:PORT or kafka://HOST:PORT")
     parser.add_argument("--listen", default="127.0.0.1:8080")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate...")
+    parser.add_argument("--tls-key", help="...and this key")
     run(main(parser.parse_args()))
 
 

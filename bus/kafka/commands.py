@@ -30,7 +30,7 @@ from busgate.bus.commands import (
     crashed_error,
     dead_letter_bytes,
 )
-from busgate.bus.kafka.internals import group_member
+from busgate.bus.kafka.internals import group_member, stop_consumer
 from busgate.bus.kafka.transport import KafkaBus
 from busgate.bus.tasks import stop_task
 from busgate.contracts.errors import BusUnavailable
@@ -222,8 +222,10 @@ class KafkaCommandConsumer(CommandConsumer):
     async def _close(self) -> None:
         await stop_task(self._committer, 2)
         await self._commit()
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(KafkaError, OSError, TimeoutError):
-                    await asyncio.wait_for(client.stop(), 5)
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await stop_consumer(self._consumer, 5)
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await asyncio.wait_for(self._producer.stop(), 5)
         self._consumer = self._producer = None

@@ -19,6 +19,7 @@ The internals, by object:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -126,3 +127,39 @@ def producer_partitions(producer: Any, topic: str) -> set[int] | None:
         return None
     known: set[int] | None = lookup(topic)
     return known
+
+
+async def stop_consumer(consumer: Any, grace: float) -> None:
+    """Stop an aiokafka consumer for good; raise no CancelledError but one aimed at us.
+
+    aiokafka's ``stop()`` cancels its background tasks and then awaits them; a task that was
+    cancelled before it first ran (the group-less coordinator's task of a consumer started
+    and stopped at once: aio-libs/aiokafka#647) or while it slept in a fetch's retry backoff
+    (the broker was away a moment ago) hands that CancelledError on out of ``stop()``, which
+    then returns without stopping the fetcher's tasks or closing the connections. So an edge
+    closed right after a broker restart failed its cleanup with CancelledErrors. Here the
+    stray CancelledError is told from a cancellation of the caller (``Task.cancelling``),
+    and what ``stop()`` left is finished: the fetcher's tasks and the client.
+    """
+    me = asyncio.current_task()
+    before = me.cancelling() if me is not None else 0
+    try:
+        await asyncio.wait_for(consumer.stop(), grace)
+        return
+    except asyncio.CancelledError:
+        if me is None or me.cancelling() > before:
+            raise
+    fetcher = getattr(consumer, "_fetcher", None)
+    pending = getattr(fetcher, "_pending_tasks", ())
+    tasks = [
+        task
+        for task in (getattr(fetcher, "_fetch_task", None), *pending)
+        if task is not None and not task.done()
+    ]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace)
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        await asyncio.wait_for(client.close(), grace)

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from busgate.bus.kafka.internals import group_member, set_fetch_wait
+from busgate.bus.kafka.internals import group_member, set_fetch_wait, stop_consumer
 from busgate.bus.tasks import stop_task
 
 log = logging.getLogger("busgate.bus.kafka")
@@ -158,7 +158,7 @@ class Reader:
         if self.group:
             await self.commit()
         try:
-            await asyncio.wait_for(self.consumer.stop(), grace)
+            await stop_consumer(self.consumer, grace)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("kafka: %s: consumer did not stop cleanly: %r", self.name, exc)
 

@@ -372,6 +372,26 @@ class KafkaBus(Bus):
         self._joins.clear()
         await asyncio.gather(*(r.stop(5) for r in readers))
 
+    async def _track_destination(self, channel: str) -> str:
+        """One topic for every channel (keyed by request id, so a channel's events spread)."""
+        topic = self.names.track()
+        if topic not in self._topics.wanted:
+            self._topics.wanted[topic] = 1
+            try:
+                await asyncio.wait_for(self._topics.ensure([topic]), self.connect_timeout)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                del self._topics.wanted[topic]
+                raise BusUnavailable(f"cannot create {topic}: {exc!r}") from None
+        return topic
+
+    async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:
+        await asyncio.sleep(self.handoff)  # as in _stop_requests: edges may not know yet
+        readers = [r for s in systems if (r := self._request_readers.pop(s, None)) is not None]
+        for system in systems:
+            self._joins.pop(system, None)
+            self._join_waited.discard(system)
+        await asyncio.gather(*(r.stop(5) for r in readers))
+
     async def announce(self, ttl: float = 6.0) -> None:
         """Broadcast Presence, the first time only once the request consumers have joined
         their groups (bounded by ``join_timeout``): an adapter announces what it can take."""

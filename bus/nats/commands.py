@@ -6,6 +6,9 @@ The delivery count JetStream keeps is the attempt number, so it survives an adap
 While the runner works the adapter sends "in progress" every third of ``ack_wait``; a
 5xx or timeout is a negative ack with the backoff as delay; ``max_deliver`` is unlimited
 because busgate dead-letters the command itself (JetStream would just stop delivering).
+
+:func:`find_command` reads a published command back from the stream by its subject (each
+command has its own, ``PREFIX.cmd.SYSTEM.ID``): what answers ``accepted`` on NATS.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import nats
@@ -23,6 +27,7 @@ from busgate.bus.commands import (
     DEAD,
     CommandConsumer,
     backoff_delay,
+    command_name,
     crashed_error,
     dead_letter_bytes,
 )
@@ -138,6 +143,36 @@ class NatsCommandConsumer(CommandConsumer):
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()  # the durable consumer stays
+
+
+async def find_command(
+    bus: NatsBus, system: str, command_id: str, *, max_age: float = 0.0
+) -> Request | None:
+    """The command ``command_id`` of ``system`` as JetStream stored it, if it is there and
+    younger than ``max_age`` seconds (0 = any age); None otherwise.
+
+    One request to the server (the stream's last message on the command's own subject, an
+    index lookup): JetStream acknowledged the publish only once it had stored it, so every
+    edge finds a command as soon as any edge answered 202. The age bound keeps a command
+    the stream still holds from showing ``accepted`` after its status aged out of the store
+    (that status was written later, so it expires later)."""
+    from nats.js.errors import NotFoundError
+
+    if not bus.nc.is_connected:
+        raise BusUnavailable("the NATS connection is down; try again shortly")
+    subject = bus.names.command(command_name(system, command_id))
+    try:
+        msg = await bus.nc.jetstream().get_last_msg(bus.command_stream, subject)
+    except NotFoundError:  # no such message, or no stream yet (nothing published)
+        return None
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BusUnavailable(f"the command stream did not answer: {type(exc).__name__}") from None
+    if max_age and msg.time is not None and time.time() - msg.time.timestamp() > max_age:
+        return None
+    req = bus._decode(msg.data or b"")
+    if not isinstance(req, Request) or req.kind != "command" or req.id != command_id:
+        return None
+    return req
 
 
 async def _quietly(call: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import nats
 from nats.aio.client import Client
@@ -26,16 +27,29 @@ from nats.errors import (
     OutboundBufferLimitError,
 )
 from nats.js.api import StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from busgate.bus import limits
 from busgate.bus.base import Bus
 from busgate.contracts.errors import BusUnavailable, MessageTooLarge, NoResponders
+from busgate.tls.contexts import client_context
+from busgate.tls.pem import read as read_pair
 
 log = logging.getLogger("busgate.bus.nats")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+
+
+def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
+    """The context for ``tls://`` servers, or None (nats-py's default) when nothing is set."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("bus URL: cert and key go together (a client certificate)")
+    pair = read_pair(cert, key, key_name="bus URL key") if cert else None
+    return client_context(pair, ca=ca)
 
 
 class NatsBus(Bus):
@@ -49,20 +63,26 @@ class NatsBus(Bus):
         prefix: str = "busgate",
         connect_timeout: float = 10,
         max_payload: int | None = None,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
     ) -> None:
         """``max_payload``: the servers' setting when it is not the default 1 MiB (bus URL
         option), for what is checked without connecting; once connected, the server's own
-        (from its INFO) caps it."""
+        (from its INFO) caps it. ``tls_*``: PEM files for ``tls://`` servers (CA, client
+        certificate and key), read once here."""
         super().__init__(node=node, prefix=prefix)
         self.servers = servers
         self.connect_timeout = connect_timeout
         self.max_payload = max_payload
         self.max_message = limits.carried(max_payload or limits.DEFAULT_MAX_MESSAGE)
+        self.tls = tls_context(tls_ca, tls_cert, tls_key)
         self.nc = Client()
         self._subs: list[Subscription] = []
         self._request_subs: list[Subscription] = []
         self._reply_prefix = f"{self.names.reply(node)}."
         self._stream_ready = False
+        self._js: JetStreamContext | None = None
 
     @property
     def connected(self) -> bool:
@@ -107,6 +127,7 @@ class NatsBus(Bus):
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                tls=self.tls,  # None = nats-py's default for tls://
             ),
             self.connect_timeout,
         )
@@ -152,6 +173,17 @@ class NatsBus(Bus):
                 log.warning(
                     "nats: leaving %s: %r; requests in flight may be lost", sub.subject, exc
                 )
+
+    async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:
+        subjects = {self.names.request(s) for s in systems}
+        leaving = [sub for sub in self._request_subs if sub.subject in subjects]
+        self._request_subs = [sub for sub in self._request_subs if sub not in leaving]
+        for sub in leaving:
+            self._subs.remove(sub)
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except nats.errors.Error as exc:
+                log.warning("nats: leaving %s: %r", sub.subject, exc)
 
     async def _send(
         self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""
@@ -199,8 +231,11 @@ class NatsBus(Bus):
         if len(data) > self.max_message:
             raise MessageTooLarge(f"a command of {len(data)} bytes is more than the bus carries")
         try:
-            await self.ensure_command_stream()
-            await self.nc.jetstream().publish(self.names.command(name), data, headers=headers)
+            if not self._stream_ready:
+                await self.ensure_command_stream()
+            if self._js is None:  # one context, as nats-py means it (each builds parsers, locks)
+                self._js = self.nc.jetstream()
+            await self._js.publish(self.names.command(name), data, headers=headers)
         except (
             NoStreamResponseError,
             ServiceUnavailableError,

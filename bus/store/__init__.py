@@ -21,6 +21,8 @@ topic ``PREFIX.KIND`` read by every node; in tests or a lone edge, process memor
     async with asyncio.timeout(1): await store.wait_until(lambda: …)
     await store.close()
 
+    open_store(bus, "commands", CommandStatus, view=False)  # NATS: no view, reads on demand
+
 Semantics, the same on every bus (``tests/bus/test_store.py`` checks them on each):
 
 - Revisions increase with every write to the store (NATS: the stream sequence; Kafka: the
@@ -38,6 +40,11 @@ Semantics, the same on every bus (``tests/bus/test_store.py`` checks them on eac
   right after the reconnect and brings in what changed. A Kafka broker restart with its log
   kept changes nothing; a broker that lost its log (Tansu's memory storage) gets the
   running nodes' views written back (see ``bus.store.kafka``).
+- ``view=False`` (an option for NATS): no local view and no watch, ``get`` and the writes
+  only. For a node that only reads single keys now and then while the fleet writes many:
+  with a view, every write of every node lands on it. The view's methods (``local``,
+  ``items``, ``watch``, ``wait_until``) then see nothing, not even this node's writes. A Kafka store
+  answers ``get`` from its view, so it always keeps one; so does the memory store.
 
 Bus clients stay inside ``bus/``: callers see only this interface.
 """
@@ -60,16 +67,20 @@ def open_store(
     *,
     max_age: float = 0.0,
     backend: MemoryBackend | None = None,
+    view: bool = True,
 ) -> Store[V]:
     """The store of ``kind`` on ``bus`` (not started): a bucket on a NATS bus (its
     connection), a topic on a Kafka bus (its servers, prefix and replication), process memory
-    for any other bus or none (``backend`` shares it between stores, as nodes on one bus)."""
+    for any other bus or none (``backend`` shares it between stores, as nodes on one bus).
+    ``view=False``: on NATS, no local view kept by watching (see above); elsewhere ignored."""
     from busgate.bus.nats import NatsBus
 
     if isinstance(bus, NatsBus):
         from busgate.bus.store.nats import NatsStore
 
-        return NatsStore(bus.nc, kind, value_type, prefix=bus.names.prefix, max_age=max_age)
+        return NatsStore(
+            bus.nc, kind, value_type, prefix=bus.names.prefix, max_age=max_age, view=view
+        )
     try:
         from busgate.bus.kafka import KafkaBus
     except ImportError:  # pragma: no cover - without the kafka extra

@@ -292,10 +292,14 @@ class KafkaStore(Store[V], Generic[V]):
     async def close(self) -> None:
         await stop_task(self._recovery)
         await stop_task(self._task)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), 5)
+        from busgate.bus.kafka.internals import stop_consumer
+
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await stop_consumer(self._consumer, 5)
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), 5)
         self._consumer = self._producer = None
         for fut in self._waiters.values():
             if not fut.done():

@@ -7,6 +7,8 @@ bucket's own (the expected last revision of the key's subject); revisions are th
 sequence numbers. Per-entry expiry lives in the record (see ``base.Record``): the bucket's
 max age is the same for every key, and nats-py's per-message TTL covers only ``create``.
 
+With ``view=False`` there is no watch: ``start`` only opens the bucket, reads go to it.
+
 A restarted server loses the watch's consumer; the client notices only after missed
 heartbeats, seconds later, so a guard starts a new watch right after every reconnect — it
 also brings in whatever changed during the outage.
@@ -53,8 +55,10 @@ class NatsStore(Store[V], Generic[V]):
         *,
         prefix: str = "busgate",
         max_age: float = 0.0,
+        view: bool = True,
     ) -> None:
         super().__init__(kind, value_type, max_age=max_age)
+        self.keeps_view = view
         self.nc = nc
         self.bucket = bucket_name(prefix, kind)
         self.kv: Any = None
@@ -77,6 +81,8 @@ class NatsStore(Store[V], Generic[V]):
                 self.kv = await js.create_key_value(config)
             except BadRequestError:  # exists with other settings: use it as it is
                 self.kv = await js.key_value(self.bucket)
+            if not self.keeps_view:
+                return
             await self._rewatch()
         self._guard = asyncio.create_task(self._guard_reconnects(), name=f"store-{self.bucket}")
 
@@ -119,6 +125,10 @@ class NatsStore(Store[V], Generic[V]):
                 self._apply(entry.key, record, revision)
         if not loaded.done():
             loaded.set_result(None)
+
+    def _own_write(self, key: str, record: Record, revision: int) -> None:
+        if self.keeps_view:  # without a view, nothing is kept (it would only grow)
+            super()._own_write(key, record, revision)
 
     async def _stop_watch(self) -> None:
         if self._watcher is not None:

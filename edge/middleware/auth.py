@@ -1,7 +1,8 @@
 """Checks the caller of ``/api/{request,stream,…}/{channel}/{path}`` against the path's rules.
 
 Credentials, in order: ``Authorization: Bearer`` (the token's ``header``), the API-key header,
-the access-token cookie. A missing or invalid token is 401 with ``WWW-Authenticate`` (unless
+the access-token cookie, a verified client certificate (``edge.cert_identity``). A missing or
+invalid token is 401 with ``WWW-Authenticate`` (unless
 the token ``can_ignore`` it, when the call goes on anonymously and only public paths let it
 through); a missing role is 403; a disabled path is 404. The identity goes on the request
 (``keys.IDENTITY``) for the envelope. Routes without a channel and path pass through.
@@ -50,8 +51,8 @@ async def authenticate(
         return identity, None
     else:
         cookie_token = request.cookies.get(config.cookies.access)
-        if not cookie_token:
-            return None, None
+        if not cookie_token:  # last: a verified client certificate (mTLS)
+            return (ctx.certs.of(request) if ctx.certs is not None else None), None
         token = cookie_token
     identity = service.cached(token) or await service.verify(token)
     if ctx.is_revoked(identity):
@@ -83,6 +84,7 @@ def auth_middleware(
     access = ctx.access
     channel_tokens = ctx.channel_tokens
     aliases = aliases or {}
+    certs = ctx.certs
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -107,6 +109,8 @@ def auth_middleware(
                 raise errors.NotFound(f"no route for {request.path}")
         service = channel_tokens.get(channel)
         if service is None:
+            if certs is not None and (identity := certs.of(request)) is not None:
+                request[keys.IDENTITY] = identity  # no token here, but runners learn who
             return await handler(request)
         try:
             identity, cookie_token = await authenticate(request, service, ctx)

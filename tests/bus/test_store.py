@@ -233,6 +233,35 @@ async def test_open_store_follows_the_bus() -> None:
     assert isinstance(open_store(MemoryBus(), "sessions", Thing), MemoryStore)
 
 
+@pytest.mark.nats
+async def test_nats_store_without_a_view_reads_on_demand(nats_server: NatsServer) -> None:
+    """``view=False``: no watch on the bucket (the fleet's writes do not land on this node)
+    and nothing kept locally; get, create and compare-and-set still go to the bucket."""
+    prefix = f"t{secrets.token_hex(4)}"
+    nc_w, nc_r = await _connect(nats_server.url), await _connect(nats_server.url)
+    writer = NatsStore(nc_w, "things", Thing, prefix=prefix, max_age=3600)
+    reader = NatsStore(nc_r, "things", Thing, prefix=prefix, max_age=3600, view=False)
+    try:
+        await writer.start()
+        await writer.put("thing.0", Thing("before"))
+        await reader.start()
+        revision = await writer.put("thing.1", Thing("one", 1))
+        found = await reader.get("thing.1")
+        assert found is not None and (found.value, found.revision) == (Thing("one", 1), revision)
+        assert (await reader.get("thing.0")) is not None
+        assert await reader.create("thing.1", Thing("taken")) is None
+        assert await reader.compare_and_set("thing.1", Thing("two"), revision) is not None
+        await until(writer, lambda: writer.value("thing.1") == Thing("two"))
+        assert dict(reader.view) == {} and reader.applied == 0
+        info = await nc_r.jetstream().stream_info(f"KV_{reader.bucket}")
+        assert info.state.consumer_count == 1, "only the writer watches"
+    finally:
+        await reader.close()
+        await writer.close()
+        await nc_w.close()
+        await nc_r.close()
+
+
 async def _write_retrying(store: Store[Any], key: str, value: Any, within: float = 30) -> int:
     """The broker takes a moment after a restart (JetStream, topic metadata): 503 until
     then, which is what a caller sees too."""

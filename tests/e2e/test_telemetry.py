@@ -5,6 +5,8 @@ in this test, ``busgate trace`` reading the spans back from the bus, and ``/metr
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -68,6 +70,15 @@ class OtlpReceiver(ThreadingHTTPServer):
                 for scope in resource_spans.scope_spans:
                     self.spans.extend(Received(s, resource) for s in scope.spans)
             self.changed.notify_all()
+
+    def wait_until(
+        self, done: Callable[[list[Received]], bool], timeout: float = 20
+    ) -> list[Received]:
+        """All spans received, once ``done(spans)`` holds (woken by each export)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: done(self.spans), timeout):
+                raise AssertionError(f"not received: {[s.span.name for s in self.spans]}")
+            return list(self.spans)
 
     def wait_for(
         self, trace_id: str, done: Callable[[list[Received]], bool], timeout: float = 20
@@ -190,6 +201,97 @@ async def test_a_failed_call_marks_its_spans_with_the_error_code(traced, otlp, h
     assert client.span.status.code == Status.STATUS_CODE_ERROR
     assert client.attributes["http.response.status_code"] == 500
     assert one(spans, CONSUMER).span.status.code == Status.STATUS_CODE_ERROR
+
+
+async def test_an_error_answer_without_a_runner_failure_marks_the_consumer_span(traced, otlp, http):
+    """The runner answers 200, but its answer is larger than the bus carries: the adapter
+    answers ``reply_too_large`` instead, and its CONSUMER span says so (the CLIENT one not)."""
+    url = f"{traced.url}/api/request/demo/blob"
+    async with http.post(url, json={"bytes": 2_000_000}) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "reply_too_large"
+        trace_id = resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER, CLIENT))
+    client, consumer = one(spans, CLIENT), one(spans, CONSUMER)
+    assert client.span.status.code != Status.STATUS_CODE_ERROR
+    assert client.attributes["http.response.status_code"] == 200
+    assert consumer.span.status.code == Status.STATUS_CODE_ERROR
+    assert consumer.attributes["error.type"] == "reply_too_large"
+
+
+async def test_a_command_execution_links_to_the_call_that_issued_it(traced, otlp, http):
+    """Each attempt of a command is a CONSUMER span in a trace of its own, linked to the
+    PRODUCER span of the call that issued it; the runner continues the attempt's trace."""
+    url = f"{traced.url}/api/command/orders/traced"
+    async with http.post(url, json={"fail_until": 2}) as resp:  # attempt 1 fails (500)
+        assert resp.status == 202
+        command_id = (await resp.json())["commandId"]
+        trace_id = resp.headers["X-Trace-Id"]
+    issued = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER))
+    server, producer = one(issued, SERVER), one(issued, PRODUCER)
+    assert producer.parent_id == server.span_id
+    assert producer.attributes["messaging.message.id"] == command_id
+    assert producer.attributes["messaging.destination.name"] == "busgate.cmd.demo"
+
+    def attempts(spans: list[Received]) -> list[Received]:
+        return [
+            s
+            for s in spans
+            if s.span.kind == CONSUMER and s.attributes.get("busgate.command_id") == command_id
+        ]
+
+    spans = otlp.wait_until(lambda spans: len(attempts(spans)) == 2)
+    first, second = sorted(attempts(spans), key=lambda s: s.attributes["busgate.attempt"])
+    for consumer in (first, second):
+        assert consumer.trace_id != trace_id and consumer.parent_id == ""
+        (link,) = consumer.span.links
+        assert (link.trace_id.hex(), link.span_id.hex()) == (trace_id, producer.span_id)
+        assert consumer.service == "busgate-adapter"
+    assert first.span.status.code == Status.STATUS_CODE_ERROR
+    assert first.attributes["error.type"] == "upstream_error"
+    assert second.span.status.code != Status.STATUS_CODE_ERROR
+    # the runner call of the second attempt: a CLIENT span in its trace, whose id it got
+    client = one(otlp.wait_for(second.trace_id, kinds(CONSUMER, CLIENT)), CLIENT)
+    assert client.parent_id == second.span_id
+    async with http.get(f"{traced.runner}/calls") as resp:
+        made = [c for c in await resp.json() if c["commandId"] == command_id]
+    assert [c["attempt"] for c in made] == [1, 2]
+    assert made[1]["traceparent"] == f"00-{second.trace_id}-{client.span_id}-01"
+    # busgate trace: the command's attempts by its id, each linked to the issuing call ...
+    lines = trace_cli(traced, command_id)
+    assert sum(f"linked to trace {trace_id} span {producer.span_id}" in x for x in lines) == 2
+    assert "incomplete" not in "\n".join(lines), lines
+    # ... and the call by its id, the command's publish in it
+    lines = trace_cli(traced, server.attributes["busgate.request_id"])
+    assert any("publish command" in x for x in lines) and "incomplete" not in "\n".join(lines)
+
+
+async def test_an_ad_hoc_message_gets_a_producer_span_and_carries_its_context(traced, otlp, http):
+    url = f"{traced.url}/api/send/events/orders.created/42"
+    received: list[Any] = []
+    if traced.bus == "nats":  # what the message carried, read off the bus
+        import nats
+
+        nc = await nats.connect(traced.parts["bus"])
+        sub = await nc.subscribe("orders.created", max_msgs=1)
+        await nc.flush()
+    try:
+        async with http.post(url, data=b"hello", headers={"content-type": "text/plain"}) as resp:
+            assert resp.status == 202, await resp.text()
+            trace_id = resp.headers["X-Trace-Id"]
+        if traced.bus == "nats":
+            received.append(await sub.next_msg(timeout=10))
+    finally:
+        if traced.bus == "nats":
+            await nc.close()
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER))
+    server, producer = one(spans, SERVER), one(spans, PRODUCER)
+    assert producer.parent_id == server.span_id
+    assert producer.attributes["messaging.destination.name"] == "orders.created"
+    assert producer.attributes["messaging.system"] == traced.bus
+    assert producer.attributes["busgate.kind"] == "message"
+    if received:
+        assert received[0].headers["traceparent"] == f"00-{trace_id}-{producer.span_id}-01"
 
 
 _ROW = re.compile(r"^  (\w+)\s+(.*?)\s+(-?\d+\.\d)\s+(-?\d+\.\d) ms")
@@ -335,3 +437,26 @@ async def test_follow_prints_calls_of_one_channel_as_they_end(traced, http):
         (line,) = [line for line in lines if f"  {request_id}  " in line]
         assert f"  {status}  " in line and " ms  trace " in line, line
         assert "/api/request/followed/" in line
+
+
+@pytest.mark.nats
+async def test_dev_passes_the_json_log_format_on_to_its_processes(http):
+    with dev_stack("nats", options=("--log-format", "json")) as stack:
+        url = f"{stack.url}/api/request/demo/blob"
+        async with http.post(url, json={"bytes": 2_000_000}) as resp:  # the adapter warns
+            assert resp.status == 502
+            request_id, trace_id = resp.headers["X-Request-Id"], resp.headers["X-Trace-Id"]
+
+        # The adapter logged the warning before it answered; a thread reads its output.
+        def logged(output: list[str]) -> bool:
+            return any(request_id in line for line in output)
+
+        assert await asyncio.to_thread(stack.wait_for_output, logged), stack.output
+        (entry,) = [json.loads(line) for line in stack.output if request_id in line]
+    assert entry["level"] == "WARNING" and entry["logger"].startswith("busgate")
+    assert (entry["request_id"], entry["trace_id"]) == (request_id, trace_id)
+    (started,) = [
+        line for line in stack.output if '"busgate.adapter"' in line and " serving " in line
+    ]
+    assert json.loads(started)["level"] == "INFO"  # not the call's: no ids
+    assert json.loads(started)["request_id"] is None

@@ -5,15 +5,20 @@ sent to two edge nodes at once publishes one command."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from busgate.brokers import Broker, NatsServer, TansuBroker
+from busgate.bus.store import open_store
+from busgate.contracts.commands import CommandStatus
 from busgate.contracts.config import Config, parse
 from busgate.edge.app import create_app
+from busgate.edge.tokens import api_key_hash
 from tests.bus.conftest import TRANSPORTS
 
 
@@ -59,6 +64,8 @@ async def published(client: TestClient) -> int:
         return int(info.state.messages)
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from busgate.bus.kafka.internals import stop_consumer
+
     topic = bus.names.command()
     consumer = AIOKafkaConsumer(bootstrap_servers=bus.servers)
     await consumer.start()
@@ -67,7 +74,7 @@ async def published(client: TestClient) -> int:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(parts)])
         return sum(ends.values())
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer, 5)
 
 
 def broker_kind(client: TestClient) -> str:
@@ -120,9 +127,197 @@ async def test_broker_down_is_503_never_202(edges, broker):
         assert (await resp.json())["error"]["code"] == "bus_unavailable"
     finally:
         broker.start()
-    # and once it is back, commands are accepted again
+    # an edge closed right after the restart closes cleanly (it used to raise CleanupError
+    # with aiokafka's CancelledErrors on Kafka)
+    await edges[0].close()
+    # and once the broker is back, commands are accepted again
     end = asyncio.get_running_loop().time() + 30
-    while (resp := await edges[0].post("/api/command/orders/create", json={})).status != 202:
+    while (resp := await edges[1].post("/api/command/orders/create", json={})).status != 202:
         assert resp.status == 503
         assert asyncio.get_running_loop().time() < end, "not accepting commands again"
         await asyncio.sleep(0.2)
+
+
+async def idempotency_on_bus(client: TestClient) -> bool:
+    """Whether the ``idempotency`` store exists on the bus (NATS bucket / Kafka topic)."""
+    from busgate.edge import keys
+
+    bus = client.server.app[keys.BUS]
+    if broker_kind(client) == "nats":
+        import nats.js.errors
+
+        from busgate.bus.store.nats import bucket_name
+
+        try:
+            await bus.nc.jetstream().stream_info(
+                f"KV_{bucket_name(bus.names.prefix, 'idempotency')}"
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bus.servers)
+    await admin.start()
+    try:
+        return f"{bus.names.prefix}.idempotency" in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def test_the_idempotency_store_opens_with_the_first_key(edges):
+    """An edge whose callers send no Idempotency-Key opens no idempotency store."""
+    from busgate.edge import keys
+
+    edge = edges[0]
+    resp = await edge.post("/api/command/orders/create", json={})
+    assert resp.status == 202
+    assert edge.server.app[keys.IDEMPOTENCY].store is None
+    assert not await idempotency_on_bus(edge)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = await edge.post("/api/command/orders/create", json={}, headers=key)
+    again = await edge.post("/api/command/orders/create", json={}, headers=key)
+    assert (first.status, again.status) == (202, 202)
+    assert (await first.json())["commandId"] == (await again.json())["commandId"]
+    assert await idempotency_on_bus(edge)
+
+
+KEYS = {"alice": secrets.token_urlsafe(24), "bob": secrets.token_urlsafe(24)}
+ROOT_KEY = secrets.token_urlsafe(24)
+
+
+def keyed_config(broker: Broker, prefix: str) -> Config:
+    """Commands guarded by API keys: alice and bob issue, root (admin) reads anybody's."""
+    api_keys = {name: {"hash": api_key_hash(key), "roles": ["user"]} for name, key in KEYS.items()}
+    api_keys["root"] = {"hash": api_key_hash(ROOT_KEY), "roles": ["admin"]}
+    return parse(
+        {
+            "gateway": {"id": "t", "bus": broker.url, "prefix": prefix},
+            "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9"}},
+            "tokens": {
+                "main": {
+                    "secret": secrets.token_urlsafe(48),
+                    "api_key_header": "X-Api-Key",
+                    "api_keys": api_keys,
+                }
+            },
+            "commands": {"system": "demo", "token": "main", "paths": {"*": {"roles": []}}},
+        }
+    )
+
+
+@pytest.fixture
+async def keyed_edges(broker: Broker) -> AsyncIterator[list[TestClient]]:
+    config = keyed_config(broker, f"t{uuid.uuid4().hex[:8]}")
+    clients = [TestClient(TestServer(create_app(config))) for _ in range(2)]
+    for client in clients:
+        await client.start_server()
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"X-Api-Key": key}
+
+
+async def test_accepted_on_another_edge_only_for_the_issuer_or_an_admin(keyed_edges):
+    """Before any adapter took it, the status another edge reads (on NATS from the command
+    stream, on Kafka from the store) keeps the issuer: others get 404, an admin sees it."""
+    first, second = keyed_edges
+    resp = await first.post("/api/command/orders/create", json={}, headers=as_key(KEYS["alice"]))
+    assert resp.status == 202, await resp.text()
+    url = f"/api/command/status/{(await resp.json())['commandId']}"
+    mine = await second.get(url, headers=as_key(KEYS["alice"]))
+    assert mine.status == 200
+    assert (await mine.json())["status"] == "accepted"
+    admin = await second.get(url, headers=as_key(ROOT_KEY))
+    assert (admin.status, (await admin.json())["status"]) == (200, "accepted")
+    for other in (as_key(KEYS["bob"]), {}):
+        resp = await second.get(url, headers=other)
+        assert resp.status in (401, 404), await resp.text()
+        if resp.status == 404:
+            assert (await resp.json())["error"]["code"] == "not_found"
+    # an id nobody issued, well-formed, is 404 too (not an error from the stream lookup)
+    unknown = await second.get(f"/api/command/status/{uuid.uuid4().hex}", headers=as_key(ROOT_KEY))
+    assert unknown.status == 404
+
+
+async def test_nats_accepted_is_read_from_the_stream_not_written_to_the_store(edges):
+    """On NATS the edge writes no ``accepted`` record (the costly part of a command): the
+    store has nothing until an adapter writes, the stream answers ``accepted`` until then,
+    the adapter's record wins after, and no edge watches the status bucket."""
+    if broker_kind(edges[0]) != "nats":
+        pytest.skip("Kafka records accepted in the store")
+    from busgate.edge import keys
+
+    resp = await edges[0].post("/api/command/orders/create", json={"sku": "B"})
+    assert resp.status == 202
+    command_id = (await resp.json())["commandId"]
+    bus = edges[0].server.app[keys.BUS]
+    store = open_store(bus, "commands", CommandStatus, view=False)
+    await store.start()
+    try:
+        assert await store.get(command_id) is None
+        status = await edges[1].get(f"/api/command/status/{command_id}")
+        assert (await status.json())["status"] == "accepted"
+        running = CommandStatus(id=command_id, status="running", path="orders/create", attempts=1)
+        await store.put(command_id, running)
+        status = await edges[1].get(f"/api/command/status/{command_id}")
+        assert (await status.json())["status"] == "running"
+        info = await bus.nc.jetstream().stream_info(f"KV_{store.bucket}")
+        assert info.state.consumer_count == 0, "an edge watches the status bucket"
+    finally:
+        await store.close()
+
+
+async def test_nats_status_older_than_the_retention_is_gone(broker):
+    """A command the stream still holds but older than ``retention`` is not ``accepted``
+    any more (its status, written later, has expired too): 404."""
+    if not isinstance(broker, NatsServer):
+        pytest.skip("the stream lookup is NATS'")
+    config = config_for(broker, f"t{uuid.uuid4().hex[:8]}")
+    assert config.commands is not None
+    config = msgspec.structs.replace(
+        config, commands=msgspec.structs.replace(config.commands, retention=0.2)
+    )
+    client = TestClient(TestServer(create_app(config)))
+    await client.start_server()
+    try:
+        resp = await client.post("/api/command/orders/create", json={})
+        url = f"/api/command/status/{(await resp.json())['commandId']}"
+        assert (await client.get(url)).status == 200
+        await asyncio.sleep(0.3)  # the passing of time is what is tested
+        assert (await client.get(url)).status == 404
+    finally:
+        await client.close()
+
+
+async def test_nats_message_id_only_with_an_idempotency_key(edges):
+    """The JetStream message id (the stream's duplicate guard) is the idempotency key's slot
+    on a keyed command; an unkeyed one carries the request's headers and no message id."""
+    if broker_kind(edges[0]) != "nats":
+        pytest.skip("a JetStream header")
+    from busgate.bus import headers as hdr
+    from busgate.bus.commands import MSG_ID, command_name
+    from busgate.edge import keys
+    from busgate.edge.idempotency import fingerprint
+
+    bus = edges[0].server.app[keys.BUS]
+
+    async def stored_headers(command_id: str) -> dict[str, str]:
+        subject = bus.names.command(command_name("demo", command_id))
+        msg = await bus.nc.jetstream().get_last_msg(bus.command_stream, subject)
+        return dict(msg.headers or {})
+
+    key = uuid.uuid4().hex
+    keyed = await edges[0].post("/api/command/orders/k", json={}, headers={"Idempotency-Key": key})
+    plain = await edges[0].post("/api/command/orders/p", json={})
+    assert (keyed.status, plain.status) == (202, 202)
+    keyed_headers = await stored_headers((await keyed.json())["commandId"])
+    assert keyed_headers[MSG_ID] == fingerprint("command", "anonymous", key)
+    plain_id = (await plain.json())["commandId"]
+    plain_headers = await stored_headers(plain_id)
+    assert MSG_ID not in plain_headers
+    assert plain_headers[hdr.REQUEST_ID] == plain_id
+    assert plain_headers[hdr.KIND] == "command"

@@ -1,0 +1,1 @@
+"""The ``rsocket`` system type: runners reached over RSocket (tcp or websocket)."""

@@ -1,0 +1,337 @@
+"""``GET /api/openapi.json``: an OpenAPI 3.1 document of the API this node serves, generated
+from its live config (so a refresh changes it), and ``GET /api/docs``: Swagger UI rendering
+it, its assets served by the edge from the ``swagger-ui-py`` wheel (no CDN).
+
+Per channel: each exact path of ``[channels.NAME.paths]`` (not disabled), each ``prefix/*``
+and the channel's catch-all, with the channel's methods, the roles a path needs
+(``x-busgate-roles`` and in the description) and its security (bearer, API key, cookie of
+the channel's token; none when public); SSE twins under ``/api/stream`` as
+``text/event-stream``; the auth, command, send and control endpoints when present; one error
+schema for every error answer. Built once per config and cached.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from busgate.contracts import errors
+from busgate.contracts.codec import json_encode
+from busgate.contracts.config import Channel, Config
+from busgate.edge import keys
+from busgate.edge.access import ChannelAccess, Need
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+ANY_JSON: dict[str, Any] = {}
+"""The JSON Schema that accepts any value (runners define their own bodies)."""
+ERRORS = {
+    "400": "The request is malformed",
+    "401": "A token is needed, or it is not valid",
+    "403": "The caller lacks a role this path needs",
+    "404": "No such channel or path",
+    "406": "The Accept header names no format the gateway answers in",
+    "413": "The body is larger than the gateway accepts",
+    "429": "Too many calls",
+    "502": "The runner failed",
+    "503": "No adapter serves the system, or the bus is down",
+    "504": "The runner did not answer before the deadline",
+}
+_SAFE = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def _error_responses(*codes: str) -> dict[str, Any]:
+    return {
+        code: {
+            "description": ERRORS[code],
+            "content": {"application/json": {"schema": ERROR}},
+        }
+        for code in codes
+    }
+
+
+def _security(config: Config, token: str | None, need: Need) -> list[dict[str, list[str]]]:
+    if token is None or need.public:
+        return []
+    t = config.tokens[token]
+    schemes: list[dict[str, list[str]]] = [{token: []}, {f"{token}_cookie": []}]
+    if t.api_key_header:
+        schemes.insert(1, {f"{token}_api_key": []})
+    return schemes
+
+
+def _schemes(config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, token in config.tokens.items():
+        out[name] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        out[f"{name}_cookie"] = {"type": "apiKey", "in": "cookie", "name": token.cookies.access}
+        if token.api_key_header:
+            out[f"{name}_api_key"] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": token.api_key_header,
+            }
+    return out
+
+
+def _paths_of(channel: Channel) -> list[tuple[str, str]]:
+    """(URL suffix, the path a rule lookup sees) for each documented path of ``channel``."""
+    out: list[tuple[str, str]] = []
+    for key, rule in channel.paths.items():
+        if rule.disabled or key == "*":
+            continue
+        if key.endswith("/*"):
+            prefix = key[:-2].strip("/")
+            out.append((f"{prefix}/{{path}}", f"{prefix}/x"))
+        else:
+            out.append((key.strip("/"), key.strip("/")))
+    out.append(("{path}", "\0"))  # the catch-all: what no key matches
+    return out
+
+
+def _operation(
+    config: Config, kind: str, name: str, channel: Channel, suffix: str, need: Need, method: str
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": _SAFE.sub("_", f"{kind}_{name}_{suffix}_{method}").strip("_").lower(),
+        "tags": [name],
+        "summary": f"{method} {suffix} on channel {name} (system {channel.system})",
+        "security": _security(config, channel.auth, need),
+    }
+    if need.roles:
+        op["x-busgate-roles"] = sorted(need.roles)
+        op["description"] = f"Needs one of the roles {sorted(need.roles)}."
+    params = []
+    if "{path}" in suffix:
+        params.append(
+            {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+        )
+    if method in ("GET", "DELETE") or kind == "stream":
+        params.append(
+            {
+                "name": "payload",
+                "in": "query",
+                "description": "The payload, one query parameter per key",
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                "style": "form",
+                "explode": True,
+            }
+        )
+    if params:
+        op["parameters"] = params
+    if method in ("POST", "PUT", "PATCH"):
+        op["requestBody"] = {"content": {"application/json": {"schema": ANY_JSON}}}
+    if kind == "stream":
+        ok = {
+            "description": "One event per item of each saga step; `event: end` at the end",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    else:
+        ok = {
+            "description": "The runner's answer (other formats converted at the edge: "
+            "Accept or a .xml/.html/.txt/.csv extension)",
+            "content": {
+                media: {"schema": ANY_JSON if media == "application/json" else {"type": "string"}}
+                for media in ("application/json", "application/xml", "text/html", "text/csv")
+            }
+            | {"text/plain": {"schema": {"type": "string"}}},
+        }
+    codes = ["400", "404", "413", "429", "502", "503", "504"]
+    if kind == "request":
+        codes.insert(2, "406")
+    if channel.auth is not None and not need.public:
+        codes[1:1] = ["401", "403"]
+    responses = {"200": ok, **_error_responses(*codes)}
+    if kind == "request":
+        # A runner's own answer passes on with its status and body (schemathesis found its
+        # {"error": "no saga …"} 404s contradicting a gateway-only schema).
+        for code in ("400", "404"):
+            responses[code] = {
+                "description": ERRORS[code] + ", or the runner's own answer",
+                "content": {"application/json": {"schema": {"anyOf": [ERROR, ANY_JSON]}}},
+            }
+        responses["default"] = {
+            "description": "The runner's own answer, passed on with its status",
+            "content": {"application/json": {"schema": ANY_JSON}},
+        }
+    op["responses"] = responses
+    return op
+
+
+def _channel_paths(config: Config) -> dict[str, Any]:
+    controllers = config.gateway.controllers
+    kinds = [
+        k for k, on in (("request", controllers.request), ("stream", controllers.stream)) if on
+    ]
+    paths: dict[str, Any] = {}
+    for name, channel in sorted(config.channels.items()):
+        access = ChannelAccess(channel)
+        for suffix, probe in _paths_of(channel):
+            for kind in kinds:
+                item: dict[str, Any] = {}
+                methods = ("GET",) if kind == "stream" else channel.methods
+                for method in methods:
+                    need = access.need(probe, method) if probe != "\0" else _default(access, method)
+                    if need.disabled:
+                        continue
+                    op = _operation(config, kind, name, channel, suffix, need, method)
+                    item[method.lower()] = op
+                if item:
+                    paths[f"/api/{kind}/{name}/{suffix}"] = item
+    return paths
+
+
+def _default(access: ChannelAccess, method: str) -> Need:
+    return access.default.get(method) or access.default["*"]
+
+
+def _simple(summary: str, *params: str, body: bool = True, tag: str = "gateway") -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "operationId": _SAFE.sub("_", summary).strip("_").lower(),
+        "tags": [tag],
+        "responses": {
+            "200": {"description": "Done", "content": {"application/json": {"schema": ANY_JSON}}},
+            **_error_responses("400", "401", "403", "404"),
+        },
+    }
+    if params:
+        op["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params
+        ]
+    if body:
+        op["requestBody"] = {"content": {"application/json": {"schema": ANY_JSON}}}
+    return op
+
+
+def document(config: Config, revision: int = 0) -> dict[str, Any]:
+    controllers = config.gateway.controllers
+    paths = _channel_paths(config)
+    if controllers.track and config.channels:
+        paths["/api/track/{channel}/{path}"] = {
+            "post": _simple("Send a tracking event (202)", "channel", "path", tag="track")
+        }
+    if controllers.request and config.channels:
+        paths["/api/request/full/{channel}/{path}"] = {
+            "post": _simple(
+                "Call with a supplied origin and identity (role gateway.full_role)",
+                "channel",
+                "path",
+                tag="full",
+            )
+        }
+    if controllers.auth and config.tokens:
+        paths["/api/auth/{action}/{channel}/{type}"] = {
+            "post": _simple(
+                "Register, log in, refresh, log out or delete",
+                "action",
+                "channel",
+                "type",
+                tag="auth",
+            )
+        }
+    if controllers.command and config.commands is not None:
+        paths["/api/command/{path}"] = {
+            "post": _simple("Issue an asynchronous command", "path", tag="command")
+        }
+        paths["/api/command/status/{id}"] = {
+            "get": _simple("A command's status", "id", body=False, tag="command")
+        }
+    if config.services:
+        paths["/api/send/{service}/{topic}/{key}"] = {
+            "post": _simple("Send a message to a topic", "service", "topic", "key", tag="send")
+        }
+    if controllers.control:
+        paths["/api/control/{component}/{id}"] = {
+            "get": _simple(
+                "Show config (secrets redacted)", "component", "id", body=False, tag="control"
+            ),
+            "post": _simple(
+                "Refresh config on every node", "component", "id", body=False, tag="control"
+            ),
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"busgate {config.gateway.id}",
+            "version": f"config revision {revision}",
+            "description": "Generated from the gateway's live configuration.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "requestId": {"type": "string"},
+                            },
+                        }
+                    },
+                }
+            },
+            "securitySchemes": _schemes(config),
+        },
+    }
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>busgate API</title>
+<link rel="stylesheet" href="/api/docs/assets/swagger-ui.css"></head>
+<body><div id="docs"></div>
+<script src="/api/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/api/docs/assets/init.js"></script>
+</body></html>
+"""
+INIT_JS = 'window.ui = SwaggerUIBundle({url: "/api/openapi.json", dom_id: "#docs"});\n'
+ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js")
+
+
+def _assets_dir() -> Path | None:
+    try:
+        import swagger_ui
+    except ImportError:  # pragma: no cover - a dependency; the docs page says so
+        return None
+    return Path(swagger_ui.__file__).parent / "static"
+
+
+class OpenApi:
+    def __init__(self) -> None:
+        self._cache: tuple[Config, int, bytes] | None = None
+        self.assets = _assets_dir()
+
+    async def spec(self, request: web.Request) -> web.Response:
+        live = request.app[keys.LIVE]
+        revision = live.source.revision if live.source is not None else 0
+        cached = self._cache
+        if cached is None or cached[0] is not live.config or cached[1] != revision:
+            cached = (live.config, revision, json_encode(document(live.config, revision)))
+            self._cache = cached
+        return web.Response(body=cached[2], content_type="application/json")
+
+    async def docs(self, request: web.Request) -> web.Response:
+        return web.Response(text=DOCS_PAGE, content_type="text/html")
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == "init.js":
+            return web.Response(text=INIT_JS, content_type="text/javascript")
+        if name not in ASSETS or self.assets is None:  # a fixed list: no path from the client
+            raise errors.NotFound(f"no asset {name!r}")
+        return web.FileResponse(self.assets / name)
+
+
+def install(app: web.Application) -> None:
+    api = OpenApi()
+    app.router.add_get("/api/openapi.json", api.spec)
+    app.router.add_get("/api/docs", api.docs)
+    app.router.add_get("/api/docs/assets/{name}", api.asset)

@@ -1,0 +1,135 @@
+"""NATS over TLS with client certificates (``tls://…?ca=&cert=&key=``): a nats-server that
+requires them (``--tlsverify``), and the whole request path -- runner, adapter and edge as
+separate processes -- across it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import trustme
+
+from busgate.brokers import NatsServer, die_with_parent, free_port, wait_for_port
+from busgate.bus import from_url
+from tests.tls.certs import write_ca, write_leaf
+
+pytestmark = [pytest.mark.nats]
+
+
+class TlsNatsServer(NatsServer):
+    """nats-server with TLS, asking every client for a certificate signed by ``ca``."""
+
+    def __init__(self, cert: str, key: str, ca: str) -> None:
+        super().__init__()
+        self.tls = (cert, key, ca)
+
+    def command(self) -> list[str]:
+        cert, key, ca = self.tls
+        return [*super().command(), "--tlsverify", "--tlscert", cert, "--tlskey", key,
+                "--tlscacert", ca]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nats_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TlsNatsServer, dict]]:
+    folder = tmp_path_factory.mktemp("nats-tls")
+    ca = trustme.CA()
+    cafile = write_ca(ca, folder, "ca")
+    server = write_leaf(ca.issue_cert("127.0.0.1"), folder, "server")
+    client = write_leaf(ca.issue_cert("busgate-node"), folder, "client")
+    with TlsNatsServer(*server, cafile) as broker:
+        yield broker, {"ca": cafile, "cert": client[0], "key": client[1]}  # type: ignore[misc]
+
+
+def tls_url(broker: NatsServer, **files: str) -> str:
+    query = "&".join(f"{k}={quote(v)}" for k, v in files.items())
+    return f"tls://{broker.host}:{broker.port}" + (f"?{query}" if query else "")
+
+
+async def test_a_client_without_a_certificate_is_refused(nats_tls) -> None:
+    broker, files = nats_tls
+    bus = from_url(tls_url(broker, ca=files["ca"]), node="nocert")
+    bus.connect_timeout = 3  # type: ignore[attr-defined]
+    with pytest.raises(TimeoutError):  # the server's TLS alert, retried until the timeout
+        await bus.connect()
+    await bus.close()
+    bus = from_url(tls_url(broker, **files), node="withcert")
+    await bus.connect()
+    assert bus.connected
+    await bus.close()
+
+
+@contextlib.contextmanager
+def processes(env: dict[str, str], *commands: list[str]) -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    try:
+        for args in commands:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "busgate", *args], env=env, preexec_fn=die_with_parent()
+                )
+            )
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_request_path_over_nats_tls(nats_tls, tmp_path: Path) -> None:
+    broker, files = nats_tls
+    runner, edge = free_port(), free_port()
+    config = tmp_path / "busgate.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "tlsedge"
+bus = "{tls_url(broker, **files)}"
+listen = "127.0.0.1:{edge}"
+
+[systems.demo]
+type = "rpc"
+base_url = "http://127.0.0.1:{runner}/api/demo"
+
+[channels.demo]
+system = "demo"
+"""
+    )
+    env = {**os.environ, "BUSGATE__TELEMETRY__SAMPLING": "0"}
+    with processes(
+        env,
+        ["runner", "rpc", "--listen", f"127.0.0.1:{runner}"],
+        ["adapter", "--config", str(config)],
+        ["edge", "--config", str(config)],
+    ) as procs:
+        wait_for_port("127.0.0.1", edge, 30, procs[2])
+        end = time.monotonic() + 30
+        while True:  # until the edge sees the adapter (presence over the TLS bus)
+            with urllib.request.urlopen(f"http://127.0.0.1:{edge}/readyz", timeout=2) as resp:
+                if json.load(resp).get("systems", {}).get("demo"):
+                    break
+            assert time.monotonic() < end, "the adapter never showed up over the TLS bus"
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.1)
+        call = urllib.request.Request(
+            f"http://127.0.0.1:{edge}/api/request/demo/echo",
+            data=b'{"over": "tls"}',
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(call, timeout=10) as resp:
+            assert resp.status == 200
+            assert json.load(resp) == {"over": "tls"}
