@@ -7,7 +7,8 @@ and the channel's catch-all, with the channel's methods, the roles a path needs
 (``x-busgate-roles`` and in the description) and its security (bearer, API key, cookie of
 the channel's token; none when public); SSE twins under ``/api/stream`` as
 ``text/event-stream``; the auth, command, send and control endpoints when present; one error
-schema for every error answer. Built once per config and cached.
+schema for every error answer, as the path's error detail shows it (``code``: no message;
+``none``: no body). Built once per config and cached.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from aiohttp import web
 
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
-from busgate.contracts.config import Channel, Config
+from busgate.contracts.config import Channel, Config, ErrorDetail
 from busgate.edge import keys
 from busgate.edge.access import ChannelAccess, Need
+from busgate.edge.path_table import PathTable
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+ERROR_CODE = {"$ref": "#/components/schemas/ErrorCode"}
 ANY_JSON: dict[str, Any] = {}
 """The JSON Schema that accepts any value (runners define their own bodies)."""
 ERRORS = {
@@ -42,14 +45,21 @@ ERRORS = {
 _SAFE = re.compile(r"[^A-Za-z0-9_]+")
 
 
-def _error_responses(*codes: str) -> dict[str, Any]:
+def _error_responses(*codes: str, level: ErrorDetail = "full") -> dict[str, Any]:
+    """The error answers as ``level`` (``edge.error_detail``) shows them to callers."""
+    if level == "none":
+        return {code: {"description": ERRORS[code] + " (no body)"} for code in codes}
+    schema = ERROR if level == "full" else ERROR_CODE
     return {
-        code: {
-            "description": ERRORS[code],
-            "content": {"application/json": {"schema": ERROR}},
-        }
+        code: {"description": ERRORS[code], "content": {"application/json": {"schema": schema}}}
         for code in codes
     }
+
+
+def _error_level(channel: Channel, probe: str) -> ErrorDetail:
+    """The error detail of the path a rule lookup sees (the channel's for its catch-all)."""
+    paths = PathTable((key, rule.errors) for key, rule in channel.paths.items() if rule.errors)
+    return paths.lookup(probe) or channel.errors
 
 
 def _security(config: Config, token: str | None, need: Need) -> list[dict[str, list[str]]]:
@@ -92,7 +102,14 @@ def _paths_of(channel: Channel) -> list[tuple[str, str]]:
 
 
 def _operation(
-    config: Config, kind: str, name: str, channel: Channel, suffix: str, need: Need, method: str
+    config: Config,
+    kind: str,
+    name: str,
+    channel: Channel,
+    suffix: str,
+    need: Need,
+    method: str,
+    level: ErrorDetail = "full",
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": _SAFE.sub("_", f"{kind}_{name}_{suffix}_{method}").strip("_").lower(),
@@ -143,14 +160,15 @@ def _operation(
         codes.insert(2, "406")
     if channel.auth is not None and not need.public:
         codes[1:1] = ["401", "403"]
-    responses = {"200": ok, **_error_responses(*codes)}
-    if kind == "request":
+    responses = {"200": ok, **_error_responses(*codes, level=level)}
+    if kind == "request" and level != "none":
         # A runner's own answer passes on with its status and body (schemathesis found its
         # {"error": "no saga …"} 404s contradicting a gateway-only schema).
+        gateway = ERROR if level == "full" else ERROR_CODE
         for code in ("400", "404"):
             responses[code] = {
                 "description": ERRORS[code] + ", or the runner's own answer",
-                "content": {"application/json": {"schema": {"anyOf": [ERROR, ANY_JSON]}}},
+                "content": {"application/json": {"schema": {"anyOf": [gateway, ANY_JSON]}}},
             }
         responses["default"] = {
             "description": "The runner's own answer, passed on with its status",
@@ -169,6 +187,7 @@ def _channel_paths(config: Config) -> dict[str, Any]:
     for name, channel in sorted(config.channels.items()):
         access = ChannelAccess(channel)
         for suffix, probe in _paths_of(channel):
+            level = _error_level(channel, probe)
             for kind in kinds:
                 item: dict[str, Any] = {}
                 methods = ("GET",) if kind == "stream" else channel.methods
@@ -176,7 +195,7 @@ def _channel_paths(config: Config) -> dict[str, Any]:
                     need = access.need(probe, method) if probe != "\0" else _default(access, method)
                     if need.disabled:
                         continue
-                    op = _operation(config, kind, name, channel, suffix, need, method)
+                    op = _operation(config, kind, name, channel, suffix, need, method, level)
                     item[method.lower()] = op
                 if item:
                     paths[f"/api/{kind}/{name}/{suffix}"] = item
@@ -277,7 +296,21 @@ def document(config: Config, revision: int = 0) -> dict[str, Any]:
                             },
                         }
                     },
-                }
+                },
+                "ErrorCode": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "requestId": {"type": "string"},
+                            },
+                        }
+                    },
+                },
             },
             "securitySchemes": _schemes(config),
         },

@@ -81,6 +81,34 @@ def _with(config: Config, **changes: Any) -> Config:
 
 
 @pytest.mark.nats
+async def test_errors_are_documented_as_the_error_detail_shows_them(dev_edge: TestServer) -> None:
+    """``errors = "none"`` answers a bare status and ``"code"`` leaves out the message: the
+    document says so (schemathesis found a 400 without a body contradicting it)."""
+    doc = await spec(dev_edge)
+    validate(doc)
+    paths = doc["paths"]
+    quiet = paths["/api/request/shaped/quiet/{path}"]["put"]["responses"]
+    assert "content" not in quiet["400"] and "content" not in quiet["503"]
+    coded = paths["/api/request/shaped/{path}"]["put"]["responses"]
+    assert coded["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorCode"
+    }
+    assert doc["components"]["schemas"]["ErrorCode"]["properties"]["error"]["required"] == ["code"]
+    full = paths["/api/request/demo/{path}"]["put"]["responses"]["503"]
+    assert full["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    # What the edge answers there is what the document says: a bare 400, a code without message.
+    async with aiohttp.ClientSession() as http:
+        url = dev_edge.make_url("/api/request/shaped/quiet/x")
+        async with http.put(url, data=b"[", headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400 and await r.read() == b""
+        url = dev_edge.make_url("/api/request/shaped/x")
+        async with http.put(url, data=b"[", headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400
+            error = (await r.json())["error"]
+            assert error["code"] and "message" not in error
+
+
+@pytest.mark.nats
 async def test_docs_assets_are_local(dev_edge: TestServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(dev_edge.make_url("/api/docs")) as r:
