@@ -1,7 +1,8 @@
-"""``busgate tail commands|TOPIC``: print the messages of a topic as they arrive.
+"""``busgate tail commands|audit|TOPIC``: print the messages of a topic as they arrive.
 
 ``commands`` follows the command subjects (NATS ``PREFIX.cmd.>``, dead letters included) or
-topics (Kafka ``PREFIX.cmd`` and ``PREFIX.cmd.dead``); anything else is a subject (NATS
+topics (Kafka ``PREFIX.cmd`` and ``PREFIX.cmd.dead``); ``audit`` the audit events of every
+channel (NATS ``PREFIX.audit.>``, Kafka ``PREFIX.audit``); anything else is a subject (NATS
 wildcards work) or topic on the gateway's bus, or on a service's broker with ``--service``.
 It starts at the end: only what is published after it started. One JSON line per message on
 stdout -- where it was (``subject``, or ``topic``/``partition``/``offset``), its key and
@@ -189,21 +190,28 @@ def _following(names: list[str], url: str, missing: list[str] | None = None) -> 
     )
 
 
+def followed(kind: str, prefix: str, what: str, service: str | None = None) -> list[str]:
+    """The subjects (NATS) or topics (Kafka) ``what`` names: ``commands`` and ``audit`` are
+    busgate's own on the gateway's bus; anything else (or anything on a service's broker)
+    is taken as it is."""
+    if service is None and what == "commands":
+        return [f"{prefix}.cmd.>"] if kind == "nats" else [f"{prefix}.cmd", f"{prefix}.cmd.dead"]
+    if service is None and what == "audit":
+        return [f"{prefix}.audit.>"] if kind == "nats" else [f"{prefix}.audit"]
+    return [what]
+
+
 async def tail(config: Config, what: str, service: str | None, out: Print = print_line) -> None:
     kind, url = _broker(config, service)
-    prefix = config.gateway.prefix
+    names = followed(kind, config.gateway.prefix, what, service)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if kind == "nats":
-        subjects = [f"{prefix}.cmd.>"] if what == "commands" and service is None else [what]
-        await tail_nats(url, subjects, stop, out)
+        await tail_nats(url, names, stop, out)
     else:
-        topics = [f"{prefix}.cmd", f"{prefix}.cmd.dead"]
-        await tail_kafka(
-            url, topics if what == "commands" and service is None else [what], stop, out
-        )
+        await tail_kafka(url, names, stop, out)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -225,7 +233,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """``tail`` on the ``busgate`` command line."""
     tail_ = sub.add_parser("tail", help="print the messages of a topic as they arrive")
-    tail_.add_argument("what", metavar="commands|TOPIC", help="'commands', or a subject/topic")
+    tail_.add_argument(
+        "what", metavar="commands|audit|TOPIC", help="'commands', 'audit', or a subject/topic"
+    )
     tail_.add_argument(
         "--service", help="a [services.NAME] whose broker to read (default: the bus)"
     )

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from nats.aio.msg import Msg
 
 from busgate.brokers import free_port, wait_for_port
+from busgate.cli import DEV_CONFIG
 from busgate.contracts.codec import decode
 from busgate.contracts.wire import AuditEvent, CallLog
 from tests.stack import dev_stack
@@ -330,6 +332,51 @@ async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http)
         assert PASSWORD.encode() not in data and token.encode() not in data
         assert b"k-123" not in data
     assert not_audited not in reader.seen
+
+
+async def test_busgate_tail_audit_prints_the_audit_events(shaped, http):
+    """``busgate tail audit`` (its own process) follows every channel's audit events:
+    ``PREFIX.audit.>`` on NATS, topic ``PREFIX.audit`` on Kafka."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "busgate",
+        "tail",
+        "audit",
+        "--config",
+        str(DEV_CONFIG),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "BUSGATE__GATEWAY__BUS": shaped.parts["bus"]},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        while b"busgate tail: following" not in (
+            line := await asyncio.wait_for(proc.stderr.readline(), 30)
+        ):
+            assert line, "busgate tail ended before it followed anything"
+        async with http.post(
+            f"{shaped.url}/api/request/demo/echo",
+            json={"sku": "tail-1"},
+            headers={"User-Agent": "tail-test"},
+        ) as resp:
+            assert resp.status == 200
+            request_id = resp.headers["X-Request-Id"]
+        while True:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert raw, "busgate tail ended"
+            message = json.loads(raw).get("message", {})
+            if message.get("request_id") == request_id:
+                break
+        assert message["type"] == "AuditEvent"
+        assert (message["channel"], message["path"], message["status"]) == ("demo", "echo", 200)
+        assert message["user_agent"] == "tail-test"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_runner_auth_fetches_one_token_and_again_once_on_a_401(shaped, http):
