@@ -30,6 +30,16 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 ERROR_CODE = {"$ref": "#/components/schemas/ErrorCode"}
 ANY_JSON: dict[str, Any] = {}
 """The JSON Schema that accepts any value (runners define their own bodies)."""
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+"""One server-sent event (OpenAPI 3.1: a stream's ``schema`` describes each event)."""
 ERRORS = {
     "400": "The request is malformed",
     "401": "A token is needed, or it is not valid",
@@ -143,7 +153,7 @@ def _operation(
     if kind == "stream":
         ok = {
             "description": "One event per item of each saga step; `event: end` at the end",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         }
     else:
         ok = {

@@ -54,6 +54,8 @@ async def test_document_is_valid_openapi_31_from_the_live_config(dev_edge: TestS
     assert paths["/api/request/demo/{path}"]["get"]["security"] == []  # public
     stream = paths["/api/stream/demo/{path}"]["get"]["responses"]["200"]["content"]
     assert list(stream) == ["text/event-stream"]
+    # Each event is an object (event, data, id, retry), as schemathesis reads SSE under 3.1.
+    assert set(stream["text/event-stream"]["schema"]["properties"]) >= {"event", "data", "id"}
     assert "/api/auth/{action}/{channel}/{type}" in paths
     assert "/api/command/{path}" in paths
     assert "/api/send/{service}/{topic}/{key}" in paths
