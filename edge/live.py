@@ -18,6 +18,21 @@ from busgate.edge import keys
 from busgate.edge.tokens import TokenService
 
 
+def shaping(config: Config) -> dict[str, tuple[object, ...]]:
+    """The channel shaping an edge compiles once, at start (aliases, response headers, error
+    detail, audit: ``edge.app``), per channel that has any."""
+    out: dict[str, tuple[object, ...]] = {}
+    for name, channel in config.channels.items():
+        rules = {
+            key: (rule.response_headers, rule.errors, rule.audit, rule.audit_body)
+            for key, rule in channel.paths.items()
+            if rule.response_headers or rule.errors is not None or rule.audit or rule.audit_body
+        }
+        if channel.aliases or channel.response_headers or channel.errors != "full" or rules:
+            out[name] = (channel.aliases, channel.response_headers, channel.errors, rules)
+    return out
+
+
 class LiveConfig:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -30,6 +45,11 @@ class LiveConfig:
         for name in ("services", "commands"):  # their APIs are built once, at start
             if getattr(config, name) != getattr(old, name):
                 raise ConfigError(f"{name}: changed; restart this edge to apply the change")
+        if shaping(config) != shaping(old):
+            raise ConfigError(
+                "channels: aliases, response headers, error detail or audit changed; "
+                "restart this edge to apply the change"
+            )
         if ctx is not None:
             if config.tokens and not old.tokens:
                 raise ConfigError("tokens: this node started without tokens; restart it")
