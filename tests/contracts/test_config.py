@@ -117,3 +117,17 @@ def test_the_most_specific_timeout_set_applies_longer_or_shorter():
     assert config.timeout_for("c", "/b/") == 1
     assert config.timeout_for("c", "slowly") == 20
     assert timeouts(7, 3, None, {"slow/*": 90}).timeout_for("c", "other") == 3
+
+
+def test_runner_tls_needs_every_runner_on_https():
+    """``tls`` with ``base_urls``: one plain runner among them would be called without it."""
+    https = ["https://127.0.0.1:9/a", "https://127.0.0.1:10/a"]
+    ok = parse({"systems": {"s": {"type": "rpc", "base_urls": https, "tls": {}}}})
+    assert ok.systems["s"].base_url == https[0]
+    mixed = ["https://127.0.0.1:9/a", "http://127.0.0.1:10/a"]
+    assert "systems.s: tls: set only with https:// runners (see base_urls)" in error_of(
+        {"systems": {"s": {"type": "rpc", "base_urls": mixed, "tls": {}}}}
+    )
+    assert "systems.s: tls: set only with https:// runners (see base_url)" in error_of(
+        {"systems": {"s": {"type": "rpc", "base_url": "http://127.0.0.1:9/a", "tls": {}}}}
+    )
