@@ -17,8 +17,8 @@ from busgate.contracts.wire import Request
 FETCHES = web.AppKey("fetches", list[int])
 
 
-@pytest.fixture
-async def server():
+def token_app() -> web.Application:
+    """A token endpoint (``/token``) and a runner (``/api/x/SAGA``) echoing its token."""
     app = web.Application()
     app[FETCHES] = [0]
 
@@ -33,7 +33,12 @@ async def server():
 
     app.router.add_post("/token", token)
     app.router.add_post("/api/x/{saga}", saga)
-    running = TestServer(app)
+    return app
+
+
+@pytest.fixture
+async def server():
+    running = TestServer(token_app())
     await running.start_server()
     yield running
     await running.close()
@@ -70,3 +75,32 @@ async def test_refused_credentials_are_a_502_and_the_secret_must_resolve(server)
         await rpc.close()
     with pytest.raises(ConfigError, match=r"systems\.x\.auth\.client_secret"):
         client(server, 0.0, secret="env:BUSGATE_TEST_UNSET_SECRET")
+
+
+async def test_an_https_token_endpoint_is_reached_with_the_systems_tls(tmp_path):
+    """The token fetch trusts what the runner calls trust (``[systems.S.tls]``'s CA): an
+    https token URL on the runner's host works with a private CA."""
+    import ssl
+
+    from busgate.contracts.config import ClientTls
+    from busgate.tls.self_signed import generate
+
+    pair = generate(("127.0.0.1",), 3600.0)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(pair.cert_pem)
+    key.write_bytes(pair.key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    secure = TestServer(token_app())
+    await secure.start_server(ssl=context)
+    auth = RunnerAuth(token_url="/token", client_id="id", client_secret="s3cr3t")
+    base = str(secure.make_url("/api/x"))
+    assert base.startswith("https://")
+    system = RpcSystem(base_url=base, auth=auth, tls=ClientTls(ca=str(cert)))
+    rpc = RpcClient("x", system, Gateway())
+    try:
+        reply = await rpc.call(request())
+        assert reply.status == 200 and reply.body.startswith(b'{"auth": "Bearer t')
+    finally:
+        await rpc.close()
+        await secure.close()
