@@ -35,8 +35,25 @@ class RunnerFailed(errors.UpstreamError):
         self.runner_status = runner_status
 
 
-def retry_for(config: Config) -> RetryFor:
-    """The retry policy of a call (None: not retried), from the config the edge has too."""
+def _sets_retry(config: Config) -> bool:
+    """Whether any channel or path of ``config`` sets a ``retry``."""
+    for channel in config.channels.values():
+        if channel.resilience is not None and channel.resilience.retry is not None:
+            return True
+        for rule in channel.paths.values():
+            if rule.resilience is not None and rule.resilience.retry is not None:
+                return True
+    return False
+
+
+def retry_for(config: Config) -> RetryFor | None:
+    """The retry policy of a call (None: not retried), from the config the edge has too.
+
+    None when nothing in ``config`` sets a retry: the client then skips the lookup (two per
+    call) instead of resolving an empty policy every time.
+    """
+    if not _sets_retry(config):
+        return None
     resolve = Resolver(config)
 
     def lookup(req: Request) -> Retry | None:

@@ -135,3 +135,34 @@ async def test_unreachable_runner_is_retried(runner):
         assert time.monotonic() - start >= 0.01 + 0.02 * 0.8
     finally:
         await rpc.close()
+
+
+def test_no_retry_configured_means_no_lookup_per_call() -> None:
+    """A config that sets no retry anywhere gives no lookup at all (the client skips the two
+    per call); one retry on one path of one channel keeps the lookup, for every channel."""
+    import msgspec
+
+    plain = parse(
+        {
+            "systems": {"demo": {"type": "rpc", "base_url": "http://127.0.0.1:9"}},
+            "channels": {"demo": {"system": "demo", "paths": {"x": {"timeout": 2.0}}}},
+        }
+    )
+    assert retry_for(plain) is None
+    on_path = parse(
+        msgspec.to_builtins(plain)
+        | {
+            "channels": {
+                "demo": {"system": "demo", "paths": {"x": {"resilience": {"retry": {}}}}},
+                "other": {"system": "demo"},
+            }
+        }
+    )
+    lookup = retry_for(on_path)
+    assert lookup is not None
+    assert lookup(_req("demo", "x")) is not None
+    assert lookup(_req("other", "x")) is None
+
+
+def _req(channel: str, path: str) -> Request:
+    return Request(id="r", channel=channel, system="demo", path=path, method="GET")
