@@ -62,3 +62,16 @@ def test_trusted_proxies_must_look_like_addresses():
     raw["gateway"] = {"trusted_proxies": ["not an address"]}
     with pytest.raises(ConfigError, match=r"gateway\.trusted_proxies"):
         parse(raw)
+
+
+def test_policy_empty_is_computed_once_at_construction() -> None:
+    """The edge asks ``empty`` on every call: a stored field, not a property walking the parts
+    each time; and right for each part."""
+    import dataclasses
+
+    from busgate.contracts.resilience import NONE, PARTS, Policy, Scoped
+
+    assert "empty" in {f.name for f in dataclasses.fields(Policy)}
+    assert NONE.empty and Policy().empty
+    for part in PARTS:
+        assert not Policy(**{part: Scoped(object(), "c")}).empty  # type: ignore[arg-type]
