@@ -185,3 +185,23 @@ async def test_the_aiohttp_internals_this_relies_on_are_there():
         assert handler.timeouts.header == HEADER
     finally:
         await runner.cleanup()
+
+
+async def test_a_head_in_one_read_arms_no_timer(port, monkeypatch):
+    """Keep-alive calls whose heads arrive whole arm no head timer (only the connection's
+    first wait does): a timer armed and cancelled per call cost ~3 µs of edge CPU."""
+    armed = 0
+    arm = EdgeRequestHandler._arm_head
+
+    def counting(self: EdgeRequestHandler) -> None:
+        nonlocal armed
+        armed += 1
+        arm(self)
+
+    monkeypatch.setattr(EdgeRequestHandler, "_arm_head", counting)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        for _ in range(5):
+            url = f"http://127.0.0.1:{port}/api/request/demo/echo"
+            async with http.post(url, json={"a": 1}) as resp:
+                assert resp.status == 200
+    assert armed == 1  # connection_made, not once per call
