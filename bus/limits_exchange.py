@@ -116,25 +116,10 @@ class KafkaExchange(Exchange):
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
 
-        from busgate.bus.kafka.admin import default_replication
+        from busgate.bus.kafka.admin import ensure_topic
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
-        await admin.start()
-        try:
-            if self.topic not in await admin.list_topics():
-                topic = NewTopic(
-                    self.topic,
-                    num_partitions=1,
-                    replication_factor=await default_replication(admin),
-                    topic_configs={"retention.ms": "60000"},
-                )
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([topic])
-        finally:
-            await admin.close()
+        await ensure_topic(self.servers, self.topic, 1, {"retention.ms": "60000"})
         self._producer = AIOKafkaProducer(bootstrap_servers=self.servers, acks=1, linger_ms=0)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(

@@ -103,26 +103,13 @@ class KafkaTraceSink(TraceSink):
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
         from aiokafka.partitioner import DefaultPartitioner
 
-        from busgate.bus.kafka.transport import default_replication
+        from busgate.bus.kafka.admin import ensure_topic
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
-        await admin.start()
-        try:
-            if self.topic not in await admin.list_topics():
-                topic = NewTopic(
-                    self.topic,
-                    num_partitions=3,
-                    replication_factor=await default_replication(admin),
-                    topic_configs={"retention.ms": str(int(self.max_age * 1000))},
-                )
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([topic])
-        finally:
-            await admin.close()
+        await ensure_topic(
+            self.servers, self.topic, 3, {"retention.ms": str(int(self.max_age * 1000))}
+        )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.servers,
             acks=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -73,3 +74,25 @@ class Topics:
     async def partition_counts(self, topics: list[str]) -> dict[str, int]:
         described = await self._admin.describe_topics(topics)
         return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == _NO_ERROR}
+
+
+async def ensure_topic(servers: str, topic: str, partitions: int, configs: dict[str, str]) -> None:
+    """Create ``topic`` (replicated like the bus's own) unless it exists: for the side topics
+    a node writes with clients of its own (rate-limit counts, spans)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            new = NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=await default_replication(admin),
+                topic_configs=configs,
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([new])
+    finally:
+        await admin.close()
