@@ -90,6 +90,14 @@ def trace_id_of(traceparent: str) -> str:
     return parts[1] if len(parts) == 4 else ""
 
 
+def unexpected_failure(req: Request, system: str) -> errors.BusgateError:
+    """What any runner client makes of an exception it did not expect (a defect, or a
+    misconfiguration such as a header aiohttp refuses): logged with its traceback here, and a
+    500 for the caller now rather than a 504 at its deadline. Call it in an ``except``."""
+    log.exception("request %s: calling the runner of system %r failed", req.id, system)
+    return errors.BusgateError(f"internal error while calling the runner of system {system!r}")
+
+
 class RpcClient:
     def __init__(
         self, name: str, system: RpcSystem, gateway: Gateway, retry_for: RetryFor | None = None
@@ -269,12 +277,7 @@ class RpcClient:
         except errors.BusgateError:
             raise
         except Exception:
-            # Anything else is a defect or a misconfiguration (a header aiohttp refuses, …):
-            # logged here, and a 500 for the caller now rather than a 504 at its deadline.
-            log.exception("request %s: calling the runner of system %r failed", req.id, self.name)
-            raise errors.BusgateError(
-                f"internal error while calling the runner of system {self.name!r}"
-            ) from None
+            raise unexpected_failure(req, self.name) from None
         if status >= 500:
             raise retry.RunnerFailed(f"runner of system {self.name!r} answered {status}", status)
         return Reply(id=req.id, status=status, headers=headers, body=payload)

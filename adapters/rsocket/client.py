@@ -28,6 +28,7 @@ from rsocket.exceptions import RSocketError
 from rsocket.frame import MAX_REQUEST_N
 from rsocket.payload import Payload
 
+from busgate.adapters.rpc.client import unexpected_failure
 from busgate.adapters.rsocket.metadata import request_metadata
 from busgate.adapters.rsocket.pool import Pool, targets
 from busgate.bus.base import Responder
@@ -135,10 +136,7 @@ class RsocketClient:
         except errors.BusgateError:
             raise
         except Exception:
-            log.exception("request %s: calling the runner of system %r failed", req.id, self.name)
-            raise errors.BusgateError(
-                f"internal error while calling the runner of system {self.name!r}"
-            ) from None
+            raise unexpected_failure(req, self.name) from None
         return Reply(id=req.id, status=status, headers=headers, body=body)
 
     def _stream_data(self, req: Request) -> bytes:
