@@ -106,9 +106,12 @@ class KafkaExchange(Exchange):
     """One partition, read by every edge from its end without a group (each edge sees every
     report), written by a producer of its own with ``acks=1`` and no linger."""
 
-    def __init__(self, servers: list[str], names: Names, node: str, on_counts: OnCounts) -> None:
+    def __init__(
+        self, client: dict[str, Any], names: Names, node: str, on_counts: OnCounts
+    ) -> None:
+        """``client``: the aiokafka connection arguments (``bus.kafka_client_of``)."""
         super().__init__(node, on_counts)
-        self.servers = ",".join(servers)
+        self.client = client
         self.topic = subject(names)
         self._producer: Any = None
         self._consumer: Any = None
@@ -119,11 +122,11 @@ class KafkaExchange(Exchange):
 
         from busgate.bus.kafka.admin import ensure_topic
 
-        await ensure_topic(self.servers, self.topic, 1, {"retention.ms": "60000"})
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.servers, acks=1, linger_ms=0)
+        await ensure_topic(self.client, self.topic, 1, {"retention.ms": "60000"})
+        self._producer = AIOKafkaProducer(**self.client, acks=1, linger_ms=0)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.servers,
+            **self.client,
             enable_auto_commit=False,
             fetch_max_wait_ms=20,
         )
@@ -170,12 +173,12 @@ class KafkaExchange(Exchange):
 def open_exchange(bus: Bus, url: str, on_counts: OnCounts) -> Exchange | None:
     """The exchange for ``bus`` (NATS: its connection; Kafka: clients of its own); None for
     a bus that is neither (an in-memory one in tests: nothing to share with)."""
-    from busgate.bus import parse_url
+    from busgate.bus import kafka_client_of, parse_url
 
-    scheme, servers, _ = parse_url(url)
+    scheme, _, _ = parse_url(url)
     nc = getattr(bus, "nc", None)
     if scheme == "nats" and nc is not None:
         return NatsExchange(nc, bus.names, bus.node, on_counts)
     if scheme == "kafka" and hasattr(bus, "servers"):
-        return KafkaExchange(servers, bus.names, bus.node, on_counts)
+        return KafkaExchange(kafka_client_of(url), bus.names, bus.node, on_counts)
     return None

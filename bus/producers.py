@@ -20,6 +20,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
+from busgate.bus import kafka_client_of, nats_tls_of, parse_url
 from busgate.contracts.config import Service
 from busgate.contracts.errors import BadRequest, BusUnavailable, PayloadTooLarge
 
@@ -64,11 +65,12 @@ class NatsProducer(Producer):
             # Bounded: with endless reconnects nats-py also retries a first connect for ever.
             await asyncio.wait_for(
                 self.nc.connect(
-                    self.url.split(","),
+                    parse_url(self.url)[1],
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25,  # type: ignore[arg-type]
                     connect_timeout=2,
                     error_cb=on_error,
+                    tls=nats_tls_of(self.url),  # None = nats-py default
                 ),
                 max(self.service.timeout, 2.0),
             )
@@ -129,9 +131,8 @@ class KafkaProducer(Producer):
         from aiokafka.errors import KafkaError
 
         settings: dict[str, Any] = {"acks": "all", **self.service.producer}
-        servers = ",".join(part.split("://", 1)[-1] for part in self.url.split("?")[0].split(","))
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=servers,
+            **kafka_client_of(self.url),
             request_timeout_ms=int(self.service.timeout * 1000),
             **settings,
         )
@@ -175,7 +176,7 @@ def allows(service: Service, topic: str) -> bool:
 
 def producer_for(service: Service, default_url: str) -> Producer:
     url = service.url or default_url
-    kind = service.type or ("kafka" if url.lower().startswith("kafka://") else "nats")
+    kind = service.type or ("kafka" if url.lower().startswith("kafka") else "nats")
     if kind == "kafka":
         if service.jetstream:
             raise ValueError("jetstream: the service's broker is Kafka")

@@ -27,7 +27,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from busgate.bus import parse_url
+from busgate.bus import kafka_client_of, nats_tls_of, parse_url
 from busgate.bus.base import Bus
 from busgate.bus.headers import REQUEST_ID as REQUEST_ID_HEADER
 from busgate.bus.naming import Names
@@ -95,8 +95,9 @@ class NatsTraceSink(TraceSink):
 
 
 class KafkaTraceSink(TraceSink):
-    def __init__(self, servers: list[str], names: Names, *, max_age: float) -> None:
-        self.servers = ",".join(servers)
+    def __init__(self, client: dict[str, Any], names: Names, *, max_age: float) -> None:
+        self.client = client
+        """The aiokafka connection arguments (``bus.kafka_client_of``)."""
         self.topic = names.trace()
         self.max_age = max_age
         self._producer: Any = None
@@ -108,10 +109,10 @@ class KafkaTraceSink(TraceSink):
         from busgate.bus.kafka.admin import ensure_topic
 
         await ensure_topic(
-            self.servers, self.topic, 3, {"retention.ms": str(int(self.max_age * 1000))}
+            self.client, self.topic, 3, {"retention.ms": str(int(self.max_age * 1000))}
         )
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.servers,
+            **self.client,
             acks=1,
             linger_ms=KAFKA_LINGER_MS,
             partitioner=DefaultPartitioner(),  # the reader picks a trace id's partition with it
@@ -135,10 +136,10 @@ class KafkaTraceSink(TraceSink):
 
 def open_sink(bus: Bus, url: str, *, max_age: float) -> TraceSink:
     """The sink for ``bus`` (NATS: its connection; Kafka: a producer of its own)."""
-    scheme, servers, _ = parse_url(url)
+    scheme, _, _ = parse_url(url)
     if scheme == "nats":
         return NatsTraceSink(bus.nc, bus.names, max_age=max_age)  # type: ignore[attr-defined]
-    return KafkaTraceSink(servers, bus.names, max_age=max_age)
+    return KafkaTraceSink(kafka_client_of(url), bus.names, max_age=max_age)
 
 
 class BusSpanProcessor:
@@ -207,30 +208,28 @@ async def read_call(
     url: str, prefix: str, *, trace_id: str = "", request_id: str = ""
 ) -> list[bytes]:
     """Every span batch published for a trace id or a request id, oldest first."""
-    scheme, servers, _ = parse_url(url)
+    scheme, _, _ = parse_url(url)
     names = Names(prefix)
     if scheme == "nats":
-        return await _nats_read(servers, names, trace_id, request_id)
-    return await _kafka_read(servers, names, trace_id, request_id)
+        return await _nats_read(url, names, trace_id, request_id)
+    return await _kafka_read(url, names, trace_id, request_id)
 
 
 async def follow(
     url: str, prefix: str, ready: Callable[[], None] = lambda: None
 ) -> AsyncIterator[bytes]:
     """Span batches as they are published, from now on; ``ready()`` once listening."""
-    scheme, servers, _ = parse_url(url)
+    scheme, _, _ = parse_url(url)
     names = Names(prefix)
     if scheme == "nats":
-        async for data in _nats_follow(servers, names, ready):
+        async for data in _nats_follow(url, names, ready):
             yield data
     else:
-        async for data in _kafka_follow(servers, names, ready):
+        async for data in _kafka_follow(url, names, ready):
             yield data
 
 
-async def _nats_read(
-    servers: list[str], names: Names, trace_id: str, request_id: str
-) -> list[bytes]:
+async def _nats_read(url: str, names: Names, trace_id: str, request_id: str) -> list[bytes]:
     import nats
     import nats.errors
     import nats.js.errors
@@ -239,7 +238,9 @@ async def _nats_read(
     subject = (
         f"{names.trace()}.{trace_id}.>" if trace_id else f"{names.trace()}.*.{token(request_id)}"
     )
-    nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await nats.connect(
+        parse_url(url)[1], connect_timeout=5, max_reconnect_attempts=0, tls=nats_tls_of(url)
+    )
     found: list[bytes] = []
     try:
         js = nc.jetstream()
@@ -265,15 +266,13 @@ async def _nats_read(
     return found
 
 
-async def _nats_follow(
-    servers: list[str], names: Names, ready: Callable[[], None]
-) -> AsyncIterator[bytes]:
+async def _nats_follow(url: str, names: Names, ready: Callable[[], None]) -> AsyncIterator[bytes]:
     """A core subscription, not a JetStream consumer: live output needs no durable state on
     the server, and what it misses during a reconnect stays in the stream for ``trace ID``
     (said in ``busgate trace --help``)."""
     import nats
 
-    nc = await nats.connect(servers, connect_timeout=5)
+    nc = await nats.connect(parse_url(url)[1], connect_timeout=5, tls=nats_tls_of(url))
     try:
         sub = await nc.subscribe(names.trace() + ".>")
         await nc.flush()  # the server knows the subscription now
@@ -284,13 +283,13 @@ async def _nats_follow(
         await nc.close()
 
 
-async def _kafka_consumer(servers: list[str], topic: str, *, end: bool, key: bytes = b"") -> Any:
+async def _kafka_consumer(url: str, topic: str, *, end: bool, key: bytes = b"") -> Any:
     """A consumer without a group, assigned every partition of ``topic`` (None: no topic),
     or only the one the producers' partitioner puts ``key`` in."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.partitioner import DefaultPartitioner
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=",".join(servers), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_of(url), enable_auto_commit=False)
     await consumer.start()
     if topic not in await consumer.topics():
         await consumer.stop()
@@ -307,10 +306,8 @@ async def _kafka_consumer(servers: list[str], topic: str, *, end: bool, key: byt
     return consumer
 
 
-async def _kafka_read(
-    servers: list[str], names: Names, trace_id: str, request_id: str
-) -> list[bytes]:
-    consumer = await _kafka_consumer(servers, names.trace(), end=False, key=trace_id.encode())
+async def _kafka_read(url: str, names: Names, trace_id: str, request_id: str) -> list[bytes]:
+    consumer = await _kafka_consumer(url, names.trace(), end=False, key=trace_id.encode())
     if consumer is None:
         return []
     found: list[bytes] = []
@@ -336,12 +333,10 @@ async def _kafka_read(
     return found
 
 
-async def _kafka_follow(
-    servers: list[str], names: Names, ready: Callable[[], None]
-) -> AsyncIterator[bytes]:
+async def _kafka_follow(url: str, names: Names, ready: Callable[[], None]) -> AsyncIterator[bytes]:
     consumer = None
     while consumer is None:  # the topic appears with the first node that exports
-        consumer = await _kafka_consumer(servers, names.trace(), end=True)
+        consumer = await _kafka_consumer(url, names.trace(), end=True)
         if consumer is None:
             await asyncio.sleep(1)
     try:

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from busgate.bus import parse_url
+from busgate.bus import kafka_client_of, nats_tls_of, parse_url
 from busgate.contracts.codec import decode
 from busgate.contracts.config import Config
 from busgate.publish import quiet_clients
@@ -81,7 +81,7 @@ def _broker(config: Config, service: str | None) -> tuple[str, str]:
     if found is None:
         raise LookupError(f"unknown service {service!r}")
     url = found.url or config.gateway.bus
-    kind = found.type or ("kafka" if url.lower().startswith("kafka://") else "nats")
+    kind = found.type or ("kafka" if url.lower().startswith("kafka") else "nats")
     return kind, url
 
 
@@ -97,7 +97,13 @@ async def tail_nats(url: str, subjects: list[str], stop: asyncio.Event, out: Pri
 
     # Bounded: with endless reconnects, nats-py also retries a first connect for ever.
     nc = await asyncio.wait_for(
-        nats.connect(url.split(","), connect_timeout=2, max_reconnect_attempts=-1), 10
+        nats.connect(
+            parse_url(url)[1],
+            connect_timeout=2,
+            max_reconnect_attempts=-1,
+            tls=nats_tls_of(url),
+        ),
+        10,
     )
     try:
         for subject in subjects:
@@ -118,10 +124,10 @@ async def tail_kafka(url: str, topics: list[str], stop: asyncio.Event, out: Prin
 
     from busgate.bus.kafka.internals import stop_consumer
 
-    servers = ",".join(parse_url(url)[1])
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, client_id="busgate-tail")
+    client = kafka_client_of(url)
+    admin = AIOKafkaAdminClient(**client, client_id="busgate-tail")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers,
+        **client,
         client_id="busgate-tail",
         group_id=None,
         enable_auto_commit=False,

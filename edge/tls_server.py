@@ -44,6 +44,7 @@ class ServerCerts:
             poll=tls.poll,
             grace=tls.grace,
             apply=self._apply,
+            ca=tls.ca if tls.client_auth != "none" else "",
         )
         assert self._current is not None  # set by the first apply
         self.context: ssl.SSLContext = self._current

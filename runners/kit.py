@@ -35,6 +35,7 @@ import msgspec
 from aiokafka.errors import MessageSizeTooLargeError
 from faststream.kafka import KafkaBroker
 from faststream.nats import NatsBroker
+from faststream.security import BaseSecurity
 from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError
 
@@ -42,6 +43,7 @@ from busgate.bus import parse_url
 from busgate.bus.base import CANCEL_MEMORY, CANCEL_MEMORY_SIZE
 from busgate.bus.flow import Credits
 from busgate.bus.naming import Names
+from busgate.bus.security import BusTls, context_for, kafka_client
 from busgate.contracts.codec import decode, encode, json_decode, json_encode
 from busgate.contracts.errors import (
     BadRequest,
@@ -168,7 +170,9 @@ class Runner:
         self._held: tuple[int, ...] | None = None
         self._early_cancels: OrderedDict[str, float] = OrderedDict()
         """Kafka: the request-topic partitions this runner holds (None: not known)."""
-        self.scheme, self.servers, _ = parse_url(self.url)
+        self.scheme, self.servers, options = parse_url(self.url)
+        self.tls: BusTls | None = options.get("tls")
+        """TLS to the bus (``tls://``, ``kafka+ssl://``), as the adapters have it."""
         self.reply_topic = self.names.reply(self.node)
         self.broker: Broker = self._build()
 
@@ -228,12 +232,20 @@ class Runner:
 
     # -- FastStream wiring -----------------------------------------------------------
 
+    def _security(self) -> BaseSecurity | None:
+        """The bus's TLS context (shared and rotated as ``bus.security`` says), or None."""
+        if self.tls is None:
+            return None
+        return BaseSecurity(ssl_context=context_for(self.tls), use_ssl=True)
+
     def _build(self) -> Broker:
         request = self.names.request(self.system)
         about = f"Requests for system {self.system!r} (busgate Request, MessagePack)"
         broker: Broker
         if self.scheme == "nats":
-            nats = NatsBroker(self.servers, logger=None, apply_types=False)
+            nats = NatsBroker(
+                self.servers, logger=None, apply_types=False, security=self._security()
+            )
             self._requests = nats.subscriber(
                 request,
                 queue=self.names.group(self.system),
@@ -274,7 +286,9 @@ class Runner:
                         with contextlib.suppress(Exception):
                             await runner.announce()
 
-            kafka = KafkaBroker(self.servers, logger=None, apply_types=False)
+            kafka = KafkaBroker(
+                self.servers, logger=None, apply_types=False, security=self._security()
+            )
             self._requests = kafka.subscriber(
                 request,
                 group_id=self.names.group(self.system),
@@ -536,7 +550,9 @@ class Runner:
         from busgate.bus.kafka.admin import Topics
 
         topics = Topics(
-            ",".join(self.servers), client_id=f"busgate-{self.node}-admin", replication=None
+            kafka_client(",".join(self.servers), self.tls),
+            client_id=f"busgate-{self.node}-admin",
+            replication=None,
         )
         _, _, options = parse_url(self.url)
         topics.wanted[self.names.request(self.system)] = options.get("request_partitions", 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -25,8 +26,11 @@ class Topics:
     """An admin client and the topics this node makes sure exist (``wanted``: topic →
     partitions it should have)."""
 
-    def __init__(self, servers: str, *, client_id: str, replication: int | None) -> None:
-        self.servers = servers
+    def __init__(
+        self, client: Mapping[str, Any], *, client_id: str, replication: int | None
+    ) -> None:
+        self.client = client
+        """The connection arguments (``bus.security.kafka_client``)."""
         self.client_id = client_id
         self.replication = replication
         self.wanted: dict[str, int] = {}
@@ -34,7 +38,7 @@ class Topics:
 
     async def start(self) -> None:
         self._admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.servers, client_id=self.client_id, request_timeout_ms=10_000
+            **self.client, client_id=self.client_id, request_timeout_ms=10_000
         )
         await self._admin.start()
         if self.replication is None:
@@ -76,13 +80,15 @@ class Topics:
         return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == _NO_ERROR}
 
 
-async def ensure_topic(servers: str, topic: str, partitions: int, configs: dict[str, str]) -> None:
+async def ensure_topic(
+    client: Mapping[str, Any], topic: str, partitions: int, configs: dict[str, str]
+) -> None:
     """Create ``topic`` (replicated like the bus's own) unless it exists: for the side topics
     a node writes with clients of its own (rate-limit counts, spans)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    admin = AIOKafkaAdminClient(**client)
     await admin.start()
     try:
         if topic not in await admin.list_topics():

@@ -94,14 +94,14 @@ class KafkaCommandConsumer(CommandConsumer):
                 bus._topics.ensure([self.topic, self.dead_topic]), bus.connect_timeout
             )
             self._producer = AIOKafkaProducer(
-                bootstrap_servers=bus.servers,
+                **bus.client,
                 client_id=f"busgate-{bus.node}-dead",
                 acks="all",
                 request_timeout_ms=int(bus.command_timeout * 1000),
             )
             await self._producer.start()
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=bus.servers,
+                **bus.client,
                 client_id=f"busgate-{bus.node}-cmd-{self.system}",
                 group_id=f"{bus.names.group(self.system)}.cmd",
                 enable_auto_commit=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,7 +30,7 @@ def node_partitions(topics: tuple[str, ...], counts: dict[str, int]) -> set[Topi
 
 
 async def start_node_reader(
-    servers: str,
+    client: Mapping[str, Any],
     *,
     client_id: str,
     tps: set[TopicPartition],
@@ -45,7 +45,7 @@ async def start_node_reader(
     replaced, else at the end, with the control topic replayed (see
     :func:`replay_recent_control`)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers,
+        **client,
         client_id=client_id,
         group_id=None,
         enable_auto_commit=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -15,7 +16,7 @@ from busgate.contracts.errors import BusUnavailable
 
 
 async def start_producer(
-    servers: str,
+    client: Mapping[str, Any],
     *,
     client_id: str,
     acks: int | str,
@@ -26,7 +27,7 @@ async def start_producer(
     send (the metadata wait, a full buffer, the batch's delivery) is bounded by ``timeout``
     seconds (``request_timeout``)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=servers,
+        **client,
         client_id=client_id,
         acks=acks,
         linger_ms=0,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -84,7 +85,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def start_request_reader(
-    servers: str,
+    client: Mapping[str, Any],
     *,
     client_id: str,
     name: str,
@@ -100,7 +101,7 @@ async def start_request_reader(
     """A started group consumer of request topic ``topic`` and its rebalance listener (whose
     ``assigned`` is set once the group join has positioned its partitions)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers,
+        **client,
         client_id=client_id,
         group_id=group,
         enable_auto_commit=False,  # committed by Reader.commit

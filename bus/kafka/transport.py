@@ -66,6 +66,7 @@ from busgate.bus.kafka.producing import send_acked, start_producer
 from busgate.bus.kafka.reader import Reader
 from busgate.bus.kafka.requests import Rebalance, start_request_reader
 from busgate.bus.kafka.routing import live_partition
+from busgate.bus.security import BusTls, kafka_client
 from busgate.bus.tasks import stop_task
 from busgate.contracts.errors import BusUnavailable, MessageTooLarge
 
@@ -97,8 +98,10 @@ class KafkaBus(Bus):
         session_timeout: float = 6.0,
         handoff: float = 0.5,
         max_request_size: int = limits.DEFAULT_MAX_MESSAGE,
+        tls: BusTls | None = None,
     ) -> None:
         """``servers``: bootstrap servers, ``host:port`` separated by commas (or a list).
+        ``tls``: SSL to the brokers (``kafka+ssl://``), for every client this node makes.
 
         ``replication_factor`` of the topics this node creates defaults to the number of
         brokers, at most 3. See the module docstring for the fetch waits.
@@ -107,6 +110,9 @@ class KafkaBus(Bus):
         """
         super().__init__(node=node, prefix=prefix)
         self.servers = servers if isinstance(servers, str) else ",".join(servers)
+        self.tls = tls
+        self.client = kafka_client(self.servers, tls)
+        """What every aiokafka client of this node connects with (``bus.security``)."""
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
         self.command_timeout = command_timeout
@@ -125,7 +131,7 @@ class KafkaBus(Bus):
 
         self._reply_topic = self.names.reply(node)
         self._topics = Topics(
-            self.servers, client_id=f"busgate-{node}-admin", replication=replication_factor
+            self.client, client_id=f"busgate-{node}-admin", replication=replication_factor
         )
         """The topics this node makes sure exist, with the partitions each should have."""
         self._producer: Any = None
@@ -176,7 +182,7 @@ class KafkaBus(Bus):
                 self._topics.wanted[self.names.control] = 1
                 await self._topics.ensure([self._reply_topic, self.names.control])
                 self._producer = await start_producer(
-                    self.servers,
+                    self.client,
                     client_id=f"busgate-{self.node}",
                     acks=1,
                     request_timeout=self.send_timeout,
@@ -203,7 +209,7 @@ class KafkaBus(Bus):
         topics = (self._reply_topic, self.names.control)
         counts = await self._topics.partition_counts(list(topics))
         reader = await start_node_reader(
-            self.servers,
+            self.client,
             client_id=f"busgate-{self.node}-node",
             tps=node_partitions(topics, counts),
             control=self.names.control,
@@ -284,7 +290,7 @@ class KafkaBus(Bus):
                 self._topics.wanted[topic] = self.request_partitions
                 await self._topics.ensure([topic])
                 self._command_producer = await start_producer(
-                    self.servers,
+                    self.client,
                     client_id=f"busgate-{self.node}-cmd",
                     acks="all",
                     request_timeout=self.command_timeout,
@@ -326,7 +332,7 @@ class KafkaBus(Bus):
 
     async def _start_request_reader(self, system: str) -> None:
         reader, listener = await start_request_reader(
-            self.servers,
+            self.client,
             client_id=f"busgate-{self.node}-{system}",
             name=f"requests {system}",
             topic=self.names.request(system),

@@ -32,24 +32,13 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from busgate.bus import limits
 from busgate.bus.base import Bus
+from busgate.bus.security import BusTls, context_for
 from busgate.contracts.errors import BusUnavailable, MessageTooLarge, NoResponders
-from busgate.tls.contexts import client_context
-from busgate.tls.pem import read as read_pair
 
 log = logging.getLogger("busgate.bus.nats")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
-
-
-def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
-    """The context for ``tls://`` servers, or None (nats-py's default) when nothing is set."""
-    if not (ca or cert or key):
-        return None
-    if bool(cert) != bool(key):
-        raise ValueError("bus URL: cert and key go together (a client certificate)")
-    pair = read_pair(cert, key, key_name="bus URL key") if cert else None
-    return client_context(pair, ca=ca)
 
 
 class NatsBus(Bus):
@@ -63,20 +52,18 @@ class NatsBus(Bus):
         prefix: str = "busgate",
         connect_timeout: float = 10,
         max_payload: int | None = None,
-        tls_ca: str = "",
-        tls_cert: str = "",
-        tls_key: str = "",
+        tls: BusTls | None = None,
     ) -> None:
         """``max_payload``: the servers' setting when it is not the default 1 MiB (bus URL
         option), for what is checked without connecting; once connected, the server's own
-        (from its INFO) caps it. ``tls_*``: PEM files for ``tls://`` servers (CA, client
-        certificate and key), read once here."""
+        (from its INFO) caps it. ``tls``: PEM files for ``tls://`` servers (CA, client
+        certificate and key), re-read on reconnects as ``bus.security`` says."""
         super().__init__(node=node, prefix=prefix)
         self.servers = servers
         self.connect_timeout = connect_timeout
         self.max_payload = max_payload
         self.max_message = limits.carried(max_payload or limits.DEFAULT_MAX_MESSAGE)
-        self.tls = tls_context(tls_ca, tls_cert, tls_key)
+        self.tls: ssl.SSLContext | None = context_for(tls) if tls is not None else None
         self.nc = Client()
         self._subs: list[Subscription] = []
         self._request_subs: list[Subscription] = []

@@ -95,6 +95,7 @@ def open_store(
             prefix=bus.names.prefix,
             max_age=max_age,
             replication=bus.replication_factor,
+            tls=bus.tls,
         )
     return MemoryStore(kind, value_type, max_age=max_age, backend=backend)
 

@@ -26,6 +26,7 @@ import contextlib
 import logging
 from typing import Any, Generic
 
+from busgate.bus.security import BusTls, kafka_client
 from busgate.bus.store.base import (
     CREATE,
     Entry,
@@ -54,11 +55,13 @@ class KafkaStore(Store[V], Generic[V]):
         max_age: float = 0.0,
         replication: int | None = None,
         read_back_timeout: float = 10.0,
+        tls: BusTls | None = None,
     ) -> None:
         """``replication`` of the topic, if it is created here: by default the number of
-        brokers, at most 3 (as for the bus's own topics)."""
+        brokers, at most 3 (as for the bus's own topics). ``tls``: the bus's (``kafka+ssl``)."""
         super().__init__(kind, value_type, max_age=max_age)
         self.servers = servers
+        self.client = kafka_client(servers, tls)
         self.replication = replication
         self.topic = f"{prefix}.{kind}"
         self.read_back_timeout = read_back_timeout
@@ -81,7 +84,7 @@ class KafkaStore(Store[V], Generic[V]):
 
         from busgate.bus.kafka.transport import default_replication
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+        admin = AIOKafkaAdminClient(**self.client)
         await admin.start()
         try:
             configs = {"cleanup.policy": "compact"}
@@ -107,12 +110,10 @@ class KafkaStore(Store[V], Generic[V]):
 
         try:
             await self._ensure_topic()
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.servers, acks="all", linger_ms=0
-            )
+            self._producer = AIOKafkaProducer(**self.client, acks="all", linger_ms=0)
             await self._producer.start()
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.servers,
+                **self.client,
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

@@ -1,5 +1,5 @@
 """TLS for a client (an adapter calling an ``https://`` runner): the server verified against
-``ca``, and a client certificate (mTLS) re-read every ``poll`` seconds.
+``ca``, and a client certificate (mTLS); both files re-read every ``poll`` seconds.
 
 Callers pass :attr:`ClientCerts.context` with each request (aiohttp's ``ssl=``): its
 connection pool is keyed by the context, so a rotated certificate is used by new connections
@@ -22,13 +22,22 @@ class ClientCerts:
     def __init__(self, name: str, tls: ClientTls) -> None:
         self.tls = tls
         self.context: ssl.SSLContext = client_context(None, ca=tls.ca, min_version=tls.min_version)
-        self.watch: watch.CertWatch | None = None
+        self.watch: watch.CertWatch[KeyPair | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        if tls.cert:
-            source = watch.files(tls.cert, tls.key, key_name=f"{name}.tls.key")
-            self.watch = watch.CertWatch(name, source, poll=tls.poll, grace=0, apply=self._apply)
+        if tls.cert or tls.ca:
+            source: watch.Source | None = None
+            if tls.cert:
+                source = watch.files(tls.cert, tls.key, key_name=f"{name}.tls.key")
+            self.watch = watch.CertWatch[KeyPair | None](
+                name,
+                source or watch.no_cert,
+                poll=tls.poll,
+                grace=0,
+                apply=self._apply,
+                ca=tls.ca,
+            )
 
-    def _apply(self, pair: KeyPair) -> None:
+    def _apply(self, pair: KeyPair | None) -> None:
         self.context = client_context(pair, ca=self.tls.ca, min_version=self.tls.min_version)
 
     def start(self) -> None:

@@ -5,15 +5,21 @@ pre-fetch it can trust it first.
 A source that fails (a file that does not parse, a key written before its certificate)
 keeps the current certificate in service and says so in the log; the next poll tries again.
 At start there is nothing to keep, so the first read's error is raised.
+
+The trusted-CA file (``ca``: client CAs of a server, the server's CA for a client) is
+watched too: a change of it alone rebuilds the context at the next poll, without grace --
+the CAs are what lets the other side's *new* certificate in, so they must come first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from busgate.tls import self_signed
 from busgate.tls.pem import KeyPair, PemError, read
@@ -21,6 +27,22 @@ from busgate.tls.pem import KeyPair, PemError, read
 log = logging.getLogger("busgate.tls")
 
 Source = Callable[[], KeyPair]
+Pair = TypeVar("Pair", KeyPair, KeyPair | None)
+"""A watch's certificate: a client without one of its own (no mTLS) watches its CA only."""
+
+
+def no_cert() -> None:
+    """The source of a client that presents no certificate (its CA file is still watched)."""
+    return None
+
+
+def _fingerprint(pair: KeyPair | None) -> str:
+    return pair.fingerprint if pair is not None else ""
+
+
+def _digest(path: str) -> str:
+    """SHA-256 of a CA file; raises OSError."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""
 
 
 def files(cert: str, key: str, *, key_name: str = "") -> Source:
@@ -51,53 +73,82 @@ def self_signed_source(hosts: tuple[str, ...], lifetime: float, renew_before: fl
     return source
 
 
-class CertWatch:
-    """The current certificate of a source, and the poll that replaces it."""
+class CertWatch(Generic[Pair]):
+    """The current certificate of a source and the trusted-CA file ``ca`` (read by
+    ``apply``), and the poll that replaces them."""
 
     def __init__(
         self,
         name: str,
-        source: Source,
+        source: Callable[[], Pair],
         *,
         poll: float,
         grace: float,
-        apply: Callable[[KeyPair], None],
+        apply: Callable[[Pair], None],
+        ca: str = "",
     ) -> None:
         self.name = name
-        self.source = source
+        self.source: Callable[[], Pair] = source
         self.poll = poll
         self.grace = grace
-        self.apply = apply
-        self.current = source()  # at start: an error is the caller's (a config error)
+        self.apply: Callable[[Pair], None] = apply
+        self.ca = ca
+        # At start: an error is the caller's (a config error).
+        try:
+            self.ca_digest = _digest(ca)
+        except OSError as exc:
+            raise PemError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        self.current: Pair = source()
         apply(self.current)
-        self._pending: tuple[KeyPair, float] | None = None
+        self._pending: tuple[Pair, float] | None = None
         self._changed = asyncio.Event()
 
     def check(self) -> None:
-        """One poll: note a new certificate, or make a noted one current once due."""
+        """One poll: take a changed CA file at once; note a new certificate, or make a noted
+        one current once due."""
+        self._check_ca()
         try:
             pair = self.source()
         except PemError as exc:
             log.warning("%s: %s; the current certificate stays in service", self.name, exc)
             return
-        if pair.fingerprint == self.current.fingerprint:
+        if _fingerprint(pair) == _fingerprint(self.current):
             self._pending = None
             return
         now = time.monotonic()
-        if self._pending is None or self._pending[0].fingerprint != pair.fingerprint:
+        if self._pending is None or _fingerprint(self._pending[0]) != _fingerprint(pair):
             self._pending = (pair, now + self.grace)
-            log.info(
-                "%s: new certificate %s (%s, until %s), served in %gs",
-                self.name,
-                pair.fingerprint[:16],
-                pair.subject,
-                pair.not_after.isoformat(),
-                self.grace,
-            )
+            if pair is not None:
+                log.info(
+                    "%s: new certificate %s (%s, until %s), served in %gs",
+                    self.name,
+                    pair.fingerprint[:16],
+                    pair.subject,
+                    pair.not_after.isoformat(),
+                    self.grace,
+                )
         if now >= self._pending[1]:
             self._swap(pair)
 
-    def _swap(self, pair: KeyPair) -> None:
+    def _check_ca(self) -> None:
+        try:
+            digest = _digest(self.ca)
+        except OSError as exc:
+            log.warning("%s: cannot read %s: %s; the current CAs stay", self.name, self.ca, exc)
+            return
+        if digest == self.ca_digest:
+            return
+        try:
+            self.apply(self.current)  # the same certificate, the CA file read anew
+        except (OSError, ValueError) as exc:
+            log.warning("%s: cannot use the CAs in %s: %s", self.name, self.ca, exc)
+            return
+        self.ca_digest = digest
+        log.info("%s: now trusting the CAs in %s (%s)", self.name, self.ca, digest[:16])
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _swap(self, pair: Pair) -> None:
         try:
             self.apply(pair)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -105,12 +156,12 @@ class CertWatch:
             return
         self.current = pair
         self._pending = None
-        log.info("%s: now serving certificate %s", self.name, pair.fingerprint[:16])
+        log.info("%s: now serving certificate %s", self.name, _fingerprint(pair)[:16] or "none")
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def changed(self) -> KeyPair:
-        """The next certificate made current."""
+    async def changed(self) -> Pair:
+        """The certificate current after the next change (of it, or of the CA file)."""
         await self._changed.wait()
         return self.current
 
