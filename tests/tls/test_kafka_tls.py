@@ -1,0 +1,135 @@
+"""Kafka over SSL (``kafka+ssl://…?ca=&cert=&key=``) with client certificates.
+
+Tansu speaks no TLS (see ``tls_proxy.py``), so the broker here is Tansu behind a TLS proxy
+process that requires client certificates, and Tansu advertises the proxy's address: every
+aiokafka connection -- bootstrap, metadata, group coordinator, fetches -- goes through TLS.
+What is proven is busgate's client side (aiokafka with ``security_protocol=SSL`` and the
+shared context); a real Kafka broker's SSL listener is not exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import trustme
+
+from busgate.brokers import TansuBroker, die_with_parent, free_port, wait_for_port
+from busgate.bus import from_url
+from busgate.contracts.errors import BusUnavailable
+from tests.tls.certs import write_ca, write_leaf
+from tests.tls.test_nats_tls import processes
+
+pytestmark = [pytest.mark.kafka]
+
+PROXY = Path(__file__).with_name("tls_proxy.py")
+
+
+@dataclass
+class SslKafka:
+    port: int
+    """The proxy's: the only address clients are given."""
+    files: dict[str, str]
+    """ca, cert, key of a trusted client."""
+    folder: Path
+
+    def url(self, **files: str) -> str:
+        query = "&".join(f"{k}={quote(v)}" for k, v in files.items())
+        return f"kafka+ssl://127.0.0.1:{self.port}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="module")
+def ssl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SslKafka]:
+    folder = tmp_path_factory.mktemp("kafka-tls")
+    ca = trustme.CA()
+    cafile = write_ca(ca, folder, "ca")
+    server = write_leaf(ca.issue_cert("127.0.0.1"), folder, "server")
+    client = write_leaf(ca.issue_cert("busgate-node"), folder, "client")
+    port = free_port()
+    with TansuBroker(advertised=f"127.0.0.1:{port}") as broker:
+        proxy = subprocess.Popen(
+            [sys.executable, str(PROXY), str(port), str(broker.port), *server, cafile],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
+        )
+        try:
+            wait_for_port("127.0.0.1", port, 20, proxy)
+            yield SslKafka(port, {"ca": cafile, "cert": client[0], "key": client[1]}, folder)
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
+
+
+async def test_an_untrusted_server_or_a_missing_client_cert_is_refused(ssl_kafka) -> None:
+    other = write_ca(trustme.CA(), ssl_kafka.folder, "other-ca")
+    files = {**ssl_kafka.files, "ca": other}
+    bus = from_url(ssl_kafka.url(**files), node="untrusted")
+    bus.connect_timeout = 3  # type: ignore[attr-defined]
+    with pytest.raises(BusUnavailable, match="CERTIFICATE_VERIFY_FAILED|KafkaConnectionError"):
+        await bus.connect()
+    await bus.close()
+    bus = from_url(ssl_kafka.url(ca=ssl_kafka.files["ca"]), node="nocert")
+    bus.connect_timeout = 3  # type: ignore[attr-defined]
+    with pytest.raises(BusUnavailable):  # the proxy's TLS alert: no client certificate
+        await bus.connect()
+    await bus.close()
+    bus = from_url(ssl_kafka.url(**ssl_kafka.files), node="trusted")
+    await bus.connect()
+    assert bus.connected
+    await bus.close()
+
+
+def test_request_path_over_kafka_ssl(ssl_kafka, tmp_path: Path) -> None:
+    """Runner, adapter and edge as separate processes; the adapter and the edge reach each
+    other only through Kafka over SSL (requests, replies, presence, stores)."""
+    runner, edge = free_port(), free_port()
+    config = tmp_path / "busgate.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "kafkatls"
+bus = "{ssl_kafka.url(**ssl_kafka.files)}"
+listen = "127.0.0.1:{edge}"
+
+[systems.demo]
+type = "rpc"
+base_url = "http://127.0.0.1:{runner}/api/demo"
+
+[channels.demo]
+system = "demo"
+"""
+    )
+    env = {**os.environ, "BUSGATE__TELEMETRY__SAMPLING": "0"}
+    with processes(
+        env,
+        ["runner", "rpc", "--listen", f"127.0.0.1:{runner}"],
+        ["adapter", "--config", str(config)],
+        ["edge", "--config", str(config)],
+    ) as procs:
+        wait_for_port("127.0.0.1", edge, 60, procs[2])
+        end = time.monotonic() + 60
+        while True:  # until the edge sees the adapter (presence over the SSL bus)
+            with urllib.request.urlopen(f"http://127.0.0.1:{edge}/readyz", timeout=2) as resp:
+                if json.load(resp).get("systems", {}).get("demo"):
+                    break
+            assert time.monotonic() < end, "the adapter never showed up over Kafka SSL"
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.2)
+        call = urllib.request.Request(
+            f"http://127.0.0.1:{edge}/api/request/demo/echo",
+            data=b'{"over": "kafka+ssl"}',
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(call, timeout=20) as resp:
+            assert resp.status == 200
+            assert json.load(resp) == {"over": "kafka+ssl"}
