@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -215,3 +216,26 @@ async def test_client_auth_still_holds_after_a_rotation(
         assert status == 200 and body["identity"]["subject"] == "billing"
         with pytest.raises(aiohttp.ClientError):
             await get(f"{edge.url}/api/request/secure/x", client_context(edge.ca))
+
+
+async def test_a_changed_client_ca_file_is_taken_without_restart(
+    tls_edge, client_ca, tmp_path
+) -> None:
+    """Only the CA file changes (a new client CA added): a certificate from the new CA is
+    refused before and accepted after, at the next poll -- without waiting for ``grace``,
+    which is for the edge's own certificate."""
+    new_ca = trustme.CA()
+    newcomer = write_leaf(new_ca.issue_cert("x", common_name="billing"), tmp_path, "newcomer")
+    async with tls_edge(client_auth="require", poll=0.05, grace=60) as edge:
+        url = f"{edge.url}/api/request/secure/x"
+        with pytest.raises(aiohttp.ClientError):
+            await get(url, client_context(edge.ca, newcomer))
+        cafile = edge.certs.watch.ca
+        changed = asyncio.ensure_future(edge.certs.watch.changed())
+        started = time.monotonic()
+        Path(cafile).write_bytes(client_ca.cert_pem.bytes() + new_ca.cert_pem.bytes())  # noqa: ASYNC240
+        await asyncio.wait_for(changed, 5)
+        took = time.monotonic() - started
+        status, body = await get(url, client_context(edge.ca, newcomer))
+        assert status == 200 and body["identity"]["subject"] == "billing"
+        print(f"client CA file change taken in {took * 1000:.0f} ms (poll 50 ms)")

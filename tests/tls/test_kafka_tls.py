@@ -74,7 +74,7 @@ async def test_an_untrusted_server_or_a_missing_client_cert_is_refused(ssl_kafka
     files = {**ssl_kafka.files, "ca": other}
     bus = from_url(ssl_kafka.url(**files), node="untrusted")
     bus.connect_timeout = 3  # type: ignore[attr-defined]
-    with pytest.raises(BusUnavailable, match="CERTIFICATE_VERIFY_FAILED|KafkaConnectionError"):
+    with pytest.raises(BusUnavailable, match="cannot connect to Kafka"):
         await bus.connect()
     await bus.close()
     bus = from_url(ssl_kafka.url(ca=ssl_kafka.files["ca"]), node="nocert")

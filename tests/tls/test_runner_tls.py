@@ -138,3 +138,23 @@ def test_key_not_matching_names_the_system_key(tmp_path: Path) -> None:
 def test_tls_needs_https() -> None:
     with pytest.raises(ConfigError, match="https://"):
         parse({"systems": {"demo": {"type": "rpc", "base_url": "http://x", "tls": {}}}})
+
+
+async def test_a_changed_ca_file_is_taken_without_restart(tmp_path: Path) -> None:
+    """Only the CA file of a system changes (no client certificate involved): a runner
+    whose certificate the old file does not vouch for is refused before, reached after."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cafile = write_ca(old_ca, tmp_path, "ca")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    new_ca.issue_cert("127.0.0.1").configure_cert(server)
+    async with https_runner(create_app(), server) as port:
+        client = rpc(port, ca=cafile, poll=60.0)
+        try:
+            with pytest.raises(errors.UpstreamUnreachable):
+                await client.call(request("meta"))
+            Path(cafile).write_bytes(old_ca.cert_pem.bytes() + new_ca.cert_pem.bytes())  # noqa: ASYNC240
+            assert client.tls is not None and client.tls.watch is not None
+            client.tls.watch.check()  # one poll
+            assert (await client.call(request("meta"))).status == 200
+        finally:
+            await client.close()
