@@ -74,3 +74,35 @@ def test_busgate_config_check_accepts_the_example() -> None:
         result.stdout
     )
     assert result.stderr == ""
+
+
+def uncomment_tables(text: str) -> str:
+    """The commented ``# [table]`` blocks (and their ``# key = value`` lines) as TOML."""
+    out, in_block = [], False
+    for line in text.splitlines():
+        if line.startswith("# ["):
+            in_block = True
+        elif not (in_block and line.startswith("# ") and " = " in line):
+            in_block = False
+        out.append(line[2:] if in_block else line)
+    return "\n".join(out) + "\n"
+
+
+def test_the_commented_tls_examples_are_accepted() -> None:
+    """The bus URLs over TLS, ``[gateway.tls]`` and ``[systems.orders.tls]`` as shown."""
+    import tomllib
+
+    from busgate.bus.security import BusTls
+    from busgate.contracts.config import parse
+
+    text = EXAMPLE.read_text()
+    urls = [
+        tomllib.loads(line[2:])["bus"] for line in text.splitlines() if line.startswith("# bus = ")
+    ]
+    tls = [parse_url(url)[2].get("tls") for url in urls if "ca=" in url]
+    assert len(tls) == 2 and all(isinstance(t, BusTls) and t.cert for t in tls)
+    shown = uncomment_tables(text).replace("http://orders.internal", "https://orders.internal")
+    config = parse(tomllib.loads(shown))
+    assert config.gateway.tls is not None and config.gateway.tls.client_auth == "optional"
+    orders = config.systems["orders"]
+    assert isinstance(orders, RpcSystem) and orders.tls is not None and orders.tls.cert
