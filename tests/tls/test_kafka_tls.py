@@ -26,6 +26,8 @@ import trustme
 from busgate.brokers import TansuBroker, die_with_parent, free_port, wait_for_port
 from busgate.bus import from_url
 from busgate.contracts.errors import BusUnavailable
+from busgate.runners.native import build
+from tests.bus.conftest import eventually, make_request
 from tests.tls.certs import write_ca, write_leaf
 from tests.tls.test_nats_tls import processes
 
@@ -133,3 +135,20 @@ system = "demo"
         with urllib.request.urlopen(call, timeout=20) as resp:
             assert resp.status == 200
             assert json.load(resp) == {"over": "kafka+ssl"}
+
+
+async def test_a_bus_native_runner_over_kafka_ssl(ssl_kafka) -> None:
+    """The runner kit's FastStream Kafka broker and its admin client take the bus URL's SSL:
+    an edge bus over SSL gets its answer."""
+    url = ssl_kafka.url(**ssl_kafka.files)
+    runner = build("kitssl", bus=url, prefix="kitssl")
+    await runner.start()
+    edge = from_url(url, node="kitssl-edge", prefix="kitssl")
+    try:
+        await edge.connect()
+        await eventually(lambda: edge.presence.serves("kitssl"), within=30)
+        reply = await edge.request(make_request("echo", system="kitssl", body=b'{"n": 1}'))
+        assert reply.status == 200 and json.loads(reply.body) == {"n": 1}
+    finally:
+        await edge.close()
+        await runner.stop(grace=1)
