@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,7 @@ import trustme
 
 from busgate.brokers import free_port
 from busgate.bus import from_url
+from busgate.bus.security import BusTls, context_for
 from busgate.tls.pem import read
 from tests.bus.conftest import eventually
 from tests.tls.certs import write_ca, write_leaf
@@ -82,3 +84,35 @@ async def test_a_reconnect_presents_the_new_client_cert_and_trusts_the_new_ca(
     finally:
         await asyncio.wait_for(bus.close(), 10)
         server.stop()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_every_tls_connection_of_either_loop_passes_the_refresh(loop: str, tmp_path: Path) -> None:
+    """The rotation hangs on the event loop starting each TLS connection with the context's
+    ``wrap_bio``: asyncio's loop in tests, uvloop in the ``busgate`` processes."""
+    import uvloop
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    ctx = context_for(BusTls(ca=write_ca(ca, tmp_path, "ca"), poll=60))
+    checks: list[float] = []
+    check = ctx.watch.check
+    ctx.watch.check = lambda: (checks.append(time.monotonic()), check())[1]  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        listener = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server)
+        port = listener.sockets[0].getsockname()[1]
+        async with listener:
+            for _ in range(2):
+                ctx._due = 0  # as if ``poll`` seconds had passed
+                _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+                writer.close()
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+    assert len(checks) == 2
