@@ -60,7 +60,7 @@ def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
     base, _, query = url.partition("?")
     scheme = base.split("://", 1)[0].lower()
     if scheme in ("nats", "tls", "ws", "wss"):
-        return "nats", base.split(","), _tls(url, _options(url, query, NATS_OPTIONS), ssl=False)
+        return "nats", base.split(","), _tls(url, _options(url, query, NATS_OPTIONS), always=False)
     if scheme not in ("kafka", "kafka+ssl"):
         raise ValueError(
             f"unsupported bus URL {url!r}: use nats://host:port, tls://host:port, "
@@ -70,14 +70,14 @@ def parse_url(url: str) -> tuple[str, list[str], dict[str, Any]]:
     options = _options(url, query, {**KAFKA_OPTIONS, **TLS_OPTIONS})
     if scheme == "kafka" and any(name in options for name, _ in TLS_OPTIONS.values()):
         raise ValueError(f"bus URL {url!r}: ca, cert, key and poll are for kafka+ssl:// URLs")
-    return "kafka", servers, _tls(url, options, ssl=scheme == "kafka+ssl")
+    return "kafka", servers, _tls(url, options, always=scheme == "kafka+ssl")
 
 
-def _tls(url: str, options: dict[str, Any], *, ssl: bool) -> dict[str, Any]:
-    """Fold the TLS options into ``tls``; ``ssl``: TLS even with none of them set."""
+def _tls(url: str, options: dict[str, Any], *, always: bool) -> dict[str, Any]:
+    """Fold the TLS options into ``tls``; ``always``: even with none set (``kafka+ssl``)."""
     files = {name: options.pop(argument) for name, (argument, _) in TLS_OPTIONS.items()
              if argument in options}  # fmt: skip
-    if files or ssl:
+    if files or always:
         try:
             options["tls"] = BusTls(**files)
         except ValueError as exc:
