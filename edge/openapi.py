@@ -269,7 +269,7 @@ def document(config: Config, revision: int = 0) -> dict[str, Any]:
         paths["/api/command/status/{id}"] = {
             "get": _simple("A command's status", "id", body=False, tag="command")
         }
-    if config.services:
+    if config.senders:
         paths["/api/send/{service}/{topic}/{key}"] = {
             "post": _simple("Send a message to a topic", "service", "topic", "key", tag="send")
         }
