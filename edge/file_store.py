@@ -129,7 +129,8 @@ class Upload:
 
 class Store:
     def __init__(self, url: str, options: dict[str, Any], threads: int = 32) -> None:
-        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        # No listing cache (s3fs keeps one per process): other edges change the store too.
+        self.fs, root = fsspec.core.url_to_fs(url, **{"use_listings_cache": False, **options})
         self.local = isinstance(self.fs, LocalFileSystem)
         self.renames = self.local or isinstance(self.fs, MemoryFileSystem)
         self.root = root.rstrip("/")
