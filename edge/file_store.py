@@ -49,6 +49,11 @@ BLOCK = 5 * 1024 * 1024
 """fsspec's write and read-ahead block: S3's smallest multipart part. s3fs's default (50 MiB)
 would make each upload or download hold 50 MiB in the edge."""
 
+READ_BLOCK = 16 * 1024 * 1024
+"""A download reads the store in ranged reads of this size (one ranged GET each on S3): with
+5 MiB ones a 200 MiB download from moto's S3 ran at 27 MiB/s, with 20 MiB ones at 73
+(s3fs's own ``get`` at 75-109). Held once per download in flight; local files ignore it."""
+
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:
@@ -193,5 +198,5 @@ class Store:
 
     async def open_read(self, path: str) -> Any:
         return await self.run(
-            lambda: self.fs.open(path, "rb", block_size=BLOCK, cache_type="readahead")
+            lambda: self.fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
         )
