@@ -300,6 +300,22 @@ async def test_an_interrupted_upload_leaves_no_partial_file(edge, http, store):
         assert not any(STAGING in f for f in edge.local_files())
 
 
+async def test_a_stalled_upload_is_cut_at_the_body_timeout_and_leaves_nothing(edge, http):
+    """``gateway.body_timeout`` (2 s here) still guards uploads that max_body does not cap."""
+    before = edge.local_files()
+    never = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * MIB
+        await never.wait()  # the client stalls mid-body
+
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientError):
+        await http.post(f"{edge.url}/api/file/local?name=slow.bin", data=body(), headers=ALICE)
+    assert time.monotonic() - started < 10
+    await eventually(lambda: edge.local_files() == before)
+
+
 async def test_ranges_etags_and_304_on_s3(edge, http):
     base = f"{edge.url}/api/file/s3"
     data = secrets.token_bytes(7 * MIB)  # two parts: a multipart upload, S3's own ETag
