@@ -111,7 +111,7 @@ class Upload:
         else:
             self.file = fs.open(path, "wb", autocommit=False, block_size=BLOCK)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.file.write(data)
 
     def commit(self) -> None:

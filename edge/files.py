@@ -22,6 +22,7 @@ service (``[services.NAME]``), streamed both ways through the store (``edge.file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import mimetypes
@@ -114,6 +115,10 @@ def disposition(name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(base, safe='')}"
 
 
+def too_large(limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(f"the file exceeds this service's limit of {limit} bytes")
+
+
 class FileApi:
     def __init__(self, config: Config) -> None:
         self.services = config.file_services
@@ -174,14 +179,14 @@ class FileApi:
         read: Callable[[int], Awaitable[bytes]]
         if request.content_type.startswith("multipart/"):
             if request.content_length is not None and request.content_length > limit + CHUNK:
-                raise self.too_large(request, limit)
+                raise too_large(limit)
             part = await self.file_part(request)
             name = checked_name(given or part.filename or "", raw)
             read = part.read_chunk
         else:
             name = checked_name(given, raw)
             if request.content_length is not None and request.content_length > limit:
-                raise self.too_large(request, limit)
+                raise too_large(limit)
             read = request.content.read
 
         upload = await store.begin(folder, name)
@@ -191,17 +196,18 @@ class FileApi:
             while chunk := await read(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise self.too_large(request, limit)
+                    raise too_large(limit)
                 pending += chunk
                 if len(pending) >= CHUNK:
-                    await store.run(upload.write, bytes(pending))
-                    pending.clear()
+                    await store.run(upload.write, pending)
+                    pending = bytearray()
             if pending:
-                await store.run(upload.write, bytes(pending))
+                await store.run(upload.write, pending)
             await store.run(upload.commit)
         except BaseException:
             # Also on cancellation (the client went away): the pool runs it regardless.
-            store.pool.submit(upload.discard)
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: edge stopping
+                store.pool.submit(upload.discard)
             raise
         info = await store.info(folder, name)
         etag = etag_of(info)
@@ -220,10 +226,6 @@ class FileApi:
             if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
                 return part
             await part.release()
-
-    @staticmethod
-    def too_large(request: web.Request, limit: int) -> errors.PayloadTooLarge:
-        return errors.PayloadTooLarge(f"the file exceeds this service's limit of {limit} bytes")
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         _, store, folder = await self.caller(request)
@@ -288,7 +290,8 @@ class FileApi:
             response.force_close()
             return response
         finally:
-            store.pool.submit(file.close)
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: edge stopping
+                store.pool.submit(file.close)
         await response.write_eof()
         return response
 
