@@ -344,3 +344,13 @@ async def test_an_interrupted_upload_leaves_nothing_in_a_local_folder(edge, tmp_
     assert resp.status == 201
     assert (folder / "part.bin").read_bytes() == b"whole"
     assert [p.name for p in folder.iterdir()] == ["part.bin"]
+
+
+async def test_head_answers_the_headers_of_a_download_without_the_body(files):
+    await files.post("/api/file/up?name=h.txt", data=b"0123456789", headers=ALICE)
+    resp = await files.head("/api/file/up/h.txt", headers=ALICE)
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == "10"
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    assert await resp.read() == b""
+    assert (await files.head("/api/file/up/nope.txt", headers=ALICE)).status == 404
