@@ -155,6 +155,25 @@ def start_native(stack: Stack, env: dict[str, str], config: str, bus_url: str) -
     return "native"
 
 
+def file_folders(env: dict[str, str], config: str, workdir: str) -> list[str]:
+    """Each local or in-memory file service of the dev config gets a folder in the stack's
+    temporary directory (gone when it stops); its URL reaches the edge by the environment."""
+    with open(config, "rb") as f:
+        services = tomllib.load(f).get("services", {})
+    shown = []
+    for name, service in services.items():
+        url = service.get("url", "")
+        if service.get("type") != "file" or not url.startswith(("memory://", "file://")):
+            continue
+        key = f"BUSGATE__SERVICES__{name.upper()}__URL"
+        if key not in env:
+            folder = os.path.join(workdir, "files", name)
+            os.makedirs(folder, exist_ok=True)
+            env[key] = f"file://{folder}"
+        shown.append(f"{name} {env[key]}")
+    return shown
+
+
 def has_events(config: str) -> bool:
     """Whether the config has the dev config's ``events`` service."""
     with open(config, "rb") as f:
@@ -239,6 +258,7 @@ def run(
         password = start_auth(stack, env, config, workdir.name)
         cafile = self_signed_files(env, workdir.name, listen) if tls else None
         crud = start_crud(stack, env, config, workdir.name)
+        files = file_folders(env, config, workdir.name)
         rsocket = start_rsocket(stack, env, config)
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
@@ -259,6 +279,8 @@ def run(
             print(f"busgate dev: rsocket {rsocket}  (RSocket runner)", flush=True)
         if native is not None:
             print(f"busgate dev: native {url}/api/request/native/echo  (bus-native)", flush=True)
+        for shown in files:
+            print(f"busgate dev: files  {shown}  (/api/file/…)", flush=True)
         print(f"busgate dev: metrics http://{metrics}/metrics  (adapter)", flush=True)
         if cafile:
             print(f"busgate dev: cacert {cafile}  (curl --cacert)", flush=True)

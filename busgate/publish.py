@@ -117,9 +117,9 @@ async def send_message(
 ) -> dict[str, Any]:
     """Publish as ``POST /api/send/{name}/{topic}/{key}`` (``…/mod/{mod}/{key}``) would;
     where the message landed."""
-    service = config.services.get(name)
+    service = config.senders.get(name)
     if service is None:
-        known = ", ".join(sorted(config.services)) or "none"
+        known = ", ".join(sorted(config.senders)) or "none"
         raise Refused(f"unknown service {name!r} (the config has: {known})")
     if not allows(service, topic):
         raise Refused(f"service {name!r} may not send to topic {topic!r} ({service.topics})")

@@ -77,7 +77,7 @@ def _broker(config: Config, service: str | None) -> tuple[str, str]:
     """(kind, url) of the gateway's bus or of a service's broker."""
     if service is None:
         return parse_url(config.gateway.bus)[0], config.gateway.bus
-    found = config.services.get(service)
+    found = config.senders.get(service)
     if found is None:
         raise LookupError(f"unknown service {service!r}")
     url = found.url or config.gateway.bus

@@ -101,8 +101,8 @@ class Csrf(Section, frozen=True):
 
 
 class Controllers(Section, frozen=True):
-    """Parts of the public API that can be switched off; a switched-off one answers 404.
-    ``track`` and ``file`` name endpoints busgate does not have yet."""
+    """Parts of the public API that can be switched off; a switched-off one answers 404
+    (``file`` is ``/api/file``, ``edge.files``)."""
 
     request: bool = True
     auth: bool = True
@@ -719,18 +719,28 @@ class Commands(Section, frozen=True):
 
 
 class Service(Section, frozen=True):
-    """``POST /api/send/{service}/{topic}/{key}``: ad hoc messages straight to a topic.
+    """A direct gateway integration: ``POST /api/send/{service}/{topic}/{key}`` (ad hoc
+    messages straight to a topic; type ``""``, ``nats`` or ``kafka``), or ``type = "file"``:
+    ``/api/file/{service}`` over a store (``edge.files``).
 
     ``producer`` passes through to the client: aiokafka producer settings on Kafka
     (``acks``, ``compression_type``, ``linger_ms``, …; ``acks`` defaults to ``all``). On NATS
     ``jetstream = true`` publishes to JetStream and waits for its ack (``stream`` with
     ``stream_subjects`` has busgate create that stream); else a core publish, acknowledged
-    by a flush."""
+    by a flush.
 
-    type: Literal["", "nats", "kafka"] = ""
+    A file service stores under ``url``, any fsspec URL (``file:///srv/files``,
+    ``memory://``, ``s3://bucket/prefix`` with ``busgate[s3]``; ``options`` are the store's
+    fsspec storage options, e.g. ``endpoint_url``; credentials come from the store's usual
+    environment, never this file). ``scope = "user"`` gives each caller a folder of their
+    own (their token's subject; ``anonymous`` for callers without one, when ``anonymous``
+    allows them); ``shared`` is one folder for everyone. ``token`` and ``roles`` check
+    callers as for sends; ``max_size`` bounds one file."""
+
+    type: Literal["", "nats", "kafka", "file"] = ""
     """Empty = the kind of ``url`` (or of the gateway's bus)."""
     url: str = ""
-    """The broker; empty = the gateway's bus (``gateway.bus``)."""
+    """The broker; empty = the gateway's bus (``gateway.bus``). For ``file``: the store."""
     topics: tuple[str, ...] = ()
     """Glob patterns of the topics/subjects callers may send to (``orders.*``)."""
     token: str | None = None
@@ -743,8 +753,20 @@ class Service(Section, frozen=True):
     """0 = ``gateway.max_body``."""
     timeout: float = 5.0
     """Seconds to wait for the broker's ack."""
+    scope: Literal["user", "shared"] = "user"
+    anonymous: bool = False
+    """Files: callers without credentials may use the service, as ``anonymous``."""
+    max_size: int = 1024**3
+    """Files: the largest file, bytes (its own limit: ``gateway.max_body`` does not apply)."""
+    options: dict[str, Any] = {}
+    """Files: fsspec storage options of the store."""
 
     def __post_init__(self) -> None:
+        if self.type == "file":
+            self._check_file()
+            return
+        if self.options or self.anonymous or self.scope != "user":
+            raise ValueError('options, anonymous, scope: only for type = "file" services')
         if not self.topics:
             raise ValueError("topics: list the topic patterns this service may send to")
         if self.stream and not self.jetstream:
@@ -753,6 +775,25 @@ class Service(Section, frozen=True):
             raise ValueError("producer: settings pass through to Kafka producers only")
         if self.jetstream and self.type == "kafka":
             raise ValueError("jetstream: only for NATS services")
+
+    def _check_file(self) -> None:
+        if not self.url or "://" not in self.url:
+            raise ValueError(
+                "url: a file service needs its store's URL (file:///path, memory://, s3://…)"
+            )
+        if self.topics or self.jetstream or self.stream or self.producer or self.max_body:
+            raise ValueError(
+                "topics, jetstream, stream, producer, max_body: not for file services"
+                " (max_size bounds a file)"
+            )
+        if self.max_size <= 0:
+            raise ValueError("max_size: must be a positive number of bytes")
+        if self.token is None and not self.anonymous:
+            raise ValueError("token: a file service needs a token, or anonymous = true")
+
+    @property
+    def is_file(self) -> bool:
+        return self.type == "file"
 
 
 class Telemetry(Section, frozen=True):
@@ -895,6 +936,15 @@ class Config(Section, frozen=True):
         for name, service in self.services.items():
             if service.token is not None and service.token not in self.tokens:
                 raise ValueError(f"services.{name}.token: unknown token {service.token!r}")
+
+    @property
+    def senders(self) -> dict[str, Service]:
+        """The services that send messages (every one but the file services)."""
+        return {name: s for name, s in self.services.items() if not s.is_file}
+
+    @property
+    def file_services(self) -> dict[str, Service]:
+        return {name: s for name, s in self.services.items() if s.is_file}
 
     def timeout_for(self, channel: str, path: str = "") -> float:
         """The timeout of a call on ``channel`` for ``path``: the most specific one set of

@@ -51,6 +51,18 @@ class Conflict(BusgateError):
     status, code, retryable = 409, "conflict", True
 
 
+class FileConflict(BusgateError):
+    """A file where a folder is, or the reverse (``edge.files``)."""
+
+    status, code = 409, "file_conflict"
+
+
+class RangeNotSatisfiable(BusgateError):
+    """A download's ``Range`` lies outside the file."""
+
+    status, code = 416, "range_not_satisfiable"
+
+
 class IdempotencyKeyReused(BusgateError):
     """The same ``Idempotency-Key`` came with another request body."""
 
@@ -120,6 +132,12 @@ class BusUnavailable(BusgateError):
     """The bus connection is down (broker restarting, network)."""
 
     status, code, retryable = 503, "bus_unavailable", True
+
+
+class StoreUnavailable(BusgateError):
+    """A file service's store could not be reached, or failed the operation."""
+
+    status, code, retryable = 503, "store_unavailable", True
 
 
 class DeadlineExceeded(BusgateError, TimeoutError):

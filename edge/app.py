@@ -14,6 +14,7 @@ from busgate.edge.aliases import compile_aliases
 from busgate.edge.commands import install as install_commands
 from busgate.edge.control import install as install_control
 from busgate.edge.error_detail import ErrorLevels
+from busgate.edge.files import install as install_files
 from busgate.edge.full import install as install_full
 from busgate.edge.idempotency import idempotency_ctx
 from busgate.edge.ids import IdFactory
@@ -110,6 +111,8 @@ def create_app(
     if controllers.command:
         install_commands(app, config)
     install_send(app, config)
+    if controllers.file:
+        install_files(app, config)
     install_control(app, config)
     install_openapi(app)
     if controllers.track:

@@ -34,10 +34,10 @@ answered: the config source's node reports say how many there are)."""
 
 def redact(value: Any, key: str = "") -> Any:
     """``value`` with every secret replaced: keys that name one (``secret``, ``private_key``,
-    API key ``hash``, passwords), all header values (they carry credentials), and user
-    info in URLs."""
+    API key ``hash``, passwords), all header values and file stores' ``options`` (they carry
+    credentials: s3fs's ``key``, ``secret``, ``token``), and user info in URLs."""
     if isinstance(value, dict):
-        if key == "headers":
+        if key in ("headers", "options"):
             return {k: REDACTED for k in value}
         return {k: REDACTED if _SECRET_KEY.search(k) else redact(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple):

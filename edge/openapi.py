@@ -6,7 +6,7 @@ Per channel: each exact path of ``[channels.NAME.paths]`` (not disabled), each `
 and the channel's catch-all, with the channel's methods, the roles a path needs
 (``x-busgate-roles`` and in the description) and its security (bearer, API key, cookie of
 the channel's token; none when public); SSE twins under ``/api/stream`` as
-``text/event-stream``; the auth, command, send and control endpoints when present; one error
+``text/event-stream``; the auth, command, send, file and control endpoints when present; one error
 schema for every error answer, as the path's error detail shows it (``code``: no message;
 ``none``: no body). Built once per config and cached.
 """
@@ -48,6 +48,8 @@ ERRORS = {
     "406": "The Accept header names no format the gateway answers in",
     "413": "The body is larger than the gateway accepts",
     "429": "Too many calls",
+    "409": "A file and a folder of the same name",
+    "416": "The range lies outside the file",
     "502": "The runner failed",
     "503": "No adapter serves the system, or the bus is down",
     "504": "The runner did not answer before the deadline",
@@ -236,6 +238,135 @@ def _simple(summary: str, *params: str, body: bool = True, tag: str = "gateway")
     return op
 
 
+FILE_ENTRY = {
+    "type": "object",
+    "required": ["path", "size", "etag"],
+    "properties": {
+        "path": {"type": "string"},
+        "size": {"type": "integer"},
+        "etag": {"type": "string"},
+        "modified": {"type": ["number", "null"]},
+    },
+}
+_FILE_ERRORS = ("400", "401", "403", "404")
+_STORE_DOWN = {
+    "description": "The file store is unavailable",
+    "content": {"application/json": {"schema": ERROR}},
+}
+
+
+def _file_paths(config: Config) -> dict[str, Any]:
+    """``/api/file/NAME`` and ``/api/file/NAME/{path}`` of each file service (edge.files)."""
+    paths: dict[str, Any] = {}
+    for name, service in config.file_services.items():
+        need = Need(public=service.token is None, roles=frozenset(service.roles) or None)
+        security = _security(config, service.token, need)
+        if security and service.anonymous:
+            security.append({})  # callers without a token too
+        scope = "the caller's" if service.scope == "user" else "the shared"
+        path_param = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+        name_param = {"name": "name", "in": "query", "schema": {"type": "string"}}
+        uploaded = {
+            "description": "Stored (complete: a failed upload leaves nothing)",
+            "content": {"application/json": {"schema": FILE_ENTRY}},
+        }
+        upload_body = {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            }
+        }
+        too_large = {"413": {**_error_responses("413")["413"], "description": "Over max_size"}}
+        tag, op = f"file:{name}", _SAFE.sub("_", name)
+        common = {"tags": [tag], "security": security}
+        paths[f"/api/file/{name}"] = {
+            "get": {
+                **common,
+                "summary": f"List {scope} files",
+                "operationId": f"file_{op}_list",
+                "responses": {
+                    "200": {
+                        "description": "The files",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"files": {"type": "array", "items": FILE_ENTRY}},
+                                }
+                            }
+                        },
+                    },
+                    **_error_responses(*_FILE_ERRORS),
+                    "503": _STORE_DOWN,
+                },
+            },
+            "post": {
+                **common,
+                "summary": "Upload a file (named by ?name= or the form's filename)",
+                "operationId": f"file_{op}_upload",
+                "parameters": [name_param],
+                "requestBody": upload_body,
+                "responses": {
+                    "201": uploaded,
+                    **_error_responses(*_FILE_ERRORS, "409"),
+                    **too_large,
+                    "503": _STORE_DOWN,
+                },
+            },
+        }
+        paths[f"/api/file/{name}/{{path}}"] = {
+            "get": {
+                **common,
+                "summary": "Download a file (Range, If-None-Match, If-Range)",
+                "operationId": f"file_{op}_download",
+                "parameters": [path_param],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "206": {
+                        "description": "One range of the file",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "304": {"description": "Not modified (If-None-Match)"},
+                    **_error_responses(*_FILE_ERRORS, "416"),
+                    "503": _STORE_DOWN,
+                },
+            },
+            "post": {
+                **common,
+                "summary": "Upload a file to this path",
+                "operationId": f"file_{op}_upload_to",
+                "parameters": [path_param],
+                "requestBody": upload_body,
+                "responses": {
+                    "201": uploaded,
+                    **_error_responses(*_FILE_ERRORS, "409"),
+                    **too_large,
+                    "503": _STORE_DOWN,
+                },
+            },
+            "delete": {
+                **common,
+                "summary": "Delete a file",
+                "operationId": f"file_{op}_delete",
+                "parameters": [path_param],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    **_error_responses(*_FILE_ERRORS),
+                    "503": _STORE_DOWN,
+                },
+            },
+        }
+    return paths
+
+
 def document(config: Config, revision: int = 0) -> dict[str, Any]:
     controllers = config.gateway.controllers
     paths = _channel_paths(config)
@@ -269,10 +400,12 @@ def document(config: Config, revision: int = 0) -> dict[str, Any]:
         paths["/api/command/status/{id}"] = {
             "get": _simple("A command's status", "id", body=False, tag="command")
         }
-    if config.services:
+    if config.senders:
         paths["/api/send/{service}/{topic}/{key}"] = {
             "post": _simple("Send a message to a topic", "service", "topic", "key", tag="send")
         }
+    if controllers.file:
+        paths.update(_file_paths(config))
     if controllers.control:
         paths["/api/control/{component}/{id}"] = {
             "get": _simple(

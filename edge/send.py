@@ -56,7 +56,7 @@ class SendApi:
 
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
         """One producer per service; a broker down at start-up is retried on first use."""
-        for name, service in self.config.services.items():
+        for name, service in self.config.senders.items():
             self.producers[name] = producer_for(service, self.config.gateway.bus)
         for name, producer in self.producers.items():
             try:
@@ -71,7 +71,7 @@ class SendApi:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
         name, topic = info["service"], info["topic"]
-        service = self.config.services.get(name)
+        service = self.config.senders.get(name)
         if service is None:
             raise errors.NotFound(f"unknown service {name!r}")
         identity = await identify(request, service.token)
@@ -114,7 +114,7 @@ class SendApi:
 
 
 def install(app: web.Application, config: Config) -> None:
-    if not config.services:
+    if not config.senders:
         return
     api = SendApi(config)
     app.cleanup_ctx.append(api.ctx)

@@ -46,6 +46,14 @@ def test_the_example_loads_through_the_cli_loader_with_its_values() -> None:
     )
     assert config.channels["orders"].system == "orders"
     assert set(config.channels["orders"].methods) == {"GET", "POST"}
+    files = config.services["documents"]
+    assert (files.type, files.url, files.token, files.scope) == (
+        "file",
+        "file:///var/lib/busgate/files",
+        "main",
+        "user",
+    )
+    assert files.max_size == 100 * 1024 * 1024
 
 
 def test_the_kafka_url_the_example_suggests_is_accepted() -> None:

@@ -137,6 +137,11 @@ def test_redact_shapes() -> None:
         "producer": {"sasl_plain_password": "<redacted>", "acks": "all"}
     }
     assert redact({"url": "kafka://u:p@h:9092"}) == {"url": "kafka://<redacted>@h:9092"}
+    store = {"url": "s3://b/p", "options": {"key": "AKIA", "token": "t", "endpoint_url": "u"}}
+    assert redact(store) == {
+        "url": "s3://b/p",
+        "options": {"key": "<redacted>", "token": "<redacted>", "endpoint_url": "<redacted>"},
+    }
 
 
 @pytest.mark.nats

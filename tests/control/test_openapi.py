@@ -61,6 +61,13 @@ async def test_document_is_valid_openapi_31_from_the_live_config(dev_edge: TestS
     assert "/api/send/{service}/{topic}/{key}" in paths
     assert "/api/track/{channel}/{path}" in paths
     assert "/api/request/full/{channel}/{path}" in paths
+    uploads = paths["/api/file/uploads/{path}"]  # the dev config's file service
+    assert set(uploads) == {"get", "post", "delete"}
+    assert {"206", "304", "416", "503"} <= set(uploads["get"]["responses"])
+    assert {"main": []} in uploads["get"]["security"]
+    upload = paths["/api/file/uploads"]["post"]
+    assert {"201", "413"} <= set(upload["responses"])
+    assert "multipart/form-data" in upload["requestBody"]["content"]
     answers = paths["/api/request/demo/{path}"]["get"]["responses"]
     assert {"text/csv", "application/xml"} <= set(answers["200"]["content"]) and "406" in answers
     schemes = doc["components"]["securitySchemes"]
