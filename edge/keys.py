@@ -12,6 +12,7 @@ from busgate.contracts.wire import Identity
 
 if TYPE_CHECKING:
     from busgate.edge.aliases import AliasMatch, ChannelAliases
+    from busgate.edge.audit import Audit
     from busgate.edge.auth import AuthContext
     from busgate.edge.error_detail import ErrorLevels
     from busgate.edge.idempotency import Idempotency
@@ -30,6 +31,8 @@ IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 ALIASES: web.AppKey[dict[str, ChannelAliases]] = web.AppKey("aliases")
 RESPONSE_HEADERS: web.AppKey[dict[str, HeaderRules]] = web.AppKey("response_headers")
 ERROR_LEVELS: web.AppKey[ErrorLevels] = web.AppKey("error_levels")
+AUDIT: web.AppKey[Audit] = web.AppKey("audit")
+"""Only on a node started with audited paths (its middleware is there)."""
 GUARDS: web.AppKey[Guards] = web.AppKey("guards")
 LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
 """The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""

@@ -1,6 +1,7 @@
 """Config pushed through the bus while two edges and an adapter serve calls, on both buses:
-a new channel on a new system, a removed path and channel, a new token key. No call may fail,
-and every node must run the new revision within the bound."""
+a new channel on a new system, a removed path and channel, a new token key, a new alias and a
+changed response header. No call may fail, and every node must run the new revision within
+the bound."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ secret = "{OLD_SECRET if first else NEW_SECRET}"
 [channels.demo]
 system = "demo"
 paths = {{ {paths} }}
+response_headers = {{ "X-Revision" = "{1 if first else 2}" }}
+{"" if first else '[channels.demo.aliases."v2/echo"]' + chr(10) + 'target = "echo"'}
 
 [channels.secure]
 system = "demo"
@@ -98,7 +101,10 @@ async def fleet(bus: str, prefix: str) -> AsyncIterator[tuple[list[TestServer], 
 
 
 async def load(
-    http: aiohttp.ClientSession, edges: list[TestServer], stop: asyncio.Event, seen: Counter[int]
+    http: aiohttp.ClientSession,
+    edges: list[TestServer],
+    stop: asyncio.Event,
+    seen: Counter[int | str],
 ) -> None:
     """Calls on a channel every revision keeps, back to back, until ``stop``."""
     i = 0
@@ -107,6 +113,7 @@ async def load(
         i += 1
         async with http.post(edge.make_url("/api/request/demo/echo"), json={"i": i}) as resp:
             seen[resp.status] += 1
+            seen[f"X-Revision: {resp.headers.get('X-Revision')}"] += 1
 
 
 async def call(http: aiohttp.ClientSession, edge: TestServer, path: str, **body: Any) -> Any:
@@ -130,7 +137,7 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
                     assert resp.status == 200, await resp.text()
                 async with http.get(edge.make_url("/api/request/demo/meta")) as resp:
                     assert resp.status == 200
-            seen: Counter[int] = Counter()
+            seen: Counter[int | str] = Counter()
             stop = asyncio.Event()
             loaders = [asyncio.create_task(load(http, edges, stop, seen)) for _ in range(4)]
             # A call in flight on the channel and system revision 2 removes: it must end well.
@@ -162,6 +169,12 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
                     assert resp.status == 404
                 async with http.post(edge.make_url("/api/request/fresh/echo"), json={}) as resp:
                     assert resp.status == 200, await resp.text()
+                # Channel shaping too: the new alias and response header, without a restart.
+                url = edge.make_url("/api/request/demo/v2/echo")
+                async with http.post(url, json={"via": "alias"}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert await resp.json() == {"via": "alias"}
+                    assert resp.headers["X-Revision"] == "2"
                 for token in (old_token, mint(NEW_SECRET)):  # the old key stays valid
                     headers = {"Authorization": f"Bearer {token}"}
                     url = edge.make_url("/api/request/secure/echo")
@@ -180,7 +193,7 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
             assert all(n["applied"] and n["revision"] == pushed.number for n in nodes), nodes
             stop.set()
             await asyncio.gather(*loaders)
-            assert set(seen) == {200}, seen
+            assert set(seen) == {200, "X-Revision: 1", "X-Revision: 2"}, seen
             assert seen[200] > 20
             assert adapter.systems == ["demo", "fresh"]
     finally:
