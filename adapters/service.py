@@ -57,6 +57,18 @@ def client_for(name: str, config: Config) -> SystemClient:
     raise ValueError(f"system {name!r}: unsupported type")  # pragma: no cover
 
 
+def client_settings(name: str, config: Config) -> tuple[object, ...]:
+    """What a system's client is built from (``client_for``): the system (timeouts, TLS, pool,
+    auth, …), the gateway's defaults and the retry policies (``resilience``) of the channels
+    that call it. A refresh that changes any of them gets the system a new client."""
+    channels = tuple(
+        (cname, ch.resilience, tuple((key, rule.resilience) for key, rule in ch.paths.items()))
+        for cname, ch in sorted(config.channels.items())
+        if ch.system == name
+    )
+    return (config.systems[name], config.gateway, channels)
+
+
 class AdapterService:
     def __init__(
         self,
@@ -83,6 +95,8 @@ class AdapterService:
         self.node = f"{gateway.id}-adapter-{secrets.token_hex(3)}"
         self.bus = bus_.from_url(gateway.bus, node=self.node, prefix=gateway.prefix)
         self.clients: dict[str, SystemClient] = {}
+        self.settings: dict[str, tuple[object, ...]] = {}
+        """What each client was built from (``client_settings``)."""
         self.commands: CommandWorker | None = None
         self.metrics_listen = metrics_listen
         self.observer = AdapterObserver(config, self.node)
@@ -121,6 +135,7 @@ class AdapterService:
 
     async def start(self) -> None:
         self.clients = {name: client_for(name, self.config) for name in self.systems}
+        self.settings = {name: client_settings(name, self.config) for name in self.systems}
         await self.bus.connect()
         handler = self.handle
         if self.observer.active:  # else nothing is wrapped: no cost per request
@@ -156,7 +171,7 @@ class AdapterService:
         fresh = {
             name: client_for(name, config)
             for name in wanted
-            if name not in self.clients or config.systems[name] != self.config.systems.get(name)
+            if name not in self.clients or client_settings(name, config) != self.settings[name]
         }
         if self.observer.active:
             for client in fresh.values():
@@ -165,6 +180,7 @@ class AdapterService:
         replaced = [self.clients[n] for n in fresh if n in self.clients]
         self.clients.update(fresh)
         self.config, self.systems = config, wanted
+        self.settings = {name: client_settings(name, config) for name in wanted}
         await self.bus.serve_more(wanted)
         await self.bus.stop_serving_systems(gone)
         retired = [self.clients.pop(s) for s in gone] + replaced

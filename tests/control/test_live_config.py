@@ -302,3 +302,52 @@ async def test_file_source_is_reread(nats_server: Any, runner_url: str, tmp_path
                 assert resp.status == 404
     finally:
         await server.close()
+
+
+def with_retry(runner: str, retry: bool) -> str:
+    """System ``demo`` with a retry policy (revision 2) or without (revision 1)."""
+    policy = '\n[channels.demo.resilience.retry]\nattempts = 3\nwait = 0.05\nmethods = ["POST"]\n'
+    return f"""
+[systems.demo]
+type = "rpc"
+base_url = "{runner}/api/demo"
+
+[channels.demo]
+system = "demo"
+{policy if retry else ""}"""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_pushed_retry_policy_reaches_the_adapter_client(
+    transport: str, bus_url: str, runner_url: str
+) -> None:
+    """The adapter builds a system's client with the retry policies of its channels: a push
+    that adds one gets the system a new client (the old one drains), and the runner's one
+    failure is retried away."""
+    prefix = f"rt{uuid.uuid4().hex[:6]}"
+    cli = bus_.from_url(bus_url, node=f"cli-{prefix}", prefix=prefix)
+    await cli.connect()
+    revisions = Revisions(cli)
+    await revisions.start()
+    try:
+        await revisions.push(with_retry(runner_url, retry=False))
+        async with fleet(bus_url, prefix) as (edges, adapter), aiohttp.ClientSession() as http:
+            flaky = "/api/request/demo/flaky"
+            before = adapter.clients["demo"]
+            status, _ = await call(http, edges[0], flaky, key=f"{prefix}-1", failures=1)
+            assert status == 502  # the runner's one failure, not retried
+            pushed = await revisions.push(with_retry(runner_url, retry=True))
+            async with asyncio.timeout(30):
+                await revisions.nodes.wait_until(
+                    lambda: (
+                        len(rs := revisions.reports()) == 3
+                        and all(r.revision == pushed.number for r in rs)
+                    )
+                )
+            assert adapter.clients["demo"] is not before and before in adapter.retired
+            status, text = await call(http, edges[0], flaky, key=f"{prefix}-2", failures=1)
+            assert status == 200, text
+            assert '"calls":2' in text and '"attempt":2' in text
+    finally:
+        await revisions.close()
+        await cli.close()
