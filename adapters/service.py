@@ -16,6 +16,7 @@ from busgate.adapters.call_logs import CallLogs
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
+from busgate.adapters.schemas import SchemaPublisher
 from busgate.bus import config_source
 from busgate.bus.base import Responder
 from busgate.contracts.config import BusSystem, Config, CrudSystem, RpcSystem, RsocketSystem
@@ -98,6 +99,7 @@ class AdapterService:
         self.settings: dict[str, tuple[object, ...]] = {}
         """What each client was built from (``client_settings``)."""
         self.commands: CommandWorker | None = None
+        self.schemas = SchemaPublisher(self.bus)
         self.metrics_listen = metrics_listen
         self.observer = AdapterObserver(config, self.node)
         self.call_logs = CallLogs(config, self.bus)
@@ -144,6 +146,7 @@ class AdapterService:
             await self.observer.start(self.bus, self.metrics_listen)
             handler = functools.partial(self.observer.handle, self.handle)
         await self.bus.serve(self.systems, handler, capacity=1000)
+        await self._share_schemas()
         gateway = self.config.gateway
         if gateway.config_source == "bus" or (self.config_path and gateway.refresh > 0):
             self.source = config_source.ConfigSource(
@@ -181,6 +184,7 @@ class AdapterService:
         self.clients.update(fresh)
         self.config, self.systems = config, wanted
         self.settings = {name: client_settings(name, config) for name in wanted}
+        await self._share_schemas()
         await self.bus.serve_more(wanted)
         await self.bus.stop_serving_systems(gone)
         retired = [self.clients.pop(s) for s in gone] + replaced
@@ -191,6 +195,14 @@ class AdapterService:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         log.info("adapter %s now serving %s", self.node, ", ".join(wanted) or "nothing")
+
+    async def _share_schemas(self) -> None:
+        """The OpenAPI schemas of the served systems, for the edges (``adapters.schemas``);
+        never a reason not to serve."""
+        try:
+            await self.schemas.update(self.config, self.systems)
+        except Exception as exc:
+            log.warning("adapter %s: schemas not shared: %s", self.node, exc)
 
     async def _close_later(self, clients: list[SystemClient], delay: float) -> None:
         await asyncio.sleep(delay)
@@ -208,6 +220,7 @@ class AdapterService:
         await self.bus.drain()
         await self.call_logs.drain()
         await self.observer.close()  # its last spans still go out on the bus
+        await self.schemas.close()
         await self.bus.close()
         for client in self.clients.values():
             await client.close()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
     from busgate.edge.live import LiveConfig
+    from busgate.edge.openapi import OpenApi
     from busgate.edge.open_streams import OpenStreams
     from busgate.edge.resilience import Guards
     from busgate.edge.response_headers import HeaderRules
@@ -35,6 +36,7 @@ AUDIT: web.AppKey[Audit] = web.AppKey("audit")
 """Only on a node started with audited paths (its middleware is there)."""
 GUARDS: web.AppKey[Guards] = web.AppKey("guards")
 LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
+OPENAPI: web.AppKey[OpenApi] = web.AppKey("openapi")
 """The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""
 CONFIG_PATH = web.AppKey("config_path", str)
 """The file a node was started with, re-read every ``gateway.refresh`` seconds."""
