@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
     from busgate.edge.live import LiveConfig
-    from busgate.edge.openapi import OpenApi
     from busgate.edge.open_streams import OpenStreams
+    from busgate.edge.openapi import OpenApi
     from busgate.edge.resilience import Guards
     from busgate.edge.response_headers import HeaderRules
 
