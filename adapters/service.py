@@ -184,6 +184,7 @@ class AdapterService:
         self.clients.update(fresh)
         self.config, self.systems = config, wanted
         self.settings = {name: client_settings(name, config) for name in wanted}
+        self.call_logs.configure(config)  # request/response logs ([systems.S.log])
         await self._share_schemas()
         await self.bus.serve_more(wanted)
         await self.bus.stop_serving_systems(gone)

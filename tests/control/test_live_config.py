@@ -351,3 +351,56 @@ async def test_a_pushed_retry_policy_reaches_the_adapter_client(
     finally:
         await revisions.close()
         await cli.close()
+
+
+@pytest.mark.nats
+async def test_pushed_call_logs_apply_on_the_adapter(nats_server: Any, runner_url: str) -> None:
+    """``[systems.S.log]`` added by a push: the adapter logs the calls after it (it used to
+    keep the logs it started with)."""
+    import nats
+
+    from busgate.contracts.codec import decode
+    from busgate.contracts.wire import CallLog
+
+    prefix = f"cl{uuid.uuid4().hex[:6]}"
+    subject = f"{prefix}.logs.requests"
+    cli = bus_.from_url(nats_server.url, node=f"cli-{prefix}", prefix=prefix)
+    await cli.connect()
+    revisions = Revisions(cli)
+    await revisions.start()
+    nc = await nats.connect(nats_server.url)
+    logged: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def got(msg: Any) -> None:
+        logged.put_nowait(msg.data)
+
+    await nc.subscribe(subject, cb=got)
+    await nc.flush()
+    try:
+        await revisions.push(with_retry(runner_url, retry=False))
+        async with fleet(nats_server.url, prefix) as (edges, _), aiohttp.ClientSession() as http:
+            status, _ = await call(http, edges[0], "/api/request/demo/echo", n=1)
+            assert status == 200
+            text = (
+                with_retry(runner_url, retry=False)
+                + f'\n[systems.demo.log]\nrequests = "{subject}"\n'
+            )
+            pushed = await revisions.push(text)
+            async with asyncio.timeout(30):
+                await revisions.nodes.wait_until(
+                    lambda: (
+                        len(rs := revisions.reports()) == 3
+                        and all(r.revision == pushed.number for r in rs)
+                    )
+                )
+            status, _ = await call(http, edges[1], "/api/request/demo/echo", marker=prefix)
+            assert status == 200
+            async with asyncio.timeout(10):
+                event = decode(await logged.get())  # the first logged: the call after the push
+            assert isinstance(event, CallLog)
+            assert (event.channel, event.path) == ("demo", "echo")
+            assert prefix.encode() in (event.body or b"")  # not the call before the push
+    finally:
+        await nc.close()
+        await revisions.close()
+        await cli.close()
