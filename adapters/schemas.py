@@ -88,7 +88,7 @@ class SchemaPublisher:
         self.sources: dict[str, str] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._started = False
+        self._starting: asyncio.Future[None] | None = None
 
     async def update(self, config: Config, served: list[str]) -> None:
         """Share the schemas of ``served`` that changed; forget those of systems that no
@@ -98,9 +98,6 @@ class SchemaPublisher:
             system = config.systems.get(name)
             if isinstance(system, RpcSystem):
                 wanted[name] = (system, source_of(system))
-        if not self._started and any(source for _, source in wanted.values()):
-            await self.store.start()
-            self._started = True
         for name, (system, source) in wanted.items():
             if self.sources.get(name, "") == source:
                 continue
@@ -109,24 +106,40 @@ class SchemaPublisher:
                 old.cancel()
             if source:
                 self.tasks[name] = asyncio.create_task(self._share(name, system, source))
-            elif self._started:
-                with contextlib.suppress(Exception):
-                    await self.store.delete(name)
+            elif self._starting is not None:
+                self.tasks[name] = asyncio.create_task(self._forget(name))
+
+    async def _started(self) -> None:
+        """The store, started once, by the first task that needs it (the adapter's start-up
+        never waits for it)."""
+        failed = self._starting is not None and self._starting.done()
+        if failed and self._starting is not None:
+            failed = self._starting.cancelled() or self._starting.exception() is not None
+        if self._starting is None or failed:  # a failed start is tried again
+            self._starting = asyncio.ensure_future(self.store.start())
+        await asyncio.shield(self._starting)
+
+    async def _forget(self, name: str) -> None:
+        try:
+            await self._started()
+            await self.store.delete(name)
+        except Exception as exc:
+            log.info("system %s: schema not forgotten: %s", name, exc)
 
     async def _share(self, name: str, system: RpcSystem, source: str) -> None:
         pause = FIRST_PAUSE
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 data = await read(system, self.session)
+                await self._started()
                 await self.store.put(
                     name, StoredSchema(document=data, source=source, at=time.time())
                 )
-            except SchemaError as exc:
+            except Exception as exc:  # the runner not up yet, the bus: try again
                 if attempt == ATTEMPTS:
                     log.warning("system %s: schema not shared: %s", name, exc)
                     return
-            except Exception as exc:  # the bus: try again
-                log.info("system %s: schema not stored yet: %s", name, exc)
+                log.info("system %s: schema not shared yet: %s", name, exc)
             else:
                 log.info("system %s: schema shared from %s", name, source)
                 return
@@ -148,5 +161,7 @@ class SchemaPublisher:
         self.tasks.clear()
         if self._session is not None:
             await self._session.close()
-        if self._started:
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await self._starting
             await self.store.close()

@@ -14,6 +14,8 @@ once per config and set of contributions, and cached.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -381,6 +383,8 @@ class OpenApi:
         self.store: Store[StoredSchema] | None = None
         self.contributions = 0
         """Bumped by every change of the store: the cached document is then built again."""
+        self.ready = asyncio.Event()
+        """Set once the store is followed (or could not be)."""
 
     def contributed(self) -> dict[str, bytes]:
         if self.store is None:
@@ -414,26 +418,34 @@ class OpenApi:
         return web.FileResponse(self.assets / name)
 
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """Follow the contributed schemas (after the bus connected); without them (the bus
-        refuses the store) the document is the gateway's own."""
+        """Follow the contributed schemas (after the bus connected), started beside the
+        node's start-up, not before it; without them (the bus refuses the store) the document
+        is the gateway's own."""
         store = schemas(app[keys.BUS])
+        task = asyncio.create_task(self._follow(store))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.store = None
+        with contextlib.suppress(Exception):
+            await store.close()
+
+    async def _follow(self, store: Store[StoredSchema]) -> None:
         try:
             await store.start()
         except Exception as exc:
             log.warning("contributed schemas not followed: %s", exc)
-            yield
             return
+        finally:
+            self.ready.set()
 
         def changed(change: Change[StoredSchema]) -> None:
             self.contributions += 1
 
-        unwatch = store.watch(changed)
+        store.watch(changed)
         self.store = store
         self.contributions += 1
-        yield
-        unwatch()
-        self.store = None
-        await store.close()
 
 
 def install(app: web.Application) -> None:

@@ -133,9 +133,11 @@ async def test_runner_schemas_are_merged_per_system(
     prefix = f"oc{uuid.uuid4().hex[:6]}"
     caplog.set_level(logging.WARNING, "busgate.edge.openapi")
     async with stack(config(bus_url, prefix, runner_url, files)) as edge:
-        store = edge.app[keys.OPENAPI].store
-        assert store is not None
+        api = edge.app[keys.OPENAPI]
         async with asyncio.timeout(30):
+            await api.ready.wait()
+            store = api.store
+            assert store is not None
             await store.wait_until(lambda: {e.key for e in store.items()} >= {"demo", *files})
         async with aiohttp.ClientSession() as http:
             async with http.get(edge.make_url("/api/openapi.json")) as resp:
