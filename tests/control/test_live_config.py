@@ -89,6 +89,13 @@ async def fleet(bus: str, prefix: str) -> AsyncIterator[tuple[list[TestServer], 
     config = await initial_config(node_config(bus, prefix))
     adapter = AdapterService(config)
     await adapter.start()
+    # Its presence heartbeat, as `busgate adapter` runs it (run_forever): without it the
+    # edges forget the adapter 6 s after its last announcement (503 no_adapter under a slow
+    # Kafka push).
+    gateway = config.gateway
+    beat = asyncio.create_task(
+        adapter.bus.announce_forever(gateway.presence_interval, gateway.presence_ttl)
+    )
     edges = [TestServer(create_app(config), host="127.0.0.1") for _ in range(2)]
     try:
         for edge in edges:
@@ -97,6 +104,9 @@ async def fleet(bus: str, prefix: str) -> AsyncIterator[tuple[list[TestServer], 
     finally:
         for edge in edges:
             await edge.close()
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
         await adapter.stop()
 
 
