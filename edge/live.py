@@ -3,7 +3,8 @@
 aiohttp freezes an application's state when it starts, so handlers read the config through
 this holder (``keys.LIVE``) instead of ``app[keys.CONFIG]`` (which stays the config the node
 started with). A call reads it once, at its start, and keeps that config to its end: a swap
-never changes a call in flight.
+never changes a call in flight. The channel shaping compiled from it (aliases, response
+headers, error detail, audit) is compiled anew and swapped in place (``reshape``).
 """
 
 from __future__ import annotations
