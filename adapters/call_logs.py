@@ -25,13 +25,19 @@ class CallLogs:
     def __init__(self, config: Config, bus: Bus) -> None:
         self.bus = bus
         self.systems: dict[str, SystemLog] = {}
-        for name, system in config.systems.items():
-            settings: SystemLog | None = getattr(system, "log", None)  # rpc systems have it
-            if settings is not None and (settings.requests or settings.responses):
-                self.systems[name] = settings
+        self.configure(config)
         self.lost = 0
         self._warned = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def configure(self, config: Config) -> None:
+        """Log what ``config`` says from the next call on (at start, and on a refresh)."""
+        systems: dict[str, SystemLog] = {}
+        for name, system in config.systems.items():
+            settings: SystemLog | None = getattr(system, "log", None)  # rpc systems have it
+            if settings is not None and (settings.requests or settings.responses):
+                systems[name] = settings
+        self.systems = systems
 
     def __bool__(self) -> bool:
         return bool(self.systems)

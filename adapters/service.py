@@ -16,6 +16,7 @@ from busgate.adapters.call_logs import CallLogs
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
 from busgate.adapters.observe import AdapterObserver
+from busgate.adapters.schemas import SchemaPublisher
 from busgate.bus import config_source
 from busgate.bus.base import Responder
 from busgate.contracts.config import BusSystem, Config, CrudSystem, RpcSystem, RsocketSystem
@@ -57,6 +58,18 @@ def client_for(name: str, config: Config) -> SystemClient:
     raise ValueError(f"system {name!r}: unsupported type")  # pragma: no cover
 
 
+def client_settings(name: str, config: Config) -> tuple[object, ...]:
+    """What a system's client is built from (``client_for``): the system (timeouts, TLS, pool,
+    auth, …), the gateway's defaults and the retry policies (``resilience``) of the channels
+    that call it. A refresh that changes any of them gets the system a new client."""
+    channels = tuple(
+        (cname, ch.resilience, tuple((key, rule.resilience) for key, rule in ch.paths.items()))
+        for cname, ch in sorted(config.channels.items())
+        if ch.system == name
+    )
+    return (config.systems[name], config.gateway, channels)
+
+
 class AdapterService:
     def __init__(
         self,
@@ -83,7 +96,10 @@ class AdapterService:
         self.node = f"{gateway.id}-adapter-{secrets.token_hex(3)}"
         self.bus = bus_.from_url(gateway.bus, node=self.node, prefix=gateway.prefix)
         self.clients: dict[str, SystemClient] = {}
+        self.settings: dict[str, tuple[object, ...]] = {}
+        """What each client was built from (``client_settings``)."""
         self.commands: CommandWorker | None = None
+        self.schemas = SchemaPublisher(self.bus)
         self.metrics_listen = metrics_listen
         self.observer = AdapterObserver(config, self.node)
         self.call_logs = CallLogs(config, self.bus)
@@ -121,6 +137,7 @@ class AdapterService:
 
     async def start(self) -> None:
         self.clients = {name: client_for(name, self.config) for name in self.systems}
+        self.settings = {name: client_settings(name, self.config) for name in self.systems}
         await self.bus.connect()
         handler = self.handle
         if self.observer.active:  # else nothing is wrapped: no cost per request
@@ -129,6 +146,7 @@ class AdapterService:
             await self.observer.start(self.bus, self.metrics_listen)
             handler = functools.partial(self.observer.handle, self.handle)
         await self.bus.serve(self.systems, handler, capacity=1000)
+        await self._share_schemas()
         gateway = self.config.gateway
         if gateway.config_source == "bus" or (self.config_path and gateway.refresh > 0):
             self.source = config_source.ConfigSource(
@@ -156,7 +174,7 @@ class AdapterService:
         fresh = {
             name: client_for(name, config)
             for name in wanted
-            if name not in self.clients or config.systems[name] != self.config.systems.get(name)
+            if name not in self.clients or client_settings(name, config) != self.settings[name]
         }
         if self.observer.active:
             for client in fresh.values():
@@ -165,6 +183,9 @@ class AdapterService:
         replaced = [self.clients[n] for n in fresh if n in self.clients]
         self.clients.update(fresh)
         self.config, self.systems = config, wanted
+        self.settings = {name: client_settings(name, config) for name in wanted}
+        self.call_logs.configure(config)  # request/response logs ([systems.S.log])
+        await self._share_schemas()
         await self.bus.serve_more(wanted)
         await self.bus.stop_serving_systems(gone)
         retired = [self.clients.pop(s) for s in gone] + replaced
@@ -175,6 +196,14 @@ class AdapterService:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         log.info("adapter %s now serving %s", self.node, ", ".join(wanted) or "nothing")
+
+    async def _share_schemas(self) -> None:
+        """The OpenAPI schemas of the served systems, for the edges (``adapters.schemas``);
+        never a reason not to serve."""
+        try:
+            await self.schemas.update(self.config, self.systems)
+        except Exception as exc:
+            log.warning("adapter %s: schemas not shared: %s", self.node, exc)
 
     async def _close_later(self, clients: list[SystemClient], delay: float) -> None:
         await asyncio.sleep(delay)
@@ -192,6 +221,7 @@ class AdapterService:
         await self.bus.drain()
         await self.call_logs.drain()
         await self.observer.close()  # its last spans still go out on the bus
+        await self.schemas.close()
         await self.bus.close()
         for client in self.clients.values():
             await client.close()

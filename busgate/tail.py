@@ -1,8 +1,10 @@
-"""``busgate tail commands|audit|TOPIC``: print the messages of a topic as they arrive.
+"""``busgate tail commands|audit|track|TOPIC``: print the messages of a topic as they arrive.
 
 ``commands`` follows the command subjects (NATS ``PREFIX.cmd.>``, dead letters included) or
 topics (Kafka ``PREFIX.cmd`` and ``PREFIX.cmd.dead``); ``audit`` the audit events of every
-channel (NATS ``PREFIX.audit.>``, Kafka ``PREFIX.audit``); anything else is a subject (NATS
+channel (NATS ``PREFIX.audit.>``, Kafka ``PREFIX.audit``); ``track`` the tracking events
+``/api/track`` publishes, with the sender's identity and session (NATS ``PREFIX.track.>``,
+Kafka ``PREFIX.track``: ``edge.track``); anything else is a subject (NATS
 wildcards work) or topic on the gateway's bus, or on a service's broker with ``--service``.
 It starts at the end: only what is published after it started. One JSON line per message on
 stdout -- where it was (``subject``, or ``topic``/``partition``/``offset``), its key and
@@ -202,8 +204,8 @@ def followed(kind: str, prefix: str, what: str, service: str | None = None) -> l
     is taken as it is."""
     if service is None and what == "commands":
         return [f"{prefix}.cmd.>"] if kind == "nats" else [f"{prefix}.cmd", f"{prefix}.cmd.dead"]
-    if service is None and what == "audit":
-        return [f"{prefix}.audit.>"] if kind == "nats" else [f"{prefix}.audit"]
+    if service is None and what in ("audit", "track"):
+        return [f"{prefix}.{what}.>"] if kind == "nats" else [f"{prefix}.{what}"]
     return [what]
 
 
@@ -240,7 +242,9 @@ def add_parser(sub: Any) -> None:
     """``tail`` on the ``busgate`` command line."""
     tail_ = sub.add_parser("tail", help="print the messages of a topic as they arrive")
     tail_.add_argument(
-        "what", metavar="commands|audit|TOPIC", help="'commands', 'audit', or a subject/topic"
+        "what",
+        metavar="commands|audit|track|TOPIC",
+        help="'commands', 'audit', 'track', or a subject/topic",
     )
     tail_.add_argument(
         "--service", help="a [services.NAME] whose broker to read (default: the bus)"

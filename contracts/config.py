@@ -243,8 +243,16 @@ class RpcSystem(Section, frozen=True, tag="rpc", tag_field="type"):
     tls: ClientTls | None = None
     """How to reach ``https://`` runners (CA, client certificate); needs every runner
     (``base_url`` or all of ``base_urls``) on ``https://``."""
+    schema: str = ""
+    """A JSON file (an OpenAPI 3.1 document of this system's sagas) that its adapters read and
+    share on the bus; the edges merge it into ``/api/openapi.json`` (``edge.contributed``)."""
+    schema_url: str = ""
+    """The same document fetched from the runner by its adapters: a URL, or a path on the
+    runner (``/api/demo/openapi.json``, resolved against ``base_url``)."""
 
     def __post_init__(self) -> None:
+        if self.schema and self.schema_url:
+            raise ValueError("schema: set schema (a file) or schema_url (the runner's), not both")
         if not self.base_url and not self.base_urls:
             raise ValueError("base_url: set base_url, or base_urls for several runners")
         if self.base_url and self.base_urls and self.base_url != self.base_urls[0]:

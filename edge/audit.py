@@ -169,5 +169,6 @@ def install(app: web.Application, config: Config) -> None:
     audit = Audit(config)
     if not audit:
         return
+    app[keys.AUDIT] = audit
     app.middlewares.append(audit.middleware())
     app.on_shutdown.append(audit.drain)

@@ -12,12 +12,14 @@ from busgate.contracts.wire import Identity
 
 if TYPE_CHECKING:
     from busgate.edge.aliases import AliasMatch, ChannelAliases
+    from busgate.edge.audit import Audit
     from busgate.edge.auth import AuthContext
     from busgate.edge.error_detail import ErrorLevels
     from busgate.edge.idempotency import Idempotency
     from busgate.edge.ids import IdFactory
     from busgate.edge.live import LiveConfig
     from busgate.edge.open_streams import OpenStreams
+    from busgate.edge.openapi import OpenApi
     from busgate.edge.resilience import Guards
     from busgate.edge.response_headers import HeaderRules
 
@@ -30,8 +32,11 @@ IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 ALIASES: web.AppKey[dict[str, ChannelAliases]] = web.AppKey("aliases")
 RESPONSE_HEADERS: web.AppKey[dict[str, HeaderRules]] = web.AppKey("response_headers")
 ERROR_LEVELS: web.AppKey[ErrorLevels] = web.AppKey("error_levels")
+AUDIT: web.AppKey[Audit] = web.AppKey("audit")
+"""Only on a node started with audited paths (its middleware is there)."""
 GUARDS: web.AppKey[Guards] = web.AppKey("guards")
 LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
+OPENAPI: web.AppKey[OpenApi] = web.AppKey("openapi")
 """The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""
 CONFIG_PATH = web.AppKey("config_path", str)
 """The file a node was started with, re-read every ``gateway.refresh`` seconds."""

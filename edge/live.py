@@ -3,34 +3,54 @@
 aiohttp freezes an application's state when it starts, so handlers read the config through
 this holder (``keys.LIVE``) instead of ``app[keys.CONFIG]`` (which stays the config the node
 started with). A call reads it once, at its start, and keeps that config to its end: a swap
-never changes a call in flight.
+never changes a call in flight. The channel shaping compiled from it (aliases, response
+headers, error detail, audit) is compiled anew and swapped in place (``reshape``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 
 from busgate.bus.config_source import ConfigSource, fixed
 from busgate.contracts.config import Config, ConfigError
 from busgate.edge import keys
+from busgate.edge.aliases import compile_aliases
+from busgate.edge.audit import Audit
+from busgate.edge.error_detail import ErrorLevels
+from busgate.edge.response_headers import compile_header_rules
 from busgate.edge.tokens import TokenService
 
 
-def shaping(config: Config) -> dict[str, tuple[object, ...]]:
-    """The channel shaping an edge compiles once, at start (aliases, response headers, error
-    detail, audit: ``edge.app``), per channel that has any."""
-    out: dict[str, tuple[object, ...]] = {}
-    for name, channel in config.channels.items():
-        rules = {
-            key: (rule.response_headers, rule.errors, rule.audit, rule.audit_body)
-            for key, rule in channel.paths.items()
-            if rule.response_headers or rule.errors is not None or rule.audit or rule.audit_body
-        }
-        if channel.aliases or channel.response_headers or channel.errors != "full" or rules:
-            out[name] = (channel.aliases, channel.response_headers, channel.errors, rules)
-    return out
+def reshape(app: web.Application, config: Config) -> Callable[[], None]:
+    """Compile ``config``'s channel shaping (aliases, response headers, error detail, audit);
+    raises ConfigError (a bad alias expression, audit on a node started without) before
+    anything changes. The function returned swaps it in, with no await: a call sees the old
+    tables or the new ones, and one in flight keeps the alias it matched."""
+    aliases = compile_aliases(config)
+    headers = compile_header_rules(config)
+    levels = ErrorLevels(config)
+    audited = Audit(config)
+    audit = app.get(keys.AUDIT)
+    if audited and audit is None:  # no audit middleware: no cost per call until a restart
+        raise ConfigError("channels: audit on a node that started without any; restart it")
+
+    def swap() -> None:
+        # aiohttp froze the app's state: the tables are swapped in place, not replaced.
+        _replace(app[keys.ALIASES], aliases)
+        _replace(app[keys.RESPONSE_HEADERS], headers)
+        app[keys.ERROR_LEVELS].channels = levels.channels
+        if audit is not None:
+            _replace(audit.channels, audited.channels)
+
+    return swap
+
+
+def _replace(table: dict[str, Any], new: dict[str, Any]) -> None:
+    table.clear()
+    table.update(new)
 
 
 class LiveConfig:
@@ -45,11 +65,7 @@ class LiveConfig:
         for name in ("services", "commands"):  # their APIs are built once, at start
             if getattr(config, name) != getattr(old, name):
                 raise ConfigError(f"{name}: changed; restart this edge to apply the change")
-        if shaping(config) != shaping(old):
-            raise ConfigError(
-                "channels: aliases, response headers, error detail or audit changed; "
-                "restart this edge to apply the change"
-            )
+        swap_shaping = reshape(app, config)
         if ctx is not None:
             if config.tokens and not old.tokens:
                 raise ConfigError("tokens: this node started without tokens; restart it")
@@ -67,9 +83,12 @@ class LiveConfig:
                 if previous is not None:
                     service.succeed(previous)
             retired = ctx.swap(config, services)
-            for service in retired:  # their JWKS clients; calls verified by them are done
-                await service.close()
+        else:
+            retired = []
+        swap_shaping()
         self.config = config
+        for service in retired:  # their JWKS clients; calls verified by them are done
+            await service.close()
 
 
 async def live_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,23 +8,33 @@ and the channel's catch-all, with the channel's methods, the roles a path needs
 the channel's token; none when public); SSE twins under ``/api/stream`` as
 ``text/event-stream``; the auth, command, send, file and control endpoints when present; one error
 schema for every error answer, as the path's error detail shows it (``code``: no message;
-``none``: no body). Built once per config and cached.
+``none``: no body); the schemas runners contribute merged in (``edge.contributed``). Built
+once per config and set of contributions, and cached.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from busgate.bus.schemas import StoredSchema, schemas
+from busgate.bus.store import Change, Store
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Channel, Config, ErrorDetail
 from busgate.edge import keys
 from busgate.edge.access import ChannelAccess, Need
+from busgate.edge.contributed import merge
 from busgate.edge.path_table import PathTable
+
+log = logging.getLogger("busgate.edge.openapi")
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 ERROR_CODE = {"$ref": "#/components/schemas/ErrorCode"}
@@ -218,14 +228,19 @@ def _default(access: ChannelAccess, method: str) -> Need:
     return access.default.get(method) or access.default["*"]
 
 
-def _simple(summary: str, *params: str, body: bool = True, tag: str = "gateway") -> dict[str, Any]:
+def _simple(
+    summary: str, *params: str, body: bool = True, tag: str = "gateway", ok: str = "200"
+) -> dict[str, Any]:
+    """``ok``: the success status (``202`` for what is accepted, not done: commands and
+    tracking events; an authenticated schemathesis run found the undocumented 202)."""
+    done = "Accepted" if ok == "202" else "Done"
     op: dict[str, Any] = {
         "summary": summary,
         "operationId": _SAFE.sub("_", summary).strip("_").lower(),
         "tags": [tag],
         "responses": {
-            "200": {"description": "Done", "content": {"application/json": {"schema": ANY_JSON}}},
-            **_error_responses("400", "401", "403", "404"),
+            ok: {"description": done, "content": {"application/json": {"schema": ANY_JSON}}},
+            **_error_responses("400", "401", "403", "404", *(("413",) if body else ()), "503"),
         },
     }
     if params:
@@ -367,12 +382,15 @@ def _file_paths(config: Config) -> dict[str, Any]:
     return paths
 
 
-def document(config: Config, revision: int = 0) -> dict[str, Any]:
+def document(
+    config: Config, revision: int = 0, contributed: Mapping[str, bytes] | None = None
+) -> dict[str, Any]:
+    """The document; ``contributed``: the runners' schemas by system (``bus.schemas``)."""
     controllers = config.gateway.controllers
     paths = _channel_paths(config)
     if controllers.track and config.channels:
         paths["/api/track/{channel}/{path}"] = {
-            "post": _simple("Send a tracking event (202)", "channel", "path", tag="track")
+            "post": _simple("Send a tracking event (202)", "channel", "path", tag="track", ok="202")
         }
     if controllers.request and config.channels:
         paths["/api/request/full/{channel}/{path}"] = {
@@ -395,14 +413,16 @@ def document(config: Config, revision: int = 0) -> dict[str, Any]:
         }
     if controllers.command and config.commands is not None:
         paths["/api/command/{path}"] = {
-            "post": _simple("Issue an asynchronous command", "path", tag="command")
+            "post": _simple("Issue an asynchronous command", "path", tag="command", ok="202")
         }
         paths["/api/command/status/{id}"] = {
             "get": _simple("A command's status", "id", body=False, tag="command")
         }
     if config.senders:
         paths["/api/send/{service}/{topic}/{key}"] = {
-            "post": _simple("Send a message to a topic", "service", "topic", "key", tag="send")
+            "post": _simple(
+                "Send a message to a topic", "service", "topic", "key", tag="send", ok="202"
+            )
         }
     if controllers.file:
         paths.update(_file_paths(config))
@@ -415,7 +435,7 @@ def document(config: Config, revision: int = 0) -> dict[str, Any]:
                 "Refresh config on every node", "component", "id", body=False, tag="control"
             ),
         }
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {
             "title": f"busgate {config.gateway.id}",
@@ -458,6 +478,15 @@ def document(config: Config, revision: int = 0) -> dict[str, Any]:
             "securitySchemes": _schemes(config),
         },
     }
+    if contributed:
+
+        def operation(
+            name: str, channel: Channel, suffix: str, need: Need, method: str, level: ErrorDetail
+        ) -> dict[str, Any]:
+            return _operation(config, "request", name, channel, suffix, need, method, level)
+
+        merge(doc, config, contributed, operation, _error_level)
+    return doc
 
 
 DOCS_PAGE = """<!doctype html>
@@ -482,17 +511,33 @@ def _assets_dir() -> Path | None:
 
 class OpenApi:
     def __init__(self) -> None:
-        self._cache: tuple[Config, int, bytes] | None = None
+        self._cache: tuple[Config, int, int, bytes] | None = None
         self.assets = _assets_dir()
+        self.store: Store[StoredSchema] | None = None
+        self.contributions = 0
+        """Bumped by every change of the store: the cached document is then built again."""
+        self.ready = asyncio.Event()
+        """Set once the store is followed (or could not be)."""
+
+    def contributed(self) -> dict[str, bytes]:
+        if self.store is None:
+            return {}
+        return {entry.key: entry.value.document for entry in self.store.items()}
 
     async def spec(self, request: web.Request) -> web.Response:
         live = request.app[keys.LIVE]
         revision = live.source.revision if live.source is not None else 0
         cached = self._cache
-        if cached is None or cached[0] is not live.config or cached[1] != revision:
-            cached = (live.config, revision, json_encode(document(live.config, revision)))
-            self._cache = cached
-        return web.Response(body=cached[2], content_type="application/json")
+        seen = self.contributions
+        if (
+            cached is None
+            or cached[0] is not live.config
+            or cached[1] != revision
+            or cached[2] != seen
+        ):
+            body = json_encode(document(live.config, revision, self.contributed()))
+            cached = self._cache = (live.config, revision, seen, body)
+        return web.Response(body=cached[3], content_type="application/json")
 
     async def docs(self, request: web.Request) -> web.Response:
         return web.Response(text=DOCS_PAGE, content_type="text/html")
@@ -505,9 +550,40 @@ class OpenApi:
             raise errors.NotFound(f"no asset {name!r}")
         return web.FileResponse(self.assets / name)
 
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Follow the contributed schemas (after the bus connected), started beside the
+        node's start-up, not before it; without them (the bus refuses the store) the document
+        is the gateway's own."""
+        store = schemas(app[keys.BUS])
+        task = asyncio.create_task(self._follow(store))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.store = None
+        with contextlib.suppress(Exception):
+            await store.close()
+
+    async def _follow(self, store: Store[StoredSchema]) -> None:
+        try:
+            await store.start()
+        except Exception as exc:
+            log.warning("contributed schemas not followed: %s", exc)
+            return
+        finally:
+            self.ready.set()
+
+        def changed(change: Change[StoredSchema]) -> None:
+            self.contributions += 1
+
+        store.watch(changed)
+        self.store = store
+        self.contributions += 1
+
 
 def install(app: web.Application) -> None:
-    api = OpenApi()
+    api = app[keys.OPENAPI] = OpenApi()
+    app.cleanup_ctx.append(api.ctx)
     app.router.add_get("/api/openapi.json", api.spec)
     app.router.add_get("/api/docs", api.docs)
     app.router.add_get("/api/docs/assets/{name}", api.asset)

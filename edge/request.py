@@ -9,9 +9,10 @@ from busgate.contracts.resilience import Policy
 from busgate.contracts.wire import Reply
 from busgate.edge import envelope, formats, keys
 from busgate.edge.async_calls import HEADER, handle_async
+from busgate.edge.middleware.errors import shaped_error
 from busgate.edge.rate_limit import RateLimited
 from busgate.edge.resilience import send, with_headers
-from busgate.edge.responses import error_response, from_reply
+from busgate.edge.responses import from_reply
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
@@ -50,7 +51,7 @@ async def _guarded(request: web.Request, policy: Policy, fmt: str | None) -> web
     try:
         verdicts = await guards.limit(request, policy)
     except RateLimited as exc:
-        refused = error_response(exc, request.get(keys.REQUEST_ID))
+        refused = shaped_error(request, exc)
         return with_headers(refused, [exc.verdict])
     envelope_ = await envelope.build(request, app[keys.LIVE].config, "request")
     async with guards.protect(policy) as outcome:

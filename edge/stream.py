@@ -58,10 +58,11 @@ from busgate.contracts.config import Config, Gateway
 from busgate.contracts.errors import BusgateError, BusUnavailable, DeadlineExceeded
 from busgate.contracts.wire import Request
 from busgate.edge import envelope, keys, sse
+from busgate.edge.middleware.errors import shaped_error
 from busgate.edge.open_streams import OpenStreams, Slot, client_key
 from busgate.edge.rate_limit import RateLimited
 from busgate.edge.resilience import with_headers
-from busgate.edge.responses import error_response, shown_error
+from busgate.edge.responses import shown_error
 
 try:  # Linux: the socket's unsent and unacknowledged bytes (TIOCOUTQ = SIOCOUTQ)
     import fcntl
@@ -94,7 +95,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         try:
             await guards.limit(request, policy)
         except RateLimited as exc:
-            refused = error_response(exc, request.get(keys.REQUEST_ID))
+            refused = shaped_error(request, exc)
             return with_headers(refused, [exc.verdict])
     req = await envelope.build(request, config, "stream")
     slot = app[keys.STREAMS].open(client_key(req))

@@ -138,6 +138,83 @@ async def order(action: str, p: dict[str, Any], meta: dict[str, Any]) -> web.Res
     return _json({"order": order_id, "action": action, "sku": p.get("sku"), "attempt": attempt})
 
 
+SCHEMA: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "busgate sample RPC runner", "version": "1"},
+    "paths": {
+        "/sleep": {
+            "post": {
+                "summary": "Answers after ms milliseconds",
+                "requestBody": {
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Sleep"}}
+                    }
+                },
+                "responses": {
+                    "200": {
+                        "description": "How long it slept",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Slept"}}
+                        },
+                    }
+                },
+            }
+        },
+        "/blob": {
+            "post": {
+                "summary": "A string of bytes characters",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "bytes": {"type": "integer", "minimum": 0, "maximum": 4096}
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {
+                        "description": "The blob",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["blob"],
+                                    "properties": {"blob": {"type": "string"}},
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Sleep": {
+                "type": "object",
+                "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 50}},
+            },
+            "Slept": {
+                "type": "object",
+                "required": ["slept"],
+                "properties": {"slept": {"type": "integer"}},
+            },
+        }
+    },
+}
+"""What ``GET /api/{runner}/openapi.json`` answers: the OpenAPI document of two of the sagas,
+which the adapters share for the edges' ``/api/openapi.json`` (``schema_url`` in
+``busgate/dev.toml``; ``edge.contributed``)."""
+
+
+async def schema(request: web.Request) -> web.Response:
+    return _json(SCHEMA)
+
+
 async def calls(request: web.Request) -> web.Response:
     made = request.app[CALLS]
     return _json(list(made))
@@ -153,6 +230,7 @@ def create_app() -> web.Application:
     app[FLAKY] = {}
     app.router.add_post("/api/{runner}/{saga:.*}", saga)
     app.router.add_get("/calls", calls)
+    app.router.add_get("/api/{runner}/openapi.json", schema)
     app.router.add_get("/healthz", healthz)
     return app
 

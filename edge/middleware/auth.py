@@ -83,7 +83,7 @@ def auth_middleware(
 ) -> web.middleware:  # type: ignore[valid-type]
     access = ctx.access
     channel_tokens = ctx.channel_tokens
-    aliases = aliases or {}
+    aliases = aliases if aliases is not None else {}  # the app's: a refresh swaps its content
     certs = ctx.certs
 
     @web.middleware

@@ -27,21 +27,27 @@ _HTTP_CODES: dict[int, type[errors.BusgateError]] = {
 }
 
 
+def shaped_error(request: web.Request, exc: errors.BusgateError) -> web.Response:
+    """``exc`` at the error level of the call's channel and path (``edge.error_detail``), for
+    the handlers that answer an error themselves (a 429 with its ``RateLimit`` headers)."""
+    levels = request.app.get(ERROR_LEVELS)
+    detail = levels.level(request) if levels else "full"
+    if detail != "full":
+        log.info(
+            "request %s: %d %s not shown in full: %s",
+            request.get(REQUEST_ID),
+            exc.status,
+            exc.code,
+            exc.message,
+        )
+    return error_response(exc, request.get(REQUEST_ID), detail)
+
+
 def error_answer(request: web.Request, exc: Exception) -> web.Response | None:
     """The answer for what a handler raised; None for an HTTP redirect (status < 400), which
     the caller raises on for aiohttp to send."""
     if isinstance(exc, errors.BusgateError):
-        levels = request.app.get(ERROR_LEVELS)
-        detail = levels.level(request) if levels else "full"
-        if detail != "full":
-            log.info(
-                "request %s: %d %s not shown in full: %s",
-                request.get(REQUEST_ID),
-                exc.status,
-                exc.code,
-                exc.message,
-            )
-        return error_response(exc, request.get(REQUEST_ID), detail)
+        return shaped_error(request, exc)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None

@@ -16,3 +16,8 @@ def test_commands_and_plain_names() -> None:
     assert followed("nats", "gw", "orders.>") == ["orders.>"]
     # On a service's broker the names are that broker's own: nothing is rewritten.
     assert followed("nats", "gw", "audit", service="events") == ["audit"]
+
+
+def test_track_follows_every_channel_on_nats_and_the_one_topic_on_kafka() -> None:
+    assert followed("nats", "gw", "track") == ["gw.track.>"]
+    assert followed("kafka", "gw", "track") == ["gw.track"]

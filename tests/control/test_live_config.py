@@ -1,6 +1,7 @@
 """Config pushed through the bus while two edges and an adapter serve calls, on both buses:
-a new channel on a new system, a removed path and channel, a new token key. No call may fail,
-and every node must run the new revision within the bound."""
+a new channel on a new system, a removed path and channel, a new token key, a new alias and a
+changed response header. No call may fail, and every node must run the new revision within
+the bound."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ secret = "{OLD_SECRET if first else NEW_SECRET}"
 [channels.demo]
 system = "demo"
 paths = {{ {paths} }}
+response_headers = {{ "X-Revision" = "{1 if first else 2}" }}
+{"" if first else '[channels.demo.aliases."v2/echo"]' + chr(10) + 'target = "echo"'}
 
 [channels.secure]
 system = "demo"
@@ -86,6 +89,13 @@ async def fleet(bus: str, prefix: str) -> AsyncIterator[tuple[list[TestServer], 
     config = await initial_config(node_config(bus, prefix))
     adapter = AdapterService(config)
     await adapter.start()
+    # Its presence heartbeat, as `busgate adapter` runs it (run_forever): without it the
+    # edges forget the adapter 6 s after its last announcement (503 no_adapter under a slow
+    # Kafka push).
+    gateway = config.gateway
+    beat = asyncio.create_task(
+        adapter.bus.announce_forever(gateway.presence_interval, gateway.presence_ttl)
+    )
     edges = [TestServer(create_app(config), host="127.0.0.1") for _ in range(2)]
     try:
         for edge in edges:
@@ -94,11 +104,17 @@ async def fleet(bus: str, prefix: str) -> AsyncIterator[tuple[list[TestServer], 
     finally:
         for edge in edges:
             await edge.close()
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
         await adapter.stop()
 
 
 async def load(
-    http: aiohttp.ClientSession, edges: list[TestServer], stop: asyncio.Event, seen: Counter[int]
+    http: aiohttp.ClientSession,
+    edges: list[TestServer],
+    stop: asyncio.Event,
+    seen: Counter[int | str],
 ) -> None:
     """Calls on a channel every revision keeps, back to back, until ``stop``."""
     i = 0
@@ -107,6 +123,7 @@ async def load(
         i += 1
         async with http.post(edge.make_url("/api/request/demo/echo"), json={"i": i}) as resp:
             seen[resp.status] += 1
+            seen[f"X-Revision: {resp.headers.get('X-Revision')}"] += 1
 
 
 async def call(http: aiohttp.ClientSession, edge: TestServer, path: str, **body: Any) -> Any:
@@ -130,7 +147,7 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
                     assert resp.status == 200, await resp.text()
                 async with http.get(edge.make_url("/api/request/demo/meta")) as resp:
                     assert resp.status == 200
-            seen: Counter[int] = Counter()
+            seen: Counter[int | str] = Counter()
             stop = asyncio.Event()
             loaders = [asyncio.create_task(load(http, edges, stop, seen)) for _ in range(4)]
             # A call in flight on the channel and system revision 2 removes: it must end well.
@@ -162,6 +179,12 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
                     assert resp.status == 404
                 async with http.post(edge.make_url("/api/request/fresh/echo"), json={}) as resp:
                     assert resp.status == 200, await resp.text()
+                # Channel shaping too: the new alias and response header, without a restart.
+                url = edge.make_url("/api/request/demo/v2/echo")
+                async with http.post(url, json={"via": "alias"}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert await resp.json() == {"via": "alias"}
+                    assert resp.headers["X-Revision"] == "2"
                 for token in (old_token, mint(NEW_SECRET)):  # the old key stays valid
                     headers = {"Authorization": f"Bearer {token}"}
                     url = edge.make_url("/api/request/secure/echo")
@@ -180,7 +203,7 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
             assert all(n["applied"] and n["revision"] == pushed.number for n in nodes), nodes
             stop.set()
             await asyncio.gather(*loaders)
-            assert set(seen) == {200}, seen
+            assert set(seen) == {200, "X-Revision: 1", "X-Revision: 2"}, seen
             assert seen[200] > 20
             assert adapter.systems == ["demo", "fresh"]
     finally:
@@ -289,3 +312,105 @@ async def test_file_source_is_reread(nats_server: Any, runner_url: str, tmp_path
                 assert resp.status == 404
     finally:
         await server.close()
+
+
+def with_retry(runner: str, retry: bool) -> str:
+    """System ``demo`` with a retry policy (revision 2) or without (revision 1)."""
+    policy = '\n[channels.demo.resilience.retry]\nattempts = 3\nwait = 0.05\nmethods = ["POST"]\n'
+    return f"""
+[systems.demo]
+type = "rpc"
+base_url = "{runner}/api/demo"
+
+[channels.demo]
+system = "demo"
+{policy if retry else ""}"""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_pushed_retry_policy_reaches_the_adapter_client(
+    transport: str, bus_url: str, runner_url: str
+) -> None:
+    """The adapter builds a system's client with the retry policies of its channels: a push
+    that adds one gets the system a new client (the old one drains), and the runner's one
+    failure is retried away."""
+    prefix = f"rt{uuid.uuid4().hex[:6]}"
+    cli = bus_.from_url(bus_url, node=f"cli-{prefix}", prefix=prefix)
+    await cli.connect()
+    revisions = Revisions(cli)
+    await revisions.start()
+    try:
+        await revisions.push(with_retry(runner_url, retry=False))
+        async with fleet(bus_url, prefix) as (edges, adapter), aiohttp.ClientSession() as http:
+            flaky = "/api/request/demo/flaky"
+            before = adapter.clients["demo"]
+            status, _ = await call(http, edges[0], flaky, key=f"{prefix}-1", failures=1)
+            assert status == 502  # the runner's one failure, not retried
+            pushed = await revisions.push(with_retry(runner_url, retry=True))
+            async with asyncio.timeout(30):
+                await revisions.nodes.wait_until(
+                    lambda: (
+                        len(rs := revisions.reports()) == 3
+                        and all(r.revision == pushed.number for r in rs)
+                    )
+                )
+            assert adapter.clients["demo"] is not before and before in adapter.retired
+            status, text = await call(http, edges[0], flaky, key=f"{prefix}-2", failures=1)
+            assert status == 200, text
+            assert '"calls":2' in text and '"attempt":2' in text
+    finally:
+        await revisions.close()
+        await cli.close()
+
+
+@pytest.mark.nats
+async def test_pushed_call_logs_apply_on_the_adapter(nats_server: Any, runner_url: str) -> None:
+    """``[systems.S.log]`` added by a push: the adapter logs the calls after it (it used to
+    keep the logs it started with)."""
+    import nats
+
+    from busgate.contracts.codec import decode
+    from busgate.contracts.wire import CallLog
+
+    prefix = f"cl{uuid.uuid4().hex[:6]}"
+    subject = f"{prefix}.logs.requests"
+    cli = bus_.from_url(nats_server.url, node=f"cli-{prefix}", prefix=prefix)
+    await cli.connect()
+    revisions = Revisions(cli)
+    await revisions.start()
+    nc = await nats.connect(nats_server.url)
+    logged: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def got(msg: Any) -> None:
+        logged.put_nowait(msg.data)
+
+    await nc.subscribe(subject, cb=got)
+    await nc.flush()
+    try:
+        await revisions.push(with_retry(runner_url, retry=False))
+        async with fleet(nats_server.url, prefix) as (edges, _), aiohttp.ClientSession() as http:
+            status, _ = await call(http, edges[0], "/api/request/demo/echo", n=1)
+            assert status == 200
+            text = (
+                with_retry(runner_url, retry=False)
+                + f'\n[systems.demo.log]\nrequests = "{subject}"\n'
+            )
+            pushed = await revisions.push(text)
+            async with asyncio.timeout(30):
+                await revisions.nodes.wait_until(
+                    lambda: (
+                        len(rs := revisions.reports()) == 3
+                        and all(r.revision == pushed.number for r in rs)
+                    )
+                )
+            status, _ = await call(http, edges[1], "/api/request/demo/echo", marker=prefix)
+            assert status == 200
+            async with asyncio.timeout(10):
+                event = decode(await logged.get())  # the first logged: the call after the push
+            assert isinstance(event, CallLog)
+            assert (event.channel, event.path) == ("demo", "echo")
+            assert prefix.encode() in (event.body or b"")  # not the call before the push
+    finally:
+        await nc.close()
+        await revisions.close()
+        await cli.close()

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import nats
@@ -334,20 +334,20 @@ async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http)
     assert not_audited not in reader.seen
 
 
-async def test_busgate_tail_audit_prints_the_audit_events(shaped, http):
-    """``busgate tail audit`` (its own process) follows every channel's audit events:
-    ``PREFIX.audit.>`` on NATS, topic ``PREFIX.audit`` on Kafka."""
+@contextlib.asynccontextmanager
+async def tail_process(stack, what: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``busgate tail WHAT`` as its own process, following (its stderr said so)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "busgate",
         "tail",
-        "audit",
+        what,
         "--config",
         str(DEV_CONFIG),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "BUSGATE__GATEWAY__BUS": shaped.parts["bus"]},
+        env={**os.environ, "BUSGATE__GATEWAY__BUS": stack.parts["bus"]},
     )
     assert proc.stdout is not None and proc.stderr is not None
     try:
@@ -355,6 +355,30 @@ async def test_busgate_tail_audit_prints_the_audit_events(shaped, http):
             line := await asyncio.wait_for(proc.stderr.readline(), 30)
         ):
             assert line, "busgate tail ended before it followed anything"
+        yield proc
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def printed(proc: asyncio.subprocess.Process, request_id: str) -> dict:
+    """The message ``busgate tail`` prints for ``request_id``."""
+    assert proc.stdout is not None
+    while True:
+        raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert raw, "busgate tail ended"
+        message = json.loads(raw).get("message", {})
+        if request_id in (message.get("request_id"), message.get("client_id"), message.get("id")):
+            return message
+
+
+async def test_busgate_tail_audit_prints_the_audit_events(shaped, http):
+    """``busgate tail audit`` (its own process) follows every channel's audit events:
+    ``PREFIX.audit.>`` on NATS, topic ``PREFIX.audit`` on Kafka."""
+    async with tail_process(shaped, "audit") as proc:
         async with http.post(
             f"{shaped.url}/api/request/demo/echo",
             json={"sku": "tail-1"},
@@ -362,21 +386,31 @@ async def test_busgate_tail_audit_prints_the_audit_events(shaped, http):
         ) as resp:
             assert resp.status == 200
             request_id = resp.headers["X-Request-Id"]
-        while True:
-            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert raw, "busgate tail ended"
-            message = json.loads(raw).get("message", {})
-            if message.get("request_id") == request_id:
-                break
+        message = await printed(proc, request_id)
         assert message["type"] == "AuditEvent"
         assert (message["channel"], message["path"], message["status"]) == ("demo", "echo", 200)
         assert message["user_agent"] == "tail-test"
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+
+
+async def test_busgate_tail_track_prints_the_tracking_events(shaped, http):
+    """``busgate tail track`` follows what ``/api/track`` publishes (``PREFIX.track.>`` on
+    NATS, topic ``PREFIX.track`` on Kafka), with the sender's identity and session."""
+    headers = await bearer(http, shaped.url)
+    async with tail_process(shaped, "track") as proc:
+        async with http.post(
+            f"{shaped.url}/api/track/secure/clicks/buy",
+            json={"button": "buy-now"},
+            headers=headers,
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            request_id = (await resp.json())["requestId"]
+        message = await printed(proc, request_id)
+    assert message["type"] == "Request" and message["kind"] == "track"
+    assert (message["channel"], message["path"]) == ("secure", "clicks/buy")
+    assert message["body"] == {"button": "buy-now"}
+    identity = message["identity"]
+    assert identity["subject"] and identity["claims"]["name"] == "demo"
+    assert identity["session_id"], identity  # the login's session travels with the event
 
 
 async def test_runner_auth_fetches_one_token_and_again_once_on_a_401(shaped, http):

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
+import msgspec
 import pytest
 
-from busgate.contracts.config import Limit
+from busgate.contracts.config import Limit, Resilience
 from busgate.edge.limits_sync import CHUNK, messages
 from busgate.edge.rate_limit import FULL_EVERY, RateLimited, Report, Windows, headers
+from tests.edge.conftest import make_config
 
 
 async def admitted(windows: Windows, key: str, limit: Limit, calls: int) -> int:
@@ -188,3 +191,30 @@ async def test_ended_windows_are_forgotten():
     windows.report()
     assert windows.local == {}
     assert windows.periods == {}
+
+
+@pytest.mark.parametrize("level", ["code", "none"])
+async def test_a_429_is_shaped_by_the_error_level(edge, level):
+    """A refusal by a rate limit shows what the channel's ``errors`` level lets through, as
+    every other error does, and keeps its ``RateLimit`` and ``Retry-After`` headers."""
+    config = make_config()
+    demo = msgspec.structs.replace(
+        config.channels["demo"],
+        errors=level,
+        resilience=Resilience(rate=Limit(limit=1, period=60)),
+    )
+    client, _ = await edge(
+        msgspec.structs.replace(config, channels={**config.channels, "demo": demo})
+    )
+    assert (await client.get("/api/request/demo/echo")).status == 200
+    for kind in ("request", "stream"):  # the one permit is gone for both
+        refused = await client.get(f"/api/{kind}/demo/echo")
+        assert refused.status == 429
+        assert "Retry-After" in refused.headers and "RateLimit" in refused.headers
+        body = await refused.read()
+        if level == "none":
+            assert body == b""
+        else:
+            assert json.loads(body) == {
+                "error": {"code": "rate_limited", "requestId": refused.headers["X-Request-Id"]}
+            }

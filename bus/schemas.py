@@ -1,0 +1,34 @@
+"""The schemas runners contribute to the edges' OpenAPI document, kept in the bus's store
+(kind ``schemas``, key = the system): the adapters of a system read its ``schema`` file or
+fetch its ``schema_url`` from the runner and put the document here (``adapters.schemas``);
+every edge merges what the store holds (``edge.contributed``). Edges and runners never meet:
+the store is where they do."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from busgate.bus.store import Store, open_store
+
+if TYPE_CHECKING:
+    from busgate.bus.base import Bus
+
+KIND = "schemas"
+MAX_DOCUMENT = 1 << 20
+"""Largest contributed document, bytes: a bigger one is not shared (an adapter logs it)."""
+
+
+class StoredSchema(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A system's OpenAPI document (JSON, as the runner gave it) and where it came from."""
+
+    v: int = 1
+    document: bytes
+    source: str = ""
+    at: float = 0.0
+
+
+def schemas(bus: Bus | None) -> Store[StoredSchema]:
+    """The store of contributed schemas on ``bus`` (not started)."""
+    return open_store(bus, KIND, StoredSchema)
