@@ -210,7 +210,7 @@ async def read_call(
     scheme, servers, _ = parse_url(url)
     names = Names(prefix)
     if scheme == "nats":
-        return await _nats_read(servers, names, trace_id, request_id)
+        return await _nats_read(url, names, trace_id, request_id)
     return await _kafka_read(servers, names, trace_id, request_id)
 
 
@@ -221,25 +221,23 @@ async def follow(
     scheme, servers, _ = parse_url(url)
     names = Names(prefix)
     if scheme == "nats":
-        async for data in _nats_follow(servers, names, ready):
+        async for data in _nats_follow(url, names, ready):
             yield data
     else:
         async for data in _kafka_follow(servers, names, ready):
             yield data
 
 
-async def _nats_read(
-    servers: list[str], names: Names, trace_id: str, request_id: str
-) -> list[bytes]:
-    import nats
-    import nats.errors
+async def _nats_read(url: str, names: Names, trace_id: str, request_id: str) -> list[bytes]:
     import nats.js.errors
     from nats.js.api import DeliverPolicy
+
+    from busgate.bus.nats.transport import connect
 
     subject = (
         f"{names.trace()}.{trace_id}.>" if trace_id else f"{names.trace()}.*.{token(request_id)}"
     )
-    nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await connect(url, connect_timeout=5, max_reconnect_attempts=0)
     found: list[bytes] = []
     try:
         js = nc.jetstream()
@@ -265,15 +263,13 @@ async def _nats_read(
     return found
 
 
-async def _nats_follow(
-    servers: list[str], names: Names, ready: Callable[[], None]
-) -> AsyncIterator[bytes]:
+async def _nats_follow(url: str, names: Names, ready: Callable[[], None]) -> AsyncIterator[bytes]:
     """A core subscription, not a JetStream consumer: live output needs no durable state on
     the server, and what it misses during a reconnect stays in the stream for ``trace ID``
     (said in ``busgate trace --help``)."""
-    import nats
+    from busgate.bus.nats.transport import connect
 
-    nc = await nats.connect(servers, connect_timeout=5)
+    nc = await connect(url, connect_timeout=5)
     try:
         sub = await nc.subscribe(names.trace() + ".>")
         await nc.flush()  # the server knows the subscription now

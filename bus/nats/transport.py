@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -50,6 +51,17 @@ def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext | None:
         raise ValueError("bus URL: cert and key go together (a client certificate)")
     pair = read_pair(cert, key, key_name="bus URL key") if cert else None
     return client_context(pair, ca=ca)
+
+
+async def connect(url: str, **options: Any) -> Client:
+    """A plain nats-py client for a bus URL, for the tools that read the bus without being a
+    node (``busgate trace``, ``busgate tail``): its servers, and its TLS files
+    (``tls://…?ca=&cert=&key=``) used as a node uses them. ``options``: ``nats.connect``'s."""
+    from busgate.bus import parse_url
+
+    _, servers, found = parse_url(url)
+    tls = tls_context(found.get("tls_ca", ""), found.get("tls_cert", ""), found.get("tls_key", ""))
+    return await nats.connect(servers, tls=tls, **options)
 
 
 class NatsBus(Bus):
