@@ -183,12 +183,21 @@ class SpanData(msgspec.Struct, array_like=True, frozen=True):
 
 class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
     """Finished spans of one node (its OTel resource: ``service.name``,
-    ``service.instance.id``)."""
+    ``service.instance.id``), and the batches of other nodes it carries: the spans an
+    adapter returned in its Reply, exported by the edge in one message with its own."""
 
     v: int
     service: str
     instance: str
     spans: list[SpanData]
+    more: list[SpanBatch] = []
+
+    def all(self) -> list[SpanBatch]:
+        """This batch and every batch it carries."""
+        found = [self]
+        for batch in self.more:
+            found.extend(batch.all())
+        return found
 
 
 VERSION = 1
@@ -196,7 +205,14 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(SpanBatch)
 
 
-def encode_batch(service: str, instance: str, spans: Sequence[Row]) -> bytes:
+def encode_batch(
+    service: str, instance: str, spans: Sequence[Row], more: Sequence[bytes] = ()
+) -> bytes:
+    """``more``: encoded batches of other nodes, written as they are (not decoded again)."""
+    if more:
+        return _encoder.encode(
+            (VERSION, service, instance, spans, [msgspec.Raw(data) for data in more])
+        )
     return _encoder.encode((VERSION, service, instance, spans))
 
 
