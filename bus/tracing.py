@@ -30,7 +30,7 @@ from busgate.contracts.config import Telemetry
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
-    from busgate.bus.trace_export import BusSpanProcessor
+    from busgate.bus.trace_export import BusSpanProcessor, TraceSink
 
 __all__ = ["ERROR_CODE", "REQUEST_ID", "Kind", "Span", "Tracing", "fail", "is_sampled"]
 
@@ -115,9 +115,14 @@ class Tracing:
         """Also send finished spans onto ``bus`` (``busgate trace`` reads them there)."""
         if not self.telemetry.bus_export:
             return
-        from busgate.bus.trace_export import BusSpanProcessor, open_sink
+        from busgate.bus.trace_export import open_sink
 
-        sink = open_sink(bus, url, max_age=self.telemetry.bus_max_age)
+        await self.export_to(open_sink(bus, url, max_age=self.telemetry.bus_max_age))
+
+    async def export_to(self, sink: TraceSink) -> None:
+        """Also send finished spans to ``sink`` (a node's connection to the bus)."""
+        from busgate.bus.trace_export import BusSpanProcessor
+
         await sink.start()
         self.bus = BusSpanProcessor(sink, service=self.service, node=self.node)
         self.exporters.append(self.bus)

@@ -157,13 +157,17 @@ def _rows(span: SpanRecord, t0: int, depth: int, out: list[Row]) -> None:
             out.append(Row("bus", where, "request (no adapter span)", offset, span.ms, "", depth))
             return
         transit = (consumer.start - span.start) / 1e6
-        out.append(Row("bus", where, "publish → adapter", offset, transit, _status(span), depth))
+        hop = "publish → runner" if "busgate.saga" in consumer.attributes else "publish → adapter"
+        out.append(Row("bus", where, hop, offset, transit, _status(span), depth))
         _rows(consumer, t0, depth + 1, out)
         back = (span.end - consumer.end) / 1e6
         out.append(Row("bus", "reply", "reply → edge", (consumer.end - t0) / 1e6, back, "", depth))
         return
     if span.kind == SERVER:
         row = Row("edge", span.instance, f"http server {span.name}", offset, span.ms, "", depth)
+    elif span.kind == CONSUMER and "busgate.saga" in a:  # a bus-native runner's call
+        saga = str(a["busgate.saga"])
+        row = Row("runner", span.instance, f"saga {saga}", offset, span.ms, "", depth)
     elif span.kind == CONSUMER:
         row = Row("adapter", span.instance, "process", offset, span.ms, "", depth)
     elif span.kind == CLIENT:

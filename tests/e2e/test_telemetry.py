@@ -376,6 +376,47 @@ async def test_a_reply_too_late_for_its_edge_leaves_the_adapter_spans_on_the_bus
     assert any(line.lstrip().startswith("adapter") for line in lines), lines
 
 
+async def test_a_bus_native_runner_call_is_a_span_in_the_trace(traced, otlp, http):
+    """The kit runner (``type = "bus"``, no adapter) continues the envelope's context: its
+    CONSUMER span is the PRODUCER's child, the saga gets its context, it goes out over
+    OTLP and onto the bus, and ``busgate trace`` shows the runner hop."""
+    async with http.post(f"{traced.url}/api/request/native/meta", json={}) as resp:
+        assert resp.status == 200
+        meta = await resp.json()
+        request_id, trace_id = resp.headers["X-Request-Id"], resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER))
+    producer, consumer = one(spans, PRODUCER), one(spans, CONSUMER)
+    assert consumer.parent_id == producer.span_id
+    assert consumer.service == "busgate-runner"
+    assert consumer.attributes["busgate.saga"] == "meta"
+    assert meta["traceparent"] == f"00-{trace_id}-{consumer.span_id}-01"
+    lines = await asyncio.to_thread(trace_cli, traced, request_id)
+    rows = [m.group(1) for line in lines[1:] if (m := _ROW.match(line))]
+    assert rows == ["edge", "bus", "runner", "bus"], lines
+    assert "saga meta" in "\n".join(lines) and "incomplete" not in "\n".join(lines)
+    # its span came back in the Reply: one message, published by the edge
+    from busgate.bus.spans import decode_batch
+    from busgate.bus.trace_export import read_call
+
+    found = await read_call(traced.parts["bus"], "busgate", trace_id=trace_id)
+    batches = [decode_batch(data) for data in found]
+    assert {b.service for b in batches} == {"busgate-edge"}
+    assert [inner.service for b in batches for inner in b.more] == ["busgate-runner"]
+
+
+async def test_a_bus_native_stream_is_a_span_in_the_trace(traced, otlp, http):
+    async with http.post(f"{traced.url}/api/stream/native/count", json={"to": 2}) as resp:
+        assert resp.status == 200
+        await resp.read()
+        trace_id = resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER))
+    consumer = one(spans, CONSUMER)
+    assert consumer.parent_id == one(spans, PRODUCER).span_id
+    assert consumer.attributes["busgate.kind"] == "stream"
+    lines = await asyncio.to_thread(trace_cli, traced, trace_id)
+    assert "saga count" in "\n".join(lines) and "incomplete" not in "\n".join(lines), lines
+
+
 def edge_metrics(text: str) -> dict[str, list[Any]]:
     found: dict[str, list[Any]] = {}
     for family in text_string_to_metric_families(text):
