@@ -189,3 +189,30 @@ async def test_busgate_tail_follows_a_tls_bus(nats_tls, monkeypatch) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_bus_native_runner_serves_over_a_tls_bus(nats_tls) -> None:
+    """The kit runner connects with the bus URL's CA and client certificate too."""
+    from nats.aio.client import Client
+
+    from busgate.bus.nats.transport import connect
+    from busgate.contracts.codec import decode, encode
+    from busgate.contracts.wire import Reply, Request
+    from busgate.runners.native import build
+
+    broker, files = nats_tls
+    url = tls_url(broker, **files)
+    runner = build("tlskit", bus=url, prefix="tlskit")
+    async with asyncio.timeout(30):
+        await runner.start()
+    nc: Client = await connect(url)
+    try:
+        sub = await nc.subscribe("tlskit.reply.test.1")
+        req = Request(id="1", system="tlskit", path="echo", body=b'{"a": 1}',
+                      reply_to="tlskit.reply.test.1", deadline=time.time() + 10)  # fmt: skip
+        await nc.publish("tlskit.req.tlskit", encode(req))
+        reply = decode((await sub.next_msg(timeout=10)).data)
+        assert isinstance(reply, Reply) and reply.status == 200 and reply.body == b'{"a":1}'
+    finally:
+        await nc.close()
+        await runner.stop(grace=1)
