@@ -2,9 +2,12 @@
 
 Every node batches its finished spans (:class:`BusSpanProcessor`) and publishes them grouped
 by call: one :class:`~busgate.bus.spans.SpanBatch` (msgpack, ``bus.spans``) per trace id and
-request id. Not OTLP protobuf: OpenTelemetry's encoder took 57-80 µs a span here, on the
-event loop, against about 1 µs for msgpack; the OTLP export (``bus.otlp``) encodes in a
-thread, and only when an endpoint is configured.
+request id. The node that answers a request (adapter, bus-native runner) returns its spans
+in the Reply when the edge asks for them, and the edge's batch carries them (``more``): one
+message per call rather than one per node (see :class:`BusSpanProcessor`). Not OTLP
+protobuf: OpenTelemetry's encoder took 57-80 µs a span here, on the event loop, against
+about 1 µs for msgpack; the OTLP export (``bus.otlp``) encodes in a thread, and only when
+an endpoint is configured.
 
 - NATS: subject ``PREFIX.trace.TRACE_ID.REQUEST_ID``, captured by a JetStream stream over
   ``PREFIX.trace.>`` that keeps ``bus_max_age`` seconds (at most :data:`MAX_BYTES`, oldest

@@ -429,7 +429,7 @@ class Runner:
             tracing.bus.hold(req.id)
         return span
 
-    def _spans_for(self, req: Request, span: tr.Span, reply: Reply) -> bytes:
+    def _spans_for(self, req: Request, span: tr.Span) -> bytes:
         """End the call's span as its reply goes, and the spans for that reply: none when
         not asked, or when the edge may have given up (the deadline is at hand): they are
         published from here then (``_done``)."""
@@ -438,8 +438,6 @@ class Runner:
             return b""
         if req.deadline and time.time() > req.deadline - tr.REPLY_MARGIN:
             return b""
-        if reply.error is not None:
-            tr.fail(span, reply.error.code, reply.error.message)
         span.end()
         return bus.take(req.id)
 
@@ -466,7 +464,7 @@ class Runner:
             if (span := call.span) is not None:
                 if reply.error is not None:
                     tr.fail(span, reply.error.code, reply.error.message)
-                if spans := self._spans_for(req, span, reply):
+                if spans := self._spans_for(req, span):
                     reply = msgspec.structs.replace(reply, spans=spans)
             await self._answer(req, encode(reply), spans=reply.spans)
 
