@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -29,6 +29,9 @@ from busgate.bus.naming import Names
 from busgate.contracts.config import Config
 from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Error, Request
+
+if TYPE_CHECKING:
+    from busgate.bus.trace_export import BusSpanProcessor
 
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
@@ -117,8 +120,9 @@ class AdapterObserver:
             await self._site.cleanup()
 
     async def handle(self, inner: Handle, req: Request, responder: Responder) -> None:
-        """Wraps ``AdapterService.handle``: the CONSUMER span covers the whole handling."""
-        span = None
+        """Wraps ``AdapterService.handle``: the CONSUMER span covers the whole handling (up
+        to the reply when its spans travel in it)."""
+        span = held = None
         if self.tracing is not None and tr.is_sampled(req.traceparent):
             dest = self.names.request(req.system)
             span = self.tracing.start(
@@ -137,6 +141,10 @@ class AdapterObserver:
                 },
             )
             req = msgspec.structs.replace(req, traceparent=span.traceparent)
+            held = self.tracing.bus if req.spans_in_reply and not req.detach else None
+            if held is not None:
+                held.hold(req.id)
+                responder.finish = _finisher(span, req, responder, held)
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
@@ -151,7 +159,9 @@ class AdapterObserver:
             if metrics is not None:
                 metrics.in_flight -= 1
                 metrics.streams -= stream
-            if span is not None:
+            if span is not None and not span.end_time:
+                if held is not None:  # no reply went (or too late for its edge)
+                    held.release(req.id)
                 if responder.failure:  # an error answer, whatever caused it
                     tr.fail(span, responder.failure)
                 if responder.cancelled.is_set():
@@ -252,6 +262,24 @@ class AdapterObserver:
             return status, headers, payload
 
         return post
+
+
+def _finisher(
+    span: tr.Span, req: Request, responder: Responder, held: BusSpanProcessor
+) -> Callable[[], bytes]:
+    """Ends the CONSUMER span as the reply goes, and gives the call's spans for it; none when
+    the edge has given up or is about to (:data:`tr.REPLY_MARGIN`): the finally of
+    ``handle`` then publishes them from here."""
+
+    def finish() -> bytes:
+        if req.deadline and time.time() > req.deadline - tr.REPLY_MARGIN:
+            return b""
+        if responder.failure:
+            tr.fail(span, responder.failure)
+        span.end()
+        return held.take(req.id)
+
+    return finish
 
 
 def _trace_id(req: Request) -> str:

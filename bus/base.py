@@ -90,6 +90,7 @@ class Responder:
         "cancelled",
         "credits",
         "failure",
+        "finish",
         "request",
     )
 
@@ -106,6 +107,10 @@ class Responder:
         self._credit_to = bus.reply_address(request.id) if request.credits > 0 else ""
         self.failure = ""
         """The error code this request was answered with, if any (its span's status)."""
+        self.finish: Callable[[], bytes] | None = None
+        """Called once the reply's status is known (``failure`` set), just before it goes:
+        ends the call's span and returns the call's spans for ``Reply.spans`` (b"": none),
+        when the Request asked for them (``spans_in_reply``; see ``bus.trace_export``)."""
 
     def may_step(self) -> bool:
         """Whether the edge can take one more step now (always, without flow control)."""
@@ -134,6 +139,8 @@ class Responder:
         if reply.error is not None:
             self.failure = reply.error.code
         data = encode(reply)
+        if self.finish is not None:
+            reply, data = self._with_spans(reply, data, self.finish)
         try:
             await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
         except MessageTooLarge:
@@ -141,6 +148,26 @@ class Responder:
             self.failure = error.code
             small = Reply(id=reply.id, status=error.status, error=error.to_wire())
             await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
+
+    def _with_spans(
+        self, reply: Reply, data: bytes, finish: Callable[[], bytes]
+    ) -> tuple[Reply, bytes]:
+        """The reply with the call's spans. One too large for the bus is replaced by its
+        error first, so the spans say ``reply_too_large``; one that only the spans make too
+        large goes without them (they are lost: a reply within a few hundred bytes of the
+        limit)."""
+        self.finish = None
+        limit = self._bus.max_message
+        if limit and len(data) > limit:
+            error = self._too_large("answer", len(data))
+            self.failure = error.code
+            reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
+            data = encode(reply)
+        spans = finish()
+        if not spans:
+            return reply, data
+        carrying = encode(msgspec.structs.replace(reply, spans=spans))
+        return (reply, data) if limit and len(carrying) > limit else (reply, carrying)
 
     async def step(
         self,

@@ -30,6 +30,7 @@ from busgate.contracts.config import Telemetry
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
+    from busgate.bus.trace_export import BusSpanProcessor, TraceSink
 
 __all__ = ["ERROR_CODE", "REQUEST_ID", "Kind", "Span", "Tracing", "fail", "is_sampled"]
 
@@ -37,6 +38,10 @@ log = logging.getLogger("busgate.tracing")
 
 REQUEST_ID = "busgate.request_id"
 """Attribute on every busgate span: ``busgate trace REQUEST_ID`` and the bus export key."""
+REPLY_MARGIN = 0.25
+"""Seconds before a call's deadline after which its answering node no longer puts its spans
+in the Reply (``Request.spans_in_reply``) but publishes them itself: a reply that reaches
+the edge after the deadline is dropped there, and its spans with it."""
 ERROR_CODE = "error.type"
 """The busgate error code of a failed call (OpenTelemetry's ``error.type``)."""
 
@@ -94,6 +99,8 @@ class Tracing:
 
             self.exporters.append(OtlpExporter(telemetry.otlp_endpoint, service, node))
         self._end: Callable[[Row], None] = self._fan_out
+        self.bus: BusSpanProcessor | None = None
+        """The bus export, once started (:meth:`export_to_bus`)."""
         self._wire()
 
     def _wire(self) -> None:
@@ -108,11 +115,17 @@ class Tracing:
         """Also send finished spans onto ``bus`` (``busgate trace`` reads them there)."""
         if not self.telemetry.bus_export:
             return
-        from busgate.bus.trace_export import BusSpanProcessor, open_sink
+        from busgate.bus.trace_export import open_sink
 
-        sink = open_sink(bus, url, max_age=self.telemetry.bus_max_age)
+        await self.export_to(open_sink(bus, url, max_age=self.telemetry.bus_max_age))
+
+    async def export_to(self, sink: TraceSink) -> None:
+        """Also send finished spans to ``sink`` (a node's connection to the bus)."""
+        from busgate.bus.trace_export import BusSpanProcessor
+
         await sink.start()
-        self.exporters.append(BusSpanProcessor(sink, service=self.service, node=self.node))
+        self.bus = BusSpanProcessor(sink, service=self.service, node=self.node)
+        self.exporters.append(self.bus)
         self._wire()
 
     def start(

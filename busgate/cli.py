@@ -81,7 +81,12 @@ def cmd_runner(args: argparse.Namespace) -> int:
     elif args.kind == "native":
         from busgate.runners.native import run as run_native
 
-        run_native(args.system, args.bus, args.prefix)
+        if args.config:  # the gateway's: its bus, prefix and telemetry (tracing)
+            config = _config(args.config)
+            bus, prefix = args.bus or config.gateway.bus, args.prefix or config.gateway.prefix
+            run_native(args.system, bus, prefix, config.telemetry)
+        else:
+            run_native(args.system, args.bus, args.prefix)
     return 0
 
 
@@ -255,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--bus", help="native: bus URL (default: $BUSGATE_BUS, local NATS)")
     runner.add_argument("--system", default="native", help="native: the system it serves")
     runner.add_argument("--prefix", help="native: bus prefix (default: busgate)")
+    runner.add_argument(
+        "--config", help="native: the gateway's config (bus, prefix, [telemetry] for tracing)"
+    )
     runner.set_defaults(func=cmd_runner)
 
     from busgate import publish, tail

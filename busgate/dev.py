@@ -151,7 +151,8 @@ def start_native(stack: Stack, env: dict[str, str], config: str, bus_url: str) -
         system = tomllib.load(f).get("systems", {}).get("native", {})
     if system.get("type") != "bus":
         return None
-    stack.spawn("native", ["runner", "native", "--bus", bus_url, "--system", "native"], env)
+    args = ["runner", "native", "--bus", bus_url, "--system", "native", "--config", config]
+    stack.spawn("native", args, env)
     return "native"
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from busgate.bus import kafka_client_of, nats_tls_of, parse_url
+from busgate.bus import kafka_client_of, parse_url
 from busgate.contracts.codec import decode
 from busgate.contracts.config import Config
 from busgate.publish import quiet_clients
@@ -88,8 +88,9 @@ def _broker(config: Config, service: str | None) -> tuple[str, str]:
 
 
 async def tail_nats(url: str, subjects: list[str], stop: asyncio.Event, out: Print) -> None:
-    import nats
     from nats.aio.msg import Msg
+
+    from busgate.bus.nats.transport import connect
 
     async def on_msg(msg: Msg) -> None:
         line: dict[str, Any] = {"subject": msg.subject}
@@ -98,15 +99,7 @@ async def tail_nats(url: str, subjects: list[str], stop: asyncio.Event, out: Pri
         out({**line, **render(msg.data)})
 
     # Bounded: with endless reconnects, nats-py also retries a first connect for ever.
-    nc = await asyncio.wait_for(
-        nats.connect(
-            parse_url(url)[1],
-            connect_timeout=2,
-            max_reconnect_attempts=-1,
-            tls=nats_tls_of(url),
-        ),
-        10,
-    )
+    nc = await asyncio.wait_for(connect(url, connect_timeout=2, max_reconnect_attempts=-1), 10)
     try:
         for subject in subjects:
             await nc.subscribe(subject, cb=on_msg)

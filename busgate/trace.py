@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from busgate.bus.spans import ERROR, Kind, decode_batch
+from busgate.bus.spans import ERROR, Kind, SpanBatch, SpanData, decode_batch
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SERVER, CLIENT, PRODUCER, CONSUMER = Kind.SERVER, Kind.CLIENT, Kind.PRODUCER, Kind.CONSUMER
@@ -68,22 +68,27 @@ def decode(batches: Iterable[bytes]) -> list[SpanRecord]:
             batch = decode_batch(data)
         except msgspec.DecodeError:
             continue
-        for span in batch.spans:
-            seen[span.span_id] = SpanRecord(
-                trace_id=span.trace_id,
-                span_id=span.span_id,
-                parent_id=span.parent_id,
-                name=span.name,
-                kind=span.kind,
-                start=span.start,
-                end=span.end,
-                attributes=span.attributes,
-                error=span.status == ERROR,
-                service=batch.service,
-                instance=batch.instance,
-                links=[(link.trace_id, link.span_id) for link in span.links],
-            )
+        for node in batch.all():
+            for span in node.spans:
+                seen[span.span_id] = _record(span, node)
     return sorted(seen.values(), key=lambda s: s.start)
+
+
+def _record(span: SpanData, batch: SpanBatch) -> SpanRecord:
+    return SpanRecord(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_id=span.parent_id,
+        name=span.name,
+        kind=span.kind,
+        start=span.start,
+        end=span.end,
+        attributes=span.attributes,
+        error=span.status == ERROR,
+        service=batch.service,
+        instance=batch.instance,
+        links=[(link.trace_id, link.span_id) for link in span.links],
+    )
 
 
 def roots(spans: list[SpanRecord]) -> list[SpanRecord]:
@@ -152,13 +157,17 @@ def _rows(span: SpanRecord, t0: int, depth: int, out: list[Row]) -> None:
             out.append(Row("bus", where, "request (no adapter span)", offset, span.ms, "", depth))
             return
         transit = (consumer.start - span.start) / 1e6
-        out.append(Row("bus", where, "publish → adapter", offset, transit, _status(span), depth))
+        hop = "publish → runner" if "busgate.saga" in consumer.attributes else "publish → adapter"
+        out.append(Row("bus", where, hop, offset, transit, _status(span), depth))
         _rows(consumer, t0, depth + 1, out)
         back = (span.end - consumer.end) / 1e6
         out.append(Row("bus", "reply", "reply → edge", (consumer.end - t0) / 1e6, back, "", depth))
         return
     if span.kind == SERVER:
         row = Row("edge", span.instance, f"http server {span.name}", offset, span.ms, "", depth)
+    elif span.kind == CONSUMER and "busgate.saga" in a:  # a bus-native runner's call
+        saga = str(a["busgate.saga"])
+        row = Row("runner", span.instance, f"saga {saga}", offset, span.ms, "", depth)
     elif span.kind == CONSUMER:
         row = Row("adapter", span.instance, "process", offset, span.ms, "", depth)
     elif span.kind == CLIENT:

@@ -819,6 +819,8 @@ class Telemetry(Section, frozen=True):
     sampling: float = 0.0
     edge_service: str = "busgate-edge"
     adapter_service: str = "busgate-adapter"
+    runner_service: str = "busgate-runner"
+    """Bus-native runners (``busgate.runners.kit``) given this config trace as this."""
     otlp_endpoint: str = ""
     bus_export: bool = True
     bus_max_age: float = 3600.0

@@ -90,6 +90,11 @@ class Request(Wire, frozen=True, tag="req"):
     meta: dict[str, Any] = {}
     """Extra keys for the runner's ``meta`` (a channel alias's mappings); the keys busgate
     sets itself (``requestId``, ``identity``, …) always win over these."""
+    spans_in_reply: bool = False
+    """A traced call whose edge exports the answering node's spans with its own: that node
+    puts them in :attr:`Reply.spans` rather than publishing them itself (one span message
+    per call on the bus instead of two; see ``bus.trace_export``). An older node ignores it
+    and exports its spans itself, as before."""
 
     @property
     def shown_id(self) -> str:
@@ -105,6 +110,9 @@ class Reply(Wire, frozen=True, tag="reply"):
     headers: dict[str, str] = {}
     body: bytes = b""
     error: Error | None = None
+    spans: bytes = b""
+    """The answering node's finished spans of this call, an encoded span batch
+    (``bus.spans``), when the Request asked for them (``spans_in_reply``)."""
 
 
 class StreamStep(Wire, frozen=True, tag="step"):

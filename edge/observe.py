@@ -160,7 +160,13 @@ class EdgeCalls:
                 "busgate.system": req.system,
             },
         )
-        return span, msgspec.structs.replace(req, traceparent=span.traceparent)
+        # A request's answering node returns its spans in the Reply, and they go out with
+        # this node's in one bus message (``bus.trace_export``); a stream's node exports
+        # its own (no single reply to carry them).
+        carry = req.kind == "request" and not req.detach and self.tracing.bus is not None
+        return span, msgspec.structs.replace(
+            req, traceparent=span.traceparent, spans_in_reply=carry
+        )
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
         span, req = self._span(req)
@@ -176,8 +182,11 @@ class EdgeCalls:
                 self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
             if span is not None:
                 span.end()
-        if span is not None and reply.error is not None:
-            tr.fail(span, reply.error.code, reply.error.message)
+        if span is not None:
+            if reply.error is not None:
+                tr.fail(span, reply.error.code, reply.error.message)
+            if reply.spans and self.tracing is not None and self.tracing.bus is not None:
+                self.tracing.bus.carry(span.trace_id, req.id, reply.spans)
         return reply
 
     async def stream(

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
 from aiokafka.errors import MessageSizeTooLargeError
@@ -40,11 +40,13 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError
 
 from busgate.bus import parse_url
+from busgate.bus import tracing as tr
 from busgate.bus.base import CANCEL_MEMORY, CANCEL_MEMORY_SIZE
 from busgate.bus.flow import Credits
 from busgate.bus.naming import Names
 from busgate.bus.security import BusTls, context_for, kafka_client
 from busgate.contracts.codec import decode, encode, json_decode, json_encode
+from busgate.contracts.config import Telemetry
 from busgate.contracts.errors import (
     BadRequest,
     BusgateError,
@@ -62,12 +64,18 @@ from busgate.contracts.wire import (
     StreamStep,
 )
 
+if TYPE_CHECKING:
+    from busgate.bus.trace_export import TraceSink
+
 log = logging.getLogger("busgate.runner")
 
 DEFAULT_BUS = "nats://127.0.0.1:4222"
 STOP_WAIT = 5.0
 """Seconds each step of closing the bus connection may take on stop."""
 JSON_HEADERS = {"content-type": "application/json"}
+SAGA = "busgate.saga"
+"""Attribute of a bus-native runner's CONSUMER span: the saga's path (``busgate trace``
+shows the span as the runner hop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +130,23 @@ class _Ended(Exception):
 class _Call:
     """One request in hand: its cancel flag and, for streams, its credits."""
 
-    __slots__ = ("credits", "meta")
+    __slots__ = ("credits", "meta", "span")
 
-    def __init__(self, req: Request, meta: Meta) -> None:
+    def __init__(self, req: Request, meta: Meta, span: tr.Span | None) -> None:
         self.meta = meta
         self.credits = Credits(req.credits)
+        self.span = span
+        """The call's CONSUMER span, when it is traced."""
 
 
 class Runner:
     """A bus-native runner of one system (see the module docstring).
 
     ``bus``: ``nats://…`` or ``kafka://…``; default ``$BUSGATE_BUS``, else a local NATS.
+    ``telemetry``: the gateway's ``[telemetry]``; with tracing on, each traced call is a
+    CONSUMER span (continuing the Request's ``traceparent``, whose context the saga gets in
+    ``meta.traceparent``), exported as the adapters' are: in the Reply when the edge asks
+    for it, else onto the bus (``busgate trace`` shows the runner hop), and over OTLP.
     """
 
     def __init__(
@@ -146,6 +160,7 @@ class Runner:
         presence_interval: float = 2.0,
         presence_ttl: float = 6.0,
         credit_timeout: float = 60.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.system = system
         self.url = bus or os.environ.get("BUSGATE_BUS") or DEFAULT_BUS
@@ -174,6 +189,12 @@ class Runner:
         self.tls: BusTls | None = options.get("tls")
         """TLS to the bus (``tls://``, ``kafka+ssl://``), as the adapters have it."""
         self.reply_topic = self.names.reply(self.node)
+        self.telemetry = telemetry
+        self.tracing = (
+            tr.Tracing(telemetry, service=telemetry.runner_service, node=self.node)
+            if telemetry is not None and telemetry.tracing
+            else None
+        )
         self.broker: Broker = self._build()
 
     # -- what a runner author writes -------------------------------------------------
@@ -359,6 +380,7 @@ class Runner:
             return  # nobody waits for it any more
         if self._early_cancels and self._early_cancels.pop(req.id, None) is not None:
             return  # its client went away before it arrived
+        span = self._span(req) if self.tracing is not None else None
         meta = Meta(
             request_id=req.shown_id,
             system=req.system,
@@ -368,19 +390,65 @@ class Runner:
             query=req.query,
             headers=req.headers,
             identity=req.identity,
-            traceparent=req.traceparent,
+            traceparent=span.traceparent if span is not None else req.traceparent,
             deadline=req.deadline,
         )
-        call = self._calls[req.id] = _Call(req, meta)
+        call = self._calls[req.id] = _Call(req, meta, span)
         self._idle.clear()
         work = self._stream(req, call) if req.kind == "stream" else self._request(req, call)
         task = asyncio.ensure_future(_logged(work, req.id))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._done(t, req.id))
 
+    def _span(self, req: Request) -> tr.Span | None:
+        """The call's CONSUMER span, when the edge traces it; its spans are held for the
+        Reply when the edge asks for them (``Request.spans_in_reply``)."""
+        tracing = self.tracing
+        if tracing is None or not tr.is_sampled(req.traceparent):
+            return None
+        dest = self.names.request(self.system)
+        span = tracing.start(
+            f"{dest} process",
+            tr.Kind.CONSUMER,
+            req.traceparent,
+            {
+                "messaging.system": self.scheme,
+                "messaging.operation.type": "process",
+                "messaging.destination.name": dest,
+                "messaging.consumer.group.name": self.names.group(self.system),
+                "messaging.message.id": req.id,
+                tr.REQUEST_ID: req.id,
+                "busgate.kind": req.kind,
+                "busgate.system": self.system,
+                SAGA: req.path,
+            },
+        )
+        if req.spans_in_reply and not req.detach and tracing.bus is not None:
+            tracing.bus.hold(req.id)
+        return span
+
+    def _spans_for(self, req: Request, span: tr.Span) -> bytes:
+        """End the call's span as its reply goes, and the spans for that reply: none when
+        not asked, or when the edge may have given up (the deadline is at hand): they are
+        published from here then (``_done``)."""
+        bus = self.tracing.bus if self.tracing is not None else None
+        if bus is None or not req.spans_in_reply or req.detach:
+            return b""
+        if req.deadline and time.time() > req.deadline - tr.REPLY_MARGIN:
+            return b""
+        span.end()
+        return bus.take(req.id)
+
     def _done(self, task: asyncio.Task[None], request_id: str) -> None:
         self._tasks.discard(task)
-        self._calls.pop(request_id, None)
+        call = self._calls.pop(request_id, None)
+        span = call.span if call is not None else None
+        if span is not None and not span.end_time:
+            if self.tracing is not None and self.tracing.bus is not None:
+                self.tracing.bus.release(request_id)
+            if call is not None and call.meta.cancelled.is_set():
+                span.add_event("cancelled")
+            span.end()
         if not self._calls:
             self._idle.set()
 
@@ -390,7 +458,13 @@ class Runner:
         if req.detach:
             await self._detached(req, call)
         elif req.reply_to:
-            await self._answer(req, encode(await self._reply_of(req, call)))
+            reply = await self._reply_of(req, call)
+            if (span := call.span) is not None:
+                if reply.error is not None:
+                    tr.fail(span, reply.error.code, reply.error.message)
+                if spans := self._spans_for(req, span):
+                    reply = msgspec.structs.replace(reply, spans=spans)
+            await self._answer(req, encode(reply), spans=reply.spans)
 
     async def _reply_of(self, req: Request, call: _Call) -> Reply:
         """The saga's answer as a Reply: its JSON, or the error it raised."""
@@ -425,9 +499,10 @@ class Runner:
         reply = await self._reply_of(req, call)
         log.info("async request %s answered %d (dropped)", req.id, reply.status)
 
-    async def _answer(self, req: Request, data: bytes, *, seq: int = 0) -> None:
+    async def _answer(self, req: Request, data: bytes, *, seq: int = 0, spans: bytes = b"") -> None:
         """Send a reply (or, with ``seq``, a step); one larger than the bus carries is
-        replaced by a small ``reply_too_large`` error, so the caller is not left waiting."""
+        replaced by a small ``reply_too_large`` error, so the caller is not left waiting.
+        ``spans``: those the reply carries (``Reply.spans``), kept in the error."""
         try:
             await self._publish(req.reply_to, data)
         except (MaxPayloadError, MessageSizeTooLargeError):
@@ -435,8 +510,8 @@ class Runner:
             error = ReplyTooLarge(f"the answer of system {self.system!r} is too large").to_wire()
             if seq:
                 small = encode(StreamStep(id=req.id, seq=seq, last=True, error=error))
-            else:
-                small = encode(Reply(id=req.id, status=error.status, error=error))
+            else:  # the spans it carried, if any, go with the error
+                small = encode(Reply(id=req.id, status=error.status, error=error, spans=spans))
             await self._publish(req.reply_to, small)
             raise _Ended from None
 
@@ -495,10 +570,14 @@ class Runner:
         except _Ended:
             return
         except BusgateError as exc:
+            if call.span is not None:
+                tr.fail(call.span, exc.code, exc.message)
             await send(StreamStep(id=req.id, seq=seq + 1, last=True, error=exc.to_wire()))
         except Exception:
             log.exception("stream %s failed for %s", req.path, req.id)
             error = BusgateError(f"stream {req.path!r} failed").to_wire()
+            if call.span is not None:
+                tr.fail(call.span, error.code, error.message)
             await send(StreamStep(id=req.id, seq=seq + 1, last=True, error=error))
 
     def _credit_address(self, request_id: str) -> str:
@@ -538,6 +617,8 @@ class Runner:
         await self.broker.start()
         if isinstance(self.broker, NatsBroker) and isinstance(self.broker.connection, NatsClient):
             self._nc = self.broker.connection
+        if self.tracing is not None and self.telemetry is not None and self.telemetry.bus_export:
+            await self.tracing.export_to(self._trace_sink(self.telemetry.bus_max_age))
         if isinstance(self.broker, KafkaBroker):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(join_timeout):
@@ -545,6 +626,16 @@ class Runner:
         await self.announce()
         self._beat = asyncio.ensure_future(self._announce_forever())
         log.info("runner %s serving system %s on %s", self.node, self.system, self.url)
+
+    def _trace_sink(self, max_age: float) -> TraceSink:
+        """Where this runner's spans go on the bus: its NATS connection, or a producer."""
+        from busgate.bus.trace_export import KafkaTraceSink, NatsTraceSink
+
+        if self._nc is not None:
+            return NatsTraceSink(self._nc, self.names, max_age=max_age)
+        return KafkaTraceSink(
+            kafka_client(",".join(self.servers), self.tls), self.names, max_age=max_age
+        )
 
     async def _ensure_topics(self) -> None:
         from busgate.bus.kafka.admin import Topics
@@ -583,6 +674,10 @@ class Runner:
                 await self._idle.wait()
         for task in list(self._tasks):
             task.cancel()
+        if self.tracing is not None:  # its last spans, while the bus is still there
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_WAIT):
+                    await self.tracing.close()
         try:
             async with asyncio.timeout(STOP_WAIT):
                 await self.broker.stop()

@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from busgate.contracts.config import Telemetry
 from busgate.contracts.errors import BadRequest, Conflict
 from busgate.runners.kit import Meta, Runner, Step
 
 
-def build(system: str = "native", bus: str | None = None, prefix: str | None = None) -> Runner:
-    runner = Runner(system, bus=bus, prefix=prefix)
+def build(
+    system: str = "native",
+    bus: str | None = None,
+    prefix: str | None = None,
+    telemetry: Telemetry | None = None,
+) -> Runner:
+    runner = Runner(system, bus=bus, prefix=prefix, telemetry=telemetry)
 
     @runner.saga("echo")
     async def echo(parameters: dict[str, Any], meta: Meta) -> dict[str, Any]:
@@ -66,5 +72,10 @@ def build(system: str = "native", bus: str | None = None, prefix: str | None = N
     return runner
 
 
-def run(system: str = "native", bus: str | None = None, prefix: str | None = None) -> None:
-    build(system, bus, prefix).run()
+def run(
+    system: str = "native",
+    bus: str | None = None,
+    prefix: str | None = None,
+    telemetry: Telemetry | None = None,
+) -> None:
+    build(system, bus, prefix, telemetry).run()

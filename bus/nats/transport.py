@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -39,6 +40,15 @@ log = logging.getLogger("busgate.bus.nats")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+
+
+async def connect(url: str, **options: Any) -> Client:
+    """A plain nats-py client for a bus URL, for the tools that read the bus without being a
+    node (``busgate trace``, ``busgate tail``): its servers, and its TLS files
+    (``tls://…?ca=&cert=&key=``) used as a node uses them. ``options``: ``nats.connect``'s."""
+    from busgate.bus import nats_tls_of, parse_url
+
+    return await nats.connect(parse_url(url)[1], tls=nats_tls_of(url), **options)
 
 
 class NatsBus(Bus):

@@ -55,7 +55,7 @@ def test_spans_round_trip_through_their_wire_form():
 
 def test_a_newer_node_may_add_fields():
     newer = msgspec.msgpack.encode(
-        (1, "s", "i", [("a" * 32, "b" * 16, "", "n", 2, 1, 2, {}, 0, "", [], [], "new")], "x")
+        (1, "s", "i", [("a" * 32, "b" * 16, "", "n", 2, 1, 2, {}, 0, "", [], [], "new")], [], "x")
     )
     (span,) = decode_batch(newer).spans
     assert span.name == "n"

@@ -142,6 +142,8 @@ def traced(request, otlp):
         "BUSGATE__TELEMETRY__OTLP_ENDPOINT": otlp.endpoint,
         "BUSGATE__CHANNELS__COUNTED__SYSTEM": "demo",
         "BUSGATE__CHANNELS__FOLLOWED__SYSTEM": "demo",
+        "BUSGATE__CHANNELS__HURRIED__SYSTEM": "demo",
+        "BUSGATE__CHANNELS__HURRIED__TIMEOUT": "0.5",
     }
     with dev_stack(request.param, env=env) as running:
         yield running
@@ -339,6 +341,89 @@ async def test_busgate_trace_prints_every_hop_within_the_total(traced, http):
     assert rows[0][3] == total
     # the same waterfall by trace id
     assert trace_cli(traced, trace_id)[0] == lines[0]
+
+
+async def test_the_adapter_spans_travel_in_its_reply_and_go_out_with_the_edge_ones(traced, http):
+    """One bus message per call: the adapter returns its spans in the Reply, and the edge
+    publishes them inside its own batch of the call (``bus.trace_export``)."""
+    from busgate.bus.spans import decode_batch
+    from busgate.bus.trace_export import read_call
+
+    async with http.post(f"{traced.url}/api/request/demo/echo", json={"a": 1}) as resp:
+        assert resp.status == 200
+        trace_id = resp.headers["X-Trace-Id"]
+    lines = await asyncio.to_thread(trace_cli, traced, trace_id)  # waits until complete
+    assert "incomplete" not in "\n".join(lines), lines
+    batches = [
+        decode_batch(data)
+        for data in await read_call(traced.parts["bus"], "busgate", trace_id=trace_id)
+    ]
+    assert {b.service for b in batches} == {"busgate-edge"}, (lines, batches)
+    carried = [inner for b in batches for inner in b.more]
+    assert [b.service for b in carried] == ["busgate-adapter"]
+    assert sorted(s.kind for s in carried[0].spans) == [CLIENT, CONSUMER]
+
+
+async def test_a_reply_too_late_for_its_edge_leaves_the_adapter_spans_on_the_bus(traced, http):
+    """The edge answers 504 at the deadline and drops the late reply; the adapter, seeing the
+    deadline at hand, publishes its spans itself rather than in that reply."""
+    async with http.post(f"{traced.url}/api/request/hurried/sleep", json={"ms": 1500}) as resp:
+        assert resp.status == 504
+        request_id = resp.headers["X-Request-Id"]
+    lines = await asyncio.to_thread(trace_cli, traced, request_id)
+    text = "\n".join(lines)
+    assert "incomplete" not in text and "no adapter span" not in text, lines
+    assert any(line.lstrip().startswith("adapter") for line in lines), lines
+
+
+async def test_a_bus_native_runner_call_is_a_span_in_the_trace(traced, otlp, http):
+    """The kit runner (``type = "bus"``, no adapter) continues the envelope's context: its
+    CONSUMER span is the PRODUCER's child, the saga gets its context, it goes out over
+    OTLP and onto the bus, and ``busgate trace`` shows the runner hop."""
+    async with http.post(f"{traced.url}/api/request/native/meta", json={}) as resp:
+        assert resp.status == 200
+        meta = await resp.json()
+        request_id, trace_id = resp.headers["X-Request-Id"], resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER))
+    producer, consumer = one(spans, PRODUCER), one(spans, CONSUMER)
+    assert consumer.parent_id == producer.span_id
+    assert consumer.service == "busgate-runner"
+    assert consumer.attributes["busgate.saga"] == "meta"
+    assert meta["traceparent"] == f"00-{trace_id}-{consumer.span_id}-01"
+    lines = await asyncio.to_thread(trace_cli, traced, request_id)
+    rows = [m.group(1) for line in lines[1:] if (m := _ROW.match(line))]
+    assert rows == ["edge", "bus", "runner", "bus"], lines
+    assert "saga meta" in "\n".join(lines) and "incomplete" not in "\n".join(lines)
+    # its span came back in the Reply: one message, published by the edge
+    from busgate.bus.spans import decode_batch
+    from busgate.bus.trace_export import read_call
+
+    found = await read_call(traced.parts["bus"], "busgate", trace_id=trace_id)
+    batches = [decode_batch(data) for data in found]
+    assert {b.service for b in batches} == {"busgate-edge"}
+    assert [inner.service for b in batches for inner in b.more] == ["busgate-runner"]
+
+
+async def test_a_failed_bus_native_saga_marks_its_span(traced, otlp, http):
+    async with http.post(f"{traced.url}/api/request/native/fail", json={"kind": "conflict"}) as r:
+        assert r.status == 409
+        trace_id = r.headers["X-Trace-Id"]
+    consumer = one(otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER)), CONSUMER)
+    assert consumer.span.status.code == Status.STATUS_CODE_ERROR
+    assert consumer.attributes["error.type"] == "conflict"
+
+
+async def test_a_bus_native_stream_is_a_span_in_the_trace(traced, otlp, http):
+    async with http.post(f"{traced.url}/api/stream/native/count", json={"to": 2}) as resp:
+        assert resp.status == 200
+        await resp.read()
+        trace_id = resp.headers["X-Trace-Id"]
+    spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER))
+    consumer = one(spans, CONSUMER)
+    assert consumer.parent_id == one(spans, PRODUCER).span_id
+    assert consumer.attributes["busgate.kind"] == "stream"
+    lines = await asyncio.to_thread(trace_cli, traced, trace_id)
+    assert "saga count" in "\n".join(lines) and "incomplete" not in "\n".join(lines), lines
 
 
 def edge_metrics(text: str) -> dict[str, list[Any]]:

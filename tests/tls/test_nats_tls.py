@@ -4,6 +4,7 @@ separate processes -- across it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -133,3 +134,85 @@ system = "demo"
         with urllib.request.urlopen(call, timeout=10) as resp:
             assert resp.status == 200
             assert json.load(resp) == {"over": "tls"}
+
+
+async def test_busgate_trace_reads_the_spans_of_a_tls_bus(nats_tls) -> None:
+    """``busgate trace ID --bus tls://…?ca=&cert=&key=`` connects with the URL's files, as the
+    nodes do (it used to pass the bare servers: a private CA failed the handshake)."""
+    from busgate.bus.spans import Kind, encode_batch
+    from busgate.bus.trace_export import NatsTraceSink
+
+    broker, files = nats_tls
+    url = tls_url(broker, **files)
+    bus = from_url(url, node="tracer")
+    await bus.connect()
+    try:
+        sink = NatsTraceSink(bus.nc, bus.names, max_age=60)  # type: ignore[attr-defined]
+        await sink.start()
+        trace_id, now = "ab" * 16, time.time_ns()
+        span = (trace_id, "cd" * 8, "", "POST /api/request/{channel}/{path}", Kind.SERVER,
+                now, now + 2_000_000, {"busgate.request_id": "tls-1", "url.path": "/api/x"},
+                0, "", (), ())  # fmt: skip
+        await sink.publish(trace_id, "tls-1", encode_batch("busgate-edge", "e1", [span]))
+        await bus.nc.flush()  # type: ignore[attr-defined]
+    finally:
+        await bus.close()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "busgate", "trace", "tls-1", "--bus", url, "--wait", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"trace {trace_id}  /api/x  ok  2.0 ms" in done.stdout
+
+
+async def test_busgate_tail_follows_a_tls_bus(nats_tls, monkeypatch) -> None:
+    from busgate import tail
+
+    broker, files = nats_tls
+    url = tls_url(broker, **files)
+    listening, got = asyncio.Event(), asyncio.Queue[dict]()
+    monkeypatch.setattr(tail, "_following", lambda *args, **kwargs: listening.set())
+    stop = asyncio.Event()
+    task = asyncio.create_task(tail.tail_nats(url, ["tls.tail.>"], stop, got.put_nowait))
+    try:
+        async with asyncio.timeout(30):
+            await listening.wait()
+        bus = from_url(url, node="publisher")
+        await bus.connect()
+        await bus.nc.publish("tls.tail.x", b'{"over": "tls"}')  # type: ignore[attr-defined]
+        await bus.close()
+        line = await asyncio.wait_for(got.get(), 10)
+        assert line["subject"] == "tls.tail.x"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_bus_native_runner_serves_over_a_tls_bus(nats_tls) -> None:
+    """The kit runner connects with the bus URL's CA and client certificate too."""
+    from nats.aio.client import Client
+
+    from busgate.bus.nats.transport import connect
+    from busgate.contracts.codec import decode, encode
+    from busgate.contracts.wire import Reply, Request
+    from busgate.runners.native import build
+
+    broker, files = nats_tls
+    url = tls_url(broker, **files)
+    runner = build("tlskit", bus=url, prefix="tlskit")
+    async with asyncio.timeout(30):
+        await runner.start()
+    nc: Client = await connect(url)
+    try:
+        sub = await nc.subscribe("tlskit.reply.test.1")
+        req = Request(id="1", system="tlskit", path="echo", body=b'{"a": 1}',
+                      reply_to="tlskit.reply.test.1", deadline=time.time() + 10)  # fmt: skip
+        await nc.publish("tlskit.req.tlskit", encode(req))
+        reply = decode((await sub.next_msg(timeout=10)).data)
+        assert isinstance(reply, Reply) and reply.status == 200 and reply.body == b'{"a":1}'
+    finally:
+        await nc.close()
+        await runner.stop(grace=1)

@@ -1,0 +1,97 @@
+"""The adapter's spans in its Reply (``Request.spans_in_reply``): carried when the edge can
+still take the reply, published by the adapter itself when the deadline is at hand, and
+marked ``reply_too_large`` when the answer did not fit. (Across real processes:
+tests/e2e/test_telemetry.py.)"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import pytest
+
+from busgate.adapters.observe import AdapterObserver
+from busgate.bus import trace_export
+from busgate.bus.base import Responder
+from busgate.bus.spans import Kind, decode_batch
+from busgate.contracts.codec import decode
+from busgate.contracts.wire import Reply, Request
+from tests.edge.memory_bus import MemoryBus
+from tests.edge.test_observe import MemorySink, with_telemetry
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def sink(monkeypatch) -> MemorySink:
+    memory = MemorySink()
+    monkeypatch.setattr(trace_export, "open_sink", lambda *a, **kw: memory)
+    return memory
+
+
+async def answered(sink: MemorySink, *, seconds_left: float, body: bytes = b"{}", limit: int = 0):
+    """Handle one traced request whose edge asks for the spans: (the Reply sent, the span
+    batches the adapter published itself)."""
+    bus = MemoryBus()
+    if limit:
+        bus.max_message = limit
+    observer = AdapterObserver(with_telemetry(sampling=1.0), node="a1")
+    await observer.start(bus, None)
+    req = Request(
+        id="r1",
+        system="demo",
+        path="echo",
+        traceparent=TRACEPARENT,
+        reply_to="elsewhere.r1",
+        deadline=time.time() + seconds_left,
+        spans_in_reply=True,
+    )
+
+    async def handler(req: Request, responder: Responder) -> None:
+        await responder.reply(Reply(id=req.id, body=body))
+
+    await observer.handle(handler, req, Responder(bus, req))
+    await observer.close()  # publishes what the adapter kept for the bus
+    (reply,) = [decode(data) for dest, data, _ in bus.sent if dest == "elsewhere.r1"]
+    return reply, [decode_batch(data) for _, _, data in sink.published]
+
+
+async def test_the_spans_travel_in_the_reply(sink):
+    reply, published = await answered(sink, seconds_left=10)
+    assert published == []
+    batch = decode_batch(reply.spans)
+    assert (batch.service, batch.instance) == ("busgate-adapter", "a1")
+    (consumer,) = batch.spans
+    assert consumer.kind == Kind.CONSUMER and consumer.parent_id == "00f067aa0ba902b7"
+
+
+async def test_near_the_deadline_the_adapter_publishes_them_itself(sink):
+    """Its reply may reach the edge after the edge gave up (and be dropped with the spans)."""
+    reply, published = await answered(sink, seconds_left=0.1)
+    assert reply.spans == b""
+    (batch,) = published
+    assert [s.kind for s in batch.spans] == [Kind.CONSUMER]
+
+
+async def test_a_reply_too_large_carries_spans_that_say_so(sink):
+    reply, published = await answered(sink, seconds_left=10, body=b"x" * 5000, limit=2000)
+    assert reply.error.code == "reply_too_large" and published == []
+    (consumer,) = decode_batch(reply.spans).spans
+    assert consumer.status == 2 and consumer.attributes["error.type"] == "reply_too_large"
+
+
+async def test_without_the_request_asking_the_adapter_publishes_them(sink):
+    """An older edge does not ask: the adapter exports its spans as before."""
+    bus = MemoryBus()
+    observer = AdapterObserver(with_telemetry(sampling=1.0), node="a1")
+    await observer.start(bus, None)
+    req = Request(id="r2", system="demo", traceparent=TRACEPARENT, reply_to="elsewhere.r2")
+
+    async def handler(req: Request, responder: Responder) -> None:
+        await responder.reply(Reply(id=req.id))
+
+    await observer.handle(handler, req, Responder(bus, req))
+    await observer.close()
+    (reply,) = [decode(data) for dest, data, _ in bus.sent if dest == "elsewhere.r2"]
+    assert reply.spans == b"" and len(sink.published) == 1
+    assert msgspec.msgpack.decode(sink.published[0][2])[1] == "busgate-adapter"
