@@ -194,9 +194,30 @@ class Store:
         await self.run(delete)
 
     async def begin(self, folder: str, name: str) -> Upload:
-        return await self.run(Upload, self, self.full(folder, name))
+        """The staged upload. A caller cancelled meanwhile (the client went away) never gets
+        it, so the staged file is discarded here once the pool has made it."""
+        made = asyncio.get_running_loop().run_in_executor(
+            self.pool, Upload, self, self.full(folder, name)
+        )
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            made.add_done_callback(_discard_when_made)
+            raise
+        except errors.BusgateError:
+            raise
+        except Exception as exc:
+            raise _unavailable(exc) from None
 
     async def open_read(self, path: str) -> Any:
         return await self.run(
             lambda: self.fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
         )
+
+
+def _discard_when_made(made: asyncio.Future[Upload]) -> None:
+    if made.cancelled() or made.exception() is not None:
+        return
+    upload = made.result()
+    with contextlib.suppress(RuntimeError):  # the pool is shut down: the edge is stopping
+        upload.store.pool.submit(upload.discard)

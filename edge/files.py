@@ -23,6 +23,7 @@ service (``[services.NAME]``), streamed both ways through the store (``edge.file
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import mimetypes
@@ -65,6 +66,26 @@ def user_folder(subject: str) -> str:
     if len(quoted) <= 150:
         return f"u-{quoted}"
     return "h-" + hashlib.sha256(subject.encode()).hexdigest()
+
+
+MULTIPART_ERRORS = (ValueError, AssertionError, LookupError)
+"""What aiohttp's multipart reader raises on a form that does not parse (a missing or wrong
+boundary, a part without headers, a bad ``Content-Disposition``): the client's fault, a 400."""
+
+
+def bad_form(exc: BaseException) -> errors.BadRequest:
+    return errors.BadRequest(f"the multipart form does not parse ({type(exc).__name__})")
+
+
+async def read_part(part: BodyPartReader, size: int) -> bytes:
+    """A chunk of the file part; a form that breaks off or turns malformed midway is a 400."""
+    try:
+        chunk = await part.read_chunk(size)
+    except MULTIPART_ERRORS as exc:
+        raise bad_form(exc) from None
+    if not chunk and not part.at_eof():  # the body ended before the part's boundary
+        raise errors.BadRequest("the multipart form ends inside the file part (no boundary)")
+    return chunk
 
 
 def checked_name(name: str, raw: str = "") -> str:
@@ -182,7 +203,7 @@ class FileApi:
                 raise too_large(limit)
             part = await self.file_part(request)
             name = checked_name(given or part.filename or "", raw)
-            read = part.read_chunk
+            read = functools.partial(read_part, part)
         else:
             name = checked_name(given, raw)
             if request.content_length is not None and request.content_length > limit:
@@ -218,14 +239,17 @@ class FileApi:
 
     @staticmethod
     async def file_part(request: web.Request) -> BodyPartReader:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                raise errors.BadRequest("the multipart form has no file part")
-            if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
-                return part
-            await part.release()
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise errors.BadRequest("the multipart form has no file part")
+                if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
+                    return part
+                await part.release()
+        except MULTIPART_ERRORS as exc:
+            raise bad_form(exc) from None
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         _, store, folder = await self.caller(request)
