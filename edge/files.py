@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
@@ -68,7 +69,7 @@ def user_folder(subject: str) -> str:
     return "h-" + hashlib.sha256(subject.encode()).hexdigest()
 
 
-MULTIPART_ERRORS = (ValueError, AssertionError, LookupError)
+MULTIPART_ERRORS = (ValueError, AssertionError, LookupError, HttpProcessingError)
 """What aiohttp's multipart reader raises on a form that does not parse (a missing or wrong
 boundary, a part without headers, a bad ``Content-Disposition``): the client's fault, a 400."""
 

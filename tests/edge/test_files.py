@@ -215,8 +215,12 @@ async def test_bad_names_are_400_in_the_query_and_the_form(files, name):
         b'--B\r\nContent-Disposition: form-data; name="\xc2\xa1"\r\n\r\n-2.2e-309\r\n--B--\r\n',
         b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc',
         b"--B\r\n\r\n\r\n--B--\r\n",  # a part without headers
+        # schemathesis' two (a header line with a control byte; a body before any part)
+        b'--B\r\nContent-Disposition: form-data; name="\x01\xf1\xb3\xbd\x837"\r\n'
+        b"\r\n{}\r\n--B--\r\n",
+        b"--B\r\n-1045--B--\r\n",
     ],
-    ids=["no-boundary", "no-file-part", "cut-off", "no-headers"],
+    ids=["no-boundary", "no-file-part", "cut-off", "no-headers", "control-byte", "no-blank-line"],
 )
 async def test_a_malformed_multipart_form_is_400_and_stores_nothing(files, body: bytes):
     """Found by schemathesis: a form aiohttp's reader cannot parse answered 500."""
