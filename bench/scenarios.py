@@ -14,8 +14,8 @@ import functools
 import hashlib
 import hmac
 import json
-import secrets
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -215,9 +215,7 @@ def floor_command(env: Env, bus_url: str) -> Stack:
     )
 
 
-def busgate_command(
-    env: Env, bus_url: str, name: str = "busgate-nats-command"
-) -> Stack | Pending:
+def busgate_command(env: Env, bus_url: str, name: str = "busgate-nats-command") -> Stack | Pending:
     """``POST /api/command/orders/create`` through ``busgate edge``: 202 once JetStream has
     the command. Only the edge runs (no adapter consumes), as no consumer runs beside the
     floor: both measure the acked publish, and the stream keeps what they published."""
@@ -531,19 +529,28 @@ def busgate_rsocket(env: Env, bus_url: str) -> Stack | Pending:
 
 
 BASELINE = os.environ.get("BENCH_BASELINE", "")
-"""Another tree's ``busgate`` console script (e.g. ``/work/old/.venv/bin/busgate``): adds
-``baseline-busgate-nats`` and ``baseline-busgate-nats-command``, the same scenarios run by
-that tree, against the same floors in the same run -- an A/B of a change under the noise of
-a shared machine. Its console script, not ``python -m busgate``: the processes start in this
-tree, whose ``busgate/`` would shadow the other's on ``sys.path``."""
+"""Another tree's ``busgate`` console script (e.g. ``/work/old/.venv/bin/busgate``, an
+editable install): adds ``baseline-busgate-nats`` and ``baseline-busgate-nats-command``, the
+same scenarios run by that tree, against the same floors in the same run -- an A/B of a
+change under the noise of a shared machine. Its console script, not ``python -m busgate``
+(the processes start in this tree, whose ``busgate/`` would shadow the other's), with
+``PYTHONPATH`` set to that tree (``BENCH_BASELINE_ROOT``, by default two levels above the
+script: ``.venv/bin/..``), not this one's as for every other process."""
+BASELINE_ROOT = os.environ.get("BENCH_BASELINE_ROOT", "") or (
+    str(Path(BASELINE).absolute().parents[2]) if BASELINE else ""
+)
 
 
 def baseline(build: Builder) -> Builder:
-    """``build`` with the baseline tree's CLI (``build`` names the stack its own way, so
-    the two stacks' prefixes keep them apart on the broker)."""
+    """``build`` with the baseline tree's CLI and modules (``build`` names the stack its own
+    way, so the two stacks' prefixes keep them apart on the broker)."""
 
     def built(env: Env, bus_url: str) -> Stack | Pending:
-        return build(dataclasses.replace(env, busgate=[BASELINE]), bus_url)
+        stack = build(dataclasses.replace(env, busgate=[BASELINE]), bus_url)
+        if isinstance(stack, Stack):
+            for spec in stack.processes:
+                spec.env = {**spec.env, "PYTHONPATH": BASELINE_ROOT}
+        return stack
 
     return built
 
