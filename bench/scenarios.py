@@ -548,8 +548,10 @@ def baseline(build: Builder) -> Builder:
     def built(env: Env, bus_url: str) -> Stack | Pending:
         stack = build(dataclasses.replace(env, busgate=[BASELINE]), bus_url)
         if isinstance(stack, Stack):
-            for spec in stack.processes:
-                spec.env = {**spec.env, "PYTHONPATH": BASELINE_ROOT}
+            stack.processes = [
+                dataclasses.replace(spec, env={**spec.env, "PYTHONPATH": BASELINE_ROOT})
+                for spec in stack.processes
+            ]
         return stack
 
     return built
