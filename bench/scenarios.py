@@ -14,6 +14,7 @@ import functools
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -214,11 +215,10 @@ def floor_command(env: Env, bus_url: str) -> Stack:
     )
 
 
-def busgate_command(env: Env, bus_url: str) -> Stack | Pending:
+def busgate_command(env: Env, bus_url: str, name: str = "busgate-nats-command") -> Stack | Pending:
     """``POST /api/command/orders/create`` through ``busgate edge``: 202 once JetStream has
     the command. Only the edge runs (no adapter consumes), as no consumer runs beside the
     floor: both measure the acked publish, and the stream keeps what they published."""
-    name = "busgate-nats-command"
     if env.busgate is None or not has_command(env.busgate, "edge"):
         return Pending("busgate CLI (busgate edge) is not in this tree yet")
     edge = free_port()
@@ -528,6 +528,35 @@ def busgate_rsocket(env: Env, bus_url: str) -> Stack | Pending:
     )
 
 
+BASELINE = os.environ.get("BENCH_BASELINE", "")
+"""Another tree's ``busgate`` console script (e.g. ``/work/old/.venv/bin/busgate``, an
+editable install): adds ``baseline-busgate-nats`` and ``baseline-busgate-nats-command``, the
+same scenarios run by that tree, against the same floors in the same run -- an A/B of a
+change under the noise of a shared machine. Its console script, not ``python -m busgate``
+(the processes start in this tree, whose ``busgate/`` would shadow the other's), with
+``PYTHONPATH`` set to that tree (``BENCH_BASELINE_ROOT``, by default two levels above the
+script: ``.venv/bin/..``), not this one's as for every other process."""
+BASELINE_ROOT = os.environ.get("BENCH_BASELINE_ROOT", "") or (
+    str(Path(BASELINE).absolute().parents[2]) if BASELINE else ""
+)
+
+
+def baseline(build: Builder) -> Builder:
+    """``build`` with the baseline tree's CLI and modules (``build`` names the stack its own
+    way, so the two stacks' prefixes keep them apart on the broker)."""
+
+    def built(env: Env, bus_url: str) -> Stack | Pending:
+        stack = build(dataclasses.replace(env, busgate=[BASELINE]), bus_url)
+        if isinstance(stack, Stack):
+            stack.processes = [
+                dataclasses.replace(spec, env={**spec.env, "PYTHONPATH": BASELINE_ROOT})
+                for spec in stack.processes
+            ]
+        return stack
+
+    return built
+
+
 # The telemetry scenarios' ratio is to ``busgate-nats``, not to the floor: what they measure
 # is what telemetry costs the same gateway (issue 10: traced ≥ 0.9x, 0 % sampling ≥ 0.98x).
 STACKS: dict[str, Scenario] = {
@@ -590,6 +619,26 @@ STACKS: dict[str, Scenario] = {
         Scenario("floor-kafka", "kafka", floor),
         Scenario("busgate-kafka", "kafka", _busgate("busgate-kafka"), floor="floor-kafka"),
         Scenario("busgate-rsocket", "nats", busgate_rsocket, floor="floor-nats"),
+        *(
+            (
+                Scenario(
+                    "baseline-busgate-nats",
+                    "nats",
+                    baseline(_busgate("baseline-busgate-nats")),
+                    floor="floor-nats",
+                ),
+                Scenario(
+                    "baseline-busgate-nats-command",
+                    "nats",
+                    baseline(
+                        functools.partial(busgate_command, name="baseline-busgate-nats-command")
+                    ),
+                    floor="floor-nats-command",
+                ),
+            )
+            if BASELINE
+            else ()
+        ),
     )
 }
 """Scenarios that run under load; ``latency`` and ``sse-idle`` are measured on them."""

@@ -61,12 +61,14 @@ class Credits:
 
     def __init__(self, initial: int) -> None:
         self.limit: int | None = initial if initial > 0 else None
-        self._more = asyncio.Event()
+        self._more: asyncio.Event | None = None
+        """Made by the first ``wait`` that has to wait (most requests never do)."""
 
     def grant(self, limit: int) -> None:
         if self.limit is not None and limit > self.limit:
             self.limit = limit
-            self._more.set()
+            if self._more is not None:
+                self._more.set()
 
     def allows(self, seq: int) -> bool:
         return self.limit is None or seq <= self.limit
@@ -76,6 +78,8 @@ class Credits:
         while not self.allows(seq):
             if cancelled.is_set():
                 return False
+            if self._more is None:
+                self._more = asyncio.Event()
             self._more.clear()
             waiters = [asyncio.ensure_future(self._more.wait())]
             waiters.append(asyncio.ensure_future(cancelled.wait()))

@@ -46,7 +46,7 @@ from busgate.edge.caller import identify, require, www_authenticate
 from busgate.edge.envelope import origin_of, read_body
 from busgate.edge.idempotency import HEADER as IDEMPOTENCY_KEY
 from busgate.edge.idempotency import fingerprint
-from busgate.edge.observe import publishing
+from busgate.edge.observe import publishing, traced
 from busgate.edge.responses import JSON
 
 log = logging.getLogger("busgate.edge.commands")
@@ -126,6 +126,9 @@ class CommandApi:
         # Only a keyed call is compared with an earlier one (a SHA-256 of the body, else wasted).
         asked = fingerprint("command", path, body) if IDEMPOTENCY_KEY in request.headers else ""
 
+        if not asked:  # no key: nothing to claim, and two coroutine frames fewer per call
+            return await self._publish(request, path, body, identity, None)
+
         async def publish(slot: str | None) -> web.Response:
             return await self._publish(request, path, body, identity, slot)
 
@@ -169,17 +172,24 @@ class CommandApi:
             origin=origin_of(request),
         )
         bus = request.app[keys.BUS]
-        system = command.system
-        with publishing(
-            request,
-            self.bus_kind,
-            bus.names.command(system),
-            command.id,
-            {"busgate.kind": "command", "busgate.system": system, "busgate.command_id": command.id},
-        ) as traceparent:  # the adapter's execution links to it
-            if traceparent != command.traceparent:
-                command = msgspec.structs.replace(command, traceparent=traceparent)
+        if not traced(request):
             await publish_command(bus, command, msg_id=slot)
+        else:
+            system = command.system
+            with publishing(
+                request,
+                self.bus_kind,
+                bus.names.command(system),
+                command.id,
+                {
+                    "busgate.kind": "command",
+                    "busgate.system": system,
+                    "busgate.command_id": command.id,
+                },
+            ) as traceparent:  # the adapter's execution links to it
+                if traceparent != command.traceparent:
+                    command = msgspec.structs.replace(command, traceparent=traceparent)
+                await publish_command(bus, command, msg_id=slot)
         if self.records_accepted:
             await self._accepted(command)
         return web.Response(

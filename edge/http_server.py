@@ -106,6 +106,15 @@ class EdgeRequestHandler(RequestHandler):
             # costs no timer (call_later + cancel, ~3 µs a call).
             self._arm_head()
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """Only what was paused is resumed. aiohttp's payload reader calls this after every
+        chunk it hands out, paused or not, and the base class then feeds the parser an empty
+        read through ``data_received``: for a body read in one go (the usual call) that is
+        work for nothing, 1-2 µs per request of a 2-core box's edge. While reading is not
+        paused, the parser holds nothing back that an empty read would release."""
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
+
     def _arm_head(self) -> None:
         if self.timeouts.header > 0:
             self._head_timer = self._loop.call_later(self.timeouts.header, self._head_late)

@@ -215,6 +215,14 @@ class EdgeCalls:
                 span.end()
 
 
+def traced(request: web.Request) -> bool:
+    """Whether this call is traced: without, :func:`publishing` would only yield the call's
+    ``traceparent``, and a caller on the hot path skips entering it (a generator-based
+    context manager costs a few µs per call)."""
+    tracing = request.app.get(TRACING)
+    return tracing is not None and tr.is_sampled(request[keys.TRACEPARENT])
+
+
 @contextlib.contextmanager
 def publishing(
     request: web.Request,

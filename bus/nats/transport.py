@@ -13,10 +13,13 @@ correlation here is built on, for one ``subscribe`` call per system.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import ssl
+import time
 from typing import Any
 
+import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -28,11 +31,11 @@ from nats.errors import (
     OutboundBufferLimitError,
 )
 from nats.js.api import StorageType, StreamConfig
-from nats.js.client import JetStreamContext
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError
 
 from busgate.bus import limits
 from busgate.bus.base import Bus
+from busgate.bus.nats import wire
 from busgate.bus.security import BusTls, context_for
 from busgate.contracts.errors import BusUnavailable, MessageTooLarge, NoResponders
 
@@ -40,6 +43,27 @@ log = logging.getLogger("busgate.bus.nats")
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+ACK_TIMEOUT = 5.0
+"""Seconds a command publish waits for JetStream's ack (nats-py's JetStream default)."""
+_ACK_SWEEP = 0.25
+"""Seconds between checks for acks overdue (one timer for all publishes, not one each)."""
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int | None = None
+    description: str | None = None
+
+
+class _PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: the ack, or an error (other fields ignored)."""
+
+    stream: str = ""
+    seq: int = 0
+    error: _ApiError | None = None
+
+
+_pub_ack = msgspec.json.Decoder(_PubAck)
 
 
 async def connect(url: str, **options: Any) -> Client:
@@ -79,7 +103,13 @@ class NatsBus(Bus):
         self._request_subs: list[Subscription] = []
         self._reply_prefix = f"{self.names.reply(node)}."
         self._stream_ready = False
-        self._js: JetStreamContext | None = None
+        self._ack_prefix = ""
+        """``_INBOX.<nuid>.``: acks of command publishes come back under it (one wildcard
+        subscription); a publish's token (a counter) follows it."""
+        self._acks: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        """Publishes waiting for their ack, in publishing order (= deadline order)."""
+        self._ack_tokens = itertools.count()
+        self._ack_sweep: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -107,6 +137,7 @@ class NatsBus(Bus):
                 # before the drop waits in the client's buffer: answer 503 now, not at the
                 # deadline.
                 self.pending.close(BusUnavailable("the NATS connection dropped; try again"))
+                self._fail_acks(BusUnavailable("the NATS connection dropped; try again"))
 
         async def on_reconnect() -> None:
             log.info("nats: reconnected to %s", self.nc.connected_url)
@@ -194,7 +225,7 @@ class NatsBus(Bus):
                 f"{len(data)} bytes is more than the {limit} bytes the bus carries per message"
             )
         try:
-            await self.nc.publish(dest, data, reply=reply, headers=headers or None)
+            await wire.publish(self.nc, dest, data, reply, headers)
         except MaxPayloadError:
             raise MessageTooLarge(f"{len(data)} bytes is more than the bus carries") from None
         except (ConnectionClosedError, OutboundBufferLimitError) as exc:
@@ -223,6 +254,15 @@ class NatsBus(Bus):
     async def publish_command(
         self, name: str, data: bytes, headers: dict[str, str] | None = None
     ) -> None:
+        """JetStream's ``publish``, made here: the message goes out with its header block
+        pre-built (``bus.nats.wire``), its ack comes back on one wildcard inbox and resolves
+        a future, and one timer checks all publishes for an overdue ack. nats-py's
+        ``js.publish`` does per call: a NUID and ``token_hex`` for the inbox, the header
+        encoding, ``asyncio.wait_for`` (a timer and a waiter future), ``json.loads`` and a
+        ``PubAck`` built through ``dataclasses.fields``: 26 µs of the edge's command (py-spy,
+        64 in flight), 11 µs more than the floor's ``js.publish`` of a bare body. The
+        guarantee is the same: return only once the stream acknowledged; BusUnavailable
+        when it did not (no stream, no ack in time, connection lost)."""
         if not self.nc.is_connected:
             raise BusUnavailable("the NATS connection is down; try again shortly")
         if len(data) > self.max_message:
@@ -230,22 +270,73 @@ class NatsBus(Bus):
         try:
             if not self._stream_ready:
                 await self.ensure_command_stream()
-            if self._js is None:  # one context, as nats-py means it (each builds parsers, locks)
-                self._js = self.nc.jetstream()
-            await self._js.publish(self.names.command(name), data, headers=headers)
-        except (
-            NoStreamResponseError,
-            ServiceUnavailableError,
-            nats.errors.TimeoutError,
-            ConnectionClosedError,
-            ConnectionReconnectingError,
-        ) as exc:
-            raise BusUnavailable(f"JetStream did not acknowledge: {type(exc).__name__}") from None
+            if not self._ack_prefix:
+                await self._listen_acks()
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusUnavailable(f"JetStream is not reachable: {type(exc).__name__}") from None
+        token = str(next(self._ack_tokens))
+        ack: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._acks[token] = (ack, time.monotonic() + ACK_TIMEOUT)
+        if self._ack_sweep is None:
+            self._ack_sweep = asyncio.get_running_loop().call_later(_ACK_SWEEP, self._sweep_acks)
+        try:
+            await wire.publish(
+                self.nc, self.names.command(name), data, self._ack_prefix + token, headers or {}
+            )
+            msg = await ack
+        except (ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError) as e:
+            raise BusUnavailable(f"JetStream did not acknowledge: {type(e).__name__}") from None
+        finally:
+            self._acks.pop(token, None)
+        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            raise BusUnavailable("JetStream did not acknowledge: no stream takes the command")
+        answer = _pub_ack.decode(msg.data)
+        if (error := answer.error) is not None:
+            if error.code == 503:
+                raise BusUnavailable(f"JetStream did not acknowledge: {error.description}")
+            raise APIError(code=error.code, err_code=error.err_code, description=error.description)
+
+    async def _listen_acks(self) -> None:
+        prefix = self.nc.new_inbox() + "."
+        self._subs.append(await self.nc.subscribe(prefix + "*", cb=self._ack_msg))
+        self._ack_prefix = prefix
+
+    async def _ack_msg(self, msg: Msg) -> None:
+        entry = self._acks.pop(msg.subject[len(self._ack_prefix) :], None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(msg)
+
+    def _sweep_acks(self) -> None:
+        """Fail the publishes whose ack is overdue (the oldest first: they are in order)."""
+        self._ack_sweep = None
+        acks, now = self._acks, time.monotonic()
+        while acks:
+            token = next(iter(acks))
+            ack, deadline = acks[token]
+            if deadline > now:
+                break
+            del acks[token]
+            if not ack.done():
+                ack.set_exception(BusUnavailable("JetStream did not acknowledge in time"))
+        if acks:
+            self._ack_sweep = asyncio.get_running_loop().call_later(_ACK_SWEEP, self._sweep_acks)
+
+    def _fail_acks(self, error: Exception) -> None:
+        acks, self._acks = self._acks, {}
+        for ack, _ in acks.values():
+            if not ack.done():
+                ack.set_exception(error)
 
     async def _close_transport(self) -> None:
-        if self.nc.is_closed:
-            return
         try:
-            await asyncio.wait_for(self.nc.drain(), 5)
-        except (TimeoutError, ConnectionClosedError, ConnectionReconnectingError):
-            await self.nc.close()
+            if self.nc.is_closed:
+                return
+            try:  # the drain still delivers acks already on their way
+                await asyncio.wait_for(self.nc.drain(), 5)
+            except (TimeoutError, ConnectionClosedError, ConnectionReconnectingError):
+                await self.nc.close()
+        finally:
+            if self._ack_sweep is not None:
+                self._ack_sweep.cancel()
+                self._ack_sweep = None
+            self._fail_acks(BusUnavailable("the bus is closing"))
