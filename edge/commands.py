@@ -44,6 +44,7 @@ from busgate.edge import keys
 from busgate.edge.access import ChannelAccess
 from busgate.edge.caller import identify, require, www_authenticate
 from busgate.edge.envelope import origin_of, read_body
+from busgate.edge.headers import checked
 from busgate.edge.idempotency import HEADER as IDEMPOTENCY_KEY
 from busgate.edge.idempotency import fingerprint
 from busgate.edge.observe import publishing, traced
@@ -158,7 +159,7 @@ class CommandApi:
     ) -> web.Response:
         gateway = self.config.gateway
         forwarded = {
-            name: value
+            name: checked(name, value)
             for name in gateway.forward_headers
             if (value := request.headers.get(name)) is not None
         }

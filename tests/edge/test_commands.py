@@ -119,6 +119,21 @@ async def test_bad_command_paths_are_400(edges):
     assert resp.status == 400
 
 
+async def test_stray_bytes_in_a_forwarded_header_are_400_and_publish_nothing(edges):
+    """``Accept`` is forwarded to the runner inside the command: bytes that are not UTF-8
+    broke the envelope's encoder (a 500) before; now 400 as on ``/api/request``."""
+    from tests.raw_http import exchange, request
+
+    before = await published(edges[0])
+    lines = (b"Accept: \xff\xfe\xc3(", b"Content-Type: application/json")
+    answer = await exchange(
+        edges[0].port, request("POST", "/api/command/orders/create", *lines, body=b"{}")
+    )
+    assert answer.status == 400, answer.body
+    assert "accept" in msgspec.json.decode(answer.body)["error"]["message"]
+    assert await published(edges[0]) == before
+
+
 async def test_broker_down_is_503_never_202(edges, broker):
     broker.stop()
     try:
