@@ -1,0 +1,44 @@
+"""The real parts every test package shares, each started once per session (per xdist
+worker): one nats-server, one Tansu broker and the sample RPC runner as its own process.
+
+Tests that share them keep out of each other's way by a prefix of their own (streams,
+subjects, topics) and by their own request ids on the runner's ``/calls`` log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from busgate.brokers import NatsServer, TansuBroker, free_port, wait_for_port
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[TansuBroker]:
+    with TansuBroker() as broker:
+        yield broker  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def runner_url() -> Iterator[str]:
+    """The sample RPC runner (``busgate runner rpc``) on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
