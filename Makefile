@@ -23,8 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p busgate
 
+# Two workers (xdist); each test module stays on one worker (loadscope), so a module's stack
+# starts once. Session fixtures (brokers, the runner) start once per worker.
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # Headless Chromium for the browser test of /api/stream (Debian's package; needs root).
 browser:
