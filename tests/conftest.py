@@ -42,3 +42,11 @@ def runner_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that start processes (marked ``e2e``: 20-120 s each) run first. Under
+    xdist (``make test``: loadscope, no reorder) the long modules are then shared out
+    first and the quick ones fill in, instead of a worker left alone with a long module
+    at the end; the sort is stable, so each module keeps its order."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
