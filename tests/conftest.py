@@ -50,3 +50,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first and the quick ones fill in, instead of a worker left alone with a long module
     at the end; the sort is stable, so each module keeps its order."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Captured output as valid UTF-8: a test that sends stray header bytes gets them logged
+    as lone surrogates (``surrogateescape``), which xdist cannot send from its worker (an
+    INTERNALERROR that ends the run); they are kept as ``\\udcff`` escapes instead."""
+    report: pytest.TestReport = yield
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, text in report.sections
+    ]
+    return report
