@@ -23,8 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p busgate
 
+# Two workers (xdist); each test module stays on one worker (loadscope), so a module's stack
+# starts once. Session fixtures (brokers, the runner) start once per worker. Modules go out
+# in collection order, the long e2e ones first (tests/conftest.py), not by test count.
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # Headless Chromium for the browser test of /api/stream (Debian's package; needs root).
 browser:

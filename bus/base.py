@@ -558,16 +558,20 @@ class Bus(abc.ABC):
         self._handler = handler
         self._served = tuple(systems)
         self._capacity = capacity
-        for system in self._served:
-            await self._listen_requests(system)
+        await self._listen_all(self._served)
         await self.announce()
+
+    async def _listen_all(self, systems: tuple[str, ...]) -> None:
+        """Start listening for every system at once: on Kafka each is a consumer group
+        whose join takes the broker's rebalance delay (about 3 s on Tansu); one after the
+        other, an adapter of four systems took 12 s to start, together 3 s."""
+        await asyncio.gather(*(self._listen_requests(system) for system in systems))
 
     async def serve_more(self, systems: Iterable[str]) -> None:
         """Also take requests for ``systems`` (a config refresh added them), with the
         handler given to ``serve``."""
         new = tuple(s for s in systems if s not in self._served)
-        for system in new:
-            await self._listen_requests(system)
+        await self._listen_all(new)
         self._served = (*self._served, *new)
         if new:
             await self.announce(self._ttl)

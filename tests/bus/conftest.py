@@ -1,8 +1,8 @@
 """Real brokers and buses for the transport contract tests.
 
-One NATS server and one Tansu broker per session, and per transport one edge bus and two
-adapter buses serving the same system (one queue / consumer group): a Kafka group join takes
-seconds, so the adapters join once and every contract test shares them. ``world`` is
+On the session's NATS server and Tansu broker (``tests/conftest.py``), per transport one edge
+bus and two adapter buses serving the same system (one queue / consumer group): a Kafka group
+join takes seconds, so the adapters join once and every contract test shares them. ``world`` is
 parametrized over the transports, so each contract test runs on both.
 """
 
@@ -13,13 +13,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
 
-from busgate.brokers import Broker, NatsServer, TansuBroker
+from busgate.brokers import Broker
 from busgate.bus import Bus, Responder, from_url
 from busgate.bus.base import Handler
 from busgate.contracts.errors import UpstreamError
@@ -31,18 +31,6 @@ TRANSPORTS = [
     pytest.param("nats", marks=pytest.mark.nats, id="nats"),
     pytest.param("kafka", marks=pytest.mark.kafka, id="kafka"),
 ]
-
-
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def tansu_broker() -> Iterator[TansuBroker]:
-    with TansuBroker() as broker:
-        yield broker
 
 
 async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import msgspec
 import pytest
@@ -46,6 +47,12 @@ def test_a_runner_documents_what_it_consumes() -> None:
 
 def test_cli_writes_the_document(tmp_path) -> None:
     out = tmp_path / "asyncapi.json"
-    assert main(["asyncapi", "-o", str(out)]) == 0
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        assert main(["asyncapi", "-o", str(out)]) == 0
+    finally:  # main() sets up logging for its own process: not for the tests after this one
+        root.handlers[:] = handlers
+        root.setLevel(level)
     doc = json.loads(out.read_text())
     assert {"busgate.req.demo", "busgate.req.native", "busgate.control"} <= set(doc["channels"])

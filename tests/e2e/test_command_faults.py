@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from busgate.brokers import NatsServer, free_port, wait_for_port
+from busgate.brokers import Broker, NatsServer, free_port, wait_for_port
 from busgate.cli import DEV_CONFIG
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +97,25 @@ async def adapters_ready(http: aiohttp.ClientSession, procs: Procs, count: int) 
     raise AssertionError(f"{count} adapters not ready")
 
 
+async def command_group_stable(broker: Broker, members: int, within: float = 30) -> None:
+    """Until the adapters' command group (``busgate.adapter.demo.cmd``) has ``members``
+    members and is Stable: each holds its partitions (a join takes seconds on Kafka)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"{broker.host}:{broker.port}")
+    await admin.start()
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                (described,) = await admin.describe_consumer_groups(["busgate.adapter.demo.cmd"])
+                _, _, state, _, _, joined = described.groups[0]
+                if state == "Stable" and len(joined) == members:
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
 async def issue(http: aiohttp.ClientSession, procs: Procs, payload: dict) -> str | None:
     """The command id of a 202, None for a 503 (never anything else)."""
     try:
@@ -154,8 +173,8 @@ async def test_sigkill_of_a_command_adapter_loses_no_command(transport, request)
         victim, _ = procs.start(adapters=2)
         async with aiohttp.ClientSession() as http:
             await adapters_ready(http, procs, 2)
-            if transport == "kafka":
-                await asyncio.sleep(8)  # both command consumers in the group (a join is ~5 s)
+            if transport == "kafka":  # both command consumers in the group, partitions given
+                await command_group_stable(broker, members=2)
             accepted = await steady(
                 http,
                 procs,

@@ -218,8 +218,12 @@ async def test_error_detail_levels(shaped, http):
     ) as resp:
         assert resp.status == 502
         assert await resp.read() == b""
-    # The edge and adapter logs keep the detail.
-    assert any("answered 500" in line for line in shaped.output)
+    # The edge and adapter logs keep the detail (their lines reach us a little later than
+    # the answer: awaited).
+    logged = await asyncio.to_thread(
+        shaped.wait_for_output, lambda out: any("answered 500" in line for line in out)
+    )
+    assert logged
     # A stream's error event too (the saga's third step fails).
     url = f"{shaped.url}/api/request/shaped/count?to=5&wait=0&fail_at=3"
     async with http.get(url.replace("/request/", "/stream/")) as resp:

@@ -4,7 +4,7 @@ the memory bus, and key pairs written to files."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from busgate.brokers import TansuBroker
 from busgate.bus.base import Responder
 from busgate.bus.sessions import Session, Sessions, SubjectEnd
 from busgate.bus.store import MemoryBackend, Store
@@ -194,14 +193,8 @@ STORES = [
 @pytest.fixture(name="session_store")
 def session_store_fixture() -> str:
     """Where the sessions live: process memory; a test module may define its own
-    ``session_store`` parametrized over ``STORES`` (and import ``tansu_fixture`` for Kafka)."""
+    ``session_store`` parametrized over ``STORES`` (Kafka uses the session's ``tansu_broker``)."""
     return "memory"
-
-
-@pytest.fixture(name="tansu", scope="session")
-def tansu_fixture() -> Iterator[TansuBroker]:
-    with TansuBroker() as broker:
-        yield broker
 
 
 class SessionNodes:
@@ -232,7 +225,7 @@ class SessionNodes:
                 for kind, t in (("sessions", Session), ("subjects", SubjectEnd))
             ]
         else:
-            broker = self.request.getfixturevalue("tansu")
+            broker = self.request.getfixturevalue("tansu_broker")
             servers = f"{broker.host}:{broker.port}"
             stores = [
                 KafkaStore(servers, kind, t, prefix=self.prefix, max_age=max_age)

@@ -10,7 +10,7 @@ from busgate.contracts.config import Config, parse
 from busgate.contracts.wire import Reply, Request
 from busgate.edge.app import create_app
 from tests.edge.memory_bus import MemoryBus
-from tests.edge.stream_stack import edge_server, nats_server, runner_url, stream_stack  # noqa: F401
+from tests.edge.stream_stack import edge_server, stream_stack  # noqa: F401
 
 Handler = Callable[[Request, Responder], object]
 

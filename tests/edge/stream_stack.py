@@ -1,13 +1,13 @@
-"""Real parts for the stream tests: a nats-server, the sample runner as its own process and an
-adapter on the bus whose handler the tests can watch (started once per session)."""
+"""Real parts for the stream tests: on the session's nats-server and sample runner
+(``tests/conftest.py``), an adapter whose handler the tests can watch (started once per
+session, under a prefix of its own on the shared server)."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
+import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,17 +15,23 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from busgate.adapters.service import AdapterService
-from busgate.brokers import NatsServer, free_port, wait_for_port
+from busgate.brokers import NatsServer
 from busgate.bus.base import Responder
 from busgate.contracts.config import Config, parse
 from busgate.contracts.wire import Request
 from busgate.edge.app import create_app
 
 
-def stream_config(nats: str, runner: str, **gateway: Any) -> Config:
+def stream_config(nats: str, runner: str, prefix: str, **gateway: Any) -> Config:
     return parse(
         {
-            "gateway": {"id": "st", "bus": nats, "return_ids": "always", **gateway},
+            "gateway": {
+                "id": "st",
+                "bus": nats,
+                "prefix": prefix,
+                "return_ids": "always",
+                **gateway,
+            },
             "systems": {
                 "demo": {"type": "rpc", "base_url": f"{runner}/api/demo", "timeout": 5.0},
                 "idle": {"type": "rpc", "base_url": f"{runner}/api/idle", "timeout": 5.0},
@@ -58,13 +64,14 @@ class Watched:
 
 
 class Stack:
-    def __init__(self, nats: str, runner: str, watched: Watched) -> None:
+    def __init__(self, nats: str, runner: str, prefix: str, watched: Watched) -> None:
         self.nats = nats
         self.runner = runner
+        self.prefix = prefix
         self.watched = watched
 
     def config(self, **gateway: Any) -> Config:
-        return stream_config(self.nats, self.runner, **gateway)
+        return stream_config(self.nats, self.runner, self.prefix, **gateway)
 
     async def calls(self, request_id: str) -> list[dict[str, Any]]:
         """What the runner received for ``request_id``, oldest first."""
@@ -77,36 +84,15 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
-        yield server  # type: ignore[misc]
-
-
-@pytest.fixture(scope="session")
-def runner_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@pytest.fixture(scope="session")
 async def stream_stack(nats_server: NatsServer, runner_url: str) -> AsyncIterator[Stack]:
     """An adapter serving ``demo`` (not ``idle``) over the real NATS, the runner behind it."""
     watched = Watched()
-    service = AdapterService(stream_config(nats_server.url, runner_url), ["demo"])
+    prefix = f"st{uuid.uuid4().hex[:8]}"
+    service = AdapterService(stream_config(nats_server.url, runner_url, prefix), ["demo"])
     service.handle = watched.wrap(service.handle)  # type: ignore[method-assign]
     await service.start()
     try:
-        yield Stack(nats_server.url, runner_url, watched)
+        yield Stack(nats_server.url, runner_url, prefix, watched)
     finally:
         await service.stop()
 

@@ -13,13 +13,12 @@ import jwt
 import msgspec
 import pytest
 
-from tests.edge.auth_support import (  # noqa: F401  (secured_fixture, tansu_fixture: fixtures)
+from tests.edge.auth_support import (  # noqa: F401  (secured_fixture: fixtures)
     PASSWORD,
     SECRET,
     STORES,
     auth_config,
     secured_fixture,
-    tansu_fixture,
 )
 
 LOGIN = "/api/auth/login/auth/password"

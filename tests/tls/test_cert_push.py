@@ -23,7 +23,6 @@ from busgate.contracts.config import load
 from busgate.edge.app import create_app
 from busgate.edge.http_server import runner_for
 from busgate.edge.tls_server import ServerCerts, rotating
-from tests.bus.conftest import nats_server  # noqa: F401
 from tests.tls.certs import write_ca, write_leaf
 
 pytestmark = [pytest.mark.nats]
@@ -69,7 +68,7 @@ def fingerprint(path: str) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
-async def test_pushed_certificate_reaches_every_edge(nats_server, tmp_path: Path) -> None:  # noqa: F811
+async def test_pushed_certificate_reaches_every_edge(nats_server, tmp_path: Path) -> None:
     ca = trustme.CA()
     cafile = write_ca(ca, tmp_path, "ca")
     first = write_leaf(ca.issue_cert("127.0.0.1"), tmp_path, "first")

@@ -1,0 +1,65 @@
+"""The real parts every test package shares, each started once per session (per xdist
+worker): one nats-server, one Tansu broker and the sample RPC runner as its own process.
+
+Tests that share them keep out of each other's way by a prefix of their own (streams,
+subjects, topics) and by their own request ids on the runner's ``/calls`` log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from busgate.brokers import NatsServer, TansuBroker, free_port, wait_for_port
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[TansuBroker]:
+    with TansuBroker() as broker:
+        yield broker  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def runner_url() -> Iterator[str]:
+    """The sample RPC runner (``busgate runner rpc``) on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that start processes (marked ``e2e``: 20-120 s each) run first. Under
+    xdist (``make test``: loadscope, no reorder) the long modules are then shared out
+    first and the quick ones fill in, instead of a worker left alone with a long module
+    at the end; the sort is stable, so each module keeps its order."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Captured output as valid UTF-8: a test that sends stray header bytes gets them logged
+    as lone surrogates (``surrogateescape``), which xdist cannot send from its worker (an
+    INTERNALERROR that ends the run); they are kept as ``\\udcff`` escapes instead."""
+    report: pytest.TestReport = yield
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, text in report.sections
+    ]
+    return report
