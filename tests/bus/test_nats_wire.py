@@ -118,3 +118,33 @@ async def test_acks_are_matched_to_their_publish(bus: NatsBus) -> None:
     for name in names[::10]:
         stored = await js.get_last_msg(bus.command_stream, bus.names.command(name))
         assert stored.data == name.encode()
+
+
+async def test_publish_many_sends_each_message_on_its_subject_in_order(bus: NatsBus) -> None:
+    """A span flush's messages go out in one write: each must still arrive whole, on its own
+    subject (``busgate trace`` finds a call by it), and one over the server's limit is
+    skipped and counted, not sent and not fatal to the rest."""
+    base = f"{bus.names.prefix}.many.{uuid.uuid4().hex}"
+    got: list[Msg] = []
+    all_in = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        got.append(msg)
+        if len(got) == 3:
+            all_in.set()
+
+    await bus.nc.subscribe(base + ".>", cb=on_msg)
+    await bus.nc.flush()
+    messages = [
+        (f"{base}.a.1", b"first"),
+        (f"{base}.b.2", b"x" * (bus.nc.max_payload + 1)),
+        (f"{base}.c.3", b""),
+        (f"{base}.d.4", b"\r\nPUB not.a.command 1\r\n"),
+    ]
+    assert await wire.publish_many(bus.nc, messages) == 1
+    await asyncio.wait_for(all_in.wait(), 10)
+    assert [(m.subject, m.data) for m in got] == [
+        (f"{base}.a.1", b"first"),
+        (f"{base}.c.3", b""),
+        (f"{base}.d.4", b"\r\nPUB not.a.command 1\r\n"),
+    ]
