@@ -10,11 +10,8 @@ shared context); a real Kafka broker's SSL listener is not exercised.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +25,8 @@ from busgate.bus import from_url
 from busgate.contracts.errors import BusUnavailable
 from busgate.runners.native import build
 from tests.bus.conftest import eventually, make_request
+from tests.tls.bus_stack import echo_across_processes
 from tests.tls.certs import write_ca, write_leaf
-from tests.tls.test_nats_tls import processes
 
 pytestmark = [pytest.mark.kafka]
 
@@ -93,48 +90,7 @@ async def test_an_untrusted_server_or_a_missing_client_cert_is_refused(ssl_kafka
 def test_request_path_over_kafka_ssl(ssl_kafka, tmp_path: Path) -> None:
     """Runner, adapter and edge as separate processes; the adapter and the edge reach each
     other only through Kafka over SSL (requests, replies, presence, stores)."""
-    runner, edge = free_port(), free_port()
-    config = tmp_path / "busgate.toml"
-    config.write_text(
-        f"""
-[gateway]
-id = "kafkatls"
-bus = "{ssl_kafka.url(**ssl_kafka.files)}"
-listen = "127.0.0.1:{edge}"
-
-[systems.demo]
-type = "rpc"
-base_url = "http://127.0.0.1:{runner}/api/demo"
-
-[channels.demo]
-system = "demo"
-"""
-    )
-    env = {**os.environ, "BUSGATE__TELEMETRY__SAMPLING": "0"}
-    with processes(
-        env,
-        ["runner", "rpc", "--listen", f"127.0.0.1:{runner}"],
-        ["adapter", "--config", str(config)],
-        ["edge", "--config", str(config)],
-    ) as procs:
-        wait_for_port("127.0.0.1", edge, 60, procs[2])
-        end = time.monotonic() + 60
-        while True:  # until the edge sees the adapter (presence over the SSL bus)
-            with urllib.request.urlopen(f"http://127.0.0.1:{edge}/readyz", timeout=2) as resp:
-                if json.load(resp).get("systems", {}).get("demo"):
-                    break
-            assert time.monotonic() < end, "the adapter never showed up over Kafka SSL"
-            assert all(p.poll() is None for p in procs)
-            time.sleep(0.2)
-        call = urllib.request.Request(
-            f"http://127.0.0.1:{edge}/api/request/demo/echo",
-            data=b'{"over": "kafka+ssl"}',
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(call, timeout=20) as resp:
-            assert resp.status == 200
-            assert json.load(resp) == {"over": "kafka+ssl"}
+    echo_across_processes(ssl_kafka.url(**ssl_kafka.files), tmp_path, "kafka+ssl", timeout=60)
 
 
 async def test_a_bus_native_runner_over_kafka_ssl(ssl_kafka) -> None:

@@ -5,13 +5,9 @@ separate processes -- across it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -19,8 +15,9 @@ from urllib.parse import quote
 import pytest
 import trustme
 
-from busgate.brokers import NatsServer, die_with_parent, free_port, wait_for_port
+from busgate.brokers import NatsServer
 from busgate.bus import from_url
+from tests.tls.bus_stack import echo_across_processes
 from tests.tls.certs import write_ca, write_leaf
 
 pytestmark = [pytest.mark.nats]
@@ -68,72 +65,9 @@ async def test_a_client_without_a_certificate_is_refused(nats_tls) -> None:
     await bus.close()
 
 
-@contextlib.contextmanager
-def processes(env: dict[str, str], *commands: list[str]) -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    try:
-        for args in commands:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "busgate", *args], env=env, preexec_fn=die_with_parent()
-                )
-            )
-        yield procs
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def test_request_path_over_nats_tls(nats_tls, tmp_path: Path) -> None:
     broker, files = nats_tls
-    runner, edge = free_port(), free_port()
-    config = tmp_path / "busgate.toml"
-    config.write_text(
-        f"""
-[gateway]
-id = "tlsedge"
-bus = "{tls_url(broker, **files)}"
-listen = "127.0.0.1:{edge}"
-
-[systems.demo]
-type = "rpc"
-base_url = "http://127.0.0.1:{runner}/api/demo"
-
-[channels.demo]
-system = "demo"
-"""
-    )
-    env = {**os.environ, "BUSGATE__TELEMETRY__SAMPLING": "0"}
-    with processes(
-        env,
-        ["runner", "rpc", "--listen", f"127.0.0.1:{runner}"],
-        ["adapter", "--config", str(config)],
-        ["edge", "--config", str(config)],
-    ) as procs:
-        wait_for_port("127.0.0.1", edge, 30, procs[2])
-        end = time.monotonic() + 30
-        while True:  # until the edge sees the adapter (presence over the TLS bus)
-            with urllib.request.urlopen(f"http://127.0.0.1:{edge}/readyz", timeout=2) as resp:
-                if json.load(resp).get("systems", {}).get("demo"):
-                    break
-            assert time.monotonic() < end, "the adapter never showed up over the TLS bus"
-            assert all(p.poll() is None for p in procs)
-            time.sleep(0.1)
-        call = urllib.request.Request(
-            f"http://127.0.0.1:{edge}/api/request/demo/echo",
-            data=b'{"over": "tls"}',
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(call, timeout=10) as resp:
-            assert resp.status == 200
-            assert json.load(resp) == {"over": "tls"}
+    echo_across_processes(tls_url(broker, **files), tmp_path, "tls", timeout=30)
 
 
 async def test_busgate_trace_reads_the_spans_of_a_tls_bus(nats_tls) -> None:
