@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import aiohttp
 from yarl import URL
 
 from busgate.bus.base import Bus
-from busgate.bus.schemas import MAX_DOCUMENT, StoredSchema, schemas
+from busgate.bus.schemas import MAX_DOCUMENT, BadDocument, StoredSchema, document_of, schemas
 from busgate.bus.store import Store
 from busgate.contracts.config import Config, RpcSystem
 
@@ -51,11 +50,9 @@ def checked(data: bytes) -> bytes:
     if len(data) > MAX_DOCUMENT:
         raise SchemaError(f"larger than {MAX_DOCUMENT} bytes")
     try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise SchemaError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("paths"), dict):
-        raise SchemaError("not an OpenAPI document (a JSON object with paths)")
+        document_of(data)
+    except BadDocument as exc:
+        raise SchemaError(str(exc)) from None
     return data
 
 

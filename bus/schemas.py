@@ -6,7 +6,8 @@ the store is where they do."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -18,6 +19,22 @@ if TYPE_CHECKING:
 KIND = "schemas"
 MAX_DOCUMENT = 1 << 20
 """Largest contributed document, bytes: a bigger one is not shared (an adapter logs it)."""
+
+
+class BadDocument(ValueError):
+    """A contributed document that is not an OpenAPI document."""
+
+
+def document_of(data: bytes) -> dict[str, Any]:
+    """The JSON object of a contributed document (the adapter checks before it shares, the
+    edge again before it merges: the store may hold what an older adapter put there)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise BadDocument(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("paths"), dict):
+        raise BadDocument("not an OpenAPI document (a JSON object with paths)")
+    return doc
 
 
 class StoredSchema(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

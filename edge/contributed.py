@@ -20,7 +20,6 @@ line; it never breaks ``/api/openapi.json``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from busgate.bus.schemas import BadDocument, document_of
 from busgate.contracts.config import Channel, Config, ErrorDetail, RpcSystem
 from busgate.contracts.paths import refusal
 from busgate.edge.access import ChannelAccess, Need
@@ -52,11 +52,9 @@ class Contribution:
     def __init__(self, system: str, data: bytes) -> None:
         self.system = system
         try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise Refused(f"not JSON: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("paths"), dict):
-            raise Refused("not an OpenAPI document (a JSON object with paths)")
+            doc = document_of(data)
+        except BadDocument as exc:
+            raise Refused(str(exc)) from None
         components = doc.get("components", {})
         found = components.get("schemas", {}) if isinstance(components, dict) else None
         if not isinstance(found, dict):
