@@ -6,13 +6,12 @@ subjects, topics) and by their own request ids on the runner's ``/calls`` log.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from busgate.brokers import NatsServer, TansuBroker, free_port, wait_for_port
+from busgate.brokers import NatsServer, TansuBroker
+from tests.stack import runner_process
 
 
 @pytest.fixture(scope="session")
@@ -30,18 +29,8 @@ def tansu_broker() -> Iterator[TansuBroker]:
 @pytest.fixture(scope="session")
 def runner_url() -> Iterator[str]:
     """The sample RPC runner (``busgate runner rpc``) on a free port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, 30, proc)  # type: ignore[arg-type]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with runner_process() as (url, _):
+        yield url
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from busgate.brokers import free_port
+from busgate.brokers import free_port, wait_for_port
 
 _READY = re.compile(r"busgate dev ready: (\S+)")
 _PART = re.compile(r"busgate dev: (\w+)\s+(\S+)")
@@ -101,3 +102,53 @@ def dev_stack(
         reader.join(5)
         if proc.stdout is not None:
             proc.stdout.close()  # else its pipe is left to the garbage collector (ResourceWarning)
+
+
+async def start_tail(
+    what: str, env: dict[str, str], wait: float = 30
+) -> asyncio.subprocess.Process:
+    """``busgate tail WHAT`` on the dev config as its own process, returned once it follows
+    (its stderr says so): from then on, what is published is printed."""
+    from busgate.cli import DEV_CONFIG
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "busgate",
+        "tail",
+        what,
+        "--config",
+        str(DEV_CONFIG),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        while b"busgate tail: following" not in (
+            line := await asyncio.wait_for(proc.stderr.readline(), wait)
+        ):
+            assert line, "busgate tail ended before it followed anything"
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def runner_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A sample RPC runner as its own process: (base URL of its root, process)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(15)

@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from busgate.adapters.service import AdapterService
 from busgate.contracts.config import parse
-from busgate.edge.app import create_app
 from busgate.edge.formats import to_csv, to_text
+from tests.control.conftest import edge_and_adapter
 
 ROWS = [{"id": 1, "name": "a,b"}, {"id": 2, "tags": ["x"], "name": "<c>"}]
 
@@ -29,13 +28,8 @@ async def edge(nats_server: Any, runner_url: str) -> AsyncIterator[TestServer]:
             "channels": {"demo": {"system": "demo"}},
         }
     )
-    adapter = AdapterService(config)
-    await adapter.start()
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
-    await adapter.stop()
+    async with edge_and_adapter(config) as server:
+        yield server
 
 
 async def call(edge: TestServer, accept: str | None, body: Any = ROWS, path: str = "echo") -> Any:

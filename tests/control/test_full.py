@@ -13,10 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from busgate.adapters.service import AdapterService
 from busgate.contracts.config import Token, parse
-from busgate.edge.app import create_app
 from busgate.edge.tokens import TokenService
+from tests.control.conftest import edge_and_adapter
 
 SECRET = "f" * 64
 KEY = "renderer-key-" + "q" * 40
@@ -39,13 +38,8 @@ async def edge(nats_server: Any, runner_url: str) -> AsyncIterator[TestServer]:
             "channels": {"secure": {"system": "demo", "auth": "main"}},
         }
     )
-    adapter = AdapterService(config)
-    await adapter.start()
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
-    await adapter.stop()
+    async with edge_and_adapter(config) as server:
+        yield server
 
 
 SUPPLIED = {

@@ -20,7 +20,7 @@ import pytest
 from busgate.brokers import free_port
 from busgate.cli import DEV_CONFIG
 from tests.e2e.test_commands import runner_calls, until_status
-from tests.stack import DevStack, dev_stack
+from tests.stack import DevStack, dev_stack, start_tail
 
 pytestmark = pytest.mark.e2e
 
@@ -93,26 +93,8 @@ async def tail(stack: DevStack) -> AsyncIterator[Any]:
     started: list[Tail] = []
 
     async def start(what: str) -> Tail:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "busgate",
-            "tail",
-            what,
-            "--config",
-            str(DEV_CONFIG),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=cli_env(stack),
-        )
-        running = Tail(proc)
+        running = Tail(await start_tail(what, cli_env(stack), LINE_WAIT))
         started.append(running)
-        assert proc.stderr is not None
-        # Await its "following" line: from then on, what is published is printed.
-        while b"busgate tail: following" not in (
-            line := await asyncio.wait_for(proc.stderr.readline(), LINE_WAIT)
-        ):
-            assert line, "busgate tail ended before it followed anything"
         return running
 
     yield start

@@ -11,10 +11,8 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import nats
@@ -23,11 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.aio.msg import Msg
 
-from busgate.brokers import free_port, wait_for_port
-from busgate.cli import DEV_CONFIG
 from busgate.contracts.codec import decode
 from busgate.contracts.wire import AuditEvent, CallLog
-from tests.stack import dev_stack
+from tests.stack import dev_stack, runner_process, start_tail
 
 pytestmark = pytest.mark.e2e
 
@@ -35,24 +31,6 @@ PASSWORD = secrets.token_urlsafe(12)
 SECRET = secrets.token_urlsafe(48)
 CLIENT_SECRET = secrets.token_urlsafe(24)
 TOKEN_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-
-
-@contextlib.contextmanager
-def runner_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A sample RPC runner as its own process: (base URL of its root, process)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, 30, proc)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(15)
 
 
 class TokenIssuer:
@@ -341,24 +319,8 @@ async def test_audit_events_on_the_bus_without_tokens_or_passwords(shaped, http)
 @contextlib.asynccontextmanager
 async def tail_process(stack, what: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """``busgate tail WHAT`` as its own process, following (its stderr said so)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "busgate",
-        "tail",
-        what,
-        "--config",
-        str(DEV_CONFIG),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "BUSGATE__GATEWAY__BUS": stack.parts["bus"]},
-    )
-    assert proc.stdout is not None and proc.stderr is not None
+    proc = await start_tail(what, {**os.environ, "BUSGATE__GATEWAY__BUS": stack.parts["bus"]})
     try:
-        while b"busgate tail: following" not in (
-            line := await asyncio.wait_for(proc.stderr.readline(), 30)
-        ):
-            assert line, "busgate tail ended before it followed anything"
         yield proc
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 20) == 0

@@ -5,6 +5,7 @@ sent to two edge nodes at once publishes one command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -40,16 +41,23 @@ def config_for(broker: Broker, prefix: str) -> Config:
     )
 
 
-@pytest.fixture
-async def edges(broker: Broker) -> AsyncIterator[list[TestClient]]:
-    """Two edge nodes on one bus (a fresh prefix: nothing left from other tests)."""
-    config = config_for(broker, f"t{uuid.uuid4().hex[:8]}")
+@contextlib.asynccontextmanager
+async def two_edges(config: Config) -> AsyncIterator[list[TestClient]]:
     clients = [TestClient(TestServer(create_app(config))) for _ in range(2)]
     for client in clients:
         await client.start_server()
-    yield clients
-    for client in clients:
-        await client.close()
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()
+
+
+@pytest.fixture
+async def edges(broker: Broker) -> AsyncIterator[list[TestClient]]:
+    """Two edge nodes on one bus (a fresh prefix: nothing left from other tests)."""
+    async with two_edges(config_for(broker, f"t{uuid.uuid4().hex[:8]}")) as clients:
+        yield clients
 
 
 async def published(client: TestClient) -> int:
@@ -223,13 +231,8 @@ def keyed_config(broker: Broker, prefix: str) -> Config:
 
 @pytest.fixture
 async def keyed_edges(broker: Broker) -> AsyncIterator[list[TestClient]]:
-    config = keyed_config(broker, f"t{uuid.uuid4().hex[:8]}")
-    clients = [TestClient(TestServer(create_app(config))) for _ in range(2)]
-    for client in clients:
-        await client.start_server()
-    yield clients
-    for client in clients:
-        await client.close()
+    async with two_edges(keyed_config(broker, f"t{uuid.uuid4().hex[:8]}")) as clients:
+        yield clients
 
 
 def as_key(key: str) -> dict[str, str]:
