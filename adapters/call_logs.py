@@ -5,20 +5,17 @@ take is counted and warned about (rate-limited), never the call's failure."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 import time
 from typing import Any
 
 from busgate.bus.base import Bus
 from busgate.bus.headers import KIND, REQUEST_ID
+from busgate.bus.outbox import Outbox
 from busgate.contracts.codec import encode
 from busgate.contracts.config import Config, SystemLog
 from busgate.contracts.redaction import redacted
 from busgate.contracts.wire import CallLog, Reply, Request
-
-log = logging.getLogger("busgate.adapter.log")
 
 
 class CallLogs:
@@ -26,9 +23,7 @@ class CallLogs:
         self.bus = bus
         self.systems: dict[str, SystemLog] = {}
         self.configure(config)
-        self.lost = 0
-        self._warned = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.outbox = Outbox("call logs")
 
     def configure(self, config: Config) -> None:
         """Log what ``config`` says from the next call on (at start, and on a refresh)."""
@@ -87,20 +82,7 @@ class CallLogs:
 
     def _publish(self, dest: str, event: CallLog) -> None:
         headers = {REQUEST_ID: event.request_id, KIND: "calllog"}
-        task = asyncio.ensure_future(self._send(dest, encode(event), headers))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, dest: str, data: bytes, headers: dict[str, str]) -> None:
-        try:
-            await self.bus.publish_event(dest, data, headers)
-        except Exception as exc:
-            self.lost += 1
-            now = time.monotonic()
-            if now - self._warned > 10:
-                self._warned = now
-                log.warning("call logs lost (%d so far): %s", self.lost, exc)
+        self.outbox.send(self.bus, dest, encode(event), headers)
 
     async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.outbox.drain()

@@ -11,15 +11,14 @@ take is counted and logged (rate-limited), never the caller's failure.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from busgate.bus import headers as hdr
+from busgate.bus.outbox import Outbox
 from busgate.contracts import errors
 from busgate.contracts.codec import encode, json_encode
 from busgate.contracts.config import Config
@@ -28,8 +27,6 @@ from busgate.contracts.wire import AuditEvent
 from busgate.edge import keys
 from busgate.edge.headers import readable
 from busgate.edge.path_table import PathTable
-
-log = logging.getLogger("busgate.edge.audit")
 
 MAX_BODY = 16 * 1024
 """Bytes of a body an audit event keeps (``audit_body``); the rest is cut."""
@@ -58,9 +55,7 @@ class Audit:
             )
             if table:
                 self.channels[name] = table
-        self.failed = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._last_warning = 0.0
+        self.outbox = Outbox("audit events")
 
     def __bool__(self) -> bool:
         return bool(self.channels)
@@ -144,24 +139,11 @@ class Audit:
         bus = request.app[keys.BUS]
         dest = bus.audit_address(channel)
         headers = {hdr.REQUEST_ID: event.request_id, hdr.KIND: "audit"}
-        task = asyncio.ensure_future(self._send(bus.publish_event(dest, encode(event), headers)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, sending: Any) -> None:
-        try:
-            await sending
-        except Exception as exc:
-            self.failed += 1
-            now = time.monotonic()
-            if now - self._last_warning > 10:
-                self._last_warning = now
-                log.warning("audit events lost (%d so far): %s", self.failed, exc)
+        self.outbox.send(bus, dest, encode(event), headers)
 
     async def drain(self, app: web.Application) -> None:
         """On shutdown: the events of the last calls still go out, before the bus closes."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.outbox.drain()
 
 
 def install(app: web.Application, config: Config) -> None:
