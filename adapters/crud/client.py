@@ -80,13 +80,9 @@ class CrudClient(RpcClient):
                 }
                 return resp.status, passed, payload
         except TimeoutError:
-            raise errors.DeadlineExceeded(
-                f"runner of system {self.name!r} did not answer within {timeout:.3g} s"
-            ) from None
+            raise self._too_slow(timeout) from None
         except aiohttp.ClientError as exc:
-            raise errors.UpstreamUnreachable(
-                f"runner of system {self.name!r} is unreachable: {type(exc).__name__}"
-            ) from None
+            raise self._unreachable(exc) from None
 
     async def _saga_step(self, req: Request, parameters: dict[str, Any], budget: float) -> SagaStep:
         """One page of a list, as a saga step whose cursor is the next offset."""

@@ -221,9 +221,7 @@ class RpcClient:
                         passed["set-cookie"] = "\n".join(resp.headers.getall("set-cookie"))
                     return resp.status, passed, payload
             except TimeoutError:
-                raise errors.DeadlineExceeded(
-                    f"runner of system {self.name!r} did not answer within {timeout:.3g} s"
-                ) from None
+                raise self._too_slow(timeout) from None
             except aiohttp.ClientError as exc:
                 if balancer is None or runner is None:
                     raise self._unreachable(exc) from None
@@ -237,6 +235,11 @@ class RpcClient:
                     raise self._unreachable(exc) from None
                 runner = balancer.pick(skip=runner)
                 timeout = self._remaining(req)
+
+    def _too_slow(self, timeout: float) -> errors.DeadlineExceeded:
+        return errors.DeadlineExceeded(
+            f"runner of system {self.name!r} did not answer within {timeout:.3g} s"
+        )
 
     def _unreachable(self, exc: Exception) -> errors.UpstreamUnreachable:
         return errors.UpstreamUnreachable(
