@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,8 +35,37 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+_PORTS_FROM = 10000
+_given: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing is bound to, for a server started next. Taken below the kernel's
+    ephemeral range: a port from that range (what ``bind(0)`` gives) may become the local
+    port of some outgoing connection before the server binds it -- under load (parallel
+    test workers, many Kafka clients) that happened, and the server failed with "address
+    already in use". Never the same port twice in one process."""
+    high = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(_PORTS_FROM, high)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    with socket.socket() as s:  # the range is crowded: the kernel's choice, as before
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

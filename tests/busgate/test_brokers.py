@@ -1,0 +1,28 @@
+"""``free_port``: the port a test server (or ``busgate dev``) binds next."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from busgate import brokers
+from busgate.brokers import _ephemeral_low, free_port
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_repeated() -> None:
+    """A port from the kernel's ephemeral range can be taken by an outgoing connection
+    before the server binds it (two xdist workers, many Kafka clients: "address already in
+    use" in CI); below that range only another server can take it."""
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port < _ephemeral_low() for port in ports)
+
+
+def test_a_port_something_listens_on_is_never_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        taken = listening.getsockname()[1]
+        given = free_port()
+        tries = iter([taken, taken, given + 1])  # given + 1: free, or skipped for the next
+        monkeypatch.setattr(brokers.random, "randrange", lambda *_: next(tries, given + 2))
+        assert free_port() not in (taken, given)
