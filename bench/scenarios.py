@@ -577,6 +577,15 @@ STACKS: dict[str, Scenario] = {
             floor="busgate-nats",
         ),
         Scenario(
+            "busgate-nats-traced-noexport",
+            "nats",
+            _busgate(
+                "busgate-nats-traced-noexport",
+                tables="[telemetry]\nsampling = 1.0\nbus_export = false\n",
+            ),
+            floor="busgate-nats",
+        ),
+        Scenario(
             "busgate-nats-metrics",
             "nats",
             _busgate("busgate-nats-metrics", tables=METRICS_TABLES),
@@ -626,6 +635,12 @@ STACKS: dict[str, Scenario] = {
                     "nats",
                     baseline(_busgate("baseline-busgate-nats")),
                     floor="floor-nats",
+                ),
+                Scenario(
+                    "baseline-busgate-nats-traced",
+                    "nats",
+                    baseline(_busgate("baseline-busgate-nats-traced", tables=TRACED_TABLES)),
+                    floor="busgate-nats",
                 ),
                 Scenario(
                     "baseline-busgate-nats-command",
