@@ -1,20 +1,24 @@
 """Finished spans on the bus itself, so ``busgate trace`` needs no tracing backend.
 
-Every node batches its finished spans (:class:`BusSpanProcessor`) and publishes them grouped
-by call: one :class:`~busgate.bus.spans.SpanBatch` (msgpack, ``bus.spans``) per trace id and
-request id. The node that answers a request (adapter, bus-native runner) returns its spans
-in the Reply when the edge asks for them, and the edge's batch carries them (``more``): one
-message per call rather than one per node (see :class:`BusSpanProcessor`). Not OTLP
+Every node batches its finished spans (:class:`BusSpanProcessor`) and publishes them a few
+messages per flush: the calls of a flush are sorted into :data:`BUCKETS` x :data:`BUCKETS`
+buckets by their trace id and request id (:func:`bucket`), and each bucket's spans go out as
+one :class:`~busgate.bus.spans.SpanBatch` (msgpack, ``bus.spans``), the batches other nodes
+returned in their Replies inside it (``more``). One message per call was what the export
+cost most: nats-server storing it, and the edge building and writing it (bench, December
+2026: traced calls at 0.76-0.80x of untraced ones with a message per call). Not OTLP
 protobuf: OpenTelemetry's encoder took 57-80 µs a span here, on the event loop, against
-about 1 µs for msgpack; the OTLP export (``bus.otlp``) encodes in a thread, and only when
-an endpoint is configured.
+about 1 µs for msgpack; the OTLP export (``bus.otlp``) encodes in a thread, and only when an
+endpoint is configured.
 
-- NATS: subject ``PREFIX.trace.TRACE_ID.REQUEST_ID``, captured by a JetStream stream over
-  ``PREFIX.trace.>`` that keeps ``bus_max_age`` seconds (at most :data:`MAX_BYTES`, oldest
-  dropped first). A call is read back by filtering on either token.
-- Kafka: topic ``PREFIX.trace`` keyed by trace id (``retention.ms`` = ``bus_max_age``), the
-  request id in a header. Its own producer, lingering :data:`KAFKA_LINGER_MS`, so span batches
-  never delay the request path's sends.
+- NATS: subject ``PREFIX.trace.T.R`` (T: the trace id's bucket, R: the request id's),
+  captured by a JetStream stream over ``PREFIX.trace.>`` that keeps ``bus_max_age`` seconds
+  (at most :data:`MAX_BYTES`, oldest dropped first). A call is read back by filtering on
+  its trace id's bucket (``PREFIX.trace.T.*``) or its request id's (``PREFIX.trace.*.R``):
+  an eighth of the stream, whose messages are searched for the id before they are decoded.
+- Kafka: topic ``PREFIX.trace`` keyed by the trace id's bucket (``retention.ms`` =
+  ``bus_max_age``), so a trace is read from one partition. Its own producer, lingering
+  :data:`KAFKA_LINGER_MS`, so span batches never delay the request path's sends.
 
 The processor runs on the event loop (no exporter thread): spans end on the loop, a timer
 flushes every :data:`FLUSH_DELAY` seconds, and publishing is what the bus does anyway.
@@ -26,13 +30,12 @@ import abc
 import asyncio
 import contextlib
 import logging
-import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from busgate.bus import kafka_client_of, parse_url
 from busgate.bus.base import Bus
-from busgate.bus.headers import REQUEST_ID as REQUEST_ID_HEADER
 from busgate.bus.naming import Names
 from busgate.bus.spans import ATTRIBUTES, TRACE_ID, Row, encode_batch
 from busgate.bus.tracing import REQUEST_ID
@@ -44,35 +47,54 @@ FLUSH_DELAY = 0.2
 MAX_BATCH = 2048
 MAX_BYTES = 512 * 1024 * 1024
 """Size limit of the NATS trace stream: a fully sampled busy gateway fills 1 h quickly."""
+MAX_MESSAGE = 256 * 1024
+"""Bytes of one span message at most (less when the bus carries less): a bucket's spans
+beyond it are split over several messages."""
 KAFKA_LINGER_MS = 50
-_SUBJECT_UNSAFE = re.compile(r"[^A-Za-z0-9_:\-]")
+BUCKETS = 8
+"""Buckets per id: a flush makes at most ``BUCKETS ** 2`` messages, and a read searches
+``1 / BUCKETS`` of what is kept."""
+_TRACE_BUCKET = {c: int(c, 16) % BUCKETS for c in "0123456789abcdef"}
 
 
 def stream_name(prefix: str) -> str:
     return f"{prefix}_trace".replace(".", "_").upper()
 
 
-def token(request_id: str) -> str:
-    """A request id as one subject token (edge ids already are; others are made so)."""
-    return _SUBJECT_UNSAFE.sub("_", request_id)[:128] or "-"
+def trace_bucket(trace_id: str) -> str:
+    """From the trace id's last hex digit (W3C: its random part is on the right)."""
+    return str(_TRACE_BUCKET.get(trace_id[-1:], 0))
+
+
+def request_bucket(request_id: str) -> str:
+    """A hash every node computes alike (``hash()`` of a str differs between processes)."""
+    return str(zlib.crc32(request_id.encode()) % BUCKETS)
+
+
+def bucket(trace_id: str, request_id: str) -> str:
+    """Where a call's spans go: ``T.R``, the two-token tail of its NATS subject."""
+    return f"{trace_bucket(trace_id)}.{request_bucket(request_id)}"
 
 
 class TraceSink(abc.ABC):
-    """Where a node publishes its span batches."""
+    """Where a node publishes its span batches, each to a :func:`bucket`."""
+
+    max_message: int = MAX_MESSAGE
+    """The largest span message this sink sends."""
 
     async def start(self) -> None:  # noqa: B027 - optional
         """Create what the bus needs (stream, topic)."""
 
     @abc.abstractmethod
-    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None: ...
+    async def publish(self, bucket: str, data: bytes) -> None: ...
 
-    async def publish_many(self, batches: list[tuple[str, str, bytes]]) -> int:
-        """Each (trace id, request id, batch) as :meth:`publish` sends it; returns how many
-        were lost (logged once by the caller)."""
+    async def publish_many(self, batches: list[tuple[str, bytes]]) -> int:
+        """Each (bucket, batch) as :meth:`publish` sends it; returns how many were lost
+        (logged once by the caller)."""
         lost = 0
-        for trace_id, request_id, data in batches:
+        for key, data in batches:
             try:
-                await self.publish(trace_id, request_id, data)
+                await self.publish(key, data)
             except Exception as exc:
                 if not lost:
                     log.warning("spans not exported to the bus: %r", exc)
@@ -88,6 +110,7 @@ class NatsTraceSink(TraceSink):
         self.nc = nc
         self.names = names
         self.max_age = max_age
+        self.max_message = min(MAX_MESSAGE, max(nc.max_payload - 1024, 1024))
 
     async def start(self) -> None:
         import nats.js.errors
@@ -105,23 +128,16 @@ class NatsTraceSink(TraceSink):
         except nats.js.errors.BadRequestError:
             await js.update_stream(config)
 
-    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None:
+    async def publish(self, bucket: str, data: bytes) -> None:
         # A core publish: the stream captures it, and no acknowledgement is awaited.
-        await self.nc.publish(self.names.trace(trace_id, token(request_id)), data)
+        await self.nc.publish(f"{self.names.trace()}.{bucket}", data)
 
-    async def publish_many(self, batches: list[tuple[str, str, bytes]]) -> int:
-        """All of a flush's messages in one write to the connection's buffer (``wire``):
-        ``nc.publish`` per call's batch was most of what the export cost the edge's loop."""
+    async def publish_many(self, batches: list[tuple[str, bytes]]) -> int:
+        """All of a flush's messages in one write to the connection's buffer (``wire``)."""
         from busgate.bus.nats import wire
 
         trace = self.names.trace()
-        return await wire.publish_many(
-            self.nc,
-            [
-                (f"{trace}.{trace_id}.{token(request_id)}", data)
-                for trace_id, request_id, data in batches
-            ],
-        )
+        return await wire.publish_many(self.nc, [(f"{trace}.{key}", data) for key, data in batches])
 
 
 class KafkaTraceSink(TraceSink):
@@ -149,13 +165,9 @@ class KafkaTraceSink(TraceSink):
         )
         await self._producer.start()
 
-    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None:
-        await self._producer.send(
-            self.topic,
-            data,
-            key=trace_id.encode(),
-            headers=[(REQUEST_ID_HEADER, request_id.encode())],
-        )
+    async def publish(self, bucket: str, data: bytes) -> None:
+        # Keyed by the trace id's bucket: a trace's spans are in one partition.
+        await self._producer.send(self.topic, data, key=bucket.partition(".")[0].encode())
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -173,14 +185,14 @@ def open_sink(bus: Bus, url: str, *, max_age: float) -> TraceSink:
 
 
 class BusSpanProcessor:
-    """Batches finished spans on the event loop and publishes them grouped by call.
+    """Batches finished spans on the event loop and publishes them a message per bucket.
 
-    One message per call, not one per node: a node answering a Request that asks for it
+    Not a message per node: a node answering a Request that asks for it
     (``spans_in_reply``, set by an edge that exports to the bus) holds the call's spans
     (:meth:`hold`) and returns them in its Reply (:meth:`take`); the edge hands them back
-    here (:meth:`carry`) and they go out inside its own batch of the call. JetStream storing
-    one message per node and call was about a third of what tracing cost (nats-server's CPU
-    per traced call: +48 µs over an untraced one, two messages). A reply that will come too
+    here (:meth:`carry`) and they go out inside its own batch. JetStream storing one message
+    per node and call was about a third of what tracing cost (nats-server's CPU per traced
+    call: +48 µs over an untraced one, two messages). A reply that will come too
     late for its edge (the deadline is near) does not carry them: its node publishes them
     itself (:meth:`release`), so ``busgate trace`` still shows where the time went.
     """
@@ -199,7 +211,7 @@ class BusSpanProcessor:
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.dropped = 0
-        """Span batches (one per call) lost because the bus refused them."""
+        """Span messages (a bucket's calls each) lost because the bus refused them."""
 
     def on_end(self, span: Row) -> None:
         """Spans end on the event loop (busgate ends none elsewhere)."""
@@ -248,28 +260,26 @@ class BusSpanProcessor:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, spans: Sequence[Row], carried: Sequence[tuple[str, str, bytes]]) -> None:
-        # One pass each: a flush holds hundreds of calls (two spans and a carried batch
-        # each at an edge), and this runs on the event loop.
-        calls: dict[tuple[str, str], tuple[list[Row], list[bytes]]] = {}
+        # One pass each, into buckets rather than calls: a flush holds hundreds of calls
+        # (two spans and a carried batch each at an edge), and this runs on the event loop.
+        groups: dict[str, tuple[list[Row], list[bytes]]] = {}
         for span in spans:
-            key = (span[TRACE_ID], str(span[ATTRIBUTES].get(REQUEST_ID, "-")))
-            found = calls.get(key)
+            key = bucket(span[TRACE_ID], str(span[ATTRIBUTES].get(REQUEST_ID, "-")))
+            found = groups.get(key)
             if found is None:
-                calls[key] = ([span], [])
+                groups[key] = ([span], [])
             else:
                 found[0].append(span)
         for trace_id, request_id, data in carried:
-            key = (trace_id, request_id)
-            found = calls.get(key)
+            key = bucket(trace_id, request_id)
+            found = groups.get(key)
             if found is None:
-                calls[key] = ([], [data])
+                groups[key] = ([], [data])
             else:
                 found[1].append(data)
-        service, node = self.service, self.node
-        batches = [
-            (trace_id, request_id, encode_batch(service, node, rows, other))
-            for (trace_id, request_id), (rows, other) in calls.items()
-        ]
+        batches: list[tuple[str, bytes]] = []
+        for key, (rows, other) in groups.items():
+            self._encode(key, rows, other, batches)
         try:
             lost = await self.sink.publish_many(batches)
         except Exception as exc:
@@ -277,6 +287,24 @@ class BusSpanProcessor:
                 log.warning("spans not exported to the bus: %r", exc)
             lost = len(batches)
         self.dropped += lost
+
+    def _encode(
+        self, key: str, rows: list[Row], other: list[bytes], out: list[tuple[str, bytes]]
+    ) -> None:
+        """One message for the bucket, or halves of it while it is over the sink's limit
+        (one span or carried batch alone that is over it goes, and the sink refuses it)."""
+        data = encode_batch(self.service, self.node, rows, other)
+        if len(data) <= self.sink.max_message or len(rows) + len(other) <= 1:
+            out.append((key, data))
+            return
+        if len(rows) > 1:
+            half = len(rows) // 2
+            self._encode(key, rows[:half], other, out)
+            self._encode(key, rows[half:], [], out)
+        else:  # at most one span, and at least one carried batch
+            half = len(other) // 2
+            self._encode(key, rows, other[:half], out)
+            self._encode(key, [], other[half:], out)
 
     async def aclose(self) -> None:
         """Publish what is buffered, then close the sink."""
@@ -294,7 +322,8 @@ class BusSpanProcessor:
 async def read_call(
     url: str, prefix: str, *, trace_id: str = "", request_id: str = ""
 ) -> list[bytes]:
-    """Every span batch published for a trace id or a request id, oldest first."""
+    """Every span message that holds spans of a trace id or a request id, oldest first. A
+    message holds other calls' spans too (its bucket's): ``busgate.trace`` keeps the call's."""
     scheme, _, _ = parse_url(url)
     names = Names(prefix)
     if scheme == "nats":
@@ -324,8 +353,11 @@ async def _nats_read(url: str, names: Names, trace_id: str, request_id: str) -> 
     from busgate.bus.nats.transport import connect
 
     subject = (
-        f"{names.trace()}.{trace_id}.>" if trace_id else f"{names.trace()}.*.{token(request_id)}"
+        f"{names.trace()}.{trace_bucket(trace_id)}.*"
+        if trace_id
+        else f"{names.trace()}.*.{request_bucket(request_id)}"
     )
+    needle = (trace_id or request_id).encode()
     nc = await connect(url, connect_timeout=5, max_reconnect_attempts=0)
     found: list[bytes] = []
     try:
@@ -344,7 +376,8 @@ async def _nats_read(url: str, names: Names, trace_id: str, request_id: str) -> 
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
             while True:
                 msg = await sub.next_msg(timeout=5)
-                found.append(msg.data)
+                if needle in msg.data:  # msgpack keeps strings as they are
+                    found.append(msg.data)
                 if msg.metadata.num_pending == 0:
                     break
         await sub.unsubscribe()
@@ -394,12 +427,12 @@ async def _kafka_consumer(url: str, topic: str, *, end: bool, key: bytes = b"") 
 
 
 async def _kafka_read(url: str, names: Names, trace_id: str, request_id: str) -> list[bytes]:
-    consumer = await _kafka_consumer(url, names.trace(), end=False, key=trace_id.encode())
+    key = trace_bucket(trace_id).encode() if trace_id else b""
+    consumer = await _kafka_consumer(url, names.trace(), end=False, key=key)
     if consumer is None:
         return []
     found: list[bytes] = []
-    want_key = trace_id.encode()
-    want_id = request_id.encode()
+    needle = (trace_id or request_id).encode()
     try:
         tps = list(consumer.assignment())
         ends = await consumer.end_offsets(tps)
@@ -410,11 +443,8 @@ async def _kafka_read(url: str, names: Names, trace_id: str, request_id: str) ->
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    if trace_id and record.key != want_key:
-                        continue
-                    if request_id and (REQUEST_ID_HEADER, want_id) not in record.headers:
-                        continue
-                    found.append(record.value)
+                    if needle in record.value:  # msgpack keeps strings as they are
+                        found.append(record.value)
     finally:
         await consumer.stop()
     return found

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from busgate.bus.spans import ERROR, Kind, SpanBatch, SpanData, decode_batch
+from busgate.bus.tracing import REQUEST_ID
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 SERVER, CLIENT, PRODUCER, CONSUMER = Kind.SERVER, Kind.CLIENT, Kind.PRODUCER, Kind.CONSUMER
@@ -72,6 +73,16 @@ def decode(batches: Iterable[bytes]) -> list[SpanRecord]:
             for span in node.spans:
                 seen[span.span_id] = _record(span, node)
     return sorted(seen.values(), key=lambda s: s.start)
+
+
+def of_call(
+    spans: list[SpanRecord], *, trace_id: str = "", request_id: str = ""
+) -> list[SpanRecord]:
+    """The spans of one trace, or of one request (every busgate span names its request):
+    a span message holds the spans of every call in its bucket (``bus.trace_export``)."""
+    if trace_id:
+        return [s for s in spans if s.trace_id == trace_id]
+    return [s for s in spans if s.attributes.get(REQUEST_ID) == request_id]
 
 
 def _record(span: SpanData, batch: SpanBatch) -> SpanRecord:
@@ -250,11 +261,12 @@ async def show(url: str, prefix: str, ident: str, wait: float) -> int:
     spans: list[SpanRecord] = []
     while True:
         for ask in asks:
-            batches = await read_call(url, prefix, **ask)
-            if batches:
+            # A message that names the id may still hold none of its spans (a command id
+            # found as an attribute when asked as a trace id): found means spans kept.
+            spans = of_call(decode(await read_call(url, prefix, **ask)), **ask)
+            if spans:
                 asks = [ask]  # found: keep asking the same way
                 break
-        spans = decode(batches)
         if complete(spans) or time.monotonic() >= end:
             break
         await asyncio.sleep(0.2)  # the nodes export in batches (bus.trace_export)

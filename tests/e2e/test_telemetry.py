@@ -359,9 +359,47 @@ async def test_the_adapter_spans_travel_in_its_reply_and_go_out_with_the_edge_on
         for data in await read_call(traced.parts["bus"], "busgate", trace_id=trace_id)
     ]
     assert {b.service for b in batches} == {"busgate-edge"}, (lines, batches)
-    carried = [inner for b in batches for inner in b.more]
+    # a message holds its bucket's calls (bus.trace_export): this call's adapter batch
+    carried = [
+        inner
+        for b in batches
+        for inner in b.more
+        if any(s.trace_id == trace_id for s in inner.spans)
+    ]
     assert [b.service for b in carried] == ["busgate-adapter"]
     assert sorted(s.kind for s in carried[0].spans) == [CLIENT, CONSUMER]
+
+
+async def test_calls_share_span_messages_and_each_is_traced_alone(traced, http):
+    """A flush goes out as a message per bucket, not per call: forty calls at once make
+    fewer messages than calls, and ``busgate trace`` shows one call out of its message."""
+    from busgate.bus.spans import decode_batch
+    from busgate.bus.trace_export import read_call
+
+    async def call(i: int) -> tuple[str, str]:
+        async with http.post(f"{traced.url}/api/request/demo/echo", json={"i": i}) as resp:
+            assert resp.status == 200
+            return resp.headers["X-Request-Id"], resp.headers["X-Trace-Id"]
+
+    calls = await asyncio.gather(*(call(i) for i in range(40)))
+    request_id, trace_id = calls[7]
+    lines = await asyncio.to_thread(trace_cli, traced, request_id)
+    assert _HEAD.match(lines[0]) and _HEAD.match(lines[0]).group(1) == trace_id, lines
+    rows = [m.group(1) for line in lines[1:] if (m := _ROW.match(line))]
+    assert rows == ["edge", "bus", "adapter", "runner", "bus"], lines
+    # every call's spans are on the bus, in fewer messages than calls
+    holding: set[bytes] = set()
+    for rid, tid in calls:
+        for _ in range(50):  # the edge flushes every 0.2 s
+            found = await read_call(traced.parts["bus"], "busgate", trace_id=tid)
+            spans = [s for data in found for b in decode_batch(data).all() for s in b.spans]
+            if any(s.attributes.get("busgate.request_id") == rid for s in spans):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"no span of {rid} on the bus")
+        holding.update(found)
+    assert len(holding) < len(calls)
 
 
 async def test_a_reply_too_late_for_its_edge_leaves_the_adapter_spans_on_the_bus(traced, http):

@@ -30,10 +30,10 @@ def with_telemetry(**telemetry: object) -> Config:
 
 class MemorySink(TraceSink):
     def __init__(self) -> None:
-        self.published: list[tuple[str, str, bytes]] = []
+        self.published: list[tuple[str, bytes]] = []
 
-    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None:
-        self.published.append((trace_id, request_id, data))
+    async def publish(self, bucket: str, data: bytes) -> None:
+        self.published.append((bucket, data))
 
 
 @pytest.fixture
@@ -66,8 +66,9 @@ async def test_a_sampled_call_makes_server_and_producer_spans_and_exports_them(e
     resp = await client.post("/api/request/demo/echo", json={"a": 1})
     assert resp.status == 200
     await client.server.app[observe.TRACING].close()  # flushes the batch onto the "bus"
-    ((trace_id, request_id, data),) = sink.published
-    assert (trace_id, request_id) == (resp.headers["X-Trace-Id"], resp.headers["X-Request-Id"])
+    ((bucket, data),) = sink.published
+    trace_id = resp.headers["X-Trace-Id"]
+    assert bucket == trace_export.bucket(trace_id, resp.headers["X-Request-Id"])
     spans = {s.kind: s for s in decode_spans([data])}
     assert set(spans) == {SERVER, PRODUCER}
     server, producer = spans[SERVER], spans[PRODUCER]
@@ -96,7 +97,7 @@ async def test_the_client_sampling_decision_is_followed(edge, sink):
         "/api/request/demo/echo", json={}, headers={"traceparent": parent + "-01"}
     )
     await client.server.app[observe.TRACING].close()
-    spans = {s.kind: s for _, _, data in sink.published for s in decode_spans([data])}
+    spans = {s.kind: s for _, data in sink.published for s in decode_spans([data])}
     assert spans[SERVER].trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert spans[SERVER].parent_id == "00f067aa0ba902b7"  # the client's span
     assert len(sink.published) == 1  # only the sampled call

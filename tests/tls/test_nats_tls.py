@@ -74,7 +74,7 @@ async def test_busgate_trace_reads_the_spans_of_a_tls_bus(nats_tls) -> None:
     """``busgate trace ID --bus tls://…?ca=&cert=&key=`` connects with the URL's files, as the
     nodes do (it used to pass the bare servers: a private CA failed the handshake)."""
     from busgate.bus.spans import Kind, encode_batch
-    from busgate.bus.trace_export import NatsTraceSink
+    from busgate.bus.trace_export import NatsTraceSink, bucket
 
     broker, files = nats_tls
     url = tls_url(broker, **files)
@@ -87,7 +87,7 @@ async def test_busgate_trace_reads_the_spans_of_a_tls_bus(nats_tls) -> None:
         span = (trace_id, "cd" * 8, "", "POST /api/request/{channel}/{path}", Kind.SERVER,
                 now, now + 2_000_000, {"busgate.request_id": "tls-1", "url.path": "/api/x"},
                 0, "", (), ())  # fmt: skip
-        await sink.publish(trace_id, "tls-1", encode_batch("busgate-edge", "e1", [span]))
+        await sink.publish(bucket(trace_id, "tls-1"), encode_batch("busgate-edge", "e1", [span]))
         await bus.nc.flush()  # type: ignore[attr-defined]
     finally:
         await bus.close()

@@ -1,0 +1,81 @@
+"""The bus export's batching: a flush goes out as a message per bucket of trace and request
+ids (at most ``BUCKETS ** 2``), every span in its call's bucket exactly once, and a bucket
+over the sink's message limit split rather than refused. (On real brokers, read back by
+``busgate trace``: tests/e2e/test_telemetry.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+from busgate.bus import trace_export
+from busgate.bus.spans import Kind, decode_batch, encode_batch
+from busgate.bus.trace_export import BUCKETS, BusSpanProcessor, TraceSink, bucket
+from busgate.bus.tracing import REQUEST_ID, new_trace_id
+
+
+class ListSink(TraceSink):
+    def __init__(self, max_message: int = trace_export.MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, bucket: str, data: bytes) -> None:
+        self.published.append((bucket, data))
+
+
+def row(trace_id: str, span_id: str, request_id: str, kind: Kind = Kind.SERVER) -> tuple:
+    attributes = {REQUEST_ID: request_id, "url.path": "/api/request/demo/echo"}
+    return (trace_id, span_id, "", "POST", kind, 1, 2, attributes, 0, "", (), ())
+
+
+async def flushed(processor: BusSpanProcessor) -> None:
+    processor._flush()
+    await asyncio.gather(*processor._sending)
+
+
+def unpacked(sink: ListSink) -> list[tuple[str, str, str]]:
+    """(bucket, trace id, request id) of every span published, nested batches included."""
+    return [
+        (key, span.trace_id, span.attributes[REQUEST_ID])
+        for key, data in sink.published
+        for batch in decode_batch(data).all()
+        for span in batch.spans
+    ]
+
+
+async def test_a_flush_goes_out_as_one_message_per_bucket_with_every_span_once():
+    sink = ListSink()
+    processor = BusSpanProcessor(sink, service="busgate-edge", node="e1", delay=60)
+    calls = [(new_trace_id(), f"e1-{i}") for i in range(500)]
+    for i, (trace_id, request_id) in enumerate(calls):
+        processor.on_end(row(trace_id, f"{i:016x}", request_id))
+        adapter = encode_batch("busgate-adapter", "a1", [row(trace_id, f"{i:015x}a", request_id)])
+        processor.carry(trace_id, request_id, adapter)
+    await flushed(processor)
+    assert len(sink.published) <= BUCKETS * BUCKETS < len(calls)
+    seen = unpacked(sink)
+    assert sorted((t, r) for _, t, r in seen) == sorted(calls * 2)  # edge's and adapter's
+    assert all(key == bucket(t, r) for key, t, r in seen)
+    assert len({key for key, _ in sink.published}) == len(sink.published)
+
+
+async def test_a_bucket_over_the_message_limit_is_split_and_nothing_is_lost():
+    sink = ListSink(max_message=4096)
+    processor = BusSpanProcessor(sink, service="busgate-edge", node="e1", delay=60)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"  # one trace, one request: one bucket
+    for i in range(200):
+        processor.on_end(row(trace_id, f"{i:016x}", "r1"))
+        adapter = encode_batch("busgate-adapter", "a1", [row(trace_id, f"{i:015x}a", "r1")])
+        processor.carry(trace_id, "r1", adapter)
+    await flushed(processor)
+    assert len(sink.published) > 1
+    assert all(len(data) <= 4096 for _, data in sink.published)
+    assert {key for key, _ in sink.published} == {bucket(trace_id, "r1")}
+    assert len(unpacked(sink)) == 400 and processor.dropped == 0
+
+
+def test_buckets_are_the_same_in_every_process_and_in_range():
+    """crc32, not ``hash()`` (randomised per process): a reader finds what any node wrote."""
+    assert bucket("4bf92f3577b34da6a3ce929d0e0e4736", "dev-3f9a1c-7") == "6.5"
+    keys = {bucket(new_trace_id(), f"r{i}") for i in range(2000)}
+    assert len(keys) == BUCKETS * BUCKETS
+    assert bucket("not hex!", "") in {f"0.{r}" for r in range(BUCKETS)}
