@@ -12,6 +12,7 @@ import time
 from typing import Protocol
 
 from busgate import bus as bus_
+from busgate import gc_tuning
 from busgate.adapters.call_logs import CallLogs
 from busgate.adapters.commands import CommandWorker
 from busgate.adapters.detached import detached
@@ -233,6 +234,7 @@ class AdapterService:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        gc_tuning.settle()
         gateway = self.config.gateway
         beat = asyncio.create_task(
             self.bus.announce_forever(gateway.presence_interval, gateway.presence_ttl)

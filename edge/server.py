@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from busgate import gc_tuning
 from busgate.bus.config_source import initial_config
 from busgate.contracts.config import Config
 from busgate.edge import keys
@@ -48,6 +49,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
             await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
             scheme = "https" if ssl_context else "http"
             log.info("edge %s listening on %s://%s:%d", config.gateway.id, scheme, host, port)
+            gc_tuning.settle()
             await asyncio.Future()  # until cancelled
     finally:
         await runner.cleanup()
