@@ -36,6 +36,7 @@ from nats.js.errors import APIError
 from busgate.bus import limits
 from busgate.bus.base import Bus
 from busgate.bus.nats import wire
+from busgate.bus.nats.leave import leave
 from busgate.bus.security import BusTls, context_for
 from busgate.contracts.errors import BusUnavailable, MessageTooLarge, NoResponders
 
@@ -191,27 +192,30 @@ class NatsBus(Bus):
 
     async def _stop_requests(self) -> None:
         subs, self._request_subs = self._request_subs, []
-        for sub in subs:
-            self._subs.remove(sub)
-            # Unsubscribes, then hands on what the server had already sent us; from then on
-            # the server gives the queue group's requests to the other members only.
-            try:
-                await sub.drain()  # type: ignore[no-untyped-call]
-            except nats.errors.Error as exc:  # closed, reconnecting, flush timed out
-                log.warning(
-                    "nats: leaving %s: %r; requests in flight may be lost", sub.subject, exc
-                )
+        await self._leave(subs)
 
     async def _stop_requests_for(self, systems: tuple[str, ...]) -> None:
         subjects = {self.names.request(s) for s in systems}
         leaving = [sub for sub in self._request_subs if sub.subject in subjects]
         self._request_subs = [sub for sub in self._request_subs if sub not in leaving]
-        for sub in leaving:
+        await self._leave(leaving)
+
+    async def _leave(self, subs: list[Subscription]) -> None:
+        """Unsubscribe, then hand on what the server had already sent us, late ones included
+        (``leave``); from then on the other members get the group's requests. All at once:
+        each waits out the same grace."""
+        for sub in subs:
             self._subs.remove(sub)
-            try:
-                await sub.drain()  # type: ignore[no-untyped-call]
-            except nats.errors.Error as exc:
-                log.warning("nats: leaving %s: %r", sub.subject, exc)
+        results = await asyncio.gather(
+            *(leave(self.nc, sub) for sub in subs), return_exceptions=True
+        )
+        for sub, result in zip(subs, results, strict=True):
+            if isinstance(result, nats.errors.Error):  # closed, reconnecting, flush timed out
+                log.warning(
+                    "nats: leaving %s: %r; requests in flight may be lost", sub.subject, result
+                )
+            elif isinstance(result, BaseException):
+                raise result
 
     async def _send(
         self, dest: str, data: bytes, headers: dict[str, str], *, reply: str = ""

@@ -8,8 +8,9 @@ session). Here the block is one f-string, encoded once, and checked once for wha
 break the protocol (CR or LF in a header, white space in a subject); anything else goes
 through ``nc.publish`` as before, which validates (and refuses) the odd input itself.
 
-nats-py has no public call for a pre-encoded message, so this module is the one place that
-uses its private ``_send_command`` / ``_flush_pending`` / ``_flush_queue`` (the same steps
+nats-py has no public call for a pre-encoded message, so this module uses its private
+``_send_command`` / ``_flush_pending`` / ``_flush_queue`` (``leave`` is the only other place
+that uses a private call) (the same steps
 its ``publish`` takes after encoding); ``tests/bus/test_nats_wire.py`` fails loudly when a
 nats-py release changes them. Header keys are busgate's own constants, never a client's.
 """
