@@ -11,7 +11,8 @@ through ``nc.publish`` as before, which validates (and refuses) the odd input it
 nats-py has no public call for a pre-encoded message, so this module uses its private
 ``_send_command`` / ``_flush_pending`` / ``_flush_queue`` (the same steps its ``publish``
 takes after encoding; ``leave`` is the only other module using a private call);
-``tests/bus/test_nats_wire.py`` fails loudly when a nats-py release changes them. Header keys are busgate's own constants, never a client's.
+``tests/bus/test_nats_wire.py`` fails loudly when a nats-py release changes them. Header keys
+are busgate's own constants, never a client's.
 """
 
 from __future__ import annotations
