@@ -173,18 +173,20 @@ class EdgeCalls:
         start = time.perf_counter()
         try:
             reply = await inner(req)
-        except BusgateError as exc:
-            if span is not None:
-                tr.fail(span, exc.code, exc.message)
-            raise
-        finally:
+        except BaseException as exc:
             if self.metrics is not None:
                 self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
             if span is not None:
+                if isinstance(exc, BusgateError):
+                    tr.fail(span, exc.code, exc.message)
                 span.end()
+            raise
+        if self.metrics is not None:
+            self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
         if span is not None:
-            if reply.error is not None:
+            if reply.error is not None:  # before it ends: an ended span's status is final
                 tr.fail(span, reply.error.code, reply.error.message)
+            span.end()
             if reply.spans and self.tracing is not None and self.tracing.bus is not None:
                 self.tracing.bus.carry(span.trace_id, req.id, reply.spans)
         return reply

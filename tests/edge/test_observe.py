@@ -80,6 +80,23 @@ async def test_a_sampled_call_makes_server_and_producer_spans_and_exports_them(e
     assert req.traceparent == f"00-{trace_id}-{producer.span_id}-01"
 
 
+async def test_an_error_reply_marks_the_producer_span_failed(edge, sink):
+    """The reply's error is set on the span before it ends (an ended span is final)."""
+    from busgate.contracts.errors import UpstreamError
+    from busgate.contracts.wire import Reply
+
+    async def failing(req: Request, responder: Responder) -> None:
+        error = UpstreamError("the runner fell over")
+        await responder.reply(Reply(id=req.id, status=error.status, error=error.to_wire()))
+
+    client, _ = await edge(with_telemetry(sampling=1.0), failing)
+    resp = await client.post("/api/request/demo/echo", json={})
+    assert resp.status == 502
+    await client.server.app[observe.TRACING].close()
+    spans = {s.kind: s for _, data in sink.published for s in decode_spans([data])}
+    assert spans[PRODUCER].error and spans[PRODUCER].attributes["error.type"] == "upstream_error"
+
+
 async def test_the_client_sampling_decision_is_followed(edge, sink):
     config = msgspec.structs.replace(
         with_telemetry(sampling=1.0), gateway=make_config(accept_trace=True).gateway
