@@ -30,13 +30,11 @@ class Names:
         Kafka (as for tracking events)."""
         return f"{self.prefix}.audit.{channel}" if channel else f"{self.prefix}.audit"
 
-    def trace(self, trace_id: str = "", request_id: str = "") -> str:
-        """Finished spans: ``PREFIX.trace.TRACE.REQUEST`` on NATS (a JetStream stream over
-        ``PREFIX.trace.>``, read by trace id or by request id), topic ``PREFIX.trace`` on
-        Kafka (keyed by trace id)."""
-        if not trace_id:
-            return f"{self.prefix}.trace"
-        return f"{self.prefix}.trace.{trace_id}.{request_id or '-'}"
+    def trace(self) -> str:
+        """Finished spans: subjects ``PREFIX.trace.T.R`` on NATS (a JetStream stream over
+        ``PREFIX.trace.>``; T and R: buckets of trace and request ids, ``bus.trace_export``),
+        topic ``PREFIX.trace`` on Kafka (keyed by the trace id's bucket)."""
+        return f"{self.prefix}.trace"
 
     @property
     def control(self) -> str:

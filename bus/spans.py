@@ -13,8 +13,9 @@ CPU of untraced ones (two bench runs on a shared 2-core box, December 2026; abou
 of the rest was nats-server storing each node's span batch per call). The answering node's
 spans now travel in its Reply and go out inside the edge's batch (``SpanBatch.more``): one
 stored message per call instead of two, which took nats-server's CPU for the spans of a
-call from 23 to 15 µs (median of 6 alternating rounds of 20,000 calls' batches). The bus
-export (``bus.trace_export``) publishes those, and ``busgate trace`` decodes them
+call from 23 to 15 µs (median of 6 alternating rounds of 20,000 calls' batches); and the
+calls of a flush now share a message per bucket of ids. The bus export
+(``bus.trace_export``) publishes those, and ``busgate trace`` decodes them
 (:func:`decode_batch`). The OTLP export still uses the official exporter: ``bus.otlp``
 builds the SDK's ``ReadableSpan`` from these lazily, in its exporter thread.
 
