@@ -13,6 +13,7 @@ correlation here is built on, for one ``subscribe`` call per system.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import ssl
@@ -338,7 +339,10 @@ class NatsBus(Bus):
             try:  # the drain still delivers acks already on their way
                 await asyncio.wait_for(self.nc.drain(), 5)
             except (TimeoutError, ConnectionClosedError, ConnectionReconnectingError):
-                await self.nc.close()
+                # Closing while reconnecting: nats-py flushes into a socket the server may
+                # have just dropped ("Connection lost"); there is nothing left to deliver.
+                with contextlib.suppress(OSError):
+                    await self.nc.close()
         finally:
             if self._ack_sweep is not None:
                 self._ack_sweep.cancel()
