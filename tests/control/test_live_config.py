@@ -131,14 +131,32 @@ async def call(http: aiohttp.ClientSession, edge: TestServer, path: str, **body:
         return resp.status, await resp.text()
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_push_under_load(transport: str, bus_url: str, runner_url: str) -> None:
-    prefix = f"lc{uuid.uuid4().hex[:6]}"
+@contextlib.asynccontextmanager
+async def pusher(bus_url: str, prefix: str) -> AsyncIterator[Revisions]:
+    """What ``busgate config push`` uses: a connection to the bus and its revisions store."""
     cli = bus_.from_url(bus_url, node=f"cli-{prefix}", prefix=prefix)
     await cli.connect()
     revisions = Revisions(cli)
     await revisions.start()
     try:
+        yield revisions
+    finally:
+        await revisions.close()
+        await cli.close()
+
+
+async def applied_everywhere(revisions: Revisions, number: int) -> None:
+    """Until the fleet's three nodes (two edges, the adapter) run revision ``number``."""
+    async with asyncio.timeout(30):
+        await revisions.nodes.wait_until(
+            lambda: len(rs := revisions.reports()) == 3 and all(r.revision == number for r in rs)
+        )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_push_under_load(transport: str, bus_url: str, runner_url: str) -> None:
+    prefix = f"lc{uuid.uuid4().hex[:6]}"
+    async with pusher(bus_url, prefix) as revisions:
         await revisions.push(shared(runner_url, revision=1))
         async with fleet(bus_url, prefix) as (edges, adapter), aiohttp.ClientSession() as http:
             old_token = mint(OLD_SECRET)
@@ -154,13 +172,7 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
             slow = asyncio.create_task(call(http, edges[0], "/api/request/old/sleep", ms=800))
             await asyncio.sleep(0.2)  # let the load and the slow call get going
             pushed = await revisions.push(shared(runner_url, revision=2))
-            async with asyncio.timeout(30):
-                await revisions.nodes.wait_until(
-                    lambda: (
-                        len(rs := revisions.reports()) == 3
-                        and all(r.revision == pushed.number for r in rs)
-                    )
-                )
+            await applied_everywhere(revisions, pushed.number)
             delays = {
                 f"{r.role}-{r.node}": round(r.applied_at - pushed.pushed_at, 3)
                 for r in revisions.reports()
@@ -206,9 +218,6 @@ async def test_push_under_load(transport: str, bus_url: str, runner_url: str) ->
             assert set(seen) == {200, "X-Revision: 1", "X-Revision: 2"}, seen
             assert seen[200] > 20
             assert adapter.systems == ["demo", "fresh"]
-    finally:
-        await revisions.close()
-        await cli.close()
 
 
 @pytest.mark.nats
@@ -244,11 +253,7 @@ async def test_node_that_cannot_apply_keeps_its_revision(nats_server: Any, runne
     """A revision valid as text but not runnable on a node (its secret's variable is unset
     there): the node keeps the previous one and says so; the others apply it."""
     prefix = f"ka{uuid.uuid4().hex[:6]}"
-    cli = bus_.from_url(nats_server.url, node=f"cli-{prefix}", prefix=prefix)
-    await cli.connect()
-    revisions = Revisions(cli)
-    await revisions.start()
-    try:
+    async with pusher(nats_server.url, prefix) as revisions:
         await revisions.push(shared(runner_url, revision=1))
         async with fleet(nats_server.url, prefix) as (edges, _), aiohttp.ClientSession() as http:
             broken = shared(runner_url, revision=2).replace(
@@ -277,9 +282,6 @@ async def test_node_that_cannot_apply_keeps_its_revision(nats_server: Any, runne
                     assert resp.status == 200, await resp.text()
                 async with http.get(server.make_url("/api/request/demo/meta")) as resp:
                     assert resp.status == 200
-    finally:
-        await revisions.close()
-        await cli.close()
 
 
 @pytest.mark.nats
@@ -335,11 +337,7 @@ async def test_a_pushed_retry_policy_reaches_the_adapter_client(
     that adds one gets the system a new client (the old one drains), and the runner's one
     failure is retried away."""
     prefix = f"rt{uuid.uuid4().hex[:6]}"
-    cli = bus_.from_url(bus_url, node=f"cli-{prefix}", prefix=prefix)
-    await cli.connect()
-    revisions = Revisions(cli)
-    await revisions.start()
-    try:
+    async with pusher(bus_url, prefix) as revisions:
         await revisions.push(with_retry(runner_url, retry=False))
         async with fleet(bus_url, prefix) as (edges, adapter), aiohttp.ClientSession() as http:
             flaky = "/api/request/demo/flaky"
@@ -347,20 +345,11 @@ async def test_a_pushed_retry_policy_reaches_the_adapter_client(
             status, _ = await call(http, edges[0], flaky, key=f"{prefix}-1", failures=1)
             assert status == 502  # the runner's one failure, not retried
             pushed = await revisions.push(with_retry(runner_url, retry=True))
-            async with asyncio.timeout(30):
-                await revisions.nodes.wait_until(
-                    lambda: (
-                        len(rs := revisions.reports()) == 3
-                        and all(r.revision == pushed.number for r in rs)
-                    )
-                )
+            await applied_everywhere(revisions, pushed.number)
             assert adapter.clients["demo"] is not before and before in adapter.retired
             status, text = await call(http, edges[0], flaky, key=f"{prefix}-2", failures=1)
             assert status == 200, text
             assert '"calls":2' in text and '"attempt":2' in text
-    finally:
-        await revisions.close()
-        await cli.close()
 
 
 @pytest.mark.nats
@@ -374,10 +363,6 @@ async def test_pushed_call_logs_apply_on_the_adapter(nats_server: Any, runner_ur
 
     prefix = f"cl{uuid.uuid4().hex[:6]}"
     subject = f"{prefix}.logs.requests"
-    cli = bus_.from_url(nats_server.url, node=f"cli-{prefix}", prefix=prefix)
-    await cli.connect()
-    revisions = Revisions(cli)
-    await revisions.start()
     nc = await nats.connect(nats_server.url)
     logged: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -387,30 +372,26 @@ async def test_pushed_call_logs_apply_on_the_adapter(nats_server: Any, runner_ur
     await nc.subscribe(subject, cb=got)
     await nc.flush()
     try:
-        await revisions.push(with_retry(runner_url, retry=False))
-        async with fleet(nats_server.url, prefix) as (edges, _), aiohttp.ClientSession() as http:
-            status, _ = await call(http, edges[0], "/api/request/demo/echo", n=1)
-            assert status == 200
-            text = (
-                with_retry(runner_url, retry=False)
-                + f'\n[systems.demo.log]\nrequests = "{subject}"\n'
-            )
-            pushed = await revisions.push(text)
-            async with asyncio.timeout(30):
-                await revisions.nodes.wait_until(
-                    lambda: (
-                        len(rs := revisions.reports()) == 3
-                        and all(r.revision == pushed.number for r in rs)
-                    )
+        async with pusher(nats_server.url, prefix) as revisions:
+            await revisions.push(with_retry(runner_url, retry=False))
+            async with (
+                fleet(nats_server.url, prefix) as (edges, _),
+                aiohttp.ClientSession() as http,
+            ):
+                status, _ = await call(http, edges[0], "/api/request/demo/echo", n=1)
+                assert status == 200
+                text = (
+                    with_retry(runner_url, retry=False)
+                    + f'\n[systems.demo.log]\nrequests = "{subject}"\n'
                 )
-            status, _ = await call(http, edges[1], "/api/request/demo/echo", marker=prefix)
-            assert status == 200
-            async with asyncio.timeout(10):
-                event = decode(await logged.get())  # the first logged: the call after the push
-            assert isinstance(event, CallLog)
-            assert (event.channel, event.path) == ("demo", "echo")
-            assert prefix.encode() in (event.body or b"")  # not the call before the push
+                pushed = await revisions.push(text)
+                await applied_everywhere(revisions, pushed.number)
+                status, _ = await call(http, edges[1], "/api/request/demo/echo", marker=prefix)
+                assert status == 200
+                async with asyncio.timeout(10):
+                    event = decode(await logged.get())  # the first logged: the call after the push
+                assert isinstance(event, CallLog)
+                assert (event.channel, event.path) == ("demo", "echo")
+                assert prefix.encode() in (event.body or b"")  # not the call before the push
     finally:
         await nc.close()
-        await revisions.close()
-        await cli.close()
