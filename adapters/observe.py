@@ -267,17 +267,14 @@ class AdapterObserver:
 def _finisher(
     span: tr.Span, req: Request, responder: Responder, held: BusSpanProcessor
 ) -> Callable[[], bytes]:
-    """Ends the CONSUMER span as the reply goes, and gives the call's spans for it; none when
-    the edge has given up or is about to (:data:`tr.REPLY_MARGIN`): the finally of
-    ``handle`` then publishes them from here."""
+    """Ends the CONSUMER span as the reply goes, and gives the call's spans for it
+    (``BusSpanProcessor.for_reply``); when none go, the finally of ``handle`` publishes them
+    from here."""
 
     def finish() -> bytes:
-        if req.deadline and time.time() > req.deadline - tr.REPLY_MARGIN:
-            return b""
         if responder.failure:
             tr.fail(span, responder.failure)
-        span.end()
-        return held.take(req.id)
+        return held.for_reply(span, req.id, req.deadline)
 
     return finish
 

@@ -109,12 +109,15 @@ class SchemaPublisher:
     async def _started(self) -> None:
         """The store, started once, by the first task that needs it (the adapter's start-up
         never waits for it)."""
-        failed = self._starting is not None and self._starting.done()
-        if failed and self._starting is not None:
-            failed = self._starting.cancelled() or self._starting.exception() is not None
-        if self._starting is None or failed:  # a failed start is tried again
-            self._starting = asyncio.ensure_future(self.store.start())
-        await asyncio.shield(self._starting)
+        starting = self._starting
+        failed = (
+            starting is not None
+            and starting.done()
+            and (starting.cancelled() or starting.exception() is not None)
+        )
+        if starting is None or failed:  # a failed start is tried again
+            starting = self._starting = asyncio.ensure_future(self.store.start())
+        await asyncio.shield(starting)
 
     async def _forget(self, name: str) -> None:
         try:

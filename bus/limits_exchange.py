@@ -109,7 +109,7 @@ class KafkaExchange(Exchange):
     def __init__(
         self, client: dict[str, Any], names: Names, node: str, on_counts: OnCounts
     ) -> None:
-        """``client``: the aiokafka connection arguments (``bus.kafka_client_of``)."""
+        """``client``: the aiokafka connection arguments (``KafkaBus.client``)."""
         super().__init__(node, on_counts)
         self.client = client
         self.topic = subject(names)
@@ -173,12 +173,13 @@ class KafkaExchange(Exchange):
 def open_exchange(bus: Bus, url: str, on_counts: OnCounts) -> Exchange | None:
     """The exchange for ``bus`` (NATS: its connection; Kafka: clients of its own); None for
     a bus that is neither (an in-memory one in tests: nothing to share with)."""
-    from busgate.bus import kafka_client_of, parse_url
+    from busgate.bus import parse_url
 
     scheme, _, _ = parse_url(url)
     nc = getattr(bus, "nc", None)
     if scheme == "nats" and nc is not None:
         return NatsExchange(nc, bus.names, bus.node, on_counts)
-    if scheme == "kafka" and hasattr(bus, "servers"):
-        return KafkaExchange(kafka_client_of(url), bus.names, bus.node, on_counts)
+    client = getattr(bus, "client", None)  # a KafkaBus's connection arguments
+    if scheme == "kafka" and client is not None:
+        return KafkaExchange(client, bus.names, bus.node, on_counts)
     return None

@@ -30,6 +30,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -37,8 +38,8 @@ from typing import Any
 from busgate.bus import kafka_client_of, parse_url
 from busgate.bus.base import Bus
 from busgate.bus.naming import Names
-from busgate.bus.spans import ATTRIBUTES, TRACE_ID, Row, encode_batch
-from busgate.bus.tracing import REQUEST_ID
+from busgate.bus.spans import ATTRIBUTES, TRACE_ID, Row, Span, encode_batch
+from busgate.bus.tracing import REPLY_MARGIN, REQUEST_ID
 
 log = logging.getLogger("busgate.tracing")
 
@@ -143,7 +144,7 @@ class NatsTraceSink(TraceSink):
 class KafkaTraceSink(TraceSink):
     def __init__(self, client: dict[str, Any], names: Names, *, max_age: float) -> None:
         self.client = client
-        """The aiokafka connection arguments (``bus.kafka_client_of``)."""
+        """The aiokafka connection arguments (``KafkaBus.client``, ``bus.kafka_client_of``)."""
         self.topic = names.trace()
         self.max_age = max_age
         self._producer: Any = None
@@ -177,11 +178,12 @@ class KafkaTraceSink(TraceSink):
 
 
 def open_sink(bus: Bus, url: str, *, max_age: float) -> TraceSink:
-    """The sink for ``bus`` (NATS: its connection; Kafka: a producer of its own)."""
+    """The sink for ``bus`` (NATS: its connection; Kafka: a producer of its own, connected
+    as the bus's clients are)."""
     scheme, _, _ = parse_url(url)
     if scheme == "nats":
         return NatsTraceSink(bus.nc, bus.names, max_age=max_age)  # type: ignore[attr-defined]
-    return KafkaTraceSink(kafka_client_of(url), bus.names, max_age=max_age)
+    return KafkaTraceSink(bus.client, bus.names, max_age=max_age)  # type: ignore[attr-defined]
 
 
 class BusSpanProcessor:
@@ -235,6 +237,16 @@ class BusSpanProcessor:
         """The held spans of a call as one encoded batch (b"": none), no longer held."""
         rows = self._held.pop(request_id, None)
         return encode_batch(self.service, self.node, rows) if rows else b""
+
+    def for_reply(self, span: Span, request_id: str, deadline: float) -> bytes:
+        """End a call's span as its Reply goes, and the call's held spans for that Reply
+        (:meth:`take`); none when its edge has given up or is about to
+        (:data:`~busgate.bus.tracing.REPLY_MARGIN`): the caller releases them later and they
+        are published from here (:meth:`release`)."""
+        if deadline and time.time() > deadline - REPLY_MARGIN:
+            return b""
+        span.end()
+        return self.take(request_id)
 
     def release(self, request_id: str) -> None:
         """Stop holding a call's spans; those held are published as any others."""

@@ -92,9 +92,9 @@ class Request(Wire, frozen=True, tag="req"):
     sets itself (``requestId``, ``identity``, …) always win over these."""
     spans_in_reply: bool = False
     """A traced call whose edge exports the answering node's spans with its own: that node
-    puts them in :attr:`Reply.spans` rather than publishing them itself (one span message
-    per call on the bus instead of two; see ``bus.trace_export``). An older node ignores it
-    and exports its spans itself, as before."""
+    puts them in :attr:`Reply.spans` rather than publishing them itself (they go out in the
+    edge's span message; see ``bus.trace_export``). An older node ignores it and exports its
+    spans itself, as before."""
 
     @property
     def shown_id(self) -> str:

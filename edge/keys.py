@@ -36,8 +36,8 @@ AUDIT: web.AppKey[Audit] = web.AppKey("audit")
 """Only on a node started with audited paths (its middleware is there)."""
 GUARDS: web.AppKey[Guards] = web.AppKey("guards")
 LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
-OPENAPI: web.AppKey[OpenApi] = web.AppKey("openapi")
 """The config calls run with now (a refresh swaps it); ``CONFIG`` is the one at start."""
+OPENAPI: web.AppKey[OpenApi] = web.AppKey("openapi")
 CONFIG_PATH = web.AppKey("config_path", str)
 """The file a node was started with, re-read every ``gateway.refresh`` seconds."""
 

@@ -174,15 +174,14 @@ class EdgeCalls:
         try:
             reply = await inner(req)
         except BaseException as exc:
-            if self.metrics is not None:
-                self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
             if span is not None:
                 if isinstance(exc, BusgateError):
                     tr.fail(span, exc.code, exc.message)
                 span.end()
             raise
-        if self.metrics is not None:
-            self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
+        finally:
+            if self.metrics is not None:
+                self.metrics.bus_round_trip(req.system, time.perf_counter() - start)
         if span is not None:
             if reply.error is not None:  # before it ends: an ended span's status is final
                 tr.fail(span, reply.error.code, reply.error.message)

@@ -434,10 +434,7 @@ class Runner:
         bus = self.tracing.bus if self.tracing is not None else None
         if bus is None or not req.spans_in_reply or req.detach:
             return b""
-        if req.deadline and time.time() > req.deadline - tr.REPLY_MARGIN:
-            return b""
-        span.end()
-        return bus.take(req.id)
+        return bus.for_reply(span, req.id, req.deadline)
 
     def _done(self, task: asyncio.Task[None], request_id: str) -> None:
         self._tasks.discard(task)
