@@ -297,6 +297,13 @@ sampling = 1.0
 bus_export = true
 """
 """``busgate-nats-traced``: every call traced, its spans exported onto the bus."""
+NOEXPORT_TABLES = """
+[telemetry]
+sampling = 1.0
+bus_export = false
+"""
+"""``busgate-nats-traced-noexport``: every call traced, its spans exported nowhere (what
+recording costs without the export)."""
 METRICS_TABLES = """
 [telemetry]
 sampling = 0.0
@@ -530,9 +537,9 @@ def busgate_rsocket(env: Env, bus_url: str) -> Stack | Pending:
 
 BASELINE = os.environ.get("BENCH_BASELINE", "")
 """Another tree's ``busgate`` console script (e.g. ``/work/old/.venv/bin/busgate``, an
-editable install): adds ``baseline-busgate-nats`` and ``baseline-busgate-nats-command``, the
-same scenarios run by that tree, against the same floors in the same run -- an A/B of a
-change under the noise of a shared machine. Its console script, not ``python -m busgate``
+editable install): adds ``baseline-busgate-nats``, ``baseline-busgate-nats-traced`` and
+``baseline-busgate-nats-command``, the same scenarios run by that tree, against the same
+floors in the same run -- an A/B of a change under the noise of a shared machine. Its console script, not ``python -m busgate``
 (the processes start in this tree, whose ``busgate/`` would shadow the other's), with
 ``PYTHONPATH`` set to that tree (``BENCH_BASELINE_ROOT``, by default two levels above the
 script: ``.venv/bin/..``), not this one's as for every other process."""
@@ -579,10 +586,7 @@ STACKS: dict[str, Scenario] = {
         Scenario(
             "busgate-nats-traced-noexport",
             "nats",
-            _busgate(
-                "busgate-nats-traced-noexport",
-                tables="[telemetry]\nsampling = 1.0\nbus_export = false\n",
-            ),
+            _busgate("busgate-nats-traced-noexport", tables=NOEXPORT_TABLES),
             floor="busgate-nats",
         ),
         Scenario(
