@@ -539,8 +539,9 @@ BASELINE = os.environ.get("BENCH_BASELINE", "")
 """Another tree's ``busgate`` console script (e.g. ``/work/old/.venv/bin/busgate``, an
 editable install): adds ``baseline-busgate-nats``, ``baseline-busgate-nats-traced`` and
 ``baseline-busgate-nats-command``, the same scenarios run by that tree, against the same
-floors in the same run -- an A/B of a change under the noise of a shared machine. Its console script, not ``python -m busgate``
-(the processes start in this tree, whose ``busgate/`` would shadow the other's), with
+floors in the same run -- an A/B of a change under the noise of a shared machine. Its
+console script, not ``python -m busgate`` (the processes start in this tree, whose
+``busgate/`` would shadow the other's), with
 ``PYTHONPATH`` set to that tree (``BENCH_BASELINE_ROOT``, by default two levels above the
 script: ``.venv/bin/..``), not this one's as for every other process."""
 BASELINE_ROOT = os.environ.get("BENCH_BASELINE_ROOT", "") or (
