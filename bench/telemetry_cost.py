@@ -37,7 +37,7 @@ VARIANTS: dict[str, dict[str, object]] = {
 class NullSink(TraceSink):
     """Encodes and drops: the export's CPU without a broker."""
 
-    async def publish(self, trace_id: str, request_id: str, data: bytes) -> None:
+    async def publish(self, bucket: str, data: bytes) -> None:
         pass
 
 

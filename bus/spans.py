@@ -66,6 +66,8 @@ class Span:
 
     __slots__ = (
         "_done",
+        "_open",
+        "_traceparent",
         "attributes",
         "end_time",
         "events",
@@ -90,8 +92,13 @@ class Span:
         kind: Kind,
         attributes: Attributes,
         links: list[tuple[str, str, Attributes]] | None = None,
+        open_spans: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         self._done = done
+        self._open = open_spans
+        """Where this span's context is listed while it is open, once it was handed out
+        (:attr:`traceparent`): a child started from it there is not parsed again."""
+        self._traceparent = ""
         self.trace_id = trace_id
         """32 lowercase hex digits."""
         self.span_id = span_id
@@ -113,7 +120,12 @@ class Span:
     def traceparent(self) -> str:
         """This span's context as a W3C ``traceparent`` (sampled: only sampled calls have
         spans)."""
-        return f"00-{self.trace_id}-{self.span_id}-01"
+        found = self._traceparent
+        if not found:
+            found = self._traceparent = f"00-{self.trace_id}-{self.span_id}-01"
+            if self._open is not None:
+                self._open[found] = (self.trace_id, self.span_id)
+        return found
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         self.attributes[key] = value
@@ -132,6 +144,8 @@ class Span:
         if self.end_time:
             return
         self.end_time = end = time.time_ns()
+        if self._traceparent and self._open is not None:
+            self._open.pop(self._traceparent, None)
         self._done(
             (
                 self.trace_id,

@@ -13,7 +13,9 @@ for a sampled ``traceparent``, so an untraced call makes no span object anywhere
 ``RpcClient.observe``, the edge's observe middleware).
 
 Spans are started with explicit parents (``parent=traceparent``) rather than through a
-context variable: the parent is always the envelope's ``traceparent``.
+context variable: the parent is always the envelope's ``traceparent``. A parent that is an
+open span of this process (the edge's SERVER span for its PRODUCER span, the adapter's
+CONSUMER span for its CLIENT span) is looked up rather than parsed again (``Tracing.open``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ ERROR_CODE = "error.type"
 _TRACEPARENT_CHARS = frozenset("0123456789abcdef-")
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _bits = random.getrandbits
+MAX_OPEN = 65_536
+"""Open spans whose context :attr:`Tracing.open` lists at most (it is a cache: a span that
+never ends must not grow it)."""
 
 
 class Exporter(Protocol):
@@ -110,6 +115,9 @@ class Tracing:
         self._end: Callable[[Row], None] = self._fan_out
         self.bus: BusSpanProcessor | None = None
         """The bus export, once started (:meth:`export_to_bus`)."""
+        self.open: dict[str, tuple[str, str]] = {}
+        """``traceparent`` -> (trace id, span id) of this process's open spans whose context
+        was handed out: a child of one is not parsed again (0.8-1.4 µs a span, the bench)."""
         self._wire()
 
     def _wire(self) -> None:
@@ -149,13 +157,32 @@ class Tracing:
         new trace's root when ``parent`` is empty or invalid. ``links``: ``traceparent``s of
         related spans that are not its parent (a command's issuing call). ``attributes`` is
         the span's from now on."""
-        found = ids(parent) if parent else None
+        found = (self.open.get(parent) or ids(parent)) if parent else None
         trace_id, parent_id = found if found is not None else (new_trace_id(), "")
-        span_id = f"{_bits(64) or 1:016x}"
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
-        return Span(self._end, trace_id, span_id, parent_id, name, kind, attributes, linked or None)
+        span_id = f"{_bits(64) or 1:016x}"
+        return self.span(trace_id, span_id, parent_id, name, kind, attributes, linked)
+
+    def span(
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_id: str,
+        name: str,
+        kind: Kind,
+        attributes: Attributes,
+        links: list[tuple[str, str, Attributes]] | None = None,
+    ) -> Span:
+        """A span with the ids given (valid ones: the caller made or checked them)."""
+        open_spans = self.open
+        if len(open_spans) >= MAX_OPEN:
+            open_spans.clear()
+        end = self._end
+        return Span(
+            end, trace_id, span_id, parent_id, name, kind, attributes, links or None, open_spans
+        )
 
     async def close(self) -> None:
         """Export what is still buffered, then stop the exporters."""

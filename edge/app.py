@@ -48,8 +48,11 @@ def create_app(
     """The edge app; it connects its own bus unless one is given (tests, embedding).
     ``config_path``: the file ``config`` came from, re-read every ``gateway.refresh``."""
     ids = IdFactory(config.gateway.id)
+    calls = observe.call_telemetry(
+        config, ids.node
+    )  # spans, /metrics, log ids: what [telemetry] asks
     app = web.Application(
-        middlewares=[front_middleware(config.gateway, ids)],
+        middlewares=[front_middleware(config.gateway, ids, calls)],
         client_max_size=config.gateway.max_body,
         # A client that drops its connection cancels its handler: an SSE stream notices at
         # once and cancels its saga (edge.stream); a plain call stops waiting for its reply.
@@ -81,7 +84,7 @@ def create_app(
 
     app.cleanup_ctx.append(bus_ctx)
     install_limits(app)  # rate limits, breakers, bulkheads; counts shared over the bus
-    observe.install(app, config)  # spans, /metrics, log ids: only what [telemetry] asks for
+    observe.install(app, config, calls)
     audit.install(app, config)  # before the security middlewares: refusals are audited too
 
     async def close_streams(app: web.Application) -> None:

@@ -37,16 +37,23 @@ class IdFactory:
 
     def traceparent(self, incoming: str | None = None) -> tuple[str, str]:
         """(traceparent, trace id) for a new span; continues ``incoming`` when it is valid."""
-        trace_id = ""
-        flags = "01"
+        trace_id, span_id, _, flags = self.context(incoming)
+        return f"00-{trace_id}-{span_id}-{flags}", trace_id
+
+    def context(
+        self, incoming: str | None = None, sampled: bool = True
+    ) -> tuple[str, str, str, str]:
+        """(trace id, span id, parent span id, flags) of a call's span: the parent and flags
+        are ``incoming``'s when it is a valid ``traceparent``, else a new trace's (parent "",
+        sampled or not as ``sampled`` says)."""
         if incoming:
             m = _TRACEPARENT.match(incoming.strip().lower())
             if m and m.group(1) != _ZERO_TRACE and m.group(2) != _ZERO_SPAN:
-                trace_id, flags = m.group(1), m.group(3)
-        if not trace_id:
-            trace_id = f"{self._rand.getrandbits(128) or 1:032x}"
+                span_id = f"{self._rand.getrandbits(64) or 1:016x}"
+                return m.group(1), span_id, m.group(2), m.group(3)
+        trace_id = f"{self._rand.getrandbits(128) or 1:032x}"
         span_id = f"{self._rand.getrandbits(64) or 1:016x}"
-        return f"00-{trace_id}-{span_id}-{flags}", trace_id
+        return trace_id, span_id, "", "01" if sampled else "00"
 
 
 def is_valid_client_id(value: str) -> bool:

@@ -25,17 +25,19 @@ class CallIds:
         self.accept_trace = gateway.accept_trace
         self.mode = gateway.return_ids
 
-    def assign(self, request: web.Request) -> None:
+    def assign(self, request: web.Request, sampled: bool = True) -> tuple[str, str, str, str]:
+        """Returns the call's span context (``IdFactory.context``); ``sampled``: whether a
+        new trace (the client sent none) is recorded."""
         headers = request.headers
         ids = self.ids
         request[REQUEST_ID] = ids.request_id(
             headers.get(self.id_header) if self.accept_id else None
         )
-        traceparent, trace_id = ids.traceparent(
-            headers.get("traceparent") if self.accept_trace else None
-        )
-        request[TRACEPARENT] = traceparent
+        context = ids.context(headers.get("traceparent") if self.accept_trace else None, sampled)
+        trace_id, span_id, _, flags = context
+        request[TRACEPARENT] = f"00-{trace_id}-{span_id}-{flags}"
         request[TRACE_ID] = trace_id
+        return context
 
     def stamp(self, request: web.Request, response: web.StreamResponse) -> None:
         """Add the ids to an answer whose headers are not sent yet."""
