@@ -234,6 +234,31 @@ def encode_batch(
     return _encoder.encode((VERSION, service, instance, spans))
 
 
+def encode_span(span: Row) -> bytes:
+    """One span as it sits in a batch's ``spans`` (:func:`join_batch`)."""
+    return _encoder.encode(span)
+
+
+def batch_head(service: str, instance: str) -> bytes:
+    """What every batch of one node starts with (:func:`join_batch`)."""
+    return b"\x95" + _encoder.encode((VERSION, service, instance))[1:]
+
+
+def join_batch(head: bytes, spans: Sequence[bytes], more: Sequence[bytes] = ()) -> bytes:
+    """A batch from its node's :func:`batch_head`, spans encoded one by one
+    (:func:`encode_span`) and other nodes' encoded batches: the bytes :func:`encode_batch`
+    makes, without holding the spans until the batch goes."""
+    return b"".join((head, _array_header(len(spans)), *spans, _array_header(len(more)), *more))
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
 def decode_batch(data: bytes) -> SpanBatch:
     """Raises ``msgspec.DecodeError`` (``ValidationError`` included) on anything else."""
     return _decoder.decode(data)

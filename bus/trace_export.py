@@ -32,13 +32,22 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from busgate.bus import kafka_client_of, parse_url
 from busgate.bus.base import Bus
 from busgate.bus.naming import Names
-from busgate.bus.spans import ATTRIBUTES, TRACE_ID, Row, Span, encode_batch
+from busgate.bus.spans import (
+    ATTRIBUTES,
+    TRACE_ID,
+    Row,
+    Span,
+    batch_head,
+    encode_batch,
+    encode_span,
+    join_batch,
+)
 from busgate.bus.tracing import REPLY_MARGIN, REQUEST_ID
 
 log = logging.getLogger("busgate.tracing")
@@ -187,7 +196,13 @@ def open_sink(bus: Bus, url: str, *, max_age: float) -> TraceSink:
 
 
 class BusSpanProcessor:
-    """Batches finished spans on the event loop and publishes them a message per bucket.
+    """Encodes each span as it ends into its bucket's pending message, and publishes the
+    pending messages every :data:`FLUSH_DELAY` seconds.
+
+    Encoded at once rather than kept as objects until the flush: a flush holds hundreds of
+    calls, and their spans' tuples and dicts, alive for 0.2 s, were what the garbage collector
+    and the caches of a busy node carried; bytes are a tenth of that and a flush only joins
+    them.
 
     Not a message per node: a node answering a Request that asks for it
     (``spans_in_reply``, set by an edge that exports to the bus) holds the call's spans
@@ -206,9 +221,14 @@ class BusSpanProcessor:
         self.service = service
         self.node = node
         self.delay = delay
+        self._head = batch_head(service, node)
         self._loop = asyncio.get_running_loop()
-        self._spans: list[Row] = []
-        self._carried: list[tuple[str, str, bytes]] = []
+        self._pending: dict[str, _Pending] = {}
+        """Bucket -> its encoded spans and carried batches, since the last flush."""
+        self._count = 0
+        self._request_id = ""
+        self._request_bucket = "0"
+        """The last request id bucketed, and its bucket (a call's spans end together)."""
         self._held: dict[str, list[Row]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -217,17 +237,28 @@ class BusSpanProcessor:
 
     def on_end(self, span: Row) -> None:
         """Spans end on the event loop (busgate ends none elsewhere)."""
+        request_id = span[ATTRIBUTES].get(REQUEST_ID)
         if self._held:
-            held = self._held.get(span[ATTRIBUTES].get(REQUEST_ID))
+            held = self._held.get(request_id)
             if held is not None:
                 held.append(span)
                 return
-        spans = self._spans
-        spans.append(span)
+        self._pending_of(span[TRACE_ID], str(request_id or "-"))[0].append(encode_span(span))
+
+    def _pending_of(self, trace_id: str, request_id: str) -> _Pending:
+        """Where a span or carried batch of this call goes (one more of them is counted)."""
+        if self._count >= MAX_BATCH:
+            self._flush()
+        if request_id != self._request_id:
+            self._request_id, self._request_bucket = request_id, request_bucket(request_id)
+        key = _KEYS[trace_bucket(trace_id)][self._request_bucket]
+        found = self._pending.get(key)
+        if found is None:
+            found = self._pending[key] = ([], [])
+        self._count += 1
         if self._timer is None:
             self._timer = self._loop.call_later(self.delay, self._flush)
-        elif len(spans) >= MAX_BATCH:
-            self._flush()
+        return found
 
     def hold(self, request_id: str) -> None:
         """Keep the spans of this call that end from now on, for its Reply."""
@@ -256,42 +287,23 @@ class BusSpanProcessor:
     def carry(self, trace_id: str, request_id: str, data: bytes) -> None:
         """Another node's encoded batch of a call (from its Reply): it goes out with this
         node's spans of the call, in one message."""
-        self._carried.append((trace_id, request_id, data))
-        if self._timer is None:
-            self._timer = self._loop.call_later(self.delay, self._flush)
+        self._pending_of(trace_id, request_id)[1].append(data)
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        spans, self._spans = self._spans, []
-        carried, self._carried = self._carried, []
-        if spans or carried:
-            task = self._loop.create_task(self._send(spans, carried))
+        pending, self._pending = self._pending, {}
+        self._count = 0
+        if pending:
+            task = self._loop.create_task(self._send(pending))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, spans: Sequence[Row], carried: Sequence[tuple[str, str, bytes]]) -> None:
-        # One pass each, into buckets rather than calls: a flush holds hundreds of calls
-        # (two spans and a carried batch each at an edge), and this runs on the event loop.
-        groups: dict[str, tuple[list[Row], list[bytes]]] = {}
-        for span in spans:
-            key = bucket(span[TRACE_ID], str(span[ATTRIBUTES].get(REQUEST_ID, "-")))
-            found = groups.get(key)
-            if found is None:
-                groups[key] = ([span], [])
-            else:
-                found[0].append(span)
-        for trace_id, request_id, data in carried:
-            key = bucket(trace_id, request_id)
-            found = groups.get(key)
-            if found is None:
-                groups[key] = ([], [data])
-            else:
-                found[1].append(data)
+    async def _send(self, pending: dict[str, _Pending]) -> None:
         batches: list[tuple[str, bytes]] = []
-        for key, (rows, other) in groups.items():
-            self._encode(key, rows, other, batches)
+        for key, (spans, more) in pending.items():
+            self._join(key, spans, more, batches)
         try:
             lost = await self.sink.publish_many(batches)
         except Exception as exc:
@@ -300,23 +312,31 @@ class BusSpanProcessor:
             lost = len(batches)
         self.dropped += lost
 
-    def _encode(
-        self, key: str, rows: list[Row], other: list[bytes], out: list[tuple[str, bytes]]
+    def _join(
+        self, key: str, spans: list[bytes], more: list[bytes], out: list[tuple[str, bytes]]
     ) -> None:
-        """One message for the bucket, or halves of it while it is over the sink's limit
-        (one span or carried batch alone that is over it goes, and the sink refuses it)."""
-        data = encode_batch(self.service, self.node, rows, other)
-        if len(data) <= self.sink.max_message or len(rows) + len(other) <= 1:
-            out.append((key, data))
+        """One message for the bucket, or several, each within the sink's limit (a span or
+        carried batch alone over it goes alone, and the sink refuses it)."""
+        room = self.sink.max_message - len(self._head) - 10  # and two array headers
+        if sum(map(len, spans)) + sum(map(len, more)) <= room:
+            out.append((key, join_batch(self._head, spans, more)))
             return
-        if len(rows) > 1:
-            half = len(rows) // 2
-            self._encode(key, rows[:half], other, out)
-            self._encode(key, rows[half:], [], out)
-        else:  # at most one span, and at least one carried batch
-            half = len(other) // 2
-            self._encode(key, rows, other[:half], out)
-            self._encode(key, [], other[half:], out)
+        chunk: list[bytes] = []
+        chunk_more: list[bytes] = []
+        size = 0
+        for data in spans:
+            if size and size + len(data) > room:
+                out.append((key, join_batch(self._head, chunk)))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        for data in more:
+            if size and size + len(data) > room:
+                out.append((key, join_batch(self._head, chunk, chunk_more)))
+                chunk, chunk_more, size = [], [], 0
+            chunk_more.append(data)
+            size += len(data)
+        out.append((key, join_batch(self._head, chunk, chunk_more)))
 
     async def aclose(self) -> None:
         """Publish what is buffered, then close the sink."""
@@ -326,6 +346,11 @@ class BusSpanProcessor:
         if self._sending:
             await asyncio.wait(self._sending, timeout=5)
         await self.sink.close()
+
+
+_Pending = tuple[list[bytes], list[bytes]]
+_KEYS = {str(t): {str(r): f"{t}.{r}" for r in range(BUCKETS)} for t in range(BUCKETS)}
+"""Every bucket's name, made once: ``_KEYS[trace bucket][request bucket]``."""
 
 
 # -- reading back (``busgate trace``) ---------------------------------------------------

@@ -5,12 +5,21 @@ exporter sends; across real processes: tests/e2e/test_telemetry.py)."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
 from busgate.bus import tracing as tr
 from busgate.bus.otlp import readable
-from busgate.bus.spans import ERROR, Row, decode_batch, encode_batch
+from busgate.bus.spans import (
+    ERROR,
+    Row,
+    batch_head,
+    decode_batch,
+    encode_batch,
+    encode_span,
+    join_batch,
+)
 from busgate.contracts.config import Telemetry
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -51,6 +60,19 @@ def test_spans_round_trip_through_their_wire_form():
         ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
     ]
     assert data.start <= data.end
+
+
+@pytest.mark.parametrize("spans", [0, 1, 15, 16, 70_000])
+def test_a_batch_joined_from_spans_encoded_one_by_one_is_the_batch_encoded_at_once(spans):
+    """The bus export encodes each span as it ends and joins them at the flush; the sizes
+    cross msgpack's three array headers (fixarray, array 16, array 32)."""
+    rows = [
+        ("a" * 32, f"{i:016x}", "", "n", 2, i, i + 1, {"i": i}, 0, "", (), ()) for i in range(spans)
+    ]
+    more = [encode_batch("adapter", "a1", rows[:2]), encode_batch("adapter", "a2", rows[:1])]
+    for carried in ([], more):
+        joined = join_batch(batch_head("svc", "n1"), [encode_span(r) for r in rows], carried)
+        assert decode_batch(joined) == decode_batch(encode_batch("svc", "n1", rows, carried))
 
 
 def test_a_newer_node_may_add_fields():

@@ -79,3 +79,15 @@ def test_buckets_are_the_same_in_every_process_and_in_range():
     keys = {bucket(new_trace_id(), f"r{i}") for i in range(2000)}
     assert len(keys) == BUCKETS * BUCKETS
     assert bucket("not hex!", "") in {f"0.{r}" for r in range(BUCKETS)}
+
+
+async def test_a_node_past_max_batch_spans_flushes_before_its_timer_and_loses_none():
+    sink = ListSink()
+    processor = BusSpanProcessor(sink, service="busgate-edge", node="e1", delay=60)
+    calls = [(new_trace_id(), f"e1-{i}") for i in range(2 * trace_export.MAX_BATCH + 5)]
+    for i, (trace_id, request_id) in enumerate(calls):
+        processor.on_end(row(trace_id, f"{i:016x}", request_id))
+    await asyncio.gather(*processor._sending)
+    assert len(unpacked(sink)) == 2 * trace_export.MAX_BATCH  # the timer is 60 s away
+    await flushed(processor)
+    assert sorted((t, r) for _, t, r in unpacked(sink)) == sorted(calls)
