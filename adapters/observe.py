@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -29,9 +29,6 @@ from busgate.bus.naming import Names
 from busgate.contracts.config import Config
 from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Error, Request
-
-if TYPE_CHECKING:
-    from busgate.bus.trace_export import BusSpanProcessor
 
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
@@ -86,6 +83,33 @@ class AdapterObserver:
         self.names = Names(config.gateway.prefix)
         self.logs = calllog.enabled
         self._site: web.AppRunner | None = None
+        self._consumer: dict[str, tuple[str, dict[str, str]]] = {}
+        self._finish = self._reply_spans  # one bound method for every call
+
+    def _consumer_of(self, system: str) -> tuple[str, dict[str, str]]:
+        """A system's CONSUMER span name and the attributes all its spans share."""
+        dest = self.names.request(system)
+        found = self._consumer[system] = (
+            f"{dest} process",
+            {
+                "messaging.system": self.system,
+                "messaging.operation.type": "process",
+                "messaging.destination.name": dest,
+                "messaging.consumer.group.name": self.names.group(system),
+                "busgate.system": system,
+            },
+        )
+        return found
+
+    def _reply_spans(self, responder: Responder) -> bytes:
+        """``Responder.finish``: ends the CONSUMER span as the reply goes, and gives the
+        call's spans for it (``BusSpanProcessor.for_reply``); when none go, the finally of
+        ``handle`` publishes them."""
+        span, req = responder.span, responder.request
+        if responder.failure:
+            tr.fail(span, responder.failure)
+        exporter = self.tracing.bus if self.tracing is not None else None
+        return exporter.for_reply(span, req.id, req.deadline) if exporter is not None else b""
 
     @property
     def active(self) -> bool:
@@ -124,27 +148,24 @@ class AdapterObserver:
         to the reply when its spans travel in it)."""
         span = held = None
         if self.tracing is not None and tr.is_sampled(req.traceparent):
-            dest = self.names.request(req.system)
+            name, attributes = self._consumer.get(req.system) or self._consumer_of(req.system)
             span = self.tracing.start(
-                f"{dest} process",
+                name,
                 tr.Kind.CONSUMER,
                 req.traceparent,
                 {
-                    "messaging.system": self.system,
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": dest,
-                    "messaging.consumer.group.name": self.names.group(req.system),
+                    **attributes,
                     "messaging.message.id": req.id,
                     tr.REQUEST_ID: req.id,
                     "busgate.kind": req.kind,
-                    "busgate.system": req.system,
                 },
             )
             req = msgspec.structs.replace(req, traceparent=span.traceparent)
             held = self.tracing.bus if req.spans_in_reply and not req.detach else None
             if held is not None:
                 held.hold(req.id)
-                responder.finish = _finisher(span, req, responder, held)
+                responder.span = span
+                responder.finish = self._finish
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
@@ -262,21 +283,6 @@ class AdapterObserver:
             return status, headers, payload
 
         return post
-
-
-def _finisher(
-    span: tr.Span, req: Request, responder: Responder, held: BusSpanProcessor
-) -> Callable[[], bytes]:
-    """Ends the CONSUMER span as the reply goes, and gives the call's spans for it
-    (``BusSpanProcessor.for_reply``); when none go, the finally of ``handle`` publishes them
-    from here."""
-
-    def finish() -> bytes:
-        if responder.failure:
-            tr.fail(span, responder.failure)
-        return held.for_reply(span, req.id, req.deadline)
-
-    return finish
 
 
 def _trace_id(req: Request) -> str:

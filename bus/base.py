@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -92,6 +92,7 @@ class Responder:
         "failure",
         "finish",
         "request",
+        "span",
     )
 
     def __init__(self, bus: Bus, request: Request) -> None:
@@ -105,10 +106,13 @@ class Responder:
         self._credit_to = bus.reply_address(request.id) if request.credits > 0 else ""
         self.failure = ""
         """The error code this request was answered with, if any (its span's status)."""
-        self.finish: Callable[[], bytes] | None = None
-        """Called once the reply's status is known (``failure`` set), just before it goes:
-        ends the call's span and returns the call's spans for ``Reply.spans`` (b"": none),
-        when the Request asked for them (``spans_in_reply``; see ``bus.trace_export``)."""
+        self.finish: Callable[[Responder], bytes] | None = None
+        """Called with this responder once the reply's status is known (``failure`` set),
+        just before it goes: ends the call's span and returns the call's spans for
+        ``Reply.spans`` (b"": none), when the Request asked for them (``spans_in_reply``; see
+        ``bus.trace_export``). One function for every call of a node (no closure per call)."""
+        self.span: Any = None
+        """The call's span, for ``finish``."""
 
     @property
     def cancelled(self) -> asyncio.Event:
@@ -157,7 +161,7 @@ class Responder:
             await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
     def _with_spans(
-        self, reply: Reply, data: bytes, finish: Callable[[], bytes]
+        self, reply: Reply, data: bytes, finish: Callable[[Responder], bytes]
     ) -> tuple[Reply, bytes]:
         """The reply with the call's spans. One too large for the bus is replaced by its
         error first, so the spans say ``reply_too_large``; one that only the spans make too
@@ -170,7 +174,7 @@ class Responder:
             self.failure = error.code
             reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
             data = encode(reply)
-        spans = finish()
+        spans = finish(self)
         if not spans:
             return reply, data
         carrying = encode(msgspec.structs.replace(reply, spans=spans))
