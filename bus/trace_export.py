@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -65,6 +64,8 @@ BUCKETS = 8
 """Buckets per id: a flush makes at most ``BUCKETS ** 2`` messages, and a read searches
 ``1 / BUCKETS`` of what is kept."""
 _TRACE_BUCKET = {c: int(c, 16) % BUCKETS for c in "0123456789abcdef"}
+_KEYS = [[f"{t}.{r}" for r in range(BUCKETS)] for t in range(BUCKETS)]
+"""Every bucket's name, made once: ``_KEYS[trace bucket][request bucket]``."""
 
 
 def stream_name(prefix: str) -> str:
@@ -76,14 +77,25 @@ def trace_bucket(trace_id: str) -> str:
     return str(_TRACE_BUCKET.get(trace_id[-1:], 0))
 
 
+def _key(trace_id: str, request_id: str) -> str:
+    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][_request_bucket(request_id)]
+
+
 def request_bucket(request_id: str) -> str:
-    """A hash every node computes alike (``hash()`` of a str differs between processes)."""
-    return str(zlib.crc32(request_id.encode()) % BUCKETS)
+    """From the request id's last character, as every node computes it (``hash()`` of a str
+    differs between processes): an edge's ids end in a counter, so its calls spread over the
+    buckets (digits 8 and 9 share 0 and 1 with 0 and 1). A character rather than a crc32 of
+    the id: this runs for every span that ends."""
+    return str(_request_bucket(request_id))
+
+
+def _request_bucket(request_id: str) -> int:
+    return ord(request_id[-1]) % BUCKETS if request_id else 0
 
 
 def bucket(trace_id: str, request_id: str) -> str:
     """Where a call's spans go: ``T.R``, the two-token tail of its NATS subject."""
-    return f"{trace_bucket(trace_id)}.{request_bucket(request_id)}"
+    return _key(trace_id, request_id)
 
 
 class TraceSink(abc.ABC):
@@ -226,9 +238,6 @@ class BusSpanProcessor:
         self._pending: dict[str, _Pending] = {}
         """Bucket -> its encoded spans and carried batches, since the last flush."""
         self._count = 0
-        self._request_id = ""
-        self._request_bucket = "0"
-        """The last request id bucketed, and its bucket (a call's spans end together)."""
         self._held: dict[str, list[Row]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -237,28 +246,26 @@ class BusSpanProcessor:
 
     def on_end(self, span: Row) -> None:
         """Spans end on the event loop (busgate ends none elsewhere)."""
-        request_id = span[ATTRIBUTES].get(REQUEST_ID)
+        request_id = span[ATTRIBUTES].get(REQUEST_ID, "")
         if self._held:
             held = self._held.get(request_id)
             if held is not None:
                 held.append(span)
                 return
-        self._pending_of(span[TRACE_ID], str(request_id or "-"))[0].append(encode_span(span))
+        self._add(_key(span[TRACE_ID], str(request_id)), 0, encode_span(span))
 
-    def _pending_of(self, trace_id: str, request_id: str) -> _Pending:
-        """Where a span or carried batch of this call goes (one more of them is counted)."""
+    def _add(self, key: str, which: int, data: bytes) -> None:
+        """``data`` into the bucket ``key``'s pending spans (``which`` 0) or carried batches
+        (1)."""
         if self._count >= MAX_BATCH:
             self._flush()
-        if request_id != self._request_id:
-            self._request_id, self._request_bucket = request_id, request_bucket(request_id)
-        key = _KEYS[trace_bucket(trace_id)][self._request_bucket]
         found = self._pending.get(key)
         if found is None:
             found = self._pending[key] = ([], [])
+        found[which].append(data)
         self._count += 1
         if self._timer is None:
             self._timer = self._loop.call_later(self.delay, self._flush)
-        return found
 
     def hold(self, request_id: str) -> None:
         """Keep the spans of this call that end from now on, for its Reply."""
@@ -287,7 +294,7 @@ class BusSpanProcessor:
     def carry(self, trace_id: str, request_id: str, data: bytes) -> None:
         """Another node's encoded batch of a call (from its Reply): it goes out with this
         node's spans of the call, in one message."""
-        self._pending_of(trace_id, request_id)[1].append(data)
+        self._add(_key(trace_id, request_id), 1, data)
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -349,8 +356,6 @@ class BusSpanProcessor:
 
 
 _Pending = tuple[list[bytes], list[bytes]]
-_KEYS = {str(t): {str(r): f"{t}.{r}" for r in range(BUCKETS)} for t in range(BUCKETS)}
-"""Every bucket's name, made once: ``_KEYS[trace bucket][request bucket]``."""
 
 
 # -- reading back (``busgate trace``) ---------------------------------------------------

@@ -142,23 +142,35 @@ class EdgeCalls:
         self.metrics = metrics
         self.system = parse_url(url)[0]
         self.names = Names(prefix)
+        self._producer: dict[str, tuple[str, dict[str, str]]] = {}
 
-    def _span(self, req: Request) -> tuple[tr.Span | None, Request]:
-        if self.tracing is None or not tr.is_sampled(req.traceparent):
-            return None, req
-        dest = self.names.request(req.system)
-        span = self.tracing.start(
+    def _producer_of(self, system: str) -> tuple[str, dict[str, str]]:
+        """A system's PRODUCER span name and the attributes all its spans share."""
+        dest = self.names.request(system)
+        found = self._producer[system] = (
             f"{dest} publish",
-            tr.Kind.PRODUCER,
-            req.traceparent,
             {
                 "messaging.system": self.system,
                 "messaging.operation.type": "send",
                 "messaging.destination.name": dest,
+                "busgate.system": system,
+            },
+        )
+        return found
+
+    def _span(self, req: Request) -> tuple[tr.Span | None, Request]:
+        if self.tracing is None or not tr.is_sampled(req.traceparent):
+            return None, req
+        name, attributes = self._producer.get(req.system) or self._producer_of(req.system)
+        span = self.tracing.start(
+            name,
+            tr.Kind.PRODUCER,
+            req.traceparent,
+            {
+                **attributes,
                 "messaging.message.id": req.id,
                 tr.REQUEST_ID: req.id,
                 "busgate.kind": req.kind,
-                "busgate.system": req.system,
             },
         )
         # A request's answering node returns its spans in the Reply, and they go out with

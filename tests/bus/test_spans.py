@@ -85,7 +85,19 @@ def test_a_newer_node_may_add_fields():
 
 def test_an_invalid_parent_starts_a_new_trace():
     tracing, _ = recorded()
-    for parent in ("", "garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", PARENT.upper()):
+    hostile = (
+        "",
+        "garbage",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",  # the all-zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",  # the all-zero span id
+        "ff" + PARENT[2:],  # version ff is invalid
+        PARENT.upper(),
+        PARENT + "-00",  # a longer one
+        PARENT + "\n",
+        PARENT[:-1] + "g",
+        PARENT.replace("-", "_"),
+    )
+    for parent in hostile:
         span = tracing.start("s", tr.Kind.SERVER, parent, {})
         assert span.parent_id == "" and len(span.trace_id) == 32
         assert span.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
