@@ -297,13 +297,6 @@ sampling = 1.0
 bus_export = true
 """
 """``busgate-nats-traced``: every call traced, its spans exported onto the bus."""
-NOEXPORT_TABLES = """
-[telemetry]
-sampling = 1.0
-bus_export = false
-"""
-"""``busgate-nats-traced-noexport``: every call traced, its spans exported nowhere (what
-recording costs without the export)."""
 METRICS_TABLES = """
 [telemetry]
 sampling = 0.0
@@ -582,12 +575,6 @@ STACKS: dict[str, Scenario] = {
             "busgate-nats-traced",
             "nats",
             _busgate("busgate-nats-traced", tables=TRACED_TABLES),
-            floor="busgate-nats",
-        ),
-        Scenario(
-            "busgate-nats-traced-noexport",
-            "nats",
-            _busgate("busgate-nats-traced-noexport", tables=NOEXPORT_TABLES),
             floor="busgate-nats",
         ),
         Scenario(
