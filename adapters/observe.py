@@ -272,7 +272,7 @@ class AdapterObserver:
                 if metrics is not None:
                     metrics.runner_calls.labels(system, str(status)).inc()
                 if span is not None:
-                    span.set_attribute("http.response.status_code", status)
+                    span.attributes["http.response.status_code"] = status
                     if status >= 400:
                         tr.fail(span, "upstream_error" if status >= 500 else "runner_refused")
             finally:

@@ -78,19 +78,18 @@ def trace_bucket(trace_id: str) -> str:
 
 
 def _key(trace_id: str, request_id: str) -> str:
-    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][_request_bucket(request_id)]
+    """:func:`bucket`, in one expression (it runs for every span that ends)."""
+    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][
+        ord(request_id[-1]) % BUCKETS if request_id else 0
+    ]
 
 
-def request_bucket(request_id: str) -> str:
+def request_bucket(request_id: str) -> str:  # as in _key
     """From the request id's last character, as every node computes it (``hash()`` of a str
     differs between processes): an edge's ids end in a counter, so its calls spread over the
     buckets (digits 8 and 9 share 0 and 1 with 0 and 1). A character rather than a crc32 of
     the id: this runs for every span that ends."""
-    return str(_request_bucket(request_id))
-
-
-def _request_bucket(request_id: str) -> int:
-    return ord(request_id[-1]) % BUCKETS if request_id else 0
+    return str(ord(request_id[-1]) % BUCKETS if request_id else 0)
 
 
 def bucket(trace_id: str, request_id: str) -> str:

@@ -156,8 +156,12 @@ class Tracing:
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
+        open_spans = self.open
+        if len(open_spans) >= MAX_OPEN:
+            open_spans.clear()
         span_id = f"{_bits(64) or 1:016x}"
-        return self.span(trace_id, span_id, parent_id, name, kind, attributes, linked)
+        end = self._end
+        return Span(end, trace_id, span_id, parent_id, name, kind, attributes, linked, open_spans)
 
     def span(
         self,

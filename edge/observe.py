@@ -372,7 +372,7 @@ class CallTelemetry:
             metrics.in_flight -= 1
             metrics.call(request, status, code, time.perf_counter() - start)
         if span is not None:
-            span.set_attribute("http.response.status_code", status)
+            span.attributes["http.response.status_code"] = status
             if status >= 500 or code == "cancelled":
                 tr.fail(span, code or str(status))
             elif code:
