@@ -66,6 +66,8 @@ BUCKETS = 8
 _TRACE_BUCKET = {c: int(c, 16) % BUCKETS for c in "0123456789abcdef"}
 _KEYS = [[f"{t}.{r}" for r in range(BUCKETS)] for t in range(BUCKETS)]
 """Every bucket's name, made once: ``_KEYS[trace bucket][request bucket]``."""
+_Pending = tuple[list[bytes], list[bytes]]
+"""A bucket's encoded spans and the carried batches of other nodes, awaiting the flush."""
 
 
 def stream_name(prefix: str) -> str:
@@ -77,19 +79,20 @@ def trace_bucket(trace_id: str) -> str:
     return str(_TRACE_BUCKET.get(trace_id[-1:], 0))
 
 
-def _key(trace_id: str, request_id: str) -> str:
-    """:func:`bucket`, in one expression (it runs for every span that ends)."""
-    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][
-        ord(request_id[-1]) % BUCKETS if request_id else 0
-    ]
+def request_bucket(request_id: str) -> str:
+    return str(_request_index(request_id))
 
 
-def request_bucket(request_id: str) -> str:  # as in _key
+def _request_index(request_id: str) -> int:
     """From the request id's last character, as every node computes it (``hash()`` of a str
     differs between processes): an edge's ids end in a counter, so its calls spread over the
-    buckets (digits 8 and 9 share 0 and 1 with 0 and 1). A character rather than a crc32 of
-    the id: this runs for every span that ends."""
-    return str(ord(request_id[-1]) % BUCKETS if request_id else 0)
+    buckets (8 and 9 land with 0 and 1). A character rather than a crc32 of the id: this runs
+    for every span that ends."""
+    return ord(request_id[-1]) % BUCKETS if request_id else 0
+
+
+def _key(trace_id: str, request_id: str) -> str:
+    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][_request_index(request_id)]
 
 
 def bucket(trace_id: str, request_id: str) -> str:
@@ -352,9 +355,6 @@ class BusSpanProcessor:
         if self._sending:
             await asyncio.wait(self._sending, timeout=5)
         await self.sink.close()
-
-
-_Pending = tuple[list[bytes], list[bytes]]
 
 
 # -- reading back (``busgate trace``) ---------------------------------------------------

@@ -66,11 +66,6 @@ def is_sampled(traceparent: str) -> bool:
     return len(traceparent) == 55 and traceparent[54] in "13579bdf"
 
 
-def unsampled(traceparent: str) -> str:
-    """The same context with the sampled flag off: the nodes after this one record nothing."""
-    return traceparent[:-2] + "00" if len(traceparent) == 55 else traceparent
-
-
 def ids(traceparent: str) -> tuple[str, str] | None:
     """(trace id, span id) of a W3C ``traceparent`` (lowercase), or None when it is not one.
 
@@ -83,10 +78,6 @@ def ids(traceparent: str) -> tuple[str, str] | None:
     if trace_id == _NO_TRACE or span_id == _NO_SPAN:
         return None
     return trace_id, span_id
-
-
-def valid(traceparent: str) -> bool:
-    return ids(traceparent) is not None
 
 
 def new_trace_id() -> str:
@@ -156,12 +147,8 @@ class Tracing:
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
-        open_spans = self.open
-        if len(open_spans) >= MAX_OPEN:
-            open_spans.clear()
         span_id = f"{_bits(64) or 1:016x}"
-        end = self._end
-        return Span(end, trace_id, span_id, parent_id, name, kind, attributes, linked, open_spans)
+        return self.span(trace_id, span_id, parent_id, name, kind, attributes, linked)
 
     def span(
         self,
