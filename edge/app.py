@@ -48,9 +48,8 @@ def create_app(
     """The edge app; it connects its own bus unless one is given (tests, embedding).
     ``config_path``: the file ``config`` came from, re-read every ``gateway.refresh``."""
     ids = IdFactory(config.gateway.id)
-    calls = observe.call_telemetry(
-        config, ids.node
-    )  # spans, /metrics, log ids: what [telemetry] asks
+    # Spans, /metrics and log ids, as [telemetry] asks (None: none of them, no cost).
+    calls = observe.call_telemetry(config, ids.node)
     app = web.Application(
         middlewares=[front_middleware(config.gateway, ids, calls)],
         client_max_size=config.gateway.max_body,
