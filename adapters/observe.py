@@ -30,6 +30,7 @@ from busgate.contracts.config import Config
 from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Error, Request
 
+MAX_CHILDREN = 10_000
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 
@@ -59,6 +60,19 @@ class AdapterMetrics(Collector):
         self.in_flight = 0
         self.streams = 0
         self.registry.register(self)
+        self._children: dict[tuple[Any, str, str], Any] = {}
+        """Label children by (metric, system, value): ``labels()`` takes a lock and checks
+        its arguments on every call, twice per request here."""
+
+    def count(self, metric: Counter, system: str, value: str) -> None:
+        """``metric.labels(system, value).inc()``, its child kept for the next call."""
+        key = (metric, system, value)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(system, value)
+            if len(self._children) < MAX_CHILDREN:  # a runner's statuses are few, but bound
+                self._children[key] = child
+        child.inc()
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -171,7 +185,7 @@ class AdapterObserver:
         metrics = self.metrics
         stream = req.kind == "stream"
         if metrics is not None:
-            metrics.requests.labels(req.system, req.kind).inc()
+            metrics.count(metrics.requests, req.system, req.kind)
             metrics.in_flight += 1
             metrics.streams += stream
         try:
@@ -264,13 +278,13 @@ class AdapterObserver:
                 status, headers, payload = await inner(req, parameters)
             except BusgateError as exc:
                 if metrics is not None:
-                    metrics.runner_calls.labels(system, exc.code).inc()
+                    metrics.count(metrics.runner_calls, system, exc.code)
                 if span is not None:
                     tr.fail(span, exc.code, exc.message)
                 raise
             else:
                 if metrics is not None:
-                    metrics.runner_calls.labels(system, str(status)).inc()
+                    metrics.count(metrics.runner_calls, system, str(status))
                 if span is not None:
                     span.attributes["http.response.status_code"] = status
                     if status >= 400:
