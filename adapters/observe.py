@@ -97,23 +97,8 @@ class AdapterObserver:
         self.names = Names(config.gateway.prefix)
         self.logs = calllog.enabled
         self._site: web.AppRunner | None = None
-        self._consumer: dict[str, tuple[str, dict[str, str]]] = {}
+        self.consumer = tr.Messaging(self.system, self.names, "process")
         self._finish = self._reply_spans  # one bound method for every call
-
-    def _consumer_of(self, system: str) -> tuple[str, dict[str, str]]:
-        """A system's CONSUMER span name and the attributes all its spans share."""
-        dest = self.names.request(system)
-        found = self._consumer[system] = (
-            f"{dest} process",
-            {
-                "messaging.system": self.system,
-                "messaging.operation.type": "process",
-                "messaging.destination.name": dest,
-                "messaging.consumer.group.name": self.names.group(system),
-                "busgate.system": system,
-            },
-        )
-        return found
 
     def _reply_spans(self, responder: Responder) -> bytes:
         """``Responder.finish``: ends the CONSUMER span as the reply goes, and gives the
@@ -162,18 +147,7 @@ class AdapterObserver:
         to the reply when its spans travel in it)."""
         span = held = None
         if self.tracing is not None and tr.is_sampled(req.traceparent):
-            name, attributes = self._consumer.get(req.system) or self._consumer_of(req.system)
-            span = self.tracing.start(
-                name,
-                tr.Kind.CONSUMER,
-                req.traceparent,
-                {
-                    **attributes,
-                    "messaging.message.id": req.id,
-                    tr.REQUEST_ID: req.id,
-                    "busgate.kind": req.kind,
-                },
-            )
+            span = self.consumer.start(self.tracing, req)
             req = msgspec.structs.replace(req, traceparent=span.traceparent)
             held = self.tracing.bus if req.spans_in_reply and not req.detach else None
             if held is not None:

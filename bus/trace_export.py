@@ -91,13 +91,9 @@ def _request_index(request_id: str) -> int:
     return ord(request_id[-1]) % BUCKETS if request_id else 0
 
 
-def _key(trace_id: str, request_id: str) -> str:
-    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][_request_index(request_id)]
-
-
 def bucket(trace_id: str, request_id: str) -> str:
     """Where a call's spans go: ``T.R``, the two-token tail of its NATS subject."""
-    return _key(trace_id, request_id)
+    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][_request_index(request_id)]
 
 
 class TraceSink(abc.ABC):
@@ -254,7 +250,7 @@ class BusSpanProcessor:
             if held is not None:
                 held.append(span)
                 return
-        self._add(_key(span[TRACE_ID], str(request_id)), 0, encode_span(span))
+        self._add(bucket(span[TRACE_ID], str(request_id)), 0, encode_span(span))
 
     def _add(self, key: str, which: int, data: bytes) -> None:
         """``data`` into the bucket ``key``'s pending spans (``which`` 0) or carried batches
@@ -296,7 +292,7 @@ class BusSpanProcessor:
     def carry(self, trace_id: str, request_id: str, data: bytes) -> None:
         """Another node's encoded batch of a call (from its Reply): it goes out with this
         node's spans of the call, in one message."""
-        self._add(_key(trace_id, request_id), 1, data)
+        self._add(bucket(trace_id, request_id), 1, data)
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -327,9 +323,6 @@ class BusSpanProcessor:
         """One message for the bucket, or several, each within the sink's limit (a span or
         carried batch alone over it goes alone, and the sink refuses it)."""
         room = self.sink.max_message - len(self._head) - 10  # and two array headers
-        if sum(map(len, spans)) + sum(map(len, more)) <= room:
-            out.append((key, join_batch(self._head, spans, more)))
-            return
         chunk: list[bytes] = []
         chunk_more: list[bytes] = []
         size = 0

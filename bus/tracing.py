@@ -25,16 +25,27 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
+from busgate.bus.naming import Names
 from busgate.bus.spans import Attributes, Kind, Row, Span
 from busgate.contracts.config import Telemetry
+from busgate.contracts.wire import Request
 
 if TYPE_CHECKING:
     from busgate.bus.base import Bus
     from busgate.bus.trace_export import BusSpanProcessor, TraceSink
 
-__all__ = ["ERROR_CODE", "REQUEST_ID", "Kind", "Span", "Tracing", "fail", "is_sampled"]
+__all__ = [
+    "ERROR_CODE",
+    "REQUEST_ID",
+    "Kind",
+    "Messaging",
+    "Span",
+    "Tracing",
+    "fail",
+    "is_sampled",
+]
 
 log = logging.getLogger("busgate.tracing")
 
@@ -137,36 +148,29 @@ class Tracing:
         parent: str,
         attributes: Attributes,
         links: Sequence[str] = (),
+        *,
+        context: tuple[str, str, str] | None = None,
     ) -> Span:
         """A span whose parent is the span context in ``parent`` (a ``traceparent``), or a
         new trace's root when ``parent`` is empty or invalid. ``links``: ``traceparent``s of
         related spans that are not its parent (a command's issuing call). ``attributes`` is
-        the span's from now on."""
-        found = (self.open.get(parent) or ids(parent)) if parent else None
-        trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+        the span's from now on. ``context``: (trace id, span id, parent span id) the caller
+        already made or checked (the edge's front assigns a call's), instead of ``parent``."""
+        if context is not None:
+            trace_id, span_id, parent_id = context
+        else:
+            found = (self.open.get(parent) or ids(parent)) if parent else None
+            trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+            span_id = f"{_bits(64) or 1:016x}"
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
-        span_id = f"{_bits(64) or 1:016x}"
-        return self.span(trace_id, span_id, parent_id, name, kind, attributes, linked)
-
-    def span(
-        self,
-        trace_id: str,
-        span_id: str,
-        parent_id: str,
-        name: str,
-        kind: Kind,
-        attributes: Attributes,
-        links: list[tuple[str, str, Attributes]] | None = None,
-    ) -> Span:
-        """A span with the ids given (valid ones: the caller made or checked them)."""
         open_spans = self.open
         if len(open_spans) >= MAX_OPEN:
             open_spans.clear()
         end = self._end
         return Span(
-            end, trace_id, span_id, parent_id, name, kind, attributes, links or None, open_spans
+            end, trace_id, span_id, parent_id, name, kind, attributes, linked or None, open_spans
         )
 
     async def close(self) -> None:
@@ -180,6 +184,49 @@ class Tracing:
             elif isinstance(exporter, OtlpExporter):
                 # OTLP's last batch is a blocking HTTP post: not on the event loop.
                 await asyncio.to_thread(exporter.close)
+
+
+class Messaging:
+    """The spans of one side of the request destinations (``send``: the edge's PRODUCER,
+    ``process``: the adapter's or bus-native runner's CONSUMER), OpenTelemetry's messaging
+    conventions. A system's span name and the attributes all its spans share are made once
+    (they were built again for every traced call)."""
+
+    def __init__(self, scheme: str, names: Names, operation: Literal["send", "process"]) -> None:
+        self.scheme = scheme
+        self.names = names
+        self.operation = operation
+        self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
+        self._made: dict[str, tuple[str, Attributes]] = {}
+
+    def _of(self, system: str) -> tuple[str, Attributes]:
+        found = self._made.get(system)
+        if found is None:
+            dest = self.names.request(system)
+            shared: Attributes = {
+                "messaging.system": self.scheme,
+                "messaging.operation.type": self.operation,
+                "messaging.destination.name": dest,
+                "busgate.system": system,
+            }
+            if self.operation == "process":
+                shared["messaging.consumer.group.name"] = self.names.group(system)
+            verb = "publish" if self.operation == "send" else "process"
+            found = self._made[system] = (f"{dest} {verb}", shared)
+        return found
+
+    def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
+        """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""
+        name, shared = self._of(req.system)
+        attributes = {
+            **shared,
+            "messaging.message.id": req.id,
+            REQUEST_ID: req.id,
+            "busgate.kind": req.kind,
+        }
+        if extra:
+            attributes.update(extra)
+        return tracing.start(name, self.kind, req.traceparent, attributes)
 
 
 def fail(span: Span, code: str, message: str = "") -> None:

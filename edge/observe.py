@@ -140,39 +140,12 @@ class EdgeCalls:
     ):
         self.tracing = tracing
         self.metrics = metrics
-        self.system = parse_url(url)[0]
-        self.names = Names(prefix)
-        self._producer: dict[str, tuple[str, dict[str, str]]] = {}
-
-    def _producer_of(self, system: str) -> tuple[str, dict[str, str]]:
-        """A system's PRODUCER span name and the attributes all its spans share."""
-        dest = self.names.request(system)
-        found = self._producer[system] = (
-            f"{dest} publish",
-            {
-                "messaging.system": self.system,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": dest,
-                "busgate.system": system,
-            },
-        )
-        return found
+        self.producer = tr.Messaging(parse_url(url)[0], Names(prefix), "send")
 
     def _span(self, req: Request) -> tuple[tr.Span | None, Request]:
         if self.tracing is None or not tr.is_sampled(req.traceparent):
             return None, req
-        name, attributes = self._producer.get(req.system) or self._producer_of(req.system)
-        span = self.tracing.start(
-            name,
-            tr.Kind.PRODUCER,
-            req.traceparent,
-            {
-                **attributes,
-                "messaging.message.id": req.id,
-                tr.REQUEST_ID: req.id,
-                "busgate.kind": req.kind,
-            },
-        )
+        span = self.producer.start(self.tracing, req)
         # A request's answering node returns its spans in the Reply, and they go out with
         # this node's in one bus message (``bus.trace_export``); a stream's node exports
         # its own (no single reply to carry them).
@@ -332,12 +305,10 @@ class CallTelemetry:
         if tracing is not None and flags[-1] in _SAMPLED:
             route = request.match_info.route.resource
             template = route.canonical if route is not None else request.path
-            span = tracing.span(
-                trace_id,
-                span_id,
-                parent_id,
+            span = tracing.start(
                 f"{request.method} {template}",
                 tr.Kind.SERVER,
+                "",
                 {
                     "http.request.method": request.method,
                     "http.route": template,
@@ -346,6 +317,7 @@ class CallTelemetry:
                     tr.REQUEST_ID: request[keys.REQUEST_ID],
                     "busgate.channel": request.match_info.get("channel", ""),
                 },
+                context=(trace_id, span_id, parent_id),
             )
             _ = span.traceparent  # listed in ``tracing.open``: the PRODUCER span's parent
         if self.logs:

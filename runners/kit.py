@@ -195,6 +195,7 @@ class Runner:
             if telemetry is not None and telemetry.tracing
             else None
         )
+        self.consumer = tr.Messaging(self.scheme, self.names, "process")
         self.broker: Broker = self._build()
 
     # -- what a runner author writes -------------------------------------------------
@@ -406,23 +407,7 @@ class Runner:
         tracing = self.tracing
         if tracing is None or not tr.is_sampled(req.traceparent):
             return None
-        dest = self.names.request(self.system)
-        span = tracing.start(
-            f"{dest} process",
-            tr.Kind.CONSUMER,
-            req.traceparent,
-            {
-                "messaging.system": self.scheme,
-                "messaging.operation.type": "process",
-                "messaging.destination.name": dest,
-                "messaging.consumer.group.name": self.names.group(self.system),
-                "messaging.message.id": req.id,
-                tr.REQUEST_ID: req.id,
-                "busgate.kind": req.kind,
-                "busgate.system": self.system,
-                SAGA: req.path,
-            },
-        )
+        span = self.consumer.start(tracing, req, {SAGA: req.path})
         if req.spans_in_reply and not req.detach and tracing.bus is not None:
             tracing.bus.hold(req.id)
         return span
