@@ -31,6 +31,7 @@ from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Error, Request
 
 MAX_CHILDREN = 10_000
+CLIENT = tr.Kind.CLIENT
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 
@@ -98,17 +99,6 @@ class AdapterObserver:
         self.logs = calllog.enabled
         self._site: web.AppRunner | None = None
         self.consumer = tr.Messaging(self.system, self.names, "process")
-        self._finish = self._reply_spans  # one bound method for every call
-
-    def _reply_spans(self, responder: Responder) -> bytes:
-        """``Responder.finish``: ends the CONSUMER span as the reply goes, and gives the
-        call's spans for it (``BusSpanProcessor.for_reply``); when none go, the finally of
-        ``handle`` publishes them."""
-        span, req = responder.span, responder.request
-        if responder.failure:
-            tr.fail(span, responder.failure)
-        exporter = self.tracing.bus if self.tracing is not None else None
-        return exporter.for_reply(span, req.id, req.deadline) if exporter is not None else b""
 
     @property
     def active(self) -> bool:
@@ -153,7 +143,7 @@ class AdapterObserver:
             if held is not None:
                 held.hold(req.id)
                 responder.span = span
-                responder.finish = self._finish
+                responder.finish = held.reply_spans
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
@@ -232,8 +222,15 @@ class AdapterObserver:
         async def post(
             inner: Post, req: Request, parameters: bytes
         ) -> tuple[int, dict[str, str], bytes]:
-            span = None
-            if tracing is not None and tr.is_sampled(req.traceparent):
+            span: tr.Span | tr.Child | None = None
+            values: list[Any] | None = None
+            # The CONSUMER span (open, so sampled) is the usual parent: recorded inside it.
+            parent = tracing.open.get(req.traceparent) if tracing is not None else None
+            if parent is not None:
+                values = ["POST", f"{base_url}/{req.path}", system, None]  # CHILD_KEYS
+                span = parent.child(CLIENT, values)
+                req = msgspec.structs.replace(req, traceparent=span.traceparent)
+            elif tracing is not None and tr.is_sampled(req.traceparent):
                 url = f"{base_url}/{req.path}"
                 span = tracing.start(
                     "POST",
@@ -260,7 +257,10 @@ class AdapterObserver:
                 if metrics is not None:
                     metrics.count(metrics.runner_calls, system, str(status))
                 if span is not None:
-                    span.attributes["http.response.status_code"] = status
+                    if values is not None:
+                        values[3] = status
+                    else:
+                        span.set_attribute("http.response.status_code", status)
                     if status >= 400:
                         tr.fail(span, "upstream_error" if status >= 500 else "runner_refused")
             finally:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from busgate.bus.spans import CONSUMER_LIKE, ERROR, Row
+from busgate.bus.spans import CONSUMER_LIKE, ERROR, Row, expand
 
 log = logging.getLogger("busgate.tracing")
 
@@ -33,7 +33,7 @@ def readable(rows: Iterable[Row], resource: Any, scope: Any) -> list[Any]:
 
     sampled = TraceFlags(TraceFlags.SAMPLED)
     found = []
-    for row in rows:
+    for row in (each for recorded in rows for each in expand(recorded)):
         trace, span_id, parent_id, name, kind, start, end, attributes, code, message = row[:10]
         events, links = row[10:12]
         trace_id = int(trace, 16)

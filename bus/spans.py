@@ -26,12 +26,14 @@ Ids are made like the SDK's ``RandomIdGenerator`` does (``random.getrandbits``),
 from __future__ import annotations
 
 import enum
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
+_bits = random.getrandbits
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]
 Attributes = dict[str, Any]
 
@@ -56,8 +58,83 @@ writes). Immutable, so the OTLP exporter's thread reads it safely; and a plain t
 strings, numbers and flat dicts, which the garbage collector stops tracking at its first
 pass while a batch holds it."""
 
-TRACE_ID, ATTRIBUTES = 0, 7
+TRACE_ID, ATTRIBUTES, CHILDREN = 0, 7, 12
 """Positions in a :data:`Row` that exporters read."""
+
+
+# -- children: spans recorded inside their parent's row --------------------------------
+# The edge's PRODUCER span (the bus request of its SERVER span) and the adapter's CLIENT span
+# (the runner call of its CONSUMER span) have a fixed shape: their name and attributes follow
+# from a few values. Recorded as a :class:`Child` of the open parent, each is a short tuple in
+# the parent's row instead of a span of its own (object, attribute dict, row, export, and
+# ~300 bytes of attribute names on the bus); readers rebuild the full span (:func:`expand`).
+# Measured: see ``bus.tracing``.
+
+CHILD_KEYS: dict[int, tuple[str, ...]] = {
+    Kind.PRODUCER: (  # a bus request's publish, until its reply is in
+        "messaging.system",
+        "messaging.destination.name",
+        "busgate.system",
+        "messaging.message.id",
+        "busgate.kind",
+    ),
+    Kind.CLIENT: (  # an adapter's call of its runner
+        "http.request.method",
+        "url.full",
+        "busgate.system",
+        "http.response.status_code",
+    ),
+}
+"""The attributes a child's ``values`` stand for, by its kind."""
+REQUEST_ID_KEY = "busgate.request_id"
+ERROR_TYPE_KEY = "error.type"
+
+
+class Child:
+    """A span of fixed shape (:data:`CHILD_KEYS`) recorded inside its open parent: it has
+    its own span id, kind, times and status, and its trace is the parent's. One that
+    outlives its parent (the edge answered before its bus request did) is exported as a
+    span of its own when it ends."""
+
+    __slots__ = ("_late", "fields", "trace_id", "traceparent")
+
+    def __init__(self, trace_id: str, span_id: str, kind: int, values: list[Any]) -> None:
+        self.trace_id = trace_id
+        self.traceparent = f"00-{trace_id}-{span_id}-01"
+        self.fields: list[Any] = [span_id, kind, time.time_ns(), 0, values, UNSET, "", ""]
+        """Its :class:`ChildData`, as it goes in its parent's row: span id, kind, start,
+        end (0: open), ``values`` of :data:`CHILD_KEYS` ``[kind]`` in order (None: not
+        set), status, status message, error code."""
+        self._late: tuple[Callable[[Row], None], str, Attributes] | None = None
+
+    @property
+    def span_id(self) -> str:
+        return str(self.fields[0])
+
+    @property
+    def end_time(self) -> int:
+        return int(self.fields[3])
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """One of its shape's attributes (:data:`CHILD_KEYS`; another raises ValueError)."""
+        fields = self.fields
+        fields[4][CHILD_KEYS[fields[1]].index(key)] = value
+
+    def error(self, code: str, message: str = "") -> None:
+        """Failed with a busgate error code (``error.type``)."""
+        fields = self.fields
+        fields[5] = ERROR
+        fields[6] = message or code
+        fields[7] = code
+
+    def end(self) -> None:
+        fields = self.fields
+        if fields[3]:
+            return
+        fields[3] = time.time_ns()
+        if self._late is not None:
+            done, parent_id, attributes = self._late
+            done(child_row(self.trace_id, parent_id, attributes, fields))
 
 
 class Span:
@@ -69,6 +146,7 @@ class Span:
         "_open",
         "_traceparent",
         "attributes",
+        "children",
         "end_time",
         "events",
         "kind",
@@ -92,7 +170,7 @@ class Span:
         kind: Kind,
         attributes: Attributes,
         links: list[tuple[str, str, Attributes]] | None = None,
-        open_spans: dict[str, tuple[str, str]] | None = None,
+        open_spans: dict[str, Span] | None = None,
     ) -> None:
         self._done = done
         self._open = open_spans
@@ -111,6 +189,7 @@ class Span:
         """Owned by the span from now on (callers pass a fresh dict)."""
         self.links = links
         self.events: list[tuple[str, int, Attributes]] | None = None
+        self.children: list[Child] | None = None
         self.status = UNSET
         self.message = ""
         self.end_time = 0
@@ -124,7 +203,17 @@ class Span:
         if not found:
             found = self._traceparent = f"00-{self.trace_id}-{self.span_id}-01"
             if self._open is not None:
-                self._open[found] = (self.trace_id, self.span_id)
+                self._open[found] = self
+        return found
+
+    def child(self, kind: int, values: list[Any]) -> Child:
+        """A :class:`Child` span of this one, starting now (recorded in this span's row)."""
+        found = Child(self.trace_id, f"{_bits(64) or 1:016x}", kind, values)
+        children = self.children
+        if children is None:
+            self.children = [found]
+        else:
+            children.append(found)
         return found
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
@@ -138,6 +227,11 @@ class Span:
     def fail(self, message: str) -> None:
         self.status = ERROR
         self.message = message
+
+    def error(self, code: str, message: str = "") -> None:
+        """Failed with a busgate error code (``error.type``)."""
+        self.attributes[ERROR_TYPE_KEY] = code
+        self.fail(message or code)
 
     def end(self) -> None:
         """Finish the span (a second call does nothing, as in OpenTelemetry)."""
@@ -160,8 +254,19 @@ class Span:
                 self.message,
                 self.events or (),
                 self.links or (),
+                self._children() if self.children else (),
             )
         )
+
+    def _children(self) -> list[list[Any]]:
+        """The ended children's fields; one still open goes out alone when it ends."""
+        found = []
+        for child in self.children or ():
+            if child.fields[3]:
+                found.append(child.fields)
+            else:
+                child._late = (self._done, self.span_id, self.attributes)
+        return found
 
 
 # -- the wire form ------------------------------------------------------------------------
@@ -181,6 +286,19 @@ class Link(msgspec.Struct, array_like=True, frozen=True):
     attributes: Attributes = {}
 
 
+class ChildData(msgspec.Struct, array_like=True, frozen=True):
+    """A :class:`Child` in its parent's :class:`SpanData`."""
+
+    span_id: str
+    kind: int
+    start: int
+    end: int
+    values: list[Any] = []
+    status: int = UNSET
+    message: str = ""
+    error_type: str = ""
+
+
 class SpanData(msgspec.Struct, array_like=True, frozen=True):
     """A finished span as it travels on the bus (a :data:`Row`)."""
 
@@ -197,6 +315,19 @@ class SpanData(msgspec.Struct, array_like=True, frozen=True):
     message: str = ""
     events: list[Event] = []
     links: list[Link] = []
+    children: list[ChildData] = []
+
+    def family(self) -> list[SpanData]:
+        """This span and its children as spans of their own (:func:`expand`)."""
+        if not self.children:
+            return [self]
+        return [
+            self,
+            *(
+                SpanData(*child_row(self.trace_id, self.span_id, self.attributes, child))
+                for child in map(msgspec.structs.astuple, self.children)
+            ),
+        ]
 
 
 class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
@@ -262,6 +393,40 @@ def _array_header(n: int) -> bytes:
 def decode_batch(data: bytes) -> SpanBatch:
     """Raises ``msgspec.DecodeError`` (``ValidationError`` included) on anything else."""
     return _decoder.decode(data)
+
+
+def expand(row: Row) -> list[Row]:
+    """A row and its children's (:class:`Child`) as rows of their own: the same spans a
+    reader would have got had each been recorded alone."""
+    children = row[CHILDREN] if len(row) > CHILDREN else ()
+    if not children:
+        return [row]
+    trace_id, parent_id, attributes = row[TRACE_ID], row[1], row[ATTRIBUTES]
+    return [row[:CHILDREN], *(child_row(trace_id, parent_id, attributes, c) for c in children)]
+
+
+def child_row(
+    trace_id: str, parent_id: str, parent_attributes: Attributes, child: Sequence[Any]
+) -> Row:
+    """The :data:`Row` of a child (its :class:`ChildData` fields) of the span
+    ``parent_id``: name and attributes rebuilt from its values (:data:`CHILD_KEYS`)."""
+    span_id, kind, start, end, values, status, message, error_type = child[:8]
+    keys = CHILD_KEYS.get(kind, ())
+    attrs: Attributes = {
+        key: value for key, value in zip(keys, values, strict=False) if value is not None
+    }
+    if kind == Kind.PRODUCER:
+        attrs["messaging.operation.type"] = "send"
+        name = f"{attrs.get('messaging.destination.name', '')} publish"
+        request_id = attrs.get("messaging.message.id")
+    else:
+        name = str(attrs.get("http.request.method", "")) or "call"
+        request_id = parent_attributes.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        attrs[REQUEST_ID_KEY] = request_id
+    if error_type:
+        attrs[ERROR_TYPE_KEY] = error_type
+    return (trace_id, span_id, parent_id, name, kind, start, end, attrs, status, message, (), ())
 
 
 CONSUMER_LIKE = frozenset({Kind.SERVER, Kind.CONSUMER})

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from busgate.bus.naming import Names
-from busgate.bus.spans import Attributes, Kind, Row, Span
+from busgate.bus.spans import ERROR_TYPE_KEY, REQUEST_ID_KEY, Attributes, Child, Kind, Row, Span
 from busgate.contracts.config import Telemetry
 from busgate.contracts.wire import Request
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ERROR_CODE",
     "REQUEST_ID",
+    "Child",
     "Kind",
     "Messaging",
     "Span",
@@ -49,13 +50,13 @@ __all__ = [
 
 log = logging.getLogger("busgate.tracing")
 
-REQUEST_ID = "busgate.request_id"
+REQUEST_ID = REQUEST_ID_KEY
 """Attribute on every busgate span: ``busgate trace REQUEST_ID`` and the bus export key."""
 REPLY_MARGIN = 0.25
 """Seconds before a call's deadline after which its answering node no longer puts its spans
 in the Reply (``Request.spans_in_reply``) but publishes them itself: a reply that reaches
 the edge after the deadline is dropped there, and its spans with it."""
-ERROR_CODE = "error.type"
+ERROR_CODE = ERROR_TYPE_KEY
 """The busgate error code of a failed call (OpenTelemetry's ``error.type``)."""
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}").fullmatch
@@ -111,9 +112,10 @@ class Tracing:
         self._end: Callable[[Row], None] = self._fan_out
         self.bus: BusSpanProcessor | None = None
         """The bus export, once started (:meth:`export_to_bus`)."""
-        self.open: dict[str, tuple[str, str]] = {}
-        """``traceparent`` -> (trace id, span id) of this process's open spans whose context
-        was handed out: a child of one is not parsed again (0.8-1.4 µs a span, the bench)."""
+        self.open: dict[str, Span] = {}
+        """``traceparent`` -> this process's open spans whose context was handed out: a
+        child of one is not parsed again (0.8-1.4 µs a span, the bench), and a span of fixed
+        shape is recorded inside it (:meth:`Span.child`)."""
         self._wire()
 
     def _wire(self) -> None:
@@ -130,7 +132,10 @@ class Tracing:
             return
         from busgate.bus.trace_export import open_sink
 
-        await self.export_to(open_sink(bus, url, max_age=self.telemetry.bus_max_age))
+        telemetry = self.telemetry
+        await self.export_to(
+            open_sink(bus, url, max_age=telemetry.bus_max_age, storage=telemetry.bus_storage)
+        )
 
     async def export_to(self, sink: TraceSink) -> None:
         """Also send finished spans to ``sink`` (a node's connection to the bus)."""
@@ -150,17 +155,24 @@ class Tracing:
         links: Sequence[str] = (),
         *,
         context: tuple[str, str, str] | None = None,
+        listed: str = "",
     ) -> Span:
         """A span whose parent is the span context in ``parent`` (a ``traceparent``), or a
         new trace's root when ``parent`` is empty or invalid. ``links``: ``traceparent``s of
         related spans that are not its parent (a command's issuing call). ``attributes`` is
         the span's from now on. ``context``: (trace id, span id, parent span id) the caller
-        already made or checked (the edge's front assigns a call's), instead of ``parent``."""
+        already made or checked (the edge's front assigns a call's), instead of ``parent``.
+        ``listed``: the ``traceparent`` the caller hands out for the span (its own flags
+        kept), listed in :attr:`open` at once."""
         if context is not None:
             trace_id, span_id, parent_id = context
         else:
-            found = (self.open.get(parent) or ids(parent)) if parent else None
-            trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+            open_span = self.open.get(parent) if parent else None
+            if open_span is not None:
+                trace_id, parent_id = open_span.trace_id, open_span.span_id
+            else:
+                found = ids(parent) if parent else None
+                trace_id, parent_id = found if found is not None else (new_trace_id(), "")
             span_id = f"{_bits(64) or 1:016x}"
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
@@ -168,10 +180,21 @@ class Tracing:
         open_spans = self.open
         if len(open_spans) >= MAX_OPEN:
             open_spans.clear()
-        end = self._end
-        return Span(
-            end, trace_id, span_id, parent_id, name, kind, attributes, linked or None, open_spans
+        span = Span(
+            self._end,
+            trace_id,
+            span_id,
+            parent_id,
+            name,
+            kind,
+            attributes,
+            linked or None,
+            open_spans,
         )
+        if listed:
+            span._traceparent = listed
+            open_spans[listed] = span
+        return span
 
     async def close(self) -> None:
         """Export what is still buffered, then stop the exporters."""
@@ -198,6 +221,7 @@ class Messaging:
         self.operation = operation
         self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
         self._made: dict[str, tuple[str, Attributes]] = {}
+        self._dest: dict[str, str] = {}
 
     def _of(self, system: str) -> tuple[str, Attributes]:
         found = self._made.get(system)
@@ -213,7 +237,15 @@ class Messaging:
                 shared["messaging.consumer.group.name"] = self.names.group(system)
             verb = "publish" if self.operation == "send" else "process"
             found = self._made[system] = (f"{dest} {verb}", shared)
+            self._dest[system] = dest
         return found
+
+    def child(self, parent: Span, req: Request) -> Child:
+        """``req``'s PRODUCER span recorded inside ``parent`` (the call's open SERVER span):
+        a few values instead of a span of its own (``bus.spans.CHILD_KEYS``)."""
+        system = req.system
+        dest = self._dest.get(system) or self._of(system)[1]["messaging.destination.name"]
+        return parent.child(self.kind, [self.scheme, dest, system, req.id, req.kind])
 
     def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
         """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""
@@ -229,7 +261,6 @@ class Messaging:
         return tracing.start(name, self.kind, req.traceparent, attributes)
 
 
-def fail(span: Span, code: str, message: str = "") -> None:
+def fail(span: Span | Child, code: str, message: str = "") -> None:
     """Mark ``span`` failed with a busgate error code."""
-    span.attributes[ERROR_CODE] = code
-    span.fail(message or code)
+    span.error(code, message)

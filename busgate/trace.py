@@ -70,8 +70,9 @@ def decode(batches: Iterable[bytes]) -> list[SpanRecord]:
         except msgspec.DecodeError:
             continue
         for node in batch.all():
-            for span in node.spans:
-                seen[span.span_id] = _record(span, node)
+            for recorded in node.spans:
+                for span in recorded.family():
+                    seen[span.span_id] = _record(span, node)
     return sorted(seen.values(), key=lambda s: s.start)
 
 

@@ -812,8 +812,9 @@ class Telemetry(Section, frozen=True):
     ``gateway.accept_trace``) follows the client's decision. Finished spans go to
     ``otlp_endpoint`` (OTLP over HTTP, e.g. ``http://collector:4318/v1/traces``) when set,
     and onto the bus when ``bus_export`` is on, kept there ``bus_max_age`` seconds for
-    ``busgate trace``. ``metrics`` serves ``/metrics`` on the edge (adapters serve it with
-    ``--metrics-listen``).
+    ``busgate trace`` (on NATS in a JetStream stream in the server's memory by default,
+    ``bus_storage = "file"`` to keep them across a restart of the server). ``metrics``
+    serves ``/metrics`` on the edge (adapters serve it with ``--metrics-listen``).
     """
 
     sampling: float = 0.0
@@ -824,6 +825,7 @@ class Telemetry(Section, frozen=True):
     otlp_endpoint: str = ""
     bus_export: bool = True
     bus_max_age: float = 3600.0
+    bus_storage: Literal["memory", "file"] = "memory"
     metrics: bool = False
 
     def __post_init__(self) -> None:

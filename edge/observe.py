@@ -142,20 +142,31 @@ class EdgeCalls:
         self.metrics = metrics
         self.producer = tr.Messaging(parse_url(url)[0], Names(prefix), "send")
 
-    def _span(self, req: Request) -> tuple[tr.Span | None, Request]:
-        if self.tracing is None or not tr.is_sampled(req.traceparent):
+    def _span(self, req: Request, *, child: bool) -> tuple[tr.Span | tr.Child | None, Request]:
+        """``child``: the span may be recorded inside the call's SERVER span (it has no
+        events: a request's, not a stream's)."""
+        tracing = self.tracing
+        if tracing is None:
             return None, req
-        span = self.producer.start(self.tracing, req)
+        # An open span of this node is sampled: the lookup comes first (the common case).
+        parent = tracing.open.get(req.traceparent) if child else None
+        span: tr.Span | tr.Child
+        if parent is not None:
+            span = self.producer.child(parent, req)
+        elif tr.is_sampled(req.traceparent):
+            span = self.producer.start(tracing, req)
+        else:
+            return None, req
         # A request's answering node returns its spans in the Reply, and they go out with
         # this node's in one bus message (``bus.trace_export``); a stream's node exports
         # its own (no single reply to carry them).
-        carry = req.kind == "request" and not req.detach and self.tracing.bus is not None
+        carry = req.kind == "request" and not req.detach and tracing.bus is not None
         return span, msgspec.structs.replace(
             req, traceparent=span.traceparent, spans_in_reply=carry
         )
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
-        span, req = self._span(req)
+        span, req = self._span(req, child=True)
         start = time.perf_counter()
         try:
             reply = await inner(req)
@@ -185,7 +196,7 @@ class EdgeCalls:
         window: int = 0,
         window_bytes: int = 0,
     ) -> AsyncIterator[StreamStep]:
-        span, req = self._span(req)
+        span, req = self._span(req, child=False)
         steps = inner(req, idle_timeout=idle_timeout, window=window, window_bytes=window_bytes)
         try:
             async for step in steps:
@@ -289,6 +300,11 @@ class CallTelemetry:
         self.coin = random.Random().random
         self.logs = calllog.enabled
 
+    @property
+    def always(self) -> bool:
+        """Every new trace is recorded (:meth:`sample` need not be asked)."""
+        return self.ratio >= 1.0
+
     def sample(self) -> bool:
         """Whether a new trace (the client continued none) is recorded: decided once, here;
         the flag travels with the call (``bus.tracing``)."""
@@ -318,8 +334,8 @@ class CallTelemetry:
                     "busgate.channel": request.match_info.get("channel", ""),
                 },
                 context=(trace_id, span_id, parent_id),
+                listed=request[keys.TRACEPARENT],  # the PRODUCER span's parent
             )
-            _ = span.traceparent  # listed in ``tracing.open``: the PRODUCER span's parent
         if self.logs:
             calllog.CALL.set((request[keys.REQUEST_ID], trace_id))
         if self.metrics is not None:

@@ -600,7 +600,7 @@ class Runner:
         if isinstance(self.broker, NatsBroker) and isinstance(self.broker.connection, NatsClient):
             self._nc = self.broker.connection
         if self.tracing is not None and self.telemetry is not None and self.telemetry.bus_export:
-            await self.tracing.export_to(self._trace_sink(self.telemetry.bus_max_age))
+            await self.tracing.export_to(self._trace_sink(self.telemetry))
         if isinstance(self.broker, KafkaBroker):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(join_timeout):
@@ -609,12 +609,15 @@ class Runner:
         self._beat = asyncio.ensure_future(self._announce_forever())
         log.info("runner %s serving system %s on %s", self.node, self.system, self.url)
 
-    def _trace_sink(self, max_age: float) -> TraceSink:
+    def _trace_sink(self, telemetry: Telemetry) -> TraceSink:
         """Where this runner's spans go on the bus: its NATS connection, or a producer."""
         from busgate.bus.trace_export import KafkaTraceSink, NatsTraceSink
 
+        max_age = telemetry.bus_max_age
         if self._nc is not None:
-            return NatsTraceSink(self._nc, self.names, max_age=max_age)
+            return NatsTraceSink(
+                self._nc, self.names, max_age=max_age, storage=telemetry.bus_storage
+            )
         return KafkaTraceSink(
             kafka_client(",".join(self.servers), self.tls), self.names, max_age=max_age
         )

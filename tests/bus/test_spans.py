@@ -77,10 +77,121 @@ def test_a_batch_joined_from_spans_encoded_one_by_one_is_the_batch_encoded_at_on
 
 def test_a_newer_node_may_add_fields():
     newer = msgspec.msgpack.encode(
-        (1, "s", "i", [("a" * 32, "b" * 16, "", "n", 2, 1, 2, {}, 0, "", [], [], "new")], [], "x")
+        (
+            1,
+            "s",
+            "i",
+            [("a" * 32, "b" * 16, "", "n", 2, 1, 2, {}, 0, "", [], [], [], "new")],
+            [],
+            "x",
+        )
     )
     (span,) = decode_batch(newer).spans
     assert span.name == "n"
+
+
+def producer_and_client(tracing: tr.Tracing) -> tuple[tr.Span, tr.Child, tr.Child]:
+    """A SERVER span with a PRODUCER child that failed, and a CLIENT child that answered."""
+    server = tracing.start(
+        "POST /api/request/{channel}/{path}", tr.Kind.SERVER, PARENT, {tr.REQUEST_ID: "r-1"}
+    )
+    producer = server.child(
+        tr.Kind.PRODUCER, ["nats", "busgate.req.demo", "demo", "r-1", "request"]
+    )
+    tr.fail(producer, "timeout", "no reply in 5 s")
+    producer.end()
+    client = server.child(tr.Kind.CLIENT, ["POST", "http://runner/x", "demo", None])
+    client.set_attribute("http.response.status_code", 200)
+    client.end()
+    return server, producer, client
+
+
+def test_children_read_back_as_the_spans_they_stand_for():
+    """A PRODUCER or CLIENT span recorded inside its parent's row reads back, from the bus
+    and for OTLP, as a span of its own: ids, parent, name, attributes, status."""
+    tracing, rows = recorded()
+    server, producer, client = producer_and_client(tracing)
+    with pytest.raises(ValueError):
+        client.set_attribute("not.in.its.shape", 1)
+    server.end()
+    assert len(rows) == 1  # one row: the children are inside it
+    family = decode_batch(encode_batch("svc", "n1", rows)).spans[0].family()
+    assert [s.span_id for s in family] == [server.span_id, producer.span_id, client.span_id]
+    _, got_producer, got_client = family
+    assert {s.trace_id for s in family} == {server.trace_id}
+    assert got_producer.parent_id == got_client.parent_id == server.span_id
+    assert producer.traceparent == f"00-{server.trace_id}-{producer.span_id}-01"
+    assert (got_producer.name, got_producer.kind) == ("busgate.req.demo publish", tr.Kind.PRODUCER)
+    assert got_producer.attributes == {
+        "messaging.system": "nats",
+        "messaging.destination.name": "busgate.req.demo",
+        "messaging.operation.type": "send",
+        "busgate.system": "demo",
+        "messaging.message.id": "r-1",
+        "busgate.kind": "request",
+        tr.REQUEST_ID: "r-1",
+        tr.ERROR_CODE: "timeout",
+    }
+    assert (got_producer.status, got_producer.message) == (ERROR, "no reply in 5 s")
+    assert (got_client.name, got_client.kind, got_client.status) == ("POST", tr.Kind.CLIENT, 0)
+    assert got_client.attributes == {
+        "http.request.method": "POST",
+        "url.full": "http://runner/x",
+        "busgate.system": "demo",
+        "http.response.status_code": 200,
+        tr.REQUEST_ID: "r-1",
+    }
+    assert server.start <= got_producer.start <= got_producer.end <= server.end_time
+    otlp = readable(rows, Resource.create({}), None)
+    assert [(s.name, s.kind, s.parent.span_id if s.parent else 0) for s in otlp] == [
+        ("POST /api/request/{channel}/{path}", SpanKind.SERVER, 0x00F067AA0BA902B7),
+        ("busgate.req.demo publish", SpanKind.PRODUCER, int(server.span_id, 16)),
+        ("POST", SpanKind.CLIENT, int(server.span_id, 16)),
+    ]
+    assert otlp[1].status.status_code == StatusCode.ERROR
+    assert otlp[2].attributes["http.response.status_code"] == 200
+
+
+def test_a_child_that_outlives_its_parent_is_exported_alone_when_it_ends():
+    """The edge answered (its SERVER span ended) before the bus request it started did."""
+    tracing, rows = recorded()
+    server = tracing.start("s", tr.Kind.SERVER, PARENT, {tr.REQUEST_ID: "r-2"})
+    late = server.child(tr.Kind.PRODUCER, ["nats", "d", "demo", "r-2", "request"])
+    server.end()
+    assert len(rows) == 1 and not decode_batch(encode_batch("s", "n", rows)).spans[0].children
+    late.end()
+    assert len(rows) == 2
+    (alone,) = decode_batch(encode_batch("s", "n", rows[1:])).spans
+    assert (alone.span_id, alone.parent_id, alone.kind) == (
+        late.span_id,
+        server.span_id,
+        tr.Kind.PRODUCER,
+    )
+    assert alone.attributes[tr.REQUEST_ID] == "r-2" and alone.end >= server.end_time
+
+
+def test_an_older_reader_reads_a_parent_without_its_children():
+    """A batch with children decodes for a reader that knows no children field."""
+
+    class OldSpanData(msgspec.Struct, array_like=True):
+        trace_id: str
+        span_id: str
+        parent_id: str
+        name: str
+        kind: int
+        start: int
+        end: int
+        attributes: dict = {}
+        status: int = 0
+        message: str = ""
+        events: list = []
+        links: list = []
+
+    tracing, rows = recorded()
+    server, _, _ = producer_and_client(tracing)
+    server.end()
+    (old,) = msgspec.msgpack.decode(encode_batch("s", "n", rows), type=tuple)[3]
+    assert msgspec.convert(old, OldSpanData).span_id == server.span_id
 
 
 def test_an_invalid_parent_starts_a_new_trace():

@@ -6,10 +6,16 @@ over the sink's message limit split rather than refused. (On real brokers, read 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import pytest
+
+from busgate.brokers import NatsServer
 from busgate.bus import trace_export
+from busgate.bus.naming import Names
+from busgate.bus.nats import transport
 from busgate.bus.spans import Kind, decode_batch, encode_batch
-from busgate.bus.trace_export import BUCKETS, BusSpanProcessor, TraceSink, bucket
+from busgate.bus.trace_export import BUCKETS, BusSpanProcessor, NatsTraceSink, TraceSink, bucket
 from busgate.bus.tracing import REQUEST_ID, new_trace_id
 
 
@@ -92,3 +98,28 @@ async def test_a_node_past_max_batch_spans_flushes_before_its_timer_and_loses_no
     assert len(unpacked(sink)) == 2 * trace_export.MAX_BATCH  # the timer is 60 s away
     await flushed(processor)
     assert sorted((t, r) for _, t, r in unpacked(sink)) == sorted(calls)
+
+
+@pytest.mark.nats
+async def test_the_nats_trace_stream_is_kept_in_memory_unless_asked_and_keeps_what_exists(
+    nats_server: NatsServer,
+) -> None:
+    """Memory by default (storing span messages on disk was most of nats-server's cost of
+    tracing), file when configured, and a stream another node made keeps its storage
+    (JetStream refuses to change it): a second node must still start."""
+    from nats.js.api import StorageType
+
+    nc = await transport.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        for asked, first in (("memory", StorageType.MEMORY), ("file", StorageType.FILE)):
+            names = Names(f"t{uuid.uuid4().hex[:8]}")
+            await NatsTraceSink(nc, names, max_age=60, storage=asked).start()
+            other = "file" if asked == "memory" else "memory"
+            await NatsTraceSink(nc, names, max_age=120, storage=other).start()  # a second node
+            info = await js.stream_info(trace_export.stream_name(names.prefix))
+            assert info.config.storage == first
+            assert info.config.max_age == 120  # the rest of its config is updated
+            await js.delete_stream(trace_export.stream_name(names.prefix))
+    finally:
+        await nc.close()
