@@ -142,31 +142,30 @@ class EdgeCalls:
         self.metrics = metrics
         self.producer = tr.Messaging(parse_url(url)[0], Names(prefix), "send")
 
-    def _span(self, req: Request, *, child: bool) -> tuple[tr.Span | tr.Child | None, Request]:
-        """``child``: the span may be recorded inside the call's SERVER span (it has no
-        events: a request's, not a stream's)."""
+    def _span(self, req: Request) -> tr.Span | tr.Child | None:
+        """A request's PRODUCER span: recorded inside the call's open SERVER span when
+        there is one (the common case, looked up first: an open span is sampled)."""
         tracing = self.tracing
         if tracing is None:
-            return None, req
-        # An open span of this node is sampled: the lookup comes first (the common case).
-        parent = tracing.open.get(req.traceparent) if child else None
-        span: tr.Span | tr.Child
+            return None
+        parent = tracing.open.get(req.traceparent)
         if parent is not None:
-            span = self.producer.child(parent, req)
-        elif tr.is_sampled(req.traceparent):
-            span = self.producer.start(tracing, req)
-        else:
-            return None, req
-        # A request's answering node returns its spans in the Reply, and they go out with
-        # this node's in one bus message (``bus.trace_export``); a stream's node exports
-        # its own (no single reply to carry them).
-        carry = req.kind == "request" and not req.detach and tracing.bus is not None
-        return span, msgspec.structs.replace(
-            req, traceparent=span.traceparent, spans_in_reply=carry
-        )
+            return self.producer.child(parent, req)
+        return self.producer.start(tracing, req) if tr.is_sampled(req.traceparent) else None
+
+    def _sent_with(self, req: Request, span: tr.Span | tr.Child) -> Request:
+        """``req`` carrying ``span``'s context. A request's answering node returns its
+        spans in the Reply, and they go out with this node's in one bus message
+        (``bus.trace_export``); a stream's node exports its own (no single reply to carry
+        them)."""
+        bus = self.tracing.bus if self.tracing is not None else None
+        carry = req.kind == "request" and not req.detach and bus is not None
+        return msgspec.structs.replace(req, traceparent=span.traceparent, spans_in_reply=carry)
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
-        span, req = self._span(req, child=True)
+        span = self._span(req)
+        if span is not None:
+            req = self._sent_with(req, span)
         start = time.perf_counter()
         try:
             reply = await inner(req)
@@ -196,7 +195,10 @@ class EdgeCalls:
         window: int = 0,
         window_bytes: int = 0,
     ) -> AsyncIterator[StreamStep]:
-        span, req = self._span(req, child=False)
+        span = None  # a stream's span has events (its steps): a span of its own
+        if self.tracing is not None and tr.is_sampled(req.traceparent):
+            span = self.producer.start(self.tracing, req)
+            req = self._sent_with(req, span)
         steps = inner(req, idle_timeout=idle_timeout, window=window, window_bytes=window_bytes)
         try:
             async for step in steps:
