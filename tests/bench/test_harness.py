@@ -75,3 +75,16 @@ def test_floor_nats_smoke(tmp_path: Path) -> None:
 
     pids = [*floor["pids"].values(), result["brokers"]["nats"]["pid"]]
     assert not [pid for pid in pids if _alive(pid)], "the harness left processes running"
+
+
+def test_each_round_runs_the_scenarios_the_other_way_round_from_the_last() -> None:
+    """A B, then B A: load drifting within a round favours no scenario of a ratio."""
+    from bench.run import in_turn
+
+    names = ["busgate-nats", "busgate-nats-traced", "busgate-nats-sampling0"]
+    orders = [in_turn(names, r) for r in range(1, 5)]
+    assert orders[0] == orders[2] == names
+    assert orders[1] == orders[3] == names[::-1]
+    # over two rounds every scenario has the same mean position
+    positions = {n: sum(o.index(n) for o in orders[:2]) for n in names}
+    assert len(set(positions.values())) == 1
