@@ -278,7 +278,7 @@ class BusSpanProcessor:
                 held.append(span)
                 return
         key = _KEYS[_TRACE_BUCKET.get(span[TRACE_ID][-1:], 0)][
-            ord(request_id[-1]) % BUCKETS if request_id.__class__ is str and request_id else 0
+            ord(request_id[-1]) % BUCKETS if request_id else 0  # busgate sets it, a str
         ]
         if self._count >= MAX_BATCH:
             self._flush()
