@@ -31,7 +31,6 @@ from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Error, Request
 
 MAX_CHILDREN = 10_000
-CLIENT = tr.Kind.CLIENT
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 
@@ -223,12 +222,11 @@ class AdapterObserver:
             inner: Post, req: Request, parameters: bytes
         ) -> tuple[int, dict[str, str], bytes]:
             span: tr.Span | tr.Child | None = None
-            values: list[Any] | None = None
             # The CONSUMER span (open, so sampled) is the usual parent: recorded inside it.
             parent = tracing.open.get(req.traceparent) if tracing is not None else None
             if parent is not None:
-                values = ["POST", f"{base_url}/{req.path}", system, None]  # CHILD_KEYS
-                span = parent.child(CLIENT, values)
+                url = f"{base_url}/{req.path}"
+                span = parent.child(tr.Kind.CLIENT, ["POST", url, system, None])  # CHILD_KEYS
                 req = msgspec.structs.replace(req, traceparent=span.traceparent)
             elif tracing is not None and tr.is_sampled(req.traceparent):
                 url = f"{base_url}/{req.path}"
@@ -257,10 +255,7 @@ class AdapterObserver:
                 if metrics is not None:
                     metrics.count(metrics.runner_calls, system, str(status))
                 if span is not None:
-                    if values is not None:
-                        values[3] = status
-                    else:
-                        span.set_attribute("http.response.status_code", status)
+                    span.set_attribute("http.response.status_code", status)
                     if status >= 400:
                         tr.fail(span, "upstream_error" if status >= 500 else "runner_refused")
             finally:

@@ -112,10 +112,6 @@ class Child:
     def span_id(self) -> str:
         return str(self.fields[0])
 
-    @property
-    def end_time(self) -> int:
-        return int(self.fields[3])
-
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """One of its shape's attributes (:data:`CHILD_KEYS`; another raises ValueError)."""
         fields = self.fields

@@ -154,17 +154,9 @@ class NatsTraceSink(TraceSink):
             storage=storage,
         )
         try:
-            existing = await js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            existing = None
-        if existing is not None:
-            # Another node made it: keep its storage (JetStream refuses to change it).
-            config.storage = existing.config.storage
-            await js.update_stream(config)
-            return
-        try:
             await js.add_stream(config)
-        except nats.js.errors.BadRequestError:  # made meanwhile by another node
+        except nats.js.errors.BadRequestError:
+            # Another node made it: keep its storage (JetStream refuses to change it).
             config.storage = (await js.stream_info(name)).config.storage
             await js.update_stream(config)
         except nats.js.errors.APIError as exc:
@@ -269,26 +261,14 @@ class BusSpanProcessor:
         """Span messages (a bucket's calls each) lost because the bus refused them."""
 
     def on_end(self, span: Row) -> None:
-        """Spans end on the event loop (busgate ends none elsewhere). :func:`bucket` and
-        :meth:`_add` written out: this runs for every span."""
+        """Spans end on the event loop (busgate ends none elsewhere)."""
         request_id = span[ATTRIBUTES].get(REQUEST_ID, "")
         if self._held:
             held = self._held.get(request_id)
             if held is not None:
                 held.append(span)
                 return
-        key = _KEYS[_TRACE_BUCKET.get(span[TRACE_ID][-1:], 0)][
-            ord(request_id[-1]) % BUCKETS if request_id else 0  # busgate sets it, a str
-        ]
-        if self._count >= MAX_BATCH:
-            self._flush()
-        found = self._pending.get(key)
-        if found is None:
-            found = self._pending[key] = ([], [])
-        found[0].append(encode_span(span))
-        self._count += 1
-        if self._timer is None:
-            self._timer = self._loop.call_later(self.delay, self._flush)
+        self._add(bucket(span[TRACE_ID], str(request_id)), 0, encode_span(span))
 
     def _add(self, key: str, which: int, data: bytes) -> None:
         """``data`` into the bucket ``key``'s pending spans (``which`` 0) or carried batches
@@ -325,16 +305,11 @@ class BusSpanProcessor:
     def reply_spans(self, responder: Responder) -> bytes:
         """``Responder.finish`` of a call whose spans are held: ends its span
         (``responder.span``) as its Reply goes, and gives the call's spans for that Reply
-        (:meth:`take`): :meth:`for_reply`, written out for the adapter's every call."""
+        (:meth:`for_reply`)."""
         span, req = responder.span, responder.request
         if responder.failure:
             fail(span, responder.failure)
-        deadline = req.deadline
-        if deadline and time.time() > deadline - REPLY_MARGIN:
-            return b""
-        span.end()
-        rows = self._held.pop(req.id, None)
-        return encode_batch(self.service, self.node, rows) if rows else b""
+        return self.for_reply(span, req.id, req.deadline)
 
     def release(self, request_id: str) -> None:
         """Stop holding a call's spans; those held are published as any others."""

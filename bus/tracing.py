@@ -221,7 +221,6 @@ class Messaging:
         self.operation = operation
         self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
         self._made: dict[str, tuple[str, Attributes]] = {}
-        self._dest: dict[str, str] = {}
 
     def _of(self, system: str) -> tuple[str, Attributes]:
         found = self._made.get(system)
@@ -237,15 +236,13 @@ class Messaging:
                 shared["messaging.consumer.group.name"] = self.names.group(system)
             verb = "publish" if self.operation == "send" else "process"
             found = self._made[system] = (f"{dest} {verb}", shared)
-            self._dest[system] = dest
         return found
 
     def child(self, parent: Span, req: Request) -> Child:
         """``req``'s PRODUCER span recorded inside ``parent`` (the call's open SERVER span):
         a few values instead of a span of its own (``bus.spans.CHILD_KEYS``)."""
-        system = req.system
-        dest = self._dest.get(system) or self._of(system)[1]["messaging.destination.name"]
-        return parent.child(self.kind, [self.scheme, dest, system, req.id, req.kind])
+        dest = self._of(req.system)[1]["messaging.destination.name"]
+        return parent.child(self.kind, [self.scheme, dest, req.system, req.id, req.kind])
 
     def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
         """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""

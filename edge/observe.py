@@ -302,11 +302,6 @@ class CallTelemetry:
         self.coin = random.Random().random
         self.logs = calllog.enabled
 
-    @property
-    def always(self) -> bool:
-        """Every new trace is recorded (:meth:`sample` need not be asked)."""
-        return self.ratio >= 1.0
-
     def sample(self) -> bool:
         """Whether a new trace (the client continued none) is recorded: decided once, here;
         the flag travels with the call (``bus.tracing``)."""

@@ -51,11 +51,10 @@ def _observed(call_ids: CallIds, telemetry: CallTelemetry) -> web.middleware:  #
     """The front middleware with the call's telemetry: spans, metrics and log ids see the
     status the client gets, error answers included."""
     sample, begin, end = telemetry.sample, telemetry.begin, telemetry.end
-    always = telemetry.always
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        call = begin(request, call_ids.assign(request, always or sample()))
+        call = begin(request, call_ids.assign(request, sample()))
         response: web.StreamResponse | None = None
         status, code = 500, "internal"
         try:
