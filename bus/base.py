@@ -149,9 +149,10 @@ class Responder:
     async def reply(self, reply: Reply) -> None:
         if reply.error is not None:
             self.failure = reply.error.code
-        data = encode(reply)
         if self.finish is not None:
-            reply, data = self._with_spans(reply, data, self.finish)
+            reply, data = self._with_spans(reply, self.finish)
+        else:
+            data = encode(reply)
         try:
             await self._bus._send(self.request.reply_to, data, _NO_HEADERS)
         except MessageTooLarge:
@@ -161,24 +162,34 @@ class Responder:
             await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
     def _with_spans(
-        self, reply: Reply, data: bytes, finish: Callable[[Responder], bytes]
+        self, reply: Reply, finish: Callable[[Responder], bytes]
     ) -> tuple[Reply, bytes]:
-        """The reply with the call's spans. One too large for the bus is replaced by its
+        """The reply with the call's spans, encoded once when its body is well within the
+        bus's limit (the usual case). Otherwise one too large for the bus is replaced by its
         error first, so the spans say ``reply_too_large``; one that only the spans make too
         large goes without them (they are lost: a reply within a few hundred bytes of the
         limit)."""
         self.finish = None
         limit = self._bus.max_message
-        if limit and len(data) > limit:
-            error = self._too_large("answer", len(data))
-            self.failure = error.code
-            reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
+        if limit and len(reply.body) > limit // 2:
             data = encode(reply)
-        spans = finish(self)
-        if not spans:
-            return reply, data
+            if len(data) > limit:
+                error = self._too_large("answer", len(data))
+                self.failure = error.code
+                reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
+                data = encode(reply)
+            spans = finish(self)
+            if not spans:
+                return reply, data
+        else:
+            spans = finish(self)
+            if not spans:
+                return reply, encode(reply)
+            data = b""
         carrying = encode(msgspec.structs.replace(reply, spans=spans))
-        return (reply, data) if limit and len(carrying) > limit else (reply, carrying)
+        if limit and len(carrying) > limit:
+            return reply, data or encode(reply)
+        return reply, carrying
 
     async def step(
         self,

@@ -37,6 +37,14 @@ from typing import Any
 import msgspec
 
 _bits = random.getrandbits
+
+
+def new_span_id() -> str:
+    """16 lowercase hex digits, never all zero (``int.hex`` of the bytes: 0.12 µs, a
+    ``:016x`` format 0.3)."""
+    return (_bits(64) or 1).to_bytes(8, "big").hex()
+
+
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]
 Attributes = dict[str, Any]
 
@@ -205,7 +213,7 @@ class Span:
 
     def child(self, kind: int, values: list[Any]) -> Child:
         """A :class:`Child` span of this one, starting now (recorded in this span's row)."""
-        found = Child(self.trace_id, f"{_bits(64) or 1:016x}", kind, values)
+        found = Child(self.trace_id, new_span_id(), kind, values)
         children = self.children
         if children is None:
             self.children = [found]

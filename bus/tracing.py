@@ -28,7 +28,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from busgate.bus.naming import Names
-from busgate.bus.spans import ERROR_TYPE_KEY, REQUEST_ID_KEY, Attributes, Child, Kind, Row, Span
+from busgate.bus.spans import (
+    ERROR_TYPE_KEY,
+    REQUEST_ID_KEY,
+    Attributes,
+    Child,
+    Kind,
+    Row,
+    Span,
+    new_span_id,
+)
 from busgate.contracts.config import Telemetry
 from busgate.contracts.wire import Request
 
@@ -93,7 +102,7 @@ def ids(traceparent: str) -> tuple[str, str] | None:
 
 
 def new_trace_id() -> str:
-    return f"{_bits(128) or 1:032x}"
+    return (_bits(128) or 1).to_bytes(16, "big").hex()
 
 
 class Tracing:
@@ -173,7 +182,7 @@ class Tracing:
             else:
                 found = ids(parent) if parent else None
                 trace_id, parent_id = found if found is not None else (new_trace_id(), "")
-            span_id = f"{_bits(64) or 1:016x}"
+            span_id = new_span_id()
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]

@@ -49,10 +49,10 @@ class IdFactory:
         if incoming:
             m = _TRACEPARENT.match(incoming.strip().lower())
             if m and m.group(1) != _ZERO_TRACE and m.group(2) != _ZERO_SPAN:
-                span_id = f"{self._rand.getrandbits(64) or 1:016x}"
+                span_id = (self._rand.getrandbits(64) or 1).to_bytes(8, "big").hex()
                 return m.group(1), span_id, m.group(2), m.group(3)
-        trace_id = f"{self._rand.getrandbits(128) or 1:032x}"
-        span_id = f"{self._rand.getrandbits(64) or 1:016x}"
+        trace_id = (self._rand.getrandbits(128) or 1).to_bytes(16, "big").hex()
+        span_id = (self._rand.getrandbits(64) or 1).to_bytes(8, "big").hex()
         return trace_id, span_id, "", "01" if sampled else "00"
 
 

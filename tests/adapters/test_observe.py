@@ -80,6 +80,22 @@ async def test_a_reply_too_large_carries_spans_that_say_so(sink):
     assert consumer.status == 2 and consumer.attributes["error.type"] == "reply_too_large"
 
 
+@pytest.mark.parametrize("body_size", [100, 2500])
+async def test_an_answer_within_the_limit_carries_its_spans(sink, body_size):
+    """Encoded once with its spans (a body within half the limit), or checked against the
+    limit first (a larger one): either way the spans say the call went well."""
+    reply, published = await answered(sink, seconds_left=10, body=b"x" * body_size, limit=4000)
+    assert reply.error is None and reply.body == b"x" * body_size and published == []
+    (consumer,) = decode_batch(reply.spans).spans
+    assert consumer.status == 0
+
+
+async def test_an_answer_that_only_its_spans_make_too_large_goes_without_them(sink):
+    reply, published = await answered(sink, seconds_left=10, body=b"x" * 1850, limit=2000)
+    assert reply.error is None and reply.body == b"x" * 1850
+    assert reply.spans == b"" and published == []
+
+
 async def test_without_the_request_asking_the_adapter_publishes_them(sink):
     """An older edge does not ask: the adapter exports its spans as before."""
     bus = MemoryBus()
