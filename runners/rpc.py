@@ -97,9 +97,10 @@ async def saga(request: web.Request) -> web.Response:
             return _json(params)
         case "meta":  # what the runner got, the traceparent header included
             return _json({**meta, "traceparent": request.headers.get("traceparent")})
-        case "sleep":
-            await asyncio.sleep(_int(p, "ms", 100) / 1000)
-            return _json({"slept": _int(p, "ms", 100)})
+        case "sleep":  # ``ms`` from the parameters, or the query string of a POST
+            ms = _int(p if "ms" in p else meta.get("query") or {}, "ms", 100)
+            await asyncio.sleep(ms / 1000)
+            return _json({"slept": ms})
         case "blob":
             return _json({"blob": "x" * _int(p, "bytes", 1000)})
         case "fail":

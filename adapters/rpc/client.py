@@ -75,6 +75,8 @@ def _meta(req: Request, trace_id: str, attempt: bool = False) -> bytes:
         "method": req.method,
         "identity": identity,
     }
+    if req.query:  # a POST's query string (a GET's is its parameters already)
+        meta["query"] = req.query
     if req.kind == "command":  # the runner may deduplicate on the id across attempts
         meta["commandId"] = req.id
         meta["attempt"] = req.attempt

@@ -46,6 +46,8 @@ def request_metadata(req: Request) -> bytes:
     }
     if req.tracestate:
         meta["tracestate"] = req.tracestate
+    if req.query:
+        meta["query"] = req.query
     return bytes(composite(route(path), metadata_item(json_encode(meta), META_MIME)))
 
 

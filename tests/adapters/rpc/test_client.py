@@ -73,6 +73,22 @@ async def test_runner_gets_meta_ids_and_identity(client, runner):
     assert call["traceparent"] == TRACEPARENT
 
 
+async def test_a_posts_query_string_reaches_the_runner_in_meta(client, runner):
+    reply = await client.call(request("meta", method="POST", query={"page": "2", "q": "a b"}))
+    assert json_decode(reply.body)["query"] == {"page": "2", "q": "a b"}
+    plain = json_decode((await client.call(request("meta", method="POST"))).body)
+    assert "query" not in plain
+
+
+async def test_the_sample_sleep_takes_ms_from_the_query_when_the_body_has_none(client):
+    from_query = await client.call(request("sleep", method="POST", query={"ms": "5"}))
+    from_body = await client.call(request("sleep", b'{"ms": 7}', query={"ms": "5"}))
+    assert json_decode(from_query.body) == {"slept": 5}
+    assert json_decode(from_body.body) == {"slept": 7}
+    bad = await client.call(request("sleep", method="POST", query={"ms": "soon"}))
+    assert bad.status == 400 and b"'ms' must be an integer" in bad.body
+
+
 async def test_runner_5xx_is_an_upstream_error(client):
     with pytest.raises(errors.UpstreamError, match="503"):
         await client.call(request("fail", b'{"status": 503}'))

@@ -103,6 +103,9 @@ async def test_request_response_carries_the_route_and_ids(runner, client_for):
     assert meta["traceparent"] == TRACEPARENT
     assert meta["traceId"] == "0af7651916cd43dd8448eb211c80319c"
     assert (meta["channel"], meta["path"]) == ("rs", "meta")
+    assert "query" not in meta
+    queried = msgspec.structs.replace(req, method="POST", query={"page": "2"})
+    assert json_decode((await client.call(queried)).body)["query"] == {"page": "2"}
 
 
 async def test_a_runners_4xx_passes_through_and_a_5xx_is_a_502(runner, client_for):
