@@ -6,10 +6,12 @@ It follows the rotation rules of ``busgate.tls.watch`` (a changed certificate or
 used by new connections; one that does not parse leaves the current one in service), but
 checks the files when a connection is made -- at most every ``poll`` seconds -- rather than
 on a timer: nats-py and aiokafka take one ``SSLContext`` for their lifetime and connect (or
-reconnect) through it, so reloading that same context in place is the one way to reach
-their new connections, and it needs no task to start or stop in each of the dozen places
-that build a Kafka client. A CA added to the file is trusted at the next connection; one
-removed from it stays trusted until a restart (an ``SSLContext``'s trust store only grows).
+reconnect) through it, so that context must be the one that sees their new connections, and
+it needs no task to start or stop in each of the dozen places that build a Kafka client. It
+hands each handshake to a context built afresh from the files' last change rather than
+reloading itself: an ``SSLContext``'s trust store only grows, so a CA removed from the file
+would have stayed trusted until a restart. A CA added to the file is trusted, and one
+removed refused, from the next connection on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from busgate.tls import watch
-from busgate.tls.contexts import load_pair
+from busgate.tls.contexts import client_context
 from busgate.tls.pem import KeyPair
 
 
@@ -41,20 +43,23 @@ class BusTls:
 
 
 class RotatingContext(ssl.SSLContext):
-    """A client context (server and host name verified) that re-reads its files, through a
+    """A client context that re-reads its files, through a
     :class:`~busgate.tls.watch.CertWatch`, when a handshake starts ``poll`` seconds or more
-    after the last read. asyncio and uvloop start every TLS connection with ``wrap_bio``."""
+    after the last read, and hands the handshake to :attr:`current` (server and host name
+    verified). asyncio and uvloop start every TLS connection with ``wrap_bio``."""
 
     watch: watch.CertWatch[KeyPair | None]
+    current: ssl.SSLContext
+    """Built from the files as they were last read (a new one for each change)."""
     _due: float
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         self.refresh()
-        return super().wrap_bio(*args, **kwargs)
+        return self.current.wrap_bio(*args, **kwargs)
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         self.refresh()
-        return super().wrap_socket(*args, **kwargs)
+        return self.current.wrap_socket(*args, **kwargs)
 
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the files if ``poll`` seconds have passed (or ``force``)."""
@@ -70,14 +75,9 @@ def context_for(tls: BusTls) -> RotatingContext:
     cannot be used at start."""
     ctx = RotatingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its host name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not tls.ca:
-        ctx.load_default_certs()
 
     def apply(pair: KeyPair | None) -> None:
-        if tls.ca:
-            ctx.load_verify_locations(cafile=tls.ca)
-        if pair is not None:
-            load_pair(ctx, pair)
+        ctx.current = client_context(pair, ca=tls.ca)
 
     source: watch.Source | None = None
     if tls.cert:

@@ -116,3 +116,34 @@ def test_every_tls_connection_of_either_loop_passes_the_refresh(loop: str, tmp_p
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main())
     assert len(checks) == 2
+
+
+async def test_a_ca_removed_from_the_file_is_refused_from_the_next_connection(
+    tmp_path: Path,
+) -> None:
+    """An ``SSLContext``'s trust store only grows: the handshake goes to a context built
+    from the file as it is now, not to one that once loaded the removed CA."""
+    kept, removed = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    removed.issue_cert("127.0.0.1").configure_cert(server)
+    ca_file = tmp_path / "bus-ca.pem"
+    ca_file.write_bytes(kept.cert_pem.bytes() + removed.cert_pem.bytes())
+    ctx = context_for(BusTls(ca=str(ca_file), poll=60))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def connect() -> None:
+        ctx._due = 0  # as if ``poll`` seconds had passed
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        await connect()
+        ca_file.write_bytes(kept.cert_pem.bytes())
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await connect()
+        ca_file.write_bytes(kept.cert_pem.bytes() + removed.cert_pem.bytes())
+        await connect()  # and trusted again once it is back
