@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,11 @@ T = TypeVar("T")
 
 STAGING = ".busgate-upload-"
 """Names of uploads under way in local folders; refused as user names, never listed."""
+
+STALE_UPLOAD = 24 * 3600.0
+"""Seconds after its last write when a staged upload in a local folder is taken for one
+whose edge died mid-upload (a live one is written at least every ``gateway.body_timeout``
+or per 1 MiB received) and removed by :meth:`Store.sweep`."""
 
 BLOCK = 5 * 1024 * 1024
 """fsspec's write and read-ahead block: S3's smallest multipart part. s3fs's default (50 MiB)
@@ -208,6 +214,26 @@ class Store:
             raise
         except Exception as exc:
             raise _unavailable(exc) from None
+
+    def sweep(self, older_than: float = STALE_UPLOAD) -> int:
+        """Remove the staged uploads of a local folder not written for ``older_than``
+        seconds: an edge that was killed mid-upload never discards its own. Returns how
+        many went. Other stores need none: ``memory://`` lives in its process, and an
+        object store's unfinished multipart uploads are its lifecycle rules' to abort."""
+        if not self.local:
+            return 0
+        due = time.time() - older_than
+        removed = 0
+        for folder, _, names in os.walk(self.root or "/"):
+            for name in names:
+                if not name.startswith(STAGING):
+                    continue
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):  # another edge swept it, or writes it
+                    if os.stat(path, follow_symlinks=False).st_mtime < due:
+                        os.remove(path)
+                        removed += 1
+        return removed
 
     async def open_read(self, path: str) -> Any:
         return await self.run(

@@ -22,6 +22,7 @@ service (``[services.NAME]``), streamed both ways through the store (``edge.file
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -52,6 +53,8 @@ LIST = "/api/file/{service}"
 ONE = r"/api/file/{service}/{path:[\s\S]+}"
 
 CHUNK = 1024 * 1024
+SWEEP_EVERY = 3600.0
+"""Seconds between two sweeps of abandoned staged uploads (``Store.sweep``)."""
 """Bytes handed to the store per write and read: few thread hops per file, bounded memory."""
 
 ANONYMOUS = "anonymous"
@@ -152,9 +155,27 @@ class FileApi:
                 raise ConfigError(f"services.{name}.url: {exc}") from None
 
     async def ctx(self, app: web.Application) -> Any:
+        sweeper = asyncio.create_task(self._sweep(), name="busgate-files-sweep")
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         for store in self.stores.values():
             store.close()
+
+    async def _sweep(self) -> None:
+        """At start and every :data:`SWEEP_EVERY` seconds: the staged uploads that edges
+        killed mid-upload left in local folders (``Store.sweep``)."""
+        while True:
+            for name, store in self.stores.items():
+                try:
+                    removed = await store.run(store.sweep)
+                except errors.BusgateError as exc:
+                    log.warning("file service %s: staged uploads not swept: %s", name, exc)
+                else:
+                    if removed:
+                        log.info("file service %s: %d abandoned uploads removed", name, removed)
+            await asyncio.sleep(SWEEP_EVERY)
 
     async def caller(self, request: web.Request) -> tuple[Service, Store, str]:
         """The service, its store and the caller's folder ('' = the shared space)."""

@@ -5,7 +5,9 @@ tests/e2e/test_files.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -371,6 +373,42 @@ async def test_an_interrupted_upload_leaves_nothing_in_a_local_folder(edge, tmp_
     assert resp.status == 201
     assert (folder / "part.bin").read_bytes() == b"whole"
     assert [p.name for p in folder.iterdir()] == ["part.bin"]
+
+
+def test_the_sweep_removes_only_staged_uploads_untouched_for_long(tmp_path: Path):
+    """What a killed edge left (its staged file's last write long ago) goes; an upload
+    under way, a user's file and another store's memory are left alone."""
+    folder = tmp_path / "u-alice"
+    folder.mkdir()
+    abandoned = folder / f"{STAGING}dead-report.pdf"
+    live = folder / f"{STAGING}live-report.pdf"
+    kept = folder / "old.pdf"
+    for path in (abandoned, live, kept):
+        path.write_bytes(b"x")
+    long_ago = time.time() - 2 * 86400
+    os.utime(abandoned, (long_ago, long_ago))
+    os.utime(kept, (long_ago, long_ago))
+    store = Store(f"file://{tmp_path}", {})
+    try:
+        assert store.sweep() == 1
+        assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, kept.name])
+        assert store.sweep(older_than=0) == 1  # a zero age takes the live one too
+    finally:
+        store.close()
+    assert Store(memory_url(), {}).sweep(older_than=0) == 0
+
+
+async def test_an_edge_sweeps_abandoned_uploads_when_it_starts(edge, tmp_path: Path):
+    folder = tmp_path / user_folder("alice")
+    folder.mkdir()
+    abandoned = folder / f"{STAGING}dead-part.bin"
+    abandoned.write_bytes(b"x" * 100)
+    long_ago = 1_000_000_000.0  # 2001
+    os.utime(abandoned, (long_ago, long_ago))
+    client, _ = await edge(config({"up": {"url": f"file://{tmp_path}"}}))
+    await eventually(lambda: not abandoned.exists())
+    resp = await client.get("/api/file/up", headers=ALICE)
+    assert resp.status == 200 and (await resp.json())["files"] == []
 
 
 async def test_head_answers_the_headers_of_a_download_without_the_body(files):
