@@ -1,15 +1,21 @@
 """``GET /api/asyncapi.json``: the AsyncAPI document of this gateway's bus (``bus.asyncapi``).
 
 Built on first use and again after a config change (the systems may differ), not per call.
+It lays out the bus behind the gateway (subjects, topics, envelopes), which is for the
+people who write adapters and runners, not for API clients: it is served to the addresses
+``gateway.control_allow`` lists (loopback by default), as the control API is; others get a
+403. ``busgate asyncapi --config`` writes the same document anywhere.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
-from busgate.contracts.config import Config
+from busgate.contracts.config import Config, ConfigError
 from busgate.edge import keys
+from busgate.edge.control import Network, allowed_ip, operator_networks
 
 PATH = "/api/asyncapi.json"
 
@@ -23,13 +29,23 @@ def document_of(config: Config) -> bytes:
 
 
 def install(app: web.Application) -> None:
-    cached: tuple[Config | None, bytes] = (None, b"")
+    made: Config | None = None
+    networks: list[Network] = []
+    document = b""
 
     async def asyncapi(request: web.Request) -> web.Response:
-        nonlocal cached
+        nonlocal made, networks, document
         config = request.app[keys.CONFIG]
-        if cached[0] is not config:
-            cached = (config, document_of(config))
-        return web.Response(body=cached[1], content_type="application/json")
+        if made is not config:  # first use, or the config changed
+            made, document = config, b""
+            try:
+                networks = operator_networks(config)
+            except ConfigError:  # an address list that does not parse opens to nobody
+                networks = []
+        if not allowed_ip(networks, request.remote):
+            raise errors.Forbidden("the bus's AsyncAPI document is not open to this address")
+        if not document:
+            document = document_of(config)
+        return web.Response(body=document, content_type="application/json")
 
     app.router.add_get(PATH, asyncapi)

@@ -47,9 +47,25 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def _networks(allow: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def allowed_ip(networks: list[Network], remote: str | None) -> bool:
+    """Whether the caller's address is in one of ``networks`` (``gateway.control_allow``)."""
     try:
-        return [ipaddress.ip_network(cidr, strict=False) for cidr in allow]
+        ip = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+def operator_networks(config: Config) -> list[Network]:
+    """``gateway.control_allow``: where the control API and the bus's AsyncAPI document are
+    served."""
+    try:
+        return [ipaddress.ip_network(c, strict=False) for c in config.gateway.control_allow]
     except ValueError as exc:
         raise ConfigError(f"gateway.control_allow: {exc}") from None
 
@@ -57,23 +73,14 @@ def _networks(allow: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.
 class Control:
     def __init__(self, config: Config) -> None:
         gateway = config.gateway
-        self.networks = _networks(gateway.control_allow)
+        self.networks = operator_networks(config)
         self.role = gateway.control_role
         self.token = gateway.control_token
         if self.token and self.token not in config.tokens:
             raise ConfigError(f"gateway.control_token: unknown token {self.token!r}")
 
-    def _allowed_ip(self, remote: str | None) -> bool:
-        try:
-            ip = ipaddress.ip_address((remote or "").split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
-
     async def check(self, request: web.Request) -> None:
-        if not self._allowed_ip(request.remote):
+        if not allowed_ip(self.networks, request.remote):
             raise errors.Forbidden("the control API is not open to this address")
         ctx = request.app.get(keys.AUTH)
         if ctx is None:

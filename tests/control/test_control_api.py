@@ -179,3 +179,20 @@ async def test_switched_off_controllers_answer_404(edge: Any) -> None:
             assert r.status == 404
         async with http.get(server.make_url("/api/stream/demo/count"), headers=token("a")) as r:
             assert r.status != 404  # still on: refused or served, but routed
+
+
+@pytest.mark.nats
+async def test_the_bus_asyncapi_document_is_served_to_operator_addresses_only(edge: Any) -> None:
+    """It lays out the bus behind the gateway: served where the control API is
+    (``control_allow``), 403 elsewhere, whatever the caller forwards."""
+    inside = await edge()
+    outside = await edge(control_allow=["10.9.9.0/24"])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(inside.make_url("/api/asyncapi.json")) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["asyncapi"] == "3.0.0"
+        headers = {"X-Forwarded-For": "10.9.9.9", "Forwarded": "for=10.9.9.9"}
+        async with http.get(outside.make_url("/api/asyncapi.json"), headers=headers) as resp:
+            assert resp.status == 403
+            error = (await resp.json())["error"]
+            assert error["code"] == "forbidden" and "AsyncAPI" in error["message"]
