@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,13 +24,19 @@ from busgate.bus import calllog, parse_url
 from busgate.bus import tracing as tr
 from busgate.bus.base import Bus, Responder
 from busgate.bus.commands import Execute
-from busgate.bus.metrics import CONTENT_TYPE, LATENCY_BUCKETS, BusCollector, exposition
+from busgate.bus.metrics import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    BusCollector,
+    Counter,
+    Histogram,
+    exposition,
+)
 from busgate.bus.naming import Names
 from busgate.contracts.config import Config
 from busgate.contracts.errors import BusgateError
 from busgate.contracts.wire import Error, Request
 
-MAX_CHILDREN = 10_000
 Handle = Callable[[Request, Responder], Awaitable[None]]
 Post = Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 
@@ -60,19 +66,6 @@ class AdapterMetrics(Collector):
         self.in_flight = 0
         self.streams = 0
         self.registry.register(self)
-        self._children: dict[tuple[Any, str, str], Any] = {}
-        """Label children by (metric, system, value): ``labels()`` takes a lock and checks
-        its arguments on every call, twice per request here."""
-
-    def count(self, metric: Counter, system: str, value: str) -> None:
-        """``metric.labels(system, value).inc()``, its child kept for the next call."""
-        key = (metric, system, value)
-        child = self._children.get(key)
-        if child is None:
-            child = metric.labels(system, value)
-            if len(self._children) < MAX_CHILDREN:  # a runner's statuses are few, but bound
-                self._children[key] = child
-        child.inc()
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -148,7 +141,7 @@ class AdapterObserver:
         metrics = self.metrics
         stream = req.kind == "stream"
         if metrics is not None:
-            metrics.count(metrics.requests, req.system, req.kind)
+            metrics.requests.labels(req.system, req.kind).inc()
             metrics.in_flight += 1
             metrics.streams += stream
         try:
@@ -247,13 +240,13 @@ class AdapterObserver:
                 status, headers, payload = await inner(req, parameters)
             except BusgateError as exc:
                 if metrics is not None:
-                    metrics.count(metrics.runner_calls, system, exc.code)
+                    metrics.runner_calls.labels(system, exc.code).inc()
                 if span is not None:
                     tr.fail(span, exc.code, exc.message)
                 raise
             else:
                 if metrics is not None:
-                    metrics.count(metrics.runner_calls, system, str(status))
+                    metrics.runner_calls.labels(system, str(status)).inc()
                 if span is not None:
                     span.set_attribute("http.response.status_code", status)
                     if status >= 400:

@@ -22,13 +22,22 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from busgate.bus import calllog, parse_url
 from busgate.bus import tracing as tr
-from busgate.bus.metrics import CONTENT_TYPE, LATENCY_BUCKETS, BusCollector, exposition
+from busgate.bus.metrics import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    BusCollector,
+    Count,
+    Counter,
+    Histogram,
+    Observed,
+    exposition,
+)
 from busgate.bus.naming import Names
 from busgate.bus.observe import SendRequest, SendStream
 from busgate.contracts.config import METHODS, Config
@@ -73,12 +82,13 @@ class EdgeMetrics:
             registry=self.registry,
         )
         self.in_flight = 0
-        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
-        self._rtt: dict[str, Any] = {}
+        self._children: dict[tuple[str, str, int], tuple[Count, Observed]] = {}
+        """(channel, method, status) as the client sent them -> their series (bounded: the
+        client picks the first two)."""
 
     def call(self, request: web.Request, status: int, code: str, seconds: float) -> None:
         channel = request.match_info.get("channel", "")
-        key = (channel, request.method, "", status)
+        key = (channel, request.method, status)
         found = self._children.get(key)
         if found is None:
             ch = self.config.channels.get(channel)
@@ -97,10 +107,7 @@ class EdgeMetrics:
             self.auth_failures.labels(code).inc()
 
     def bus_round_trip(self, system: str, seconds: float) -> None:
-        child = self._rtt.get(system)
-        if child is None:
-            child = self._rtt[system] = self.round_trip.labels(system)
-        child.observe(seconds)
+        self.round_trip.labels(system).observe(seconds)
 
 
 class _EdgeCollector(Collector):
