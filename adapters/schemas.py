@@ -15,15 +15,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 from yarl import URL
 
+from busgate.adapters.rpc.client import RpcClient
 from busgate.bus.base import Bus
 from busgate.bus.schemas import MAX_DOCUMENT, BadDocument, StoredSchema, document_of, schemas
 from busgate.bus.store import Store
 from busgate.contracts.config import Config, RpcSystem
+from busgate.contracts.errors import BusgateError
 
 log = logging.getLogger("busgate.adapter.schemas")
 
@@ -56,8 +59,13 @@ def checked(data: bytes) -> bytes:
     return data
 
 
-async def read(system: RpcSystem, session: aiohttp.ClientSession) -> bytes:
-    """The document, checked; raises SchemaError."""
+async def read(
+    system: RpcSystem, session: aiohttp.ClientSession, client: RpcClient | None = None
+) -> bytes:
+    """The document, checked; raises SchemaError. A ``schema_url`` on the system's runners
+    is fetched through ``client`` (the adapter's client of the system: its headers, TLS and
+    runner credentials); one elsewhere through ``session``, with none of them: a runner's
+    credentials go to its runners only."""
     if system.schema:
         try:
             data = await asyncio.to_thread(Path(system.schema).read_bytes)
@@ -66,13 +74,16 @@ async def read(system: RpcSystem, session: aiohttp.ClientSession) -> bytes:
         return checked(data)
     url = source_of(system)
     try:
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-        async with session.get(url, timeout=timeout) as resp:
-            if resp.status != 200:
-                raise SchemaError(f"{url} answered {resp.status}")
-            data = await resp.content.read(MAX_DOCUMENT + 1)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        if client is not None and client.on_runner(url):
+            status, data = await client.fetch(url, MAX_DOCUMENT + 1, FETCH_TIMEOUT)
+        else:
+            timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
+            async with session.get(url, timeout=timeout) as resp:
+                status, data = resp.status, await resp.content.read(MAX_DOCUMENT + 1)
+    except (aiohttp.ClientError, TimeoutError, BusgateError) as exc:
         raise SchemaError(f"cannot fetch {url}: {exc or type(exc).__name__}") from None
+    if status != 200:
+        raise SchemaError(f"{url} answered {status}")
     return checked(data)
 
 
@@ -80,7 +91,10 @@ class SchemaPublisher:
     """Puts the schema of each served system that names one into the store, on start and
     whenever a refresh changes where it comes from."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, clients: Callable[[str], object] = lambda name: None) -> None:
+        self.clients = clients
+        """The adapter's current client of a system (looked up at each attempt: a refresh
+        may replace it), for fetching ``schema_url`` as its runner calls go."""
         self.store: Store[StoredSchema] = schemas(bus)
         self.sources: dict[str, str] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -130,7 +144,10 @@ class SchemaPublisher:
         pause = FIRST_PAUSE
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                data = await read(system, self.session)
+                client = self.clients(name)
+                data = await read(
+                    system, self.session, client if isinstance(client, RpcClient) else None
+                )
                 await self._started()
                 await self.store.put(
                     name, StoredSchema(document=data, source=source, at=time.time())

@@ -100,7 +100,7 @@ class AdapterService:
         self.settings: dict[str, tuple[object, ...]] = {}
         """What each client was built from (``client_settings``)."""
         self.commands: CommandWorker | None = None
-        self.schemas = SchemaPublisher(self.bus)
+        self.schemas = SchemaPublisher(self.bus, lambda name: self.clients.get(name))
         self.metrics_listen = metrics_listen
         self.observer = AdapterObserver(config, self.node)
         self.call_logs = CallLogs(config, self.bus)

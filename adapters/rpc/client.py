@@ -395,6 +395,26 @@ class RpcClient:
             if end - time.monotonic() > 0 and responder.may_step():
                 await responder.step([])
 
+    def on_runner(self, url: str) -> bool:
+        """Whether ``url`` is on one of this system's runners (scheme, host and port)."""
+        origin = URL(url).origin()
+        return any(URL(runner).origin() == origin for runner in self.system.runners)
+
+    async def fetch(self, url: str, limit: int, seconds: float) -> tuple[int, bytes]:
+        """GET ``url`` on a runner as its calls go: the system's headers and cookies, its
+        TLS (CA, client certificate) and its runner credentials; at most ``limit`` bytes of
+        the body, within ``seconds``. Raises what aiohttp raises (and TimeoutError)."""
+        headers = {}
+        if self.credentials is not None:
+            headers["Authorization"] = f"Bearer {await self.credentials.token(self.session)}"
+        async with self.session.get(
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=seconds),
+            ssl=self.tls.context if self.tls is not None else True,
+        ) as resp:
+            return resp.status, await resp.content.read(limit)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
