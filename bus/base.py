@@ -171,25 +171,20 @@ class Responder:
         limit)."""
         self.finish = None
         limit = self._bus.max_message
-        if limit and len(reply.body) > limit // 2:
+        data = b""
+        if limit and len(reply.body) > limit // 2:  # may not fit: checked before the spans
             data = encode(reply)
             if len(data) > limit:
                 error = self._too_large("answer", len(data))
                 self.failure = error.code
                 reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
                 data = encode(reply)
-            spans = finish(self)
-            if not spans:
-                return reply, data
-        else:
-            spans = finish(self)
-            if not spans:
-                return reply, encode(reply)
-            data = b""
-        carrying = encode(msgspec.structs.replace(reply, spans=spans))
-        if limit and len(carrying) > limit:
-            return reply, data or encode(reply)
-        return reply, carrying
+        spans = finish(self)
+        if spans:
+            carrying = encode(msgspec.structs.replace(reply, spans=spans))
+            if not limit or len(carrying) <= limit:
+                return reply, carrying
+        return reply, data or encode(reply)
 
     async def step(
         self,

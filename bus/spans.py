@@ -39,10 +39,15 @@ import msgspec
 _bits = random.getrandbits
 
 
+def random_hex(size: int, bits: Callable[[int], int] = _bits) -> str:
+    """``size`` random bytes from ``bits`` (a ``getrandbits``) in lowercase hex, never all
+    zero: a W3C trace id (16) or span id (8). ``bytes.hex`` takes 0.12 µs, a ``:016x``
+    format 0.3."""
+    return (bits(size * 8) or 1).to_bytes(size, "big").hex()
+
+
 def new_span_id() -> str:
-    """16 lowercase hex digits, never all zero (``int.hex`` of the bytes: 0.12 µs, a
-    ``:016x`` format 0.3)."""
-    return (_bits(64) or 1).to_bytes(8, "big").hex()
+    return random_hex(8)
 
 
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]

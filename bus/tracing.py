@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -37,6 +36,7 @@ from busgate.bus.spans import (
     Row,
     Span,
     new_span_id,
+    random_hex,
 )
 from busgate.contracts.config import Telemetry
 from busgate.contracts.wire import Request
@@ -70,7 +70,6 @@ ERROR_CODE = ERROR_TYPE_KEY
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}").fullmatch
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
-_bits = random.getrandbits
 MAX_OPEN = 65_536
 """Open spans whose context :attr:`Tracing.open` lists at most (it is a cache: a span that
 never ends must not grow it)."""
@@ -102,7 +101,7 @@ def ids(traceparent: str) -> tuple[str, str] | None:
 
 
 def new_trace_id() -> str:
-    return (_bits(128) or 1).to_bytes(16, "big").hex()
+    return random_hex(16)
 
 
 class Tracing:

@@ -93,7 +93,7 @@ def create_app(
     app.cleanup_ctx.append(sweeper)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
-    asyncapi.install(app)  # GET /api/asyncapi.json
+    asyncapi.install(app, config)  # GET /api/asyncapi.json
     controllers = config.gateway.controllers  # one switched off: its routes do not exist
     methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
     # A route's methods added one after another share one resource: one match per call

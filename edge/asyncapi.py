@@ -13,9 +13,9 @@ from aiohttp import web
 
 from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
-from busgate.contracts.config import Config, ConfigError
+from busgate.contracts.config import Config
 from busgate.edge import keys
-from busgate.edge.control import Network, allowed_ip, operator_networks
+from busgate.edge.control import allowed_ip, operator_networks
 
 PATH = "/api/asyncapi.json"
 
@@ -28,24 +28,19 @@ def document_of(config: Config) -> bytes:
     return json_encode(bus_document(config.gateway.bus, config.gateway.prefix, systems))
 
 
-def install(app: web.Application) -> None:
-    made: Config | None = None
-    networks: list[Network] = []
-    document = b""
+def install(app: web.Application, config: Config) -> None:
+    """Raises ConfigError for a ``control_allow`` that does not parse (at start, as the
+    control API does)."""
+    networks = operator_networks(config)
+    made: tuple[Config | None, bytes] = (None, b"")
 
     async def asyncapi(request: web.Request) -> web.Response:
-        nonlocal made, networks, document
-        config = request.app[keys.CONFIG]
-        if made is not config:  # first use, or the config changed
-            made, document = config, b""
-            try:
-                networks = operator_networks(config)
-            except ConfigError:  # an address list that does not parse opens to nobody
-                networks = []
+        nonlocal made
         if not allowed_ip(networks, request.remote):
             raise errors.Forbidden("the bus's AsyncAPI document is not open to this address")
-        if not document:
-            document = document_of(config)
-        return web.Response(body=document, content_type="application/json")
+        live = request.app[keys.LIVE].config
+        if made[0] is not live:
+            made = (live, document_of(live))
+        return web.Response(body=made[1], content_type="application/json")
 
     app.router.add_get(PATH, asyncapi)

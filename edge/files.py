@@ -53,9 +53,9 @@ LIST = "/api/file/{service}"
 ONE = r"/api/file/{service}/{path:[\s\S]+}"
 
 CHUNK = 1024 * 1024
+"""Bytes handed to the store per write and read: few thread hops per file, bounded memory."""
 SWEEP_EVERY = 3600.0
 """Seconds between two sweeps of abandoned staged uploads (``Store.sweep``)."""
-"""Bytes handed to the store per write and read: few thread hops per file, bounded memory."""
 
 ANONYMOUS = "anonymous"
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)

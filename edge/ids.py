@@ -11,6 +11,8 @@ import random
 import re
 import secrets
 
+from busgate.bus.spans import random_hex
+
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_:\-]{1,128}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
@@ -49,10 +51,10 @@ class IdFactory:
         if incoming:
             m = _TRACEPARENT.match(incoming.strip().lower())
             if m and m.group(1) != _ZERO_TRACE and m.group(2) != _ZERO_SPAN:
-                span_id = (self._rand.getrandbits(64) or 1).to_bytes(8, "big").hex()
+                span_id = random_hex(8, self._rand.getrandbits)
                 return m.group(1), span_id, m.group(2), m.group(3)
-        trace_id = (self._rand.getrandbits(128) or 1).to_bytes(16, "big").hex()
-        span_id = (self._rand.getrandbits(64) or 1).to_bytes(8, "big").hex()
+        trace_id = random_hex(16, self._rand.getrandbits)
+        span_id = random_hex(8, self._rand.getrandbits)
         return trace_id, span_id, "", "01" if sampled else "00"
 
 
