@@ -135,7 +135,7 @@ class AdapterObserver:
             if held is not None:
                 held.hold(req.id)
                 responder.span = span
-                responder.finish = held.reply_spans
+                responder.span_export = held
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -74,6 +74,21 @@ Kafka the request id is inside the message (keyed by adapter, so a stream's step
 order), and parsing headers is a measurable part of an edge's work."""
 
 
+class ReplySpans(Protocol):
+    """Where a Responder gets the call's spans for its Reply (a node's span export,
+    ``bus.trace_export.BusSpanProcessor``)."""
+
+    def reply_spans(self, responder: Responder) -> bytes:
+        """Called once the reply's status is known (``failure`` set), just before it goes:
+        ends the call's span and returns the call's spans for ``Reply.spans`` (b"": none)."""
+        ...
+
+    def unsent(self, responder: Responder, spans: bytes) -> None:
+        """Spans from :meth:`reply_spans` that the Reply could not take (the bus's limit):
+        published by the node itself instead."""
+        ...
+
+
 class Responder:
     """How an adapter answers one request: a reply, or a sequence of stream steps.
 
@@ -90,9 +105,9 @@ class Responder:
         "_seq",
         "credits",
         "failure",
-        "finish",
         "request",
         "span",
+        "span_export",
     )
 
     def __init__(self, bus: Bus, request: Request) -> None:
@@ -106,13 +121,12 @@ class Responder:
         self._credit_to = bus.reply_address(request.id) if request.credits > 0 else ""
         self.failure = ""
         """The error code this request was answered with, if any (its span's status)."""
-        self.finish: Callable[[Responder], bytes] | None = None
-        """Called with this responder once the reply's status is known (``failure`` set),
-        just before it goes: ends the call's span and returns the call's spans for
-        ``Reply.spans`` (b"": none), when the Request asked for them (``spans_in_reply``; see
-        ``bus.trace_export``). One function for every call of a node (no closure per call)."""
+        self.span_export: ReplySpans | None = None
+        """The node's span export, when the Request asked for the call's spans in its Reply
+        (``spans_in_reply``; see ``bus.trace_export``). One object for every call of a node
+        (no closure per call)."""
         self.span: Any = None
-        """The call's span, for ``finish``."""
+        """The call's span, for ``span_export``."""
 
     @property
     def cancelled(self) -> asyncio.Event:
@@ -149,8 +163,8 @@ class Responder:
     async def reply(self, reply: Reply) -> None:
         if reply.error is not None:
             self.failure = reply.error.code
-        if self.finish is not None:
-            reply, data = self._with_spans(reply, self.finish)
+        if self.span_export is not None:
+            reply, data = self._with_spans(reply, self.span_export)
         else:
             data = encode(reply)
         try:
@@ -161,15 +175,12 @@ class Responder:
             small = Reply(id=reply.id, status=error.status, error=error.to_wire())
             await self._bus._send(self.request.reply_to, encode(small), _NO_HEADERS)
 
-    def _with_spans(
-        self, reply: Reply, finish: Callable[[Responder], bytes]
-    ) -> tuple[Reply, bytes]:
+    def _with_spans(self, reply: Reply, export: ReplySpans) -> tuple[Reply, bytes]:
         """The reply with the call's spans, encoded once when its body is well within the
         bus's limit (the usual case). Otherwise one too large for the bus is replaced by its
-        error first, so the spans say ``reply_too_large``; one that only the spans make too
-        large goes without them (they are lost: a reply within a few hundred bytes of the
-        limit)."""
-        self.finish = None
+        error first, so the spans say ``reply_too_large``; spans that would take the reply
+        over the limit go back to ``export``, which publishes them itself."""
+        self.span_export = None
         limit = self._bus.max_message
         data = b""
         if limit and len(reply.body) > limit // 2:  # may not fit: checked before the spans
@@ -179,11 +190,12 @@ class Responder:
                 self.failure = error.code
                 reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
                 data = encode(reply)
-        spans = finish(self)
+        spans = export.reply_spans(self)
         if spans:
             carrying = encode(msgspec.structs.replace(reply, spans=spans))
             if not limit or len(carrying) <= limit:
                 return reply, carrying
+            export.unsent(self, spans)
         return reply, data or encode(reply)
 
     async def step(

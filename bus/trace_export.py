@@ -303,13 +303,18 @@ class BusSpanProcessor:
         return self.take(request_id)
 
     def reply_spans(self, responder: Responder) -> bytes:
-        """``Responder.finish`` of a call whose spans are held: ends its span
+        """``ReplySpans.reply_spans`` of a call whose spans are held: ends its span
         (``responder.span``) as its Reply goes, and gives the call's spans for that Reply
         (:meth:`for_reply`)."""
         span, req = responder.span, responder.request
         if responder.failure:
             fail(span, responder.failure)
         return self.for_reply(span, req.id, req.deadline)
+
+    def unsent(self, responder: Responder, spans: bytes) -> None:
+        """``ReplySpans.unsent``: a call's spans its Reply could not take go out from here,
+        in this node's next batch."""
+        self.carry(responder.span.trace_id, responder.request.id, spans)
 
     def release(self, request_id: str) -> None:
         """Stop holding a call's spans; those held are published as any others."""

@@ -1,6 +1,7 @@
 """The adapter's spans in its Reply (``Request.spans_in_reply``): carried when the edge can
 still take the reply, published by the adapter itself when the deadline is at hand, and
-marked ``reply_too_large`` when the answer did not fit. (Across real processes:
+marked ``reply_too_large`` when the answer did not fit, published by the adapter when only
+they would not fit. (Across real processes:
 tests/e2e/test_telemetry.py.)"""
 
 from __future__ import annotations
@@ -90,10 +91,16 @@ async def test_an_answer_within_the_limit_carries_its_spans(sink, body_size):
     assert consumer.status == 0
 
 
-async def test_an_answer_that_only_its_spans_make_too_large_goes_without_them(sink):
+async def test_spans_that_would_take_the_answer_over_the_limit_are_published_instead(sink):
+    """The answer goes whole and without them; the adapter publishes them (not lost)."""
     reply, published = await answered(sink, seconds_left=10, body=b"x" * 1850, limit=2000)
-    assert reply.error is None and reply.body == b"x" * 1850
-    assert reply.spans == b"" and published == []
+    assert reply.error is None and reply.body == b"x" * 1850 and reply.spans == b""
+    (batch,) = published
+    (carried,) = batch.more
+    (consumer,) = carried.spans
+    assert (carried.service, carried.instance) == ("busgate-adapter", "a1")
+    assert consumer.kind == Kind.CONSUMER and consumer.status == 0
+    assert consumer.attributes["busgate.request_id"] == "r1"
 
 
 async def test_without_the_request_asking_the_adapter_publishes_them(sink):
