@@ -196,3 +196,41 @@ async def test_the_bus_asyncapi_document_is_served_to_operator_addresses_only(ed
             assert resp.status == 403
             error = (await resp.json())["error"]
             assert error["code"] == "forbidden" and "AsyncAPI" in error["message"]
+
+
+@pytest.mark.nats
+async def test_a_refreshed_control_allow_applies_at_once(edge: Any) -> None:
+    """A config change of ``control_allow`` closes (or opens) both operator routes on the
+    next call, not at the next restart; one that does not parse is refused, and the list
+    in force stays."""
+    from busgate.contracts.config import ConfigError
+    from busgate.edge import keys
+
+    server = await edge()
+    live = server.app[keys.LIVE]
+    closed = msgspec.structs.replace(
+        live.config,
+        gateway=msgspec.structs.replace(live.config.gateway, control_allow=("10.9.9.0/24",)),
+    )
+    urls = [server.make_url("/api/control/systems/*"), server.make_url("/api/asyncapi.json")]
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(url, headers=token("admin")) as resp:
+                assert resp.status == 200
+        await live.apply(server.app, closed)
+        for url in urls:
+            async with http.get(url, headers=token("admin")) as resp:
+                assert resp.status == 403, url
+        broken = msgspec.structs.replace(
+            closed, gateway=msgspec.structs.replace(closed.gateway, control_allow=("10.9.9/99",))
+        )
+        with pytest.raises(ConfigError, match="control_allow"):
+            await live.apply(server.app, broken)
+        assert live.config is closed
+        opened = msgspec.structs.replace(
+            closed, gateway=msgspec.structs.replace(closed.gateway, control_allow=("127.0.0.1/8",))
+        )
+        await live.apply(server.app, opened)
+        for url in urls:
+            async with http.get(url, headers=token("admin")) as resp:
+                assert resp.status == 200, url
