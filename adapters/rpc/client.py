@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -138,6 +139,12 @@ class RpcClient:
                 self.tls.start()
         return self._session
 
+    @property
+    def ssl(self) -> ssl.SSLContext | bool:
+        """TLS of the connections to this system's runners: its own (CA, client
+        certificate) when configured, else the default verification."""
+        return self.tls.context if self.tls is not None else True
+
     def observe(self, observer: AdapterObserver) -> None:
         """Send every runner call through ``observer`` (a CLIENT span whose context the runner
         receives as ``traceparent``, latency). Installed on the instance: no cost without."""
@@ -205,7 +212,7 @@ class RpcClient:
                     data=body,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=timeout),
-                    ssl=self.tls.context if self.tls is not None else True,
+                    ssl=self.ssl,
                 ) as resp:
                     if resp.status == 401 and credentials is not None and not renewed:
                         # Refused before it acted: once more, with a fresh token.
@@ -411,7 +418,7 @@ class RpcClient:
             url,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=seconds),
-            ssl=self.tls.context if self.tls is not None else True,
+            ssl=self.ssl,
         ) as resp:
             return resp.status, await resp.content.read(limit)
 
