@@ -13,11 +13,13 @@ endpoint is configured.
 
 - NATS: subject ``PREFIX.trace.T.R`` (T: the trace id's bucket, R: the request id's),
   captured by a JetStream stream over ``PREFIX.trace.>`` that keeps ``bus_max_age`` seconds
-  (at most :data:`MAX_BYTES`, oldest dropped first). A call is read back by filtering on
-  its trace id's bucket (``PREFIX.trace.T.*``) or its request id's (``PREFIX.trace.*.R``):
-  an eighth of the stream, whose messages are searched for the id before they are decoded.
+  (at most ``bus_max_bytes``, :data:`MAX_BYTES` by default, oldest dropped first). A call is
+  read back by filtering on its trace id's bucket (``PREFIX.trace.T.*``) or its request id's
+  (``PREFIX.trace.*.R``): an eighth of the stream, whose messages are searched for the id
+  before they are decoded.
 - Kafka: topic ``PREFIX.trace`` keyed by the trace id's bucket (``retention.ms`` =
-  ``bus_max_age``), so a trace is read from one partition. Its own producer, lingering
+  ``bus_max_age``, ``retention.bytes`` its partitions' share of ``bus_max_bytes``), so a trace
+  is read from one partition. Its own producer, lingering
   :data:`KAFKA_LINGER_MS`, so span batches never delay the request path's sends.
 
 The processor runs on the event loop (no exporter thread): spans end on the loop, a timer
@@ -55,7 +57,9 @@ FLUSH_DELAY = 0.2
 """Seconds a finished span may wait before its batch goes out."""
 MAX_BATCH = 2048
 MAX_BYTES = 512 * 1024 * 1024
-"""Size limit of the NATS trace stream: a fully sampled busy gateway fills 1 h quickly."""
+"""Size limit of the trace stream or topic unless ``bus_max_bytes`` says otherwise."""
+PARTITIONS = 3
+"""Of the Kafka trace topic."""
 MAX_MESSAGE = 256 * 1024
 """Bytes of one span message at most (less when the bus carries less): a bucket's spans
 beyond it are split over several messages."""
@@ -132,10 +136,19 @@ class NatsTraceSink(TraceSink):
     exists already keeps the storage it has (JetStream cannot change it), and a server
     without the memory for it gets a file stream."""
 
-    def __init__(self, nc: Any, names: Names, *, max_age: float, storage: str = "memory") -> None:
+    def __init__(
+        self,
+        nc: Any,
+        names: Names,
+        *,
+        max_age: float,
+        max_bytes: int = MAX_BYTES,
+        storage: str = "memory",
+    ) -> None:
         self.nc = nc
         self.names = names
         self.max_age = max_age
+        self.max_bytes = max_bytes
         self.storage = storage
         self.max_message = min(MAX_MESSAGE, max(nc.max_payload - 1024, 1024))
 
@@ -150,7 +163,7 @@ class NatsTraceSink(TraceSink):
             name=name,
             subjects=[self.names.trace() + ".>"],
             max_age=self.max_age,
-            max_bytes=MAX_BYTES,
+            max_bytes=self.max_bytes,
             storage=storage,
         )
         try:
@@ -179,11 +192,14 @@ class NatsTraceSink(TraceSink):
 
 
 class KafkaTraceSink(TraceSink):
-    def __init__(self, client: dict[str, Any], names: Names, *, max_age: float) -> None:
+    def __init__(
+        self, client: dict[str, Any], names: Names, *, max_age: float, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.client = client
         """The aiokafka connection arguments (``KafkaBus.client``, ``bus.kafka_client_of``)."""
         self.topic = names.trace()
         self.max_age = max_age
+        self.max_bytes = max_bytes
         self._producer: Any = None
 
     async def start(self) -> None:
@@ -192,9 +208,11 @@ class KafkaTraceSink(TraceSink):
 
         from busgate.bus.kafka.admin import ensure_topic
 
-        await ensure_topic(
-            self.client, self.topic, 3, {"retention.ms": str(int(self.max_age * 1000))}
-        )
+        retention = {
+            "retention.ms": str(int(self.max_age * 1000)),
+            "retention.bytes": str(max(self.max_bytes // PARTITIONS, 1)),  # per partition
+        }
+        await ensure_topic(self.client, self.topic, PARTITIONS, retention)
         self._producer = AIOKafkaProducer(
             **self.client,
             acks=1,
@@ -214,13 +232,17 @@ class KafkaTraceSink(TraceSink):
             self._producer = None
 
 
-def open_sink(bus: Bus, url: str, *, max_age: float, storage: str = "memory") -> TraceSink:
+def open_sink(
+    bus: Bus, url: str, *, max_age: float, max_bytes: int = MAX_BYTES, storage: str = "memory"
+) -> TraceSink:
     """The sink for ``bus`` (NATS: its connection; Kafka: a producer of its own, connected
     as the bus's clients are; ``storage`` is NATS's)."""
     scheme, _, _ = parse_url(url)
     if scheme == "nats":
-        return NatsTraceSink(bus.nc, bus.names, max_age=max_age, storage=storage)  # type: ignore[attr-defined]
-    return KafkaTraceSink(bus.client, bus.names, max_age=max_age)  # type: ignore[attr-defined]
+        nc = bus.nc  # type: ignore[attr-defined]
+        return NatsTraceSink(nc, bus.names, max_age=max_age, max_bytes=max_bytes, storage=storage)
+    client = bus.client  # type: ignore[attr-defined]
+    return KafkaTraceSink(client, bus.names, max_age=max_age, max_bytes=max_bytes)
 
 
 class BusSpanProcessor:

@@ -142,7 +142,13 @@ class Tracing:
 
         telemetry = self.telemetry
         await self.export_to(
-            open_sink(bus, url, max_age=telemetry.bus_max_age, storage=telemetry.bus_storage)
+            open_sink(
+                bus,
+                url,
+                max_age=telemetry.bus_max_age,
+                max_bytes=telemetry.bus_max_bytes,
+                storage=telemetry.bus_storage,
+            )
         )
 
     async def export_to(self, sink: TraceSink) -> None:

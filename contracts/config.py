@@ -811,10 +811,10 @@ class Telemetry(Section, frozen=True):
     path pays one ``if``); a call whose client sent a sampled ``traceparent`` (with
     ``gateway.accept_trace``) follows the client's decision. Finished spans go to
     ``otlp_endpoint`` (OTLP over HTTP, e.g. ``http://collector:4318/v1/traces``) when set,
-    and onto the bus when ``bus_export`` is on, kept there ``bus_max_age`` seconds for
-    ``busgate trace`` (on NATS in a JetStream stream in the server's memory by default,
-    ``bus_storage = "file"`` to keep them across a restart of the server). ``metrics``
-    serves ``/metrics`` on the edge (adapters serve it with ``--metrics-listen``).
+    and onto the bus when ``bus_export`` is on, kept there ``bus_max_age`` seconds (at most
+    ``bus_max_bytes``) for ``busgate trace`` (on NATS in a JetStream stream in the server's
+    memory by default, ``bus_storage = "file"`` to keep them across a restart of the server).
+    ``metrics`` serves ``/metrics`` on the edge (adapters serve it with ``--metrics-listen``).
     """
 
     sampling: float = 0.0
@@ -825,6 +825,9 @@ class Telemetry(Section, frozen=True):
     otlp_endpoint: str = ""
     bus_export: bool = True
     bus_max_age: float = 3600.0
+    bus_max_bytes: int = 512 * 1024 * 1024
+    """At most this much of them is kept on the bus (oldest dropped first): a fully sampled
+    busy gateway fills an hour quickly, and on NATS they are in the server's memory."""
     bus_storage: Literal["memory", "file"] = "memory"
     metrics: bool = False
 
@@ -833,6 +836,8 @@ class Telemetry(Section, frozen=True):
             raise ValueError("sampling: a ratio between 0 and 1")
         if self.bus_max_age <= 0:
             raise ValueError("bus_max_age: must be positive")
+        if self.bus_max_bytes <= 0:
+            raise ValueError("bus_max_bytes: must be positive")
         if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
             raise ValueError("otlp_endpoint: an http:// or https:// URL (OTLP over HTTP)")
 

@@ -115,11 +115,15 @@ async def test_the_nats_trace_stream_is_kept_in_memory_unless_asked_and_keeps_wh
         for asked, first in (("memory", StorageType.MEMORY), ("file", StorageType.FILE)):
             names = Names(f"t{uuid.uuid4().hex[:8]}")
             await NatsTraceSink(nc, names, max_age=60, storage=asked).start()
+            info = await js.stream_info(trace_export.stream_name(names.prefix))
+            assert info.config.max_bytes == trace_export.MAX_BYTES
             other = "file" if asked == "memory" else "memory"
-            await NatsTraceSink(nc, names, max_age=120, storage=other).start()  # a second node
+            second = NatsTraceSink(nc, names, max_age=120, max_bytes=2**20, storage=other)
+            await second.start()  # a second node, with another config
             info = await js.stream_info(trace_export.stream_name(names.prefix))
             assert info.config.storage == first
-            assert info.config.max_age == 120  # the rest of its config is updated
+            # the rest of its config is updated (telemetry.bus_max_age, bus_max_bytes)
+            assert (info.config.max_age, info.config.max_bytes) == (120, 2**20)
             await js.delete_stream(trace_export.stream_name(names.prefix))
     finally:
         await nc.close()
