@@ -12,7 +12,8 @@ in order, whatever number of partitions a topic ended up with (:mod:`.routing`).
 Things aiokafka does not do by itself, done here by a supervisor task (every
 ``health_interval`` seconds):
 
-* tell whether the broker is there: a metadata request for this node's topics. ``connected``
+* tell whether the broker is there: a metadata request for this node's topics (an error
+  says no at once, a timeout when it happens :data:`SLOW_CHECKS` times in a row). ``connected``
   is that answer (a failed send clears it too, and fails the sends still awaiting their
   acknowledgement), so calls during an outage fail fast with 503 instead of waiting out
   aiokafka's 40 s defaults;
@@ -72,6 +73,10 @@ from busgate.contracts.errors import BusUnavailable, MessageTooLarge
 
 log = logging.getLogger("busgate.bus.kafka")
 
+SLOW_CHECKS = 2
+"""Health checks in a row whose metadata answer must time out before the broker counts as
+not answering (an error counts at once)."""
+
 __all__ = ["PRESENCE_REPLAY", "KafkaBus", "default_replication"]
 
 
@@ -122,6 +127,8 @@ class KafkaBus(Bus):
         self.idle_fetch_wait_ms = idle_fetch_wait_ms
         self.hot_window = hot_window
         self.health_interval = health_interval
+        self.health_timeout = max(health_interval, 1.0)
+        """Seconds the supervisor's metadata request may take (see :data:`SLOW_CHECKS`)."""
         self.join_timeout = join_timeout
         self.replay_window = replay_window
         self.session_timeout = session_timeout
@@ -146,6 +153,8 @@ class KafkaBus(Bus):
         self._acks: set[asyncio.Future[None]] = set()
         """Sends waiting for the broker's acknowledgement (see ``_mark_down``)."""
         self._healthy = False
+        self._slow_checks = 0
+        """Health checks in a row whose metadata request timed out."""
         self._closing = False
         self._started_at = time.time()
         self._request_prefix = self.names.request("")
@@ -437,11 +446,19 @@ class KafkaBus(Bus):
             reader.cool(now, self.hot_window)
 
         try:
-            async with asyncio.timeout(max(self.health_interval, 1.0)):
+            async with asyncio.timeout(self.health_timeout):
                 counts = await self._topics.partition_counts(list(self._topics.wanted))
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except TimeoutError:
+            # A slow answer once is a busy broker or host (seen on a loaded 2-core box, where
+            # it turned a node to 503s for a check); slow twice in a row, it is not answering.
+            self._slow_checks += 1
+            if self._slow_checks >= SLOW_CHECKS:
+                self._mark_down("broker not answering (TimeoutError)")
+            return
+        except (KafkaError, OSError) as exc:
             self._mark_down(f"broker not answering ({type(exc).__name__})")
             return
+        self._slow_checks = 0
         if not self._healthy:
             log.info("kafka: broker answering again")
         self._healthy = True
