@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from busgate.brokers import NatsServer, TansuBroker
-from tests.stack import runner_process
+from tests.stack import DevStack, runner_process
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +41,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
+DEV_TAIL = 60
+"""Lines of a dev stack's output shown with a failed test."""
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     """Captured output as valid UTF-8: a test that sends stray header bytes gets them logged
     as lone surrogates (``surrogateescape``), which xdist cannot send from its worker (an
-    INTERNALERROR that ends the run); they are kept as ``\\udcff`` escapes instead."""
+    INTERNALERROR that ends the run); they are kept as ``\\udcff`` escapes instead. A failed
+    test that used a ``busgate dev`` stack gets the end of the stack's output in its report
+    (its nodes' warnings say what the client could not see)."""
     report: pytest.TestReport = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, DevStack):
+                report.sections.append(("busgate dev output", "\n".join(value.output[-DEV_TAIL:])))
     report.sections = [
         (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
         for title, text in report.sections
