@@ -449,8 +449,8 @@ class KafkaBus(Bus):
             async with asyncio.timeout(self.health_timeout):
                 counts = await self._topics.partition_counts(list(self._topics.wanted))
         except TimeoutError:
-            # A slow answer once is a busy broker or host (seen on a loaded 2-core box, where
-            # it turned a node to 503s for a check); slow twice in a row, it is not answering.
+            # A slow answer once is a busy broker or host (the likely cause of a moment of
+            # 503s in a loaded test run on 2 cores); slow twice in a row, it is not answering.
             self._slow_checks += 1
             if self._slow_checks >= SLOW_CHECKS:
                 self._mark_down("broker not answering (TimeoutError)")

@@ -1,7 +1,7 @@
 """The Kafka supervisor's word on the broker (``KafkaBus._check``): an error says "down" at
 once, a metadata answer that times out only when it does so twice in a row (once is a busy
-broker or host, and it turned a node to 503s in a loaded test run), and an answer says "up"
-again. The broker itself stopping and starting: tests/bus/test_reconnect.py."""
+broker or host, the likely cause of a moment of 503s in a loaded test run), and an answer
+says "up" again. The broker itself stopping and starting: tests/bus/test_reconnect.py."""
 
 from __future__ import annotations
 
