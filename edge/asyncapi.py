@@ -15,7 +15,7 @@ from busgate.contracts import errors
 from busgate.contracts.codec import json_encode
 from busgate.contracts.config import Config
 from busgate.edge import keys
-from busgate.edge.control import Operators
+from busgate.edge.control import allowed_ip, operator_networks
 
 PATH = "/api/asyncapi.json"
 
@@ -31,12 +31,12 @@ def document_of(config: Config) -> bytes:
 def install(app: web.Application, config: Config) -> None:
     """Raises ConfigError for a ``control_allow`` that does not parse (at start, as the
     control API does)."""
-    operators = Operators(config)
+    networks = operator_networks(config)
     made: tuple[Config | None, bytes] = (None, b"")
 
     async def asyncapi(request: web.Request) -> web.Response:
         nonlocal made
-        if not operators.allow(request):
+        if not allowed_ip(networks, request.remote):
             raise errors.Forbidden("the bus's AsyncAPI document is not open to this address")
         live = request.app[keys.LIVE].config
         if made[0] is not live:

@@ -63,41 +63,24 @@ def allowed_ip(networks: list[Network], remote: str | None) -> bool:
 
 def operator_networks(config: Config) -> list[Network]:
     """``gateway.control_allow``: where the control API and the bus's AsyncAPI document are
-    served. Raises ConfigError for one that does not parse (a node refuses it at start, and
-    ``LiveConfig.apply`` refuses a new config with it)."""
+    served."""
     try:
         return [ipaddress.ip_network(c, strict=False) for c in config.gateway.control_allow]
     except ValueError as exc:
         raise ConfigError(f"gateway.control_allow: {exc}") from None
 
 
-class Operators:
-    """Whether a caller is at an operator's address: ``gateway.control_allow`` of the live
-    config (a refresh may change it), parsed again only when it changed."""
-
-    def __init__(self, config: Config) -> None:
-        self._allow = config.gateway.control_allow
-        self._networks = operator_networks(config)
-
-    def allow(self, request: web.Request) -> bool:
-        live = request.app[keys.LIVE].config
-        if live.gateway.control_allow != self._allow:
-            self._networks = operator_networks(live)
-            self._allow = live.gateway.control_allow
-        return allowed_ip(self._networks, request.remote)
-
-
 class Control:
     def __init__(self, config: Config) -> None:
         gateway = config.gateway
-        self.operators = Operators(config)
+        self.networks = operator_networks(config)
         self.role = gateway.control_role
         self.token = gateway.control_token
         if self.token and self.token not in config.tokens:
             raise ConfigError(f"gateway.control_token: unknown token {self.token!r}")
 
     async def check(self, request: web.Request) -> None:
-        if not self.operators.allow(request):
+        if not allowed_ip(self.networks, request.remote):
             raise errors.Forbidden("the control API is not open to this address")
         ctx = request.app.get(keys.AUTH)
         if ctx is None:

@@ -19,7 +19,6 @@ from busgate.contracts.config import Config, ConfigError
 from busgate.edge import keys
 from busgate.edge.aliases import compile_aliases
 from busgate.edge.audit import Audit
-from busgate.edge.control import operator_networks
 from busgate.edge.error_detail import ErrorLevels
 from busgate.edge.response_headers import compile_header_rules
 from busgate.edge.tokens import TokenService
@@ -63,7 +62,6 @@ class LiveConfig:
         """Make ``config`` the one calls see; raises (and changes nothing) when it cannot."""
         ctx = app.get(keys.AUTH)
         old = self.config
-        operator_networks(config)  # a control_allow that does not parse is refused here
         for name in ("services", "commands"):  # their APIs are built once, at start
             if getattr(config, name) != getattr(old, name):
                 raise ConfigError(f"{name}: changed; restart this edge to apply the change")
