@@ -50,6 +50,7 @@ from busgate.bus.spans import (
     join_batch,
 )
 from busgate.bus.tracing import REPLY_MARGIN, REQUEST_ID, fail
+from busgate.contracts.config import Telemetry
 
 log = logging.getLogger("busgate.tracing")
 
@@ -232,17 +233,18 @@ class KafkaTraceSink(TraceSink):
             self._producer = None
 
 
-def open_sink(
-    bus: Bus, url: str, *, max_age: float, max_bytes: int = MAX_BYTES, storage: str = "memory"
-) -> TraceSink:
+def open_sink(bus: Bus, url: str, telemetry: Telemetry) -> TraceSink:
     """The sink for ``bus`` (NATS: its connection; Kafka: a producer of its own, connected
-    as the bus's clients are; ``storage`` is NATS's)."""
+    as the bus's clients are), keeping what ``telemetry``'s ``bus_*`` settings say."""
     scheme, _, _ = parse_url(url)
+    age, size = telemetry.bus_max_age, telemetry.bus_max_bytes
     if scheme == "nats":
         nc = bus.nc  # type: ignore[attr-defined]
-        return NatsTraceSink(nc, bus.names, max_age=max_age, max_bytes=max_bytes, storage=storage)
+        return NatsTraceSink(
+            nc, bus.names, max_age=age, max_bytes=size, storage=telemetry.bus_storage
+        )
     client = bus.client  # type: ignore[attr-defined]
-    return KafkaTraceSink(client, bus.names, max_age=max_age, max_bytes=max_bytes)
+    return KafkaTraceSink(client, bus.names, max_age=age, max_bytes=size)
 
 
 class BusSpanProcessor:

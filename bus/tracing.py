@@ -140,16 +140,7 @@ class Tracing:
             return
         from busgate.bus.trace_export import open_sink
 
-        telemetry = self.telemetry
-        await self.export_to(
-            open_sink(
-                bus,
-                url,
-                max_age=telemetry.bus_max_age,
-                max_bytes=telemetry.bus_max_bytes,
-                storage=telemetry.bus_storage,
-            )
-        )
+        await self.export_to(open_sink(bus, url, self.telemetry))
 
     async def export_to(self, sink: TraceSink) -> None:
         """Also send finished spans to ``sink`` (a node's connection to the bus)."""

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -29,7 +28,7 @@ from busgate.contracts.codec import json_decode, json_encode
 from busgate.contracts.config import Gateway, RpcSystem
 from busgate.contracts.paths import refusal
 from busgate.contracts.wire import Reply, Request
-from busgate.tls.client import ClientCerts
+from busgate.tls.client import ClientCerts, ssl_for
 
 if TYPE_CHECKING:
     from busgate.adapters.observe import AdapterObserver
@@ -139,12 +138,6 @@ class RpcClient:
                 self.tls.start()
         return self._session
 
-    @property
-    def ssl(self) -> ssl.SSLContext | bool:
-        """TLS of the connections to this system's runners: its own (CA, client
-        certificate) when configured, else the default verification."""
-        return self.tls.context if self.tls is not None else True
-
     def observe(self, observer: AdapterObserver) -> None:
         """Send every runner call through ``observer`` (a CLIENT span whose context the runner
         receives as ``traceparent``, latency). Installed on the instance: no cost without."""
@@ -212,7 +205,7 @@ class RpcClient:
                     data=body,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=timeout),
-                    ssl=self.ssl,
+                    ssl=ssl_for(self.tls),
                 ) as resp:
                     if resp.status == 401 and credentials is not None and not renewed:
                         # Refused before it acted: once more, with a fresh token.
@@ -418,7 +411,7 @@ class RpcClient:
             url,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=seconds),
-            ssl=self.ssl,
+            ssl=ssl_for(self.tls),
         ) as resp:
             return resp.status, await resp.content.read(limit)
 

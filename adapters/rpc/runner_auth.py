@@ -18,7 +18,7 @@ from yarl import URL
 from busgate.contracts import errors
 from busgate.contracts.config import RunnerAuth
 from busgate.contracts.secrets import resolve_secret
-from busgate.tls.client import ClientCerts
+from busgate.tls.client import ClientCerts, ssl_for
 
 log = logging.getLogger("busgate.adapter.rpc.auth")
 
@@ -78,7 +78,7 @@ class ClientCredentials:
                 data=form,
                 headers={"Authorization": self._basic},
                 timeout=aiohttp.ClientTimeout(total=self.auth.timeout),
-                ssl=self.tls.context if self.tls is not None else True,
+                ssl=ssl_for(self.tls),
             ) as resp:
                 body = await resp.read()
                 status = resp.status

@@ -51,3 +51,9 @@ class ClientCerts:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def ssl_for(certs: ClientCerts | None) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl=`` for a connection: the system's own TLS (CA, client certificate)
+    when it has one, else the default verification."""
+    return certs.context if certs is not None else True
