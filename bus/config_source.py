@@ -97,12 +97,17 @@ class Revisions:
             if await self.revisions.create(f"rev.{number}", revision) is None:
                 taken = number  # another push took the number
                 continue
-            if current is None:
-                won = await self.revisions.create(LIVE, revision)
-            else:
-                won = await self.revisions.compare_and_set(LIVE, revision, current.revision)
-            if won is not None:
-                return revision
+            # The number is ours: make it live unless a later push already made a higher one
+            # live (then ours would undo it). A racing lower number is overtaken, not waited
+            # for: retrying with a new number left the one taken here unused in the history.
+            while current is None or current.value.number < number:
+                if current is None:
+                    won = await self.revisions.create(LIVE, revision)
+                else:
+                    won = await self.revisions.compare_and_set(LIVE, revision, current.revision)
+                if won is not None:
+                    return revision
+                current = await self.revisions.get(LIVE)
 
     async def rollback(self, number: int) -> ConfigRevision:
         old = self.revisions.value(f"rev.{number}")
