@@ -126,16 +126,22 @@ class AdapterObserver:
 
     async def handle(self, inner: Handle, req: Request, responder: Responder) -> None:
         """Wraps ``AdapterService.handle``: the CONSUMER span covers the whole handling (up
-        to the reply when its spans travel in it)."""
-        span = held = None
-        if self.tracing is not None and tr.is_sampled(req.traceparent):
-            span = self.consumer.start(self.tracing, req)
-            req = msgspec.structs.replace(req, traceparent=span.traceparent)
-            held = self.tracing.bus if req.spans_in_reply and not req.detach else None
+        to the reply when its spans travel in it). A request whose edge wants its spans
+        back (``spans_in_reply``, the usual case) records it as a :class:`Serving`, which
+        its Reply carries (``Reply.served``)."""
+        tracing = self.tracing
+        span: tr.Span | tr.Serving | None = None
+        held = None
+        if tracing is not None and tr.is_sampled(req.traceparent):
+            held = tracing.bus if req.spans_in_reply and not req.detach else None
             if held is not None:
+                span = self.consumer.serving(tracing, req)
                 held.hold(req.id)
                 responder.span = span
                 responder.span_export = held
+            else:
+                span = self.consumer.start(tracing, req)
+            req = msgspec.structs.replace(req, traceparent=span.traceparent)
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))
         metrics = self.metrics
@@ -154,10 +160,13 @@ class AdapterObserver:
                 if held is not None:  # no reply went (or too late for its edge)
                     held.release(req.id)
                 if responder.failure:  # an error answer, whatever caused it
-                    tr.fail(span, responder.failure)
+                    span.error(responder.failure)
                 if responder.cancelled.is_set():
                     span.add_event("cancelled")
-                span.end()
+                if isinstance(span, tr.Serving):
+                    tracing.export(span.row())  # type: ignore[union-attr]
+                else:
+                    span.end()
 
     def command(self, inner: Execute) -> Execute:
         """Wraps a command worker's ``execute``: a CONSUMER span per attempt, in a trace of
@@ -214,14 +223,43 @@ class AdapterObserver:
         async def post(
             inner: Post, req: Request, parameters: bytes
         ) -> tuple[int, dict[str, str], bytes]:
-            span: tr.Span | tr.Child | None = None
-            # The CONSUMER span (open, so sampled) is the usual parent: recorded inside it.
+            # The CONSUMER span (open, so sampled) is the usual parent: the CLIENT span is
+            # recorded in it once it ended (Span.ended_child), no span object of its own.
             parent = tracing.open.get(req.traceparent) if tracing is not None else None
-            if parent is not None:
-                url = f"{base_url}/{req.path}"
-                span = parent.child(tr.Kind.CLIENT, ["POST", url, system, None])  # CHILD_KEYS
-                req = msgspec.structs.replace(req, traceparent=span.traceparent)
-            elif tracing is not None and tr.is_sampled(req.traceparent):
+            if parent is None:
+                return await _post(inner, req, parameters)
+            span_id = tr.new_span_id()
+            req = msgspec.structs.replace(req, traceparent=f"00-{parent.trace_id}-{span_id}-01")
+            status = 0
+            state, message, code = tr.UNSET, "", ""
+            start = time.time_ns()
+            try:
+                status, headers, payload = await inner(req, parameters)
+            except BusgateError as exc:
+                state, message, code = tr.ERROR, exc.message or exc.code, exc.code
+                raise
+            else:
+                if status >= 400:
+                    code = "upstream_error" if status >= 500 else "runner_refused"
+                    state, message = tr.ERROR, code
+            finally:
+                end = time.time_ns()
+                values = ["POST", f"{base_url}/{req.path}", system, status or None]  # CHILD_KEYS
+                kind = tr.Kind.CLIENT
+                parent.ended_child([span_id, kind, start, end, values, state, message, code])
+                if metrics is not None and (status or code):
+                    metrics.runner_calls.labels(system, str(status) if status else code).inc()
+                if seconds is not None:
+                    seconds.observe((end - start) / 1e9)
+            return status, headers, payload
+
+        async def _post(
+            inner: Post, req: Request, parameters: bytes
+        ) -> tuple[int, dict[str, str], bytes]:
+            """A runner call of an untraced request, or one whose CONSUMER span is not open
+            here."""
+            span: tr.Span | None = None
+            if tracing is not None and tr.is_sampled(req.traceparent):
                 url = f"{base_url}/{req.path}"
                 span = tracing.start(
                     "POST",

@@ -78,14 +78,15 @@ class ReplySpans(Protocol):
     """Where a Responder gets the call's spans for its Reply (a node's span export,
     ``bus.trace_export.BusSpanProcessor``)."""
 
-    def reply_spans(self, responder: Responder) -> bytes:
+    def reply_spans(self, responder: Responder) -> tuple[bytes, bytes]:
         """Called once the reply's status is known (``failure`` set), just before it goes:
-        ends the call's span and returns the call's spans for ``Reply.spans`` (b"": none)."""
+        ends the call's span and returns what the Reply carries of the call's spans
+        (``Reply.served``, ``Reply.spans``; b"": none)."""
         ...
 
     def unsent(self, responder: Responder, spans: bytes) -> None:
-        """Spans from :meth:`reply_spans` that the Reply could not take (the bus's limit):
-        published by the node itself instead."""
+        """The spans from :meth:`reply_spans` did not fit in the Reply (the bus's limit):
+        published by the node itself instead (``spans``: those for ``Reply.spans``)."""
         ...
 
 
@@ -190,9 +191,9 @@ class Responder:
                 self.failure = error.code
                 reply = Reply(id=reply.id, status=error.status, error=error.to_wire())
                 data = encode(reply)
-        spans = export.reply_spans(self)
-        if spans:
-            carrying = encode(msgspec.structs.replace(reply, spans=spans))
+        served, spans = export.reply_spans(self)
+        if served or spans:
+            carrying = encode(msgspec.structs.replace(reply, served=served, spans=spans))
             if not limit or len(carrying) <= limit:
                 return reply, carrying
             export.unsent(self, spans)

@@ -108,18 +108,22 @@ class Child:
     """A span of fixed shape (:data:`CHILD_KEYS`) recorded inside its open parent: it has
     its own span id, kind, times and status, and its trace is the parent's. One that
     outlives its parent (the edge answered before its bus request did) is exported as a
-    span of its own when it ends."""
+    span of its own when it ends. A caller that knows a child's times and outcome only once
+    it ended records it with :meth:`Span.ended_child` instead (no object)."""
 
-    __slots__ = ("_late", "fields", "trace_id", "traceparent")
+    __slots__ = ("fields", "parent", "traceparent")
 
-    def __init__(self, trace_id: str, span_id: str, kind: int, values: list[Any]) -> None:
-        self.trace_id = trace_id
-        self.traceparent = f"00-{trace_id}-{span_id}-01"
+    def __init__(self, parent: Span, span_id: str, kind: int, values: list[Any]) -> None:
+        self.parent = parent
+        self.traceparent = f"00-{parent.trace_id}-{span_id}-01"
         self.fields: list[Any] = [span_id, kind, time.time_ns(), 0, values, UNSET, "", ""]
         """Its :class:`ChildData`, as it goes in its parent's row: span id, kind, start,
         end (0: open), ``values`` of :data:`CHILD_KEYS` ``[kind]`` in order (None: not
         set), status, status message, error code."""
-        self._late: tuple[Callable[[Row], None], str, Attributes] | None = None
+
+    @property
+    def trace_id(self) -> str:
+        return self.parent.trace_id
 
     @property
     def span_id(self) -> str:
@@ -142,9 +146,9 @@ class Child:
         if fields[3]:
             return
         fields[3] = time.time_ns()
-        if self._late is not None:
-            done, parent_id, attributes = self._late
-            done(child_row(self.trace_id, parent_id, attributes, fields))
+        parent = self.parent
+        if parent.end_time:  # it went without this child: alone
+            parent._done(child_row(parent.trace_id, parent.span_id, parent.attributes, fields))
 
 
 class Span:
@@ -199,7 +203,8 @@ class Span:
         """Owned by the span from now on (callers pass a fresh dict)."""
         self.links = links
         self.events: list[tuple[str, int, Attributes]] | None = None
-        self.children: list[Child] | None = None
+        self.children: list[list[Any]] | None = None
+        """Its children's :class:`ChildData` fields."""
         self.status = UNSET
         self.message = ""
         self.end_time = 0
@@ -218,13 +223,23 @@ class Span:
 
     def child(self, kind: int, values: list[Any]) -> Child:
         """A :class:`Child` span of this one, starting now (recorded in this span's row)."""
-        found = Child(self.trace_id, new_span_id(), kind, values)
+        found = Child(self, new_span_id(), kind, values)
+        self.ended_child(found.fields)
+        return found
+
+    def ended_child(self, fields: list[Any]) -> None:
+        """Record a child by its :class:`ChildData` fields; one whose end is 0 (open) goes
+        out alone when it ends after this span (:meth:`Child.end`). After this span's end
+        it goes out alone at once."""
+        if self.end_time:
+            if fields[3]:
+                self._done(child_row(self.trace_id, self.span_id, self.attributes, fields))
+            return
         children = self.children
         if children is None:
-            self.children = [found]
+            self.children = [fields]
         else:
-            children.append(found)
-        return found
+            children.append(fields)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         self.attributes[key] = value
@@ -245,38 +260,144 @@ class Span:
 
     def end(self) -> None:
         """Finish the span (a second call does nothing, as in OpenTelemetry)."""
+        row = self.finish()
+        if row is not None:
+            self._done(row)
+
+    def finish(self) -> Row | None:
+        """End the span and return its row instead of exporting it (None: it had ended)."""
         if self.end_time:
-            return
+            return None
         self.end_time = end = time.time_ns()
         if self._traceparent and self._open is not None:
             self._open.pop(self._traceparent, None)
-        self._done(
+        children = self.children
+        return (
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.name,
+            self.kind,
+            self.start,
+            end,
+            self.attributes,
+            self.status,
+            self.message,
+            self.events or (),
+            self.links or (),
+            # A child still open goes out alone when it ends (Child.end).
+            [fields for fields in children if fields[3]] if children else (),
+        )
+
+
+class Serving:
+    """The CONSUMER span of a request whose spans go back in its Reply, recorded as the few
+    values of a :class:`Served` rather than as a :class:`Span` (this runs for every traced
+    call: no attribute dict, no row until a reader wants one). Its children are recorded
+    as a :class:`Span`'s are (:meth:`ended_child`); what a runner call's span needs of a
+    parent (``trace_id``, ``span_id``) it has."""
+
+    __slots__ = (
+        "_open",
+        "children",
+        "end_time",
+        "error_type",
+        "events",
+        "group",
+        "message",
+        "parent_id",
+        "span_id",
+        "start",
+        "status",
+        "trace_id",
+        "traceparent",
+        "values",
+    )
+
+    def __init__(
+        self,
+        trace_id: str,
+        parent_id: str,
+        values: list[Any],
+        group: str,
+        open_spans: dict[str, Any],
+    ) -> None:
+        self.trace_id = trace_id
+        self.parent_id = parent_id
+        """The PRODUCER span's id."""
+        self.span_id = span_id = new_span_id()
+        self.traceparent = traceparent = f"00-{trace_id}-{span_id}-01"
+        self.values = values
+        """The PRODUCER span's values (:data:`CHILD_KEYS`): destination, message id."""
+        self.group = group
+        self.children: list[list[Any]] | None = None
+        self.events: list[tuple[str, int, Attributes]] | None = None
+        self.status = UNSET
+        self.message = ""
+        self.error_type = ""
+        self.end_time = 0
+        self._open = open_spans
+        open_spans[traceparent] = self
+        self.start = time.time_ns()
+
+    def ended_child(self, fields: list[Any]) -> None:
+        """As :meth:`Span.ended_child` (one that ends after this record is lost)."""
+        children = self.children
+        if children is None:
+            self.children = [fields]
+        else:
+            children.append(fields)
+
+    def error(self, code: str, message: str = "") -> None:
+        self.status = ERROR
+        self.message = message or code
+        self.error_type = code
+
+    def add_event(self, name: str, attributes: Attributes | None = None) -> None:
+        if self.events is None:
+            self.events = []
+        self.events.append((name, time.time_ns(), attributes or {}))
+
+    def finish(self, service: str, instance: str) -> bytes:
+        """End it, encoded as its :class:`Served` (for ``Reply.served``)."""
+        self.end_time = end = time.time_ns()
+        self._open.pop(self.traceparent, None)
+        children = self.children
+        return _encoder.encode(
             (
-                self.trace_id,
+                service,
+                instance,
                 self.span_id,
-                self.parent_id,
-                self.name,
-                self.kind,
                 self.start,
                 end,
-                self.attributes,
+                self.group,
                 self.status,
                 self.message,
-                self.events or (),
-                self.links or (),
-                self._children() if self.children else (),
+                self.error_type,
+                [fields for fields in children if fields[3]] if children else (),
             )
         )
 
-    def _children(self) -> list[list[Any]]:
-        """The ended children's fields; one still open goes out alone when it ends."""
-        found = []
-        for child in self.children or ():
-            if child.fields[3]:
-                found.append(child.fields)
-            else:
-                child._late = (self._done, self.span_id, self.attributes)
-        return found
+    def row(self) -> Row:
+        """End it (if it was not) as a :data:`Row` with its children: for a node that
+        exports it itself (its Reply did not take it)."""
+        if not self.end_time:
+            self.end_time = time.time_ns()
+            self._open.pop(self.traceparent, None)
+        children = [fields for fields in self.children or () if fields[3]]
+        served = Served(
+            "",
+            "",
+            self.span_id,
+            self.start,
+            self.end_time,
+            self.group,
+            self.status,
+            self.message,
+            self.error_type,
+        )
+        row = served_row(self.trace_id, self.parent_id, self.values, served)
+        return (*row[:10], self.events or (), (), children)
 
 
 # -- the wire form ------------------------------------------------------------------------
@@ -307,6 +428,28 @@ class ChildData(msgspec.Struct, array_like=True, frozen=True):
     status: int = UNSET
     message: str = ""
     error_type: str = ""
+    served: Served | None = None
+    """A PRODUCER child's request as its answering node handled it (from its Reply)."""
+
+
+class Served(msgspec.Struct, array_like=True, frozen=True):
+    """How a node answered a request (``Reply.served``): its CONSUMER span and that span's
+    children (the runner calls), in a few values. Travels in the Reply and then inside the
+    edge's PRODUCER child of the call (:attr:`ChildData.served`); readers rebuild the full
+    spans (:meth:`SpanBatch.all`, :func:`served_row`). Its trace, parent, destination and
+    message id are the PRODUCER span's, so they are not repeated."""
+
+    service: str
+    instance: str
+    span_id: str
+    start: int
+    end: int
+    group: str = ""
+    """The consumer group (``messaging.consumer.group.name``)."""
+    status: int = UNSET
+    message: str = ""
+    error_type: str = ""
+    children: list[ChildData] = []
 
 
 class SpanData(msgspec.Struct, array_like=True, frozen=True):
@@ -352,8 +495,16 @@ class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
     more: list[SpanBatch] = []
 
     def all(self) -> list[SpanBatch]:
-        """This batch and every batch it carries."""
+        """This batch and every batch it carries, the :class:`Served` records in its spans'
+        children as batches of their nodes."""
         found = [self]
+        for span in self.spans:
+            for child in span.children:
+                served = child.served
+                if served is not None:
+                    row = served_row(span.trace_id, child.span_id, child.values, served)
+                    consumer = SpanData(*row[:CHILDREN], served.children)
+                    found.append(SpanBatch(VERSION, served.service, served.instance, [consumer]))
         for batch in self.more:
             found.extend(batch.all())
         return found
@@ -405,6 +556,14 @@ def decode_batch(data: bytes) -> SpanBatch:
     return _decoder.decode(data)
 
 
+_served_decoder = msgspec.msgpack.Decoder(Served)
+
+
+def decode_served(data: bytes) -> Served:
+    """A ``Reply.served`` (raises ``msgspec.DecodeError`` on anything else)."""
+    return _served_decoder.decode(data)
+
+
 def expand(row: Row) -> list[Row]:
     """A row and its children's (:class:`Child`) as rows of their own: the same spans a
     reader would have got had each been recorded alone."""
@@ -437,6 +596,44 @@ def child_row(
     if error_type:
         attrs[ERROR_TYPE_KEY] = error_type
     return (trace_id, span_id, parent_id, name, kind, start, end, attrs, status, message, (), ())
+
+
+def served_row(trace_id: str, parent_id: str, values: Sequence[Any], served: Served) -> Row:
+    """The CONSUMER span of ``served`` as a :data:`Row` (its runner calls as its children),
+    given its PRODUCER span: id and ``values`` (:data:`CHILD_KEYS`), whose destination and
+    message id it shares."""
+    scheme, dest, system, message_id, kind = (list(values) + [None] * 5)[:5]
+    attributes: Attributes = {
+        "messaging.system": scheme,
+        "messaging.operation.type": "process",
+        "messaging.destination.name": dest,
+        "busgate.system": system,
+        "messaging.consumer.group.name": served.group,
+        "messaging.message.id": message_id,
+        REQUEST_ID_KEY: message_id,
+        "busgate.kind": kind,
+    }
+    if served.error_type:
+        attributes[ERROR_TYPE_KEY] = served.error_type
+    children = [
+        child if isinstance(child, list) else list(msgspec.structs.astuple(child))
+        for child in served.children
+    ]
+    return (
+        trace_id,
+        served.span_id,
+        parent_id,
+        f"{dest} process",
+        Kind.CONSUMER,
+        served.start,
+        served.end,
+        attributes,
+        served.status,
+        served.message,
+        (),
+        (),
+        children,
+    )
 
 
 CONSUMER_LIKE = frozenset({Kind.SERVER, Kind.CONSUMER})

@@ -49,7 +49,7 @@ from busgate.bus.spans import (
     encode_span,
     join_batch,
 )
-from busgate.bus.tracing import REPLY_MARGIN, REQUEST_ID, fail
+from busgate.bus.tracing import REPLY_MARGIN, REQUEST_ID
 from busgate.contracts.config import Telemetry
 
 log = logging.getLogger("busgate.tracing")
@@ -283,6 +283,9 @@ class BusSpanProcessor:
         self._sending: set[asyncio.Task[None]] = set()
         self.dropped = 0
         """Span messages (a bucket's calls each) lost because the bus refused them."""
+        self.also: Callable[[Row], None] | None = None
+        """The node's other exporters (OTLP), for spans that only this one would get: a
+        call's record for its Reply (:meth:`reply_spans`)."""
 
     def on_end(self, span: Row) -> None:
         """Spans end on the event loop (busgate ends none elsewhere)."""
@@ -323,22 +326,41 @@ class BusSpanProcessor:
         are published from here (:meth:`release`)."""
         if deadline and time.time() > deadline - REPLY_MARGIN:
             return b""
-        span.end()
-        return self.take(request_id)
+        row = span.finish()  # straight into the held rows, and to the other exporters
+        rows = self._held.pop(request_id, None)
+        if row is not None:
+            if self.also is not None:
+                self.also(row)
+            if rows is None:  # not held: exported as any other
+                self.on_end(row)
+            else:
+                rows.append(row)
+        return encode_batch(self.service, self.node, rows) if rows else b""
 
-    def reply_spans(self, responder: Responder) -> bytes:
-        """``ReplySpans.reply_spans`` of a call whose spans are held: ends its span
-        (``responder.span``) as its Reply goes, and gives the call's spans for that Reply
-        (:meth:`for_reply`)."""
-        span, req = responder.span, responder.request
+    def reply_spans(self, responder: Responder) -> tuple[bytes, bytes]:
+        """``ReplySpans.reply_spans`` of a call whose spans are held: ends its CONSUMER
+        record (``responder.span``, a :class:`~busgate.bus.spans.Serving`) as its Reply
+        goes, and gives it and the call's other held spans for that Reply; nothing when
+        its edge has given up or is about to (as :meth:`for_reply`)."""
+        serving, req = responder.span, responder.request
         if responder.failure:
-            fail(span, responder.failure)
-        return self.for_reply(span, req.id, req.deadline)
+            serving.error(responder.failure)
+        deadline = req.deadline
+        if deadline and time.time() > deadline - REPLY_MARGIN:
+            return b"", b""
+        rows = self._held.pop(req.id, None)
+        served = serving.finish(self.service, self.node)
+        if self.also is not None:
+            self.also(serving.row())
+        return served, encode_batch(self.service, self.node, rows) if rows else b""
 
     def unsent(self, responder: Responder, spans: bytes) -> None:
         """``ReplySpans.unsent``: a call's spans its Reply could not take go out from here,
         in this node's next batch."""
-        self.carry(responder.span.trace_id, responder.request.id, spans)
+        serving = responder.span
+        self.on_end(serving.row())
+        if spans:
+            self.carry(serving.trace_id, responder.request.id, spans)
 
     def release(self, request_id: str) -> None:
         """Stop holding a call's spans; those held are published as any others."""

@@ -24,16 +24,19 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from busgate.bus.naming import Names
 from busgate.bus.spans import (
+    ERROR,
     ERROR_TYPE_KEY,
     REQUEST_ID_KEY,
+    UNSET,
     Attributes,
     Child,
     Kind,
     Row,
+    Serving,
     Span,
     new_span_id,
     random_hex,
@@ -46,15 +49,19 @@ if TYPE_CHECKING:
     from busgate.bus.trace_export import BusSpanProcessor, TraceSink
 
 __all__ = [
+    "ERROR",
     "ERROR_CODE",
     "REQUEST_ID",
+    "UNSET",
     "Child",
     "Kind",
     "Messaging",
+    "Serving",
     "Span",
     "Tracing",
     "fail",
     "is_sampled",
+    "new_span_id",
 ]
 
 log = logging.getLogger("busgate.tracing")
@@ -120,7 +127,7 @@ class Tracing:
         self._end: Callable[[Row], None] = self._fan_out
         self.bus: BusSpanProcessor | None = None
         """The bus export, once started (:meth:`export_to_bus`)."""
-        self.open: dict[str, Span] = {}
+        self.open: dict[str, Span | Serving] = {}
         """``traceparent`` -> this process's open spans whose context was handed out: a
         child of one is not parsed again (0.8-1.4 µs a span, the bench), and a span of fixed
         shape is recorded inside it (:meth:`Span.child`)."""
@@ -129,6 +136,20 @@ class Tracing:
     def _wire(self) -> None:
         """Spans end straight into the exporter when there is one (a call less per span)."""
         self._end = self.exporters[0].on_end if len(self.exporters) == 1 else self._fan_out
+        if self.bus is not None:
+            others = [e for e in self.exporters if e is not self.bus]
+            self.bus.also = (
+                None if not others else others[0].on_end if len(others) == 1 else self._others
+            )
+
+    def _others(self, span: Row) -> None:
+        for exporter in self.exporters:
+            if exporter is not self.bus:
+                exporter.on_end(span)
+
+    def export(self, span: Row) -> None:
+        """Hand a finished span to the exporters (one not recorded as a :class:`Span`)."""
+        self._end(span)
 
     def _fan_out(self, span: Row) -> None:
         for exporter in self.exporters:
@@ -226,6 +247,7 @@ class Messaging:
         self.operation = operation
         self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
         self._made: dict[str, tuple[str, Attributes]] = {}
+        self._dests: dict[str, str] = {}
 
     def _of(self, system: str) -> tuple[str, Attributes]:
         found = self._made.get(system)
@@ -243,11 +265,23 @@ class Messaging:
             found = self._made[system] = (f"{dest} {verb}", shared)
         return found
 
-    def child(self, parent: Span, req: Request) -> Child:
-        """``req``'s PRODUCER span recorded inside ``parent`` (the call's open SERVER span):
-        a few values instead of a span of its own (``bus.spans.CHILD_KEYS``)."""
-        dest = self._of(req.system)[1]["messaging.destination.name"]
-        return parent.child(self.kind, [self.scheme, dest, req.system, req.id, req.kind])
+    def values(self, req: Request) -> list[Any]:
+        """The values of ``req``'s PRODUCER span recorded inside its call's SERVER span
+        (``bus.spans.CHILD_KEYS``): a few values instead of a span of its own."""
+        dest = self._dests.get(req.system)
+        if dest is None:
+            dest = self._dests[req.system] = self.names.request(req.system)
+        return [self.scheme, dest, req.system, req.id, req.kind]
+
+    def serving(self, tracing: Tracing, req: Request) -> Serving:
+        """``req``'s CONSUMER span as a :class:`Serving` record, for its Reply."""
+        found = ids(req.traceparent)
+        trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+        group = self._of(req.system)[1]["messaging.consumer.group.name"]
+        open_spans = tracing.open
+        if len(open_spans) >= MAX_OPEN:
+            open_spans.clear()
+        return Serving(trace_id, parent_id, self.values(req), group, open_spans)
 
     def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
         """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""

@@ -113,6 +113,10 @@ class Reply(Wire, frozen=True, tag="reply"):
     spans: bytes = b""
     """The answering node's finished spans of this call, an encoded span batch
     (``bus.spans``), when the Request asked for them (``spans_in_reply``)."""
+    served: bytes = b""
+    """How the answering node handled this call, when the Request asked for its spans: its
+    CONSUMER span and runner calls as an encoded ``bus.spans.Served``, which the edge puts
+    in its PRODUCER span as it is (not decoded)."""
 
 
 class StreamStep(Wire, frozen=True, tag="step"):

@@ -148,31 +148,64 @@ class EdgeCalls:
         self.tracing = tracing
         self.metrics = metrics
         self.producer = tr.Messaging(parse_url(url)[0], Names(prefix), "send")
+        self._open: dict[str, tr.Span] = tracing.open if tracing is not None else {}
+        """The open SERVER spans of calls (``Tracing.open``): a request of one is recorded
+        in it."""
 
-    def _span(self, req: Request) -> tr.Span | tr.Child | None:
-        """A request's PRODUCER span: recorded inside the call's open SERVER span when
-        there is one (the common case, looked up first: an open span is sampled)."""
-        tracing = self.tracing
-        if tracing is None:
-            return None
-        parent = tracing.open.get(req.traceparent)
-        if parent is not None:
-            return self.producer.child(parent, req)
-        return self.producer.start(tracing, req) if tr.is_sampled(req.traceparent) else None
-
-    def _sent_with(self, req: Request, span: tr.Span | tr.Child) -> Request:
-        """``req`` carrying ``span``'s context. A request's answering node returns its
+    def _sent_with(self, req: Request, traceparent: str) -> Request:
+        """``req`` carrying a span's context. A request's answering node returns its
         spans in the Reply, and they go out with this node's in one bus message
         (``bus.trace_export``); a stream's node exports its own (no single reply to carry
         them)."""
         bus = self.tracing.bus if self.tracing is not None else None
         carry = req.kind == "request" and not req.detach and bus is not None
-        return msgspec.structs.replace(req, traceparent=span.traceparent, spans_in_reply=carry)
+        return msgspec.structs.replace(req, traceparent=traceparent, spans_in_reply=carry)
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
-        span = self._span(req)
-        if span is not None:
-            req = self._sent_with(req, span)
+        parent = self._open.get(req.traceparent)
+        if parent is None:
+            return await self._request(inner, req)
+        # The common case, a call's request: its PRODUCER span is recorded in the call's
+        # SERVER span once it ended (Span.ended_child), with no span object of its own:
+        # this runs for every traced call.
+        span_id = tr.new_span_id()
+        req = self._sent_with(req, f"00-{parent.trace_id}-{span_id}-01")
+        metrics = self.metrics
+        start = time.time_ns()
+        status, message, code = tr.UNSET, "", ""
+        served = None
+        try:
+            reply = await inner(req)
+        except BaseException as exc:
+            if isinstance(exc, BusgateError):
+                status, message, code = tr.ERROR, exc.message or exc.code, exc.code
+            raise
+        else:
+            if reply.error is not None:
+                error = reply.error
+                status, message, code = tr.ERROR, error.message or error.code, error.code
+            if reply.served:  # the adapter's spans: they go out in this one (ChildData.served)
+                served = msgspec.Raw(reply.served)
+        finally:
+            end = time.time_ns()
+            values = self.producer.values(req)
+            kind = tr.Kind.PRODUCER
+            fields = [span_id, kind, start, end, values, status, message, code, served]
+            parent.ended_child(fields)
+            if metrics is not None:
+                metrics.bus_round_trip(req.system, (end - start) / 1e9)
+        if reply.spans:
+            bus = self.tracing.bus if self.tracing is not None else None
+            if bus is not None:
+                bus.carry(parent.trace_id, req.id, reply.spans)
+        return reply
+
+    async def _request(self, inner: SendRequest, req: Request) -> Reply:
+        """A request that is not a traced call's own (none, or a span of its own)."""
+        span = None
+        if self.tracing is not None and tr.is_sampled(req.traceparent):
+            span = self.producer.start(self.tracing, req)
+            req = self._sent_with(req, span.traceparent)
         start = time.perf_counter()
         try:
             reply = await inner(req)
@@ -205,7 +238,7 @@ class EdgeCalls:
         span = None  # a stream's span has events (its steps): a span of its own
         if self.tracing is not None and tr.is_sampled(req.traceparent):
             span = self.producer.start(self.tracing, req)
-            req = self._sent_with(req, span)
+            req = self._sent_with(req, span.traceparent)
         steps = inner(req, idle_timeout=idle_timeout, window=window, window_bytes=window_bytes)
         try:
             async for step in steps:

@@ -14,7 +14,7 @@ import pytest
 from busgate.adapters.observe import AdapterObserver
 from busgate.bus import trace_export
 from busgate.bus.base import Responder
-from busgate.bus.spans import Kind, decode_batch
+from busgate.bus.spans import Kind, decode_batch, decode_served
 from busgate.contracts.codec import decode
 from busgate.contracts.wire import Reply, Request
 from tests.edge.memory_bus import MemoryBus
@@ -59,26 +59,30 @@ async def answered(sink: MemorySink, *, seconds_left: float, body: bytes = b"{}"
 
 async def test_the_spans_travel_in_the_reply(sink):
     reply, published = await answered(sink, seconds_left=10)
-    assert published == []
-    batch = decode_batch(reply.spans)
-    assert (batch.service, batch.instance) == ("busgate-adapter", "a1")
-    (consumer,) = batch.spans
-    assert consumer.kind == Kind.CONSUMER and consumer.parent_id == "00f067aa0ba902b7"
+    assert published == [] and reply.spans == b""
+    served = decode_served(reply.served)
+    assert (served.service, served.instance) == ("busgate-adapter", "a1")
+    assert served.group == "busgate.adapter.demo" and served.status == 0
+    assert len(served.span_id) == 16 and served.span_id != "00f067aa0ba902b7"
+    assert 0 < served.start <= served.end <= time.time_ns()
 
 
 async def test_near_the_deadline_the_adapter_publishes_them_itself(sink):
     """Its reply may reach the edge after the edge gave up (and be dropped with the spans)."""
     reply, published = await answered(sink, seconds_left=0.1)
-    assert reply.spans == b""
+    assert reply.spans == b"" and not reply.served
     (batch,) = published
-    assert [s.kind for s in batch.spans] == [Kind.CONSUMER]
+    (consumer,) = batch.spans
+    assert consumer.kind == Kind.CONSUMER and consumer.parent_id == "00f067aa0ba902b7"
+    assert consumer.attributes["busgate.request_id"] == "r1"
+    assert consumer.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 async def test_a_reply_too_large_carries_spans_that_say_so(sink):
     reply, published = await answered(sink, seconds_left=10, body=b"x" * 5000, limit=2000)
     assert reply.error.code == "reply_too_large" and published == []
-    (consumer,) = decode_batch(reply.spans).spans
-    assert consumer.status == 2 and consumer.attributes["error.type"] == "reply_too_large"
+    served = decode_served(reply.served)
+    assert served.status == 2 and served.error_type == "reply_too_large"
 
 
 @pytest.mark.parametrize("body_size", [100, 2500])
@@ -87,18 +91,17 @@ async def test_an_answer_within_the_limit_carries_its_spans(sink, body_size):
     limit first (a larger one): either way the spans say the call went well."""
     reply, published = await answered(sink, seconds_left=10, body=b"x" * body_size, limit=4000)
     assert reply.error is None and reply.body == b"x" * body_size and published == []
-    (consumer,) = decode_batch(reply.spans).spans
-    assert consumer.status == 0
+    assert decode_served(reply.served).status == 0
 
 
 async def test_spans_that_would_take_the_answer_over_the_limit_are_published_instead(sink):
     """The answer goes whole and without them; the adapter publishes them (not lost)."""
-    reply, published = await answered(sink, seconds_left=10, body=b"x" * 1850, limit=2000)
-    assert reply.error is None and reply.body == b"x" * 1850 and reply.spans == b""
+    reply, published = await answered(sink, seconds_left=10, body=b"x" * 1950, limit=2000)
+    assert reply.error is None and reply.body == b"x" * 1950
+    assert reply.spans == b"" and not reply.served
     (batch,) = published
-    (carried,) = batch.more
-    (consumer,) = carried.spans
-    assert (carried.service, carried.instance) == ("busgate-adapter", "a1")
+    (consumer,) = batch.spans
+    assert (batch.service, batch.instance) == ("busgate-adapter", "a1")
     assert consumer.kind == Kind.CONSUMER and consumer.status == 0
     assert consumer.attributes["busgate.request_id"] == "r1"
 

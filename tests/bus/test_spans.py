@@ -10,6 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
 from busgate.bus import tracing as tr
+from busgate.bus.naming import Names
 from busgate.bus.otlp import readable
 from busgate.bus.spans import (
     ERROR,
@@ -21,6 +22,7 @@ from busgate.bus.spans import (
     join_batch,
 )
 from busgate.contracts.config import Telemetry
+from busgate.contracts.wire import Request
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ISSUER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -230,3 +232,61 @@ def test_otlp_conversion_keeps_ids_parent_links_and_status():
     assert link.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
     assert sdk.attributes is not None and sdk.attributes["error.type"] == "upstream_error"
     assert sdk.start_time == span.start and sdk.end_time == span.end_time
+
+
+def test_a_served_record_reads_back_as_the_answering_nodes_spans():
+    """The adapter's CONSUMER span and its runner call travel as a ``Served`` record in its
+    Reply, then inside the edge's PRODUCER child; readers get the spans the adapter would
+    have exported, as its node's (``SpanBatch.all``), and the edge's OTLP export leaves
+    them to the adapter's."""
+    adapter_tracing, adapter_rows = recorded()
+    messaging = tr.Messaging("nats", Names("busgate"), "process")
+    tracing, rows = recorded()
+    server = tracing.start("POST /x", tr.Kind.SERVER, PARENT, {tr.REQUEST_ID: "r-9"})
+    producer_id = tr.new_span_id()
+    producer_values = ["nats", "busgate.req.demo", "demo", "r-9", "request"]
+    req = Request(
+        id="r-9",
+        system="demo",
+        traceparent=f"00-{server.trace_id}-{producer_id}-01",
+    )
+    serving = messaging.serving(adapter_tracing, req)
+    assert adapter_tracing.open[serving.traceparent] is serving
+    serving.ended_child([tr.new_span_id(), tr.Kind.CLIENT, 1, 2, ["POST", "u", "demo", 503]])
+    serving.error("upstream_error")
+    served = msgspec.Raw(serving.finish("busgate-adapter", "a1"))
+    assert serving.traceparent not in adapter_tracing.open and adapter_rows == []
+    server.ended_child([producer_id, tr.Kind.PRODUCER, 0, 5, producer_values, 0, "", "", served])
+    server.end()
+
+    edge, adapter = decode_batch(encode_batch("busgate-edge", "e1", rows)).all()
+    assert (edge.service, adapter.service, adapter.instance) == (
+        "busgate-edge",
+        "busgate-adapter",
+        "a1",
+    )
+    (consumer,) = adapter.spans
+    consumer_span, client = consumer.family()
+    assert (consumer_span.trace_id, consumer_span.parent_id) == (server.trace_id, producer_id)
+    assert (consumer_span.span_id, consumer_span.name) == (
+        serving.span_id,
+        "busgate.req.demo process",
+    )
+    assert consumer_span.attributes == {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": "busgate.req.demo",
+        "busgate.system": "demo",
+        "messaging.consumer.group.name": "busgate.adapter.demo",
+        "messaging.message.id": "r-9",
+        "busgate.kind": "request",
+        tr.REQUEST_ID: "r-9",
+        tr.ERROR_CODE: "upstream_error",
+    }
+    assert consumer_span.status == ERROR
+    assert (client.parent_id, client.kind) == (serving.span_id, tr.Kind.CLIENT)
+    assert client.attributes[tr.REQUEST_ID] == "r-9"
+    # The same spans when the adapter exports the record itself (its Reply did not take it).
+    assert serving.row()[:10] == tuple(msgspec.structs.astuple(consumer_span))[:10]
+    otlp = readable(rows, Resource.create({}), None)
+    assert [s.kind for s in otlp] == [SpanKind.SERVER, SpanKind.PRODUCER]

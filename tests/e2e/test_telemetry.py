@@ -359,14 +359,14 @@ async def test_the_adapter_spans_travel_in_its_reply_and_go_out_with_the_edge_on
         for data in await read_call(traced.parts["bus"], "busgate", trace_id=trace_id)
     ]
     assert {b.service for b in batches} == {"busgate-edge"}, (lines, batches)
-    # a message holds its bucket's calls (bus.trace_export): this call's adapter batch
-    carried = [
-        inner
-        for b in batches
-        for inner in b.more
-        if any(s.trace_id == trace_id for s in inner.spans)
-    ]
-    assert [b.service for b in carried] == ["busgate-adapter"]
+    # a message holds its bucket's calls (bus.trace_export); this call's adapter record is
+    # in the edge's PRODUCER child (bus.spans.Served), read back as the adapter's batch
+    (server,) = [s for b in batches for s in b.spans if s.trace_id == trace_id]
+    (producer,) = server.children
+    assert producer.kind == PRODUCER and producer.served is not None
+    carried = [b for b in batches for b in b.all() if b.service == "busgate-adapter"]
+    carried = [b for b in carried if any(s.trace_id == trace_id for s in b.spans)]
+    assert [(b.service, len(b.spans)) for b in carried] == [("busgate-adapter", 1)]
     # the CLIENT span is recorded inside the CONSUMER span's row (bus.spans.Child)
     assert sorted(s.kind for span in carried[0].spans for s in span.family()) == [CLIENT, CONSUMER]
 
