@@ -15,9 +15,11 @@ spans now travel in its Reply and go out inside the edge's batch (``SpanBatch.mo
 stored message per call instead of two, which took nats-server's CPU for the spans of a
 call from 23 to 15 µs (median of 6 alternating rounds of 20,000 calls' batches); and the
 calls of a flush now share a message per bucket of ids. A PRODUCER or CLIENT span is
-recorded inside its open parent (:class:`Child`): an edge's two spans of a call take 425
-bytes on the bus instead of 659, and a span object, attribute dict and export less per node
-and call. The bus export
+recorded inside its parent once it ended (:meth:`Span.ended_child`): an edge's two spans of
+a call take 425 bytes on the bus instead of 659, and a span object, attribute dict and
+export less per node and call. The answering node's CONSUMER span and its runner calls go
+one step further (:class:`Serving`, :class:`Served`): a few values in its Reply, which the
+edge writes into its PRODUCER child as they are; readers rebuild the spans. The bus export
 (``bus.trace_export``) publishes those, and ``busgate trace`` decodes them
 (:func:`decode_batch`). The OTLP export still uses the official exporter: ``bus.otlp``
 builds the SDK's ``ReadableSpan`` from these lazily, in its exporter thread.
@@ -80,8 +82,8 @@ TRACE_ID, ATTRIBUTES, CHILDREN = 0, 7, 12
 # -- children: spans recorded inside their parent's row --------------------------------
 # The edge's PRODUCER span (the bus request of its SERVER span) and the adapter's CLIENT span
 # (the runner call of its CONSUMER span) have a fixed shape: their name and attributes follow
-# from a few values. Recorded as a :class:`Child` of the open parent, each is a short tuple in
-# the parent's row instead of a span of its own (object, attribute dict, row, export, and
+# from a few values. Recorded in the parent once it ended (Span.ended_child), each is a short
+# list in the parent's row instead of a span of its own (object, attribute dict, row, export, and
 # ~250 bytes of attribute names on the bus); readers rebuild the full span (:func:`expand`).
 
 CHILD_KEYS: dict[int, tuple[str, ...]] = {
@@ -102,53 +104,6 @@ CHILD_KEYS: dict[int, tuple[str, ...]] = {
 """The attributes a child's ``values`` stand for, by its kind."""
 REQUEST_ID_KEY = "busgate.request_id"
 ERROR_TYPE_KEY = "error.type"
-
-
-class Child:
-    """A span of fixed shape (:data:`CHILD_KEYS`) recorded inside its open parent: it has
-    its own span id, kind, times and status, and its trace is the parent's. One that
-    outlives its parent (the edge answered before its bus request did) is exported as a
-    span of its own when it ends. A caller that knows a child's times and outcome only once
-    it ended records it with :meth:`Span.ended_child` instead (no object)."""
-
-    __slots__ = ("fields", "parent", "traceparent")
-
-    def __init__(self, parent: Span, span_id: str, kind: int, values: list[Any]) -> None:
-        self.parent = parent
-        self.traceparent = f"00-{parent.trace_id}-{span_id}-01"
-        self.fields: list[Any] = [span_id, kind, time.time_ns(), 0, values, UNSET, "", ""]
-        """Its :class:`ChildData`, as it goes in its parent's row: span id, kind, start,
-        end (0: open), ``values`` of :data:`CHILD_KEYS` ``[kind]`` in order (None: not
-        set), status, status message, error code."""
-
-    @property
-    def trace_id(self) -> str:
-        return self.parent.trace_id
-
-    @property
-    def span_id(self) -> str:
-        return str(self.fields[0])
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        """One of its shape's attributes (:data:`CHILD_KEYS`; another raises ValueError)."""
-        fields = self.fields
-        fields[4][CHILD_KEYS[fields[1]].index(key)] = value
-
-    def error(self, code: str, message: str = "") -> None:
-        """Failed with a busgate error code (``error.type``)."""
-        fields = self.fields
-        fields[5] = ERROR
-        fields[6] = message or code
-        fields[7] = code
-
-    def end(self) -> None:
-        fields = self.fields
-        if fields[3]:
-            return
-        fields[3] = time.time_ns()
-        parent = self.parent
-        if parent.end_time:  # it went without this child: alone
-            parent._done(child_row(parent.trace_id, parent.span_id, parent.attributes, fields))
 
 
 class Span:
@@ -221,19 +176,13 @@ class Span:
                 self._open[found] = self
         return found
 
-    def child(self, kind: int, values: list[Any]) -> Child:
-        """A :class:`Child` span of this one, starting now (recorded in this span's row)."""
-        found = Child(self, new_span_id(), kind, values)
-        self.ended_child(found.fields)
-        return found
-
     def ended_child(self, fields: list[Any]) -> None:
-        """Record a child by its :class:`ChildData` fields; one whose end is 0 (open) goes
-        out alone when it ends after this span (:meth:`Child.end`). After this span's end
-        it goes out alone at once."""
+        """Record a child that ended (its :class:`ChildData` fields, :data:`CHILD_KEYS`): a
+        caller knows a child's times and outcome only once it ended, and a span object for
+        it would be made and dropped for every traced call. One that ends after this span
+        goes out alone, at once."""
         if self.end_time:
-            if fields[3]:
-                self._done(child_row(self.trace_id, self.span_id, self.attributes, fields))
+            self._done(child_row(self.trace_id, self.span_id, self.attributes, fields))
             return
         children = self.children
         if children is None:
@@ -271,7 +220,6 @@ class Span:
         self.end_time = end = time.time_ns()
         if self._traceparent and self._open is not None:
             self._open.pop(self._traceparent, None)
-        children = self.children
         return (
             self.trace_id,
             self.span_id,
@@ -285,8 +233,7 @@ class Span:
             self.message,
             self.events or (),
             self.links or (),
-            # A child still open goes out alone when it ends (Child.end).
-            [fields for fields in children if fields[3]] if children else (),
+            self.children or (),
         )
 
 
@@ -341,7 +288,8 @@ class Serving:
         self.start = time.time_ns()
 
     def ended_child(self, fields: list[Any]) -> None:
-        """As :meth:`Span.ended_child` (one that ends after this record is lost)."""
+        """As :meth:`Span.ended_child` (none ends after this record: a node answers once its
+        runner calls are done)."""
         children = self.children
         if children is None:
             self.children = [fields]
@@ -362,7 +310,6 @@ class Serving:
         """End it, encoded as its :class:`Served` (for ``Reply.served``)."""
         self.end_time = end = time.time_ns()
         self._open.pop(self.traceparent, None)
-        children = self.children
         return _encoder.encode(
             (
                 service,
@@ -374,7 +321,7 @@ class Serving:
                 self.status,
                 self.message,
                 self.error_type,
-                [fields for fields in children if fields[3]] if children else (),
+                self.children or (),
             )
         )
 
@@ -384,7 +331,6 @@ class Serving:
         if not self.end_time:
             self.end_time = time.time_ns()
             self._open.pop(self.traceparent, None)
-        children = [fields for fields in self.children or () if fields[3]]
         served = Served(
             "",
             "",
@@ -397,7 +343,7 @@ class Serving:
             self.error_type,
         )
         row = served_row(self.trace_id, self.parent_id, self.values, served)
-        return (*row[:10], self.events or (), (), children)
+        return (*row[:10], self.events or (), (), self.children or ())
 
 
 # -- the wire form ------------------------------------------------------------------------
@@ -418,7 +364,7 @@ class Link(msgspec.Struct, array_like=True, frozen=True):
 
 
 class ChildData(msgspec.Struct, array_like=True, frozen=True):
-    """A :class:`Child` in its parent's :class:`SpanData`."""
+    """A child (:meth:`Span.ended_child`) in its parent's :class:`SpanData`."""
 
     span_id: str
     kind: int
@@ -565,7 +511,7 @@ def decode_served(data: bytes) -> Served:
 
 
 def expand(row: Row) -> list[Row]:
-    """A row and its children's (:class:`Child`) as rows of their own: the same spans a
+    """A row and its children's (:meth:`Span.ended_child`) as rows of their own: the same spans a
     reader would have got had each been recorded alone."""
     children = row[CHILDREN] if len(row) > CHILDREN else ()
     if not children:

@@ -258,8 +258,10 @@ class BusSpanProcessor:
 
     Not a message per node: a node answering a Request that asks for it
     (``spans_in_reply``, set by an edge that exports to the bus) holds the call's spans
-    (:meth:`hold`) and returns them in its Reply (:meth:`take`); the edge hands them back
-    here (:meth:`carry`) and they go out inside its own batch. JetStream storing one message
+    (:meth:`hold`) and returns them in its Reply: an adapter its CONSUMER span as a
+    ``Served`` record (:meth:`reply_spans`), which the edge writes into its PRODUCER span,
+    a bus-native runner a span batch (:meth:`for_reply`), which the edge hands back here
+    (:meth:`carry`); either way they go out inside the edge's batch. JetStream storing one message
     per node and call was about a third of what tracing cost (nats-server's CPU per traced
     call: +48 µs over an untraced one, two messages). A reply that will come too
     late for its edge (the deadline is near) does not carry them: its node publishes them
@@ -314,14 +316,9 @@ class BusSpanProcessor:
         """Keep the spans of this call that end from now on, for its Reply."""
         self._held[request_id] = []
 
-    def take(self, request_id: str) -> bytes:
-        """The held spans of a call as one encoded batch (b"": none), no longer held."""
-        rows = self._held.pop(request_id, None)
-        return encode_batch(self.service, self.node, rows) if rows else b""
-
     def for_reply(self, span: Span, request_id: str, deadline: float) -> bytes:
         """End a call's span as its Reply goes, and the call's held spans for that Reply
-        (:meth:`take`); none when its edge has given up or is about to
+        (one encoded batch, b"": none); none when its edge has given up or is about to
         (:data:`~busgate.bus.tracing.REPLY_MARGIN`): the caller releases them later and they
         are published from here (:meth:`release`)."""
         if deadline and time.time() > deadline - REPLY_MARGIN:

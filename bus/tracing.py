@@ -33,7 +33,6 @@ from busgate.bus.spans import (
     REQUEST_ID_KEY,
     UNSET,
     Attributes,
-    Child,
     Kind,
     Row,
     Serving,
@@ -53,7 +52,6 @@ __all__ = [
     "ERROR_CODE",
     "REQUEST_ID",
     "UNSET",
-    "Child",
     "Kind",
     "Messaging",
     "Serving",
@@ -130,7 +128,7 @@ class Tracing:
         self.open: dict[str, Span | Serving] = {}
         """``traceparent`` -> this process's open spans whose context was handed out: a
         child of one is not parsed again (0.8-1.4 µs a span, the bench), and a span of fixed
-        shape is recorded inside it (:meth:`Span.child`)."""
+        shape is recorded inside it (``ended_child``)."""
         self._wire()
 
     def _wire(self) -> None:
@@ -297,6 +295,6 @@ class Messaging:
         return tracing.start(name, self.kind, req.traceparent, attributes)
 
 
-def fail(span: Span | Child, code: str, message: str = "") -> None:
+def fail(span: Span | Serving, code: str, message: str = "") -> None:
     """Mark ``span`` failed with a busgate error code."""
     span.error(code, message)
