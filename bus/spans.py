@@ -139,7 +139,7 @@ class Span:
         kind: Kind,
         attributes: Attributes,
         links: list[tuple[str, str, Attributes]] | None = None,
-        open_spans: dict[str, Span] | None = None,
+        open_spans: dict[str, Any] | None = None,
     ) -> None:
         self._done = done
         self._open = open_spans
@@ -449,7 +449,7 @@ class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
                 served = child.served
                 if served is not None:
                     row = served_row(span.trace_id, child.span_id, child.values, served)
-                    consumer = SpanData(*row[:CHILDREN], served.children)
+                    consumer = SpanData(*row[:CHILDREN], served.children)  # type: ignore[call-arg]
                     found.append(SpanBatch(VERSION, served.service, served.instance, [consumer]))
         for batch in self.more:
             found.extend(batch.all())

@@ -148,7 +148,7 @@ class EdgeCalls:
         self.tracing = tracing
         self.metrics = metrics
         self.producer = tr.Messaging(parse_url(url)[0], Names(prefix), "send")
-        self._open: dict[str, tr.Span] = tracing.open if tracing is not None else {}
+        self._open: dict[str, tr.Span | tr.Serving] = tracing.open if tracing is not None else {}
         """The open SERVER spans of calls (``Tracing.open``): a request of one is recorded
         in it."""
 
