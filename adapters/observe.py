@@ -134,13 +134,14 @@ class AdapterObserver:
         held = None
         if tracing is not None and tr.is_sampled(req.traceparent):
             held = tracing.bus if req.spans_in_reply and not req.detach else None
-            if held is not None:
+            if held is not None and req.served_in_reply:
                 span = self.consumer.serving(tracing, req)
+            else:  # its edge predates Reply.served, or takes no spans back
+                span = self.consumer.start(tracing, req)
+            if held is not None:
                 held.hold(req.id)
                 responder.span = span
                 responder.span_export = held
-            else:
-                span = self.consumer.start(tracing, req)
             req = msgspec.structs.replace(req, traceparent=span.traceparent)
         if self.logs:
             calllog.CALL.set((req.id, span.trace_id if span else _trace_id(req)))

@@ -43,6 +43,7 @@ from busgate.bus.spans import (
     ATTRIBUTES,
     TRACE_ID,
     Row,
+    Serving,
     Span,
     batch_head,
     encode_batch,
@@ -338,10 +339,13 @@ class BusSpanProcessor:
         """``ReplySpans.reply_spans`` of a call whose spans are held: ends its CONSUMER
         record (``responder.span``, a :class:`~busgate.bus.spans.Serving`) as its Reply
         goes, and gives it and the call's other held spans for that Reply; nothing when
-        its edge has given up or is about to (as :meth:`for_reply`)."""
+        its edge has given up or is about to (as :meth:`for_reply`). For an edge that
+        takes no ``Reply.served`` the call's span is a ``Span``, and a batch goes."""
         serving, req = responder.span, responder.request
         if responder.failure:
             serving.error(responder.failure)
+        if not isinstance(serving, Serving):  # an edge that only reads Reply.spans
+            return b"", self.for_reply(serving, req.id, req.deadline)
         deadline = req.deadline
         if deadline and time.time() > deadline - REPLY_MARGIN:
             return b"", b""
@@ -355,7 +359,8 @@ class BusSpanProcessor:
         """``ReplySpans.unsent``: a call's spans its Reply could not take go out from here,
         in this node's next batch."""
         serving = responder.span
-        self.on_end(serving.row())
+        if isinstance(serving, Serving):
+            self.on_end(serving.row())
         if spans:
             self.carry(serving.trace_id, responder.request.id, spans)
 

@@ -95,6 +95,10 @@ class Request(Wire, frozen=True, tag="req"):
     puts them in :attr:`Reply.spans` rather than publishing them itself (they go out in the
     edge's span message; see ``bus.trace_export``). An older node ignores it and exports its
     spans itself, as before."""
+    served_in_reply: bool = False
+    """With :attr:`spans_in_reply`: the edge also takes the compact :attr:`Reply.served`
+    record (an edge from before it only reads :attr:`Reply.spans`, so an adapter sends it
+    a span batch instead)."""
 
     @property
     def shown_id(self) -> str:

@@ -159,7 +159,9 @@ class EdgeCalls:
         them)."""
         bus = self.tracing.bus if self.tracing is not None else None
         carry = req.kind == "request" and not req.detach and bus is not None
-        return msgspec.structs.replace(req, traceparent=traceparent, spans_in_reply=carry)
+        return msgspec.structs.replace(
+            req, traceparent=traceparent, spans_in_reply=carry, served_in_reply=carry
+        )
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
         parent = self._open.get(req.traceparent)

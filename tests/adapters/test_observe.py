@@ -30,7 +30,14 @@ def sink(monkeypatch) -> MemorySink:
     return memory
 
 
-async def answered(sink: MemorySink, *, seconds_left: float, body: bytes = b"{}", limit: int = 0):
+async def answered(
+    sink: MemorySink,
+    *,
+    seconds_left: float,
+    body: bytes = b"{}",
+    limit: int = 0,
+    served: bool = True,
+):
     """Handle one traced request whose edge asks for the spans: (the Reply sent, the span
     batches the adapter published itself)."""
     bus = MemoryBus()
@@ -46,6 +53,7 @@ async def answered(sink: MemorySink, *, seconds_left: float, body: bytes = b"{}"
         reply_to="elsewhere.r1",
         deadline=time.time() + seconds_left,
         spans_in_reply=True,
+        served_in_reply=served,
     )
 
     async def handler(req: Request, responder: Responder) -> None:
@@ -65,6 +73,17 @@ async def test_the_spans_travel_in_the_reply(sink):
     assert served.group == "busgate.adapter.demo" and served.status == 0
     assert len(served.span_id) == 16 and served.span_id != "00f067aa0ba902b7"
     assert 0 < served.start <= served.end <= time.time_ns()
+
+
+async def test_an_edge_from_before_reply_served_gets_a_span_batch(sink):
+    """Rolling upgrades: an edge that asks for the spans but does not read ``Reply.served``
+    gets them as it did, a batch in ``Reply.spans``."""
+    reply, published = await answered(sink, seconds_left=10, served=False)
+    assert published == [] and not reply.served
+    batch = decode_batch(reply.spans)
+    assert (batch.service, batch.instance) == ("busgate-adapter", "a1")
+    (consumer,) = batch.spans
+    assert consumer.kind == Kind.CONSUMER and consumer.parent_id == "00f067aa0ba902b7"
 
 
 async def test_near_the_deadline_the_adapter_publishes_them_itself(sink):
