@@ -164,10 +164,7 @@ class AdapterObserver:
                     span.error(responder.failure)
                 if responder.cancelled.is_set():
                     span.add_event("cancelled")
-                if isinstance(span, tr.Serving):
-                    tracing.export(span.row())  # type: ignore[union-attr]
-                else:
-                    span.end()
+                span.end()
 
     def command(self, inner: Execute) -> Execute:
         """Wraps a command worker's ``execute``: a CONSUMER span per attempt, in a trace of

@@ -209,31 +209,27 @@ class Span:
 
     def end(self) -> None:
         """Finish the span (a second call does nothing, as in OpenTelemetry)."""
-        row = self.finish()
-        if row is not None:
-            self._done(row)
-
-    def finish(self) -> Row | None:
-        """End the span and return its row instead of exporting it (None: it had ended)."""
         if self.end_time:
-            return None
+            return
         self.end_time = end = time.time_ns()
         if self._traceparent and self._open is not None:
             self._open.pop(self._traceparent, None)
-        return (
-            self.trace_id,
-            self.span_id,
-            self.parent_id,
-            self.name,
-            self.kind,
-            self.start,
-            end,
-            self.attributes,
-            self.status,
-            self.message,
-            self.events or (),
-            self.links or (),
-            self.children or (),
+        self._done(
+            (
+                self.trace_id,
+                self.span_id,
+                self.parent_id,
+                self.name,
+                self.kind,
+                self.start,
+                end,
+                self.attributes,
+                self.status,
+                self.message,
+                self.events or (),
+                self.links or (),
+                self.children or (),
+            )
         )
 
 
@@ -245,6 +241,7 @@ class Serving:
     parent (``trace_id``, ``span_id``) it has."""
 
     __slots__ = (
+        "_done",
         "_open",
         "children",
         "end_time",
@@ -263,12 +260,15 @@ class Serving:
 
     def __init__(
         self,
+        done: Callable[[Row], None],
         trace_id: str,
         parent_id: str,
         values: list[Any],
         group: str,
         open_spans: dict[str, Any],
     ) -> None:
+        self._done = done
+        """The node's exporters, for a record its Reply does not take (:meth:`end`)."""
         self.trace_id = trace_id
         self.parent_id = parent_id
         """The PRODUCER span's id."""
@@ -326,24 +326,18 @@ class Serving:
         )
 
     def row(self) -> Row:
-        """End it (if it was not) as a :data:`Row` with its children: for a node that
-        exports it itself (its Reply did not take it)."""
+        """Its :data:`Row` with its children, ended (if it was not)."""
         if not self.end_time:
             self.end_time = time.time_ns()
             self._open.pop(self.traceparent, None)
-        served = Served(
-            "",
-            "",
-            self.span_id,
-            self.start,
-            self.end_time,
-            self.group,
-            self.status,
-            self.message,
-            self.error_type,
-        )
-        row = served_row(self.trace_id, self.parent_id, self.values, served)
-        return (*row[:10], self.events or (), (), self.children or ())
+        head = consumer_row(self.trace_id, self.parent_id, self.values, self, self.end_time)
+        return (*head[:10], self.events or (), (), self.children or ())
+
+    def end(self) -> None:
+        """End it and hand it to the node's exporters, as a :class:`Span` ends: a record
+        that did not go in its Reply (none went, or too late for its edge)."""
+        if not self.end_time:
+            self._done(self.row())
 
 
 # -- the wire form ------------------------------------------------------------------------
@@ -382,7 +376,7 @@ class Served(msgspec.Struct, array_like=True, frozen=True):
     """How a node answered a request (``Reply.served``): its CONSUMER span and that span's
     children (the runner calls), in a few values. Travels in the Reply and then inside the
     edge's PRODUCER child of the call (:attr:`ChildData.served`); readers rebuild the full
-    spans (:meth:`SpanBatch.all`, :func:`served_row`). Its trace, parent, destination and
+    spans (:meth:`SpanBatch.all`, :func:`consumer_row`). Its trace, parent, destination and
     message id are the PRODUCER span's, so they are not repeated."""
 
     service: str
@@ -448,8 +442,10 @@ class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
             for child in span.children:
                 served = child.served
                 if served is not None:
-                    row = served_row(span.trace_id, child.span_id, child.values, served)
-                    consumer = SpanData(*row[:CHILDREN], served.children)  # type: ignore[call-arg]
+                    row = consumer_row(
+                        span.trace_id, child.span_id, child.values, served, served.end
+                    )
+                    consumer = SpanData(*row, served.children)  # type: ignore[call-arg]
                     found.append(SpanBatch(VERSION, served.service, served.instance, [consumer]))
         for batch in self.more:
             found.extend(batch.all())
@@ -544,10 +540,12 @@ def child_row(
     return (trace_id, span_id, parent_id, name, kind, start, end, attrs, status, message, (), ())
 
 
-def served_row(trace_id: str, parent_id: str, values: Sequence[Any], served: Served) -> Row:
-    """The CONSUMER span of ``served`` as a :data:`Row` (its runner calls as its children),
-    given its PRODUCER span: id and ``values`` (:data:`CHILD_KEYS`), whose destination and
-    message id it shares."""
+def consumer_row(
+    trace_id: str, parent_id: str, values: Sequence[Any], served: Served | Serving, end: int
+) -> Row:
+    """The CONSUMER span of ``served`` (ended at ``end``) as a :data:`Row` without
+    children, given its PRODUCER span: id and ``values`` (:data:`CHILD_KEYS`), whose
+    destination and message id it shares."""
     scheme, dest, system, message_id, kind = (list(values) + [None] * 5)[:5]
     attributes: Attributes = {
         "messaging.system": scheme,
@@ -561,10 +559,6 @@ def served_row(trace_id: str, parent_id: str, values: Sequence[Any], served: Ser
     }
     if served.error_type:
         attributes[ERROR_TYPE_KEY] = served.error_type
-    children = [
-        child if isinstance(child, list) else list(msgspec.structs.astuple(child))
-        for child in served.children
-    ]
     return (
         trace_id,
         served.span_id,
@@ -572,13 +566,12 @@ def served_row(trace_id: str, parent_id: str, values: Sequence[Any], served: Ser
         f"{dest} process",
         Kind.CONSUMER,
         served.start,
-        served.end,
+        end,
         attributes,
         served.status,
         served.message,
         (),
         (),
-        children,
     )
 
 

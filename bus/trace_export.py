@@ -286,9 +286,9 @@ class BusSpanProcessor:
         self._sending: set[asyncio.Task[None]] = set()
         self.dropped = 0
         """Span messages (a bucket's calls each) lost because the bus refused them."""
-        self.also: Callable[[Row], None] | None = None
-        """The node's other exporters (OTLP), for spans that only this one would get: a
-        call's record for its Reply (:meth:`reply_spans`)."""
+        self.also: list[Callable[[Row], None]] = []
+        """The node's other exporters (OTLP): a call's record for its Reply does not end
+        through them as a span does (:meth:`reply_spans`)."""
 
     def on_end(self, span: Row) -> None:
         """Spans end on the event loop (busgate ends none elsewhere)."""
@@ -320,19 +320,12 @@ class BusSpanProcessor:
     def for_reply(self, span: Span, request_id: str, deadline: float) -> bytes:
         """End a call's span as its Reply goes, and the call's held spans for that Reply
         (one encoded batch, b"": none); none when its edge has given up or is about to
-        (:data:`~busgate.bus.tracing.REPLY_MARGIN`): the caller releases them later and they
-        are published from here (:meth:`release`)."""
-        if deadline and time.time() > deadline - REPLY_MARGIN:
+        (:func:`_too_late`): the caller releases them later and they are published from
+        here (:meth:`release`)."""
+        if _too_late(deadline):
             return b""
-        row = span.finish()  # straight into the held rows, and to the other exporters
+        span.end()
         rows = self._held.pop(request_id, None)
-        if row is not None:
-            if self.also is not None:
-                self.also(row)
-            if rows is None:  # not held: exported as any other
-                self.on_end(row)
-            else:
-                rows.append(row)
         return encode_batch(self.service, self.node, rows) if rows else b""
 
     def reply_spans(self, responder: Responder) -> tuple[bytes, bytes]:
@@ -346,13 +339,14 @@ class BusSpanProcessor:
             serving.error(responder.failure)
         if not isinstance(serving, Serving):  # an edge that only reads Reply.spans
             return b"", self.for_reply(serving, req.id, req.deadline)
-        deadline = req.deadline
-        if deadline and time.time() > deadline - REPLY_MARGIN:
+        if _too_late(req.deadline):
             return b"", b""
         rows = self._held.pop(req.id, None)
         served = serving.finish(self.service, self.node)
-        if self.also is not None:
-            self.also(serving.row())
+        if self.also:
+            row = serving.row()
+            for exporter in self.also:
+                exporter(row)
         return served, encode_batch(self.service, self.node, rows) if rows else b""
 
     def unsent(self, responder: Responder, spans: bytes) -> None:
@@ -428,6 +422,12 @@ class BusSpanProcessor:
         if self._sending:
             await asyncio.wait(self._sending, timeout=5)
         await self.sink.close()
+
+
+def _too_late(deadline: float) -> bool:
+    """Whether a reply sent now may reach its edge after the edge gave up
+    (:data:`~busgate.bus.tracing.REPLY_MARGIN`): its spans must not travel in it."""
+    return bool(deadline) and time.time() > deadline - REPLY_MARGIN
 
 
 # -- reading back (``busgate trace``) ---------------------------------------------------

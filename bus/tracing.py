@@ -135,19 +135,7 @@ class Tracing:
         """Spans end straight into the exporter when there is one (a call less per span)."""
         self._end = self.exporters[0].on_end if len(self.exporters) == 1 else self._fan_out
         if self.bus is not None:
-            others = [e for e in self.exporters if e is not self.bus]
-            self.bus.also = (
-                None if not others else others[0].on_end if len(others) == 1 else self._others
-            )
-
-    def _others(self, span: Row) -> None:
-        for exporter in self.exporters:
-            if exporter is not self.bus:
-                exporter.on_end(span)
-
-    def export(self, span: Row) -> None:
-        """Hand a finished span to the exporters (one not recorded as a :class:`Span`)."""
-        self._end(span)
+            self.bus.also = [e.on_end for e in self.exporters if e is not self.bus]
 
     def _fan_out(self, span: Row) -> None:
         for exporter in self.exporters:
@@ -201,9 +189,7 @@ class Tracing:
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
-        open_spans = self.open
-        if len(open_spans) >= MAX_OPEN:
-            open_spans.clear()
+        open_spans = self._open_spans()
         span = Span(
             self._end,
             trace_id,
@@ -219,6 +205,19 @@ class Tracing:
             span._traceparent = listed
             open_spans[listed] = span
         return span
+
+    def serving(self, parent: str, values: list[Any], group: str) -> Serving:
+        """A CONSUMER span recorded for its Reply (:class:`Serving`), a child of the
+        ``traceparent`` ``parent`` (a PRODUCER span of another process)."""
+        found = ids(parent)
+        trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+        return Serving(self._end, trace_id, parent_id, values, group, self._open_spans())
+
+    def _open_spans(self) -> dict[str, Span | Serving]:
+        """:attr:`open`, emptied first when full (a span that never ends must not grow it)."""
+        if len(self.open) >= MAX_OPEN:
+            self.open.clear()
+        return self.open
 
     async def close(self) -> None:
         """Export what is still buffered, then stop the exporters."""
@@ -245,7 +244,6 @@ class Messaging:
         self.operation = operation
         self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
         self._made: dict[str, tuple[str, Attributes]] = {}
-        self._dests: dict[str, str] = {}
 
     def _of(self, system: str) -> tuple[str, Attributes]:
         found = self._made.get(system)
@@ -266,20 +264,13 @@ class Messaging:
     def values(self, req: Request) -> list[Any]:
         """The values of ``req``'s PRODUCER span recorded inside its call's SERVER span
         (``bus.spans.CHILD_KEYS``): a few values instead of a span of its own."""
-        dest = self._dests.get(req.system)
-        if dest is None:
-            dest = self._dests[req.system] = self.names.request(req.system)
+        dest = self._of(req.system)[1]["messaging.destination.name"]
         return [self.scheme, dest, req.system, req.id, req.kind]
 
     def serving(self, tracing: Tracing, req: Request) -> Serving:
         """``req``'s CONSUMER span as a :class:`Serving` record, for its Reply."""
-        found = ids(req.traceparent)
-        trace_id, parent_id = found if found is not None else (new_trace_id(), "")
         group = self._of(req.system)[1]["messaging.consumer.group.name"]
-        open_spans = tracing.open
-        if len(open_spans) >= MAX_OPEN:
-            open_spans.clear()
-        return Serving(trace_id, parent_id, self.values(req), group, open_spans)
+        return tracing.serving(req.traceparent, self.values(req), group)
 
     def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
         """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""

@@ -148,9 +148,6 @@ class EdgeCalls:
         self.tracing = tracing
         self.metrics = metrics
         self.producer = tr.Messaging(parse_url(url)[0], Names(prefix), "send")
-        self._open: dict[str, tr.Span | tr.Serving] = tracing.open if tracing is not None else {}
-        """The open SERVER spans of calls (``Tracing.open``): a request of one is recorded
-        in it."""
 
     def _sent_with(self, req: Request, traceparent: str) -> Request:
         """``req`` carrying a span's context. A request's answering node returns its
@@ -164,8 +161,9 @@ class EdgeCalls:
         )
 
     async def request(self, inner: SendRequest, req: Request) -> Reply:
-        parent = self._open.get(req.traceparent)
-        if parent is None:
+        tracing = self.tracing
+        # The call's open SERVER span (Tracing.open), when this is a traced call's request.
+        if tracing is None or (parent := tracing.open.get(req.traceparent)) is None:
             return await self._request(inner, req)
         # The common case, a call's request: its PRODUCER span is recorded in the call's
         # SERVER span once it ended (Span.ended_child), with no span object of its own:
@@ -196,10 +194,8 @@ class EdgeCalls:
             parent.ended_child(fields)
             if metrics is not None:
                 metrics.bus_round_trip(req.system, (end - start) / 1e9)
-        if reply.spans:
-            bus = self.tracing.bus if self.tracing is not None else None
-            if bus is not None:
-                bus.carry(parent.trace_id, req.id, reply.spans)
+        if reply.spans and tracing.bus is not None:  # a bus-native runner's span batch
+            tracing.bus.carry(parent.trace_id, req.id, reply.spans)
         return reply
 
     async def _request(self, inner: SendRequest, req: Request) -> Reply:
