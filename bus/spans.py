@@ -19,7 +19,9 @@ recorded inside its parent once it ended (:meth:`Span.ended_child`): an edge's t
 a call take 425 bytes on the bus instead of 659, and a span object, attribute dict and
 export less per node and call. The answering node's CONSUMER span and its runner calls go
 one step further (:class:`Serving`, :class:`Served`): a few values in its Reply, which the
-edge writes into its PRODUCER child as they are; readers rebuild the spans. The bus export
+edge writes into its PRODUCER child as they are; readers rebuild the spans. The edge's
+SERVER span of a call is such a record too (:class:`Handling`, :class:`Handled`, a batch's
+``calls``): its attribute names were half of its bytes on the bus. The bus export
 (``bus.trace_export``) publishes those, and ``busgate trace`` decodes them
 (:func:`decode_batch`). The OTLP export still uses the official exporter: ``bus.otlp``
 builds the SDK's ``ReadableSpan`` from these lazily, in its exporter thread.
@@ -104,6 +106,16 @@ CHILD_KEYS: dict[int, tuple[str, ...]] = {
 """The attributes a child's ``values`` stand for, by its kind."""
 REQUEST_ID_KEY = "busgate.request_id"
 ERROR_TYPE_KEY = "error.type"
+SERVER_KEYS = (
+    "http.request.method",
+    "http.route",
+    "url.path",
+    "client.address",
+    REQUEST_ID_KEY,
+    "busgate.channel",
+)
+"""The attributes a :class:`Handling`'s ``values`` stand for (HTTP semantic conventions)."""
+STATUS_CODE_KEY = "http.response.status_code"
 
 
 class Span:
@@ -340,6 +352,131 @@ class Serving:
             self._done(self.row())
 
 
+class Handling:
+    """An edge's SERVER span of an HTTP call, recorded as the few values of a
+    :class:`Handled` rather than as a :class:`Span`: this runs for every traced call, and
+    its attribute names (half of its bytes on the bus) follow from its kind. Other spans of
+    the call find it as their parent in ``Tracing.open``; its bus request is recorded inside
+    it (:meth:`ended_child`)."""
+
+    __slots__ = (
+        "_done",
+        "_key",
+        "_open",
+        "_record",
+        "children",
+        "end_time",
+        "error_type",
+        "events",
+        "message",
+        "parent_id",
+        "span_id",
+        "start",
+        "status",
+        "status_code",
+        "trace_id",
+        "values",
+    )
+
+    def __init__(
+        self,
+        record: Callable[[Handling], None],
+        done: Callable[[Row], None],
+        context: tuple[str, str, str],
+        values: list[Any],
+        listed: str,
+        open_spans: dict[str, Any],
+    ) -> None:
+        self._record = record
+        """The node's exporters of a call's record (``BusSpanProcessor.on_call``)."""
+        self._done = done
+        """The node's exporters of a row (a child that ends after this record)."""
+        self.trace_id, self.span_id, self.parent_id = context
+        self.values = values
+        """:data:`SERVER_KEYS`' values: method, route template, path, client, request id,
+        channel."""
+        self._key = listed
+        self._open = open_spans
+        open_spans[listed] = self
+        self.status_code = 0
+        self.status = UNSET
+        self.message = ""
+        self.error_type = ""
+        self.children: list[list[Any]] | None = None
+        self.events: list[tuple[str, int, Attributes]] | None = None
+        self.end_time = 0
+        self.start = time.time_ns()
+
+    def ended_child(self, fields: list[Any]) -> None:
+        """As :meth:`Span.ended_child`."""
+        if self.end_time:
+            parent = {REQUEST_ID_KEY: self.values[4]}
+            self._done(child_row(self.trace_id, self.span_id, parent, fields))
+            return
+        children = self.children
+        if children is None:
+            self.children = [fields]
+        else:
+            children.append(fields)
+
+    def error(self, code: str, message: str = "") -> None:
+        self.status = ERROR
+        self.message = message or code
+        self.error_type = code
+
+    def add_event(self, name: str, attributes: Attributes | None = None) -> None:
+        if self.events is None:
+            self.events = []
+        self.events.append((name, time.time_ns(), attributes or {}))
+
+    def end(self) -> None:
+        """Finish it (a second call does nothing) and hand it to the node's exporters."""
+        if self.end_time:
+            return
+        self.end_time = time.time_ns()
+        self._open.pop(self._key, None)
+        self._record(self)
+
+    def encoded(self) -> bytes:
+        """Its :class:`Handled`, as it sits in a batch's ``calls``."""
+        return _encoder.encode(
+            (
+                self.trace_id,
+                self.span_id,
+                self.parent_id,
+                self.start,
+                self.end_time,
+                self.values,
+                self.status_code,
+                self.status,
+                self.message,
+                self.error_type,
+                self.events or (),
+                self.children or (),
+            )
+        )
+
+    def row(self) -> Row:
+        """Its :data:`Row` (for exporters other than the bus's)."""
+        return (
+            *server_head(
+                self.trace_id,
+                self.span_id,
+                self.parent_id,
+                self.start,
+                self.end_time,
+                self.values,
+                self.status_code,
+                self.error_type,
+            ),
+            self.status,
+            self.message,
+            self.events or (),
+            (),
+            self.children or (),
+        )
+
+
 # -- the wire form ------------------------------------------------------------------------
 # Arrays rather than maps (half the bytes, no key strings to write per span). New fields go
 # at the end with defaults: decoders ignore trailing items they do not know.
@@ -423,6 +560,38 @@ class SpanData(msgspec.Struct, array_like=True, frozen=True):
         ]
 
 
+class Handled(msgspec.Struct, array_like=True, frozen=True):
+    """An edge's SERVER span of a call (:class:`Handling`) in its batch's ``calls``:
+    readers rebuild the span (:meth:`span`)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    start: int
+    end: int
+    values: list[Any]
+    """:data:`SERVER_KEYS`' values."""
+    status_code: int = 0
+    status: int = UNSET
+    message: str = ""
+    error_type: str = ""
+    events: list[Event] = []
+    children: list[ChildData] = []
+
+    def span(self) -> SpanData:
+        head = server_head(
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.start,
+            self.end,
+            self.values,
+            self.status_code,
+            self.error_type,
+        )
+        return SpanData(*head, self.status, self.message, self.events, [], self.children)
+
+
 class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
     """Finished spans of one node (its OTel resource: ``service.name``,
     ``service.instance.id``), and the batches of other nodes it carries: the spans an
@@ -433,12 +602,19 @@ class SpanBatch(msgspec.Struct, array_like=True, frozen=True):
     instance: str
     spans: list[SpanData]
     more: list[SpanBatch] = []
+    calls: list[Handled] = []
+    """The node's SERVER spans, as records (an edge's)."""
 
     def all(self) -> list[SpanBatch]:
-        """This batch and every batch it carries, the :class:`Served` records in its spans'
-        children as batches of their nodes."""
-        found = [self]
-        for span in self.spans:
+        """This batch and every batch it carries, with spans only: its ``calls`` among its
+        spans, the :class:`Served` records in its spans' children as batches of their
+        nodes."""
+        batch = self
+        if self.calls:
+            spans = [*self.spans, *(call.span() for call in self.calls)]
+            batch = SpanBatch(self.v, self.service, self.instance, spans, self.more)
+        found = [batch]
+        for span in batch.spans:
             for child in span.children:
                 served = child.served
                 if served is not None:
@@ -475,14 +651,27 @@ not a function around it: it runs for every span that ends."""
 
 def batch_head(service: str, instance: str) -> bytes:
     """What every batch of one node starts with (:func:`join_batch`)."""
-    return b"\x95" + _encoder.encode((VERSION, service, instance))[1:]
+    return b"\x96" + _encoder.encode((VERSION, service, instance))[1:]
 
 
-def join_batch(head: bytes, spans: Sequence[bytes], more: Sequence[bytes] = ()) -> bytes:
+def join_batch(
+    head: bytes, spans: Sequence[bytes], more: Sequence[bytes] = (), calls: Sequence[bytes] = ()
+) -> bytes:
     """A batch from its node's :func:`batch_head`, spans encoded one by one
-    (:func:`encode_span`) and other nodes' encoded batches: the bytes :func:`encode_batch`
-    makes, without holding the spans until the batch goes."""
-    return b"".join((head, _array_header(len(spans)), *spans, _array_header(len(more)), *more))
+    (:func:`encode_span`), other nodes' encoded batches and calls' records
+    (:meth:`Handling.encoded`): the bytes :func:`encode_batch` makes, without holding the
+    spans until the batch goes."""
+    return b"".join(
+        (
+            head,
+            _array_header(len(spans)),
+            *spans,
+            _array_header(len(more)),
+            *more,
+            _array_header(len(calls)),
+            *calls,
+        )
+    )
 
 
 def _array_header(n: int) -> bytes:
@@ -538,6 +727,27 @@ def child_row(
     if error_type:
         attrs[ERROR_TYPE_KEY] = error_type
     return (trace_id, span_id, parent_id, name, kind, start, end, attrs, status, message, (), ())
+
+
+def server_head(
+    trace_id: str,
+    span_id: str,
+    parent_id: str,
+    start: int,
+    end: int,
+    values: Sequence[Any],
+    status_code: int,
+    error_type: str,
+) -> tuple[str, str, str, str, int, int, int, Attributes]:
+    """The first fields of a SERVER span's :data:`Row` (to its attributes) from its
+    :class:`Handled` values."""
+    attributes: Attributes = dict(zip(SERVER_KEYS, values, strict=False))
+    if status_code:
+        attributes[STATUS_CODE_KEY] = status_code
+    if error_type:
+        attributes[ERROR_TYPE_KEY] = error_type
+    name = f"{attributes.get('http.request.method', '')} {attributes.get('http.route', '')}"
+    return (trace_id, span_id, parent_id, name, Kind.SERVER, start, end, attributes)
 
 
 def consumer_row(

@@ -42,6 +42,7 @@ from busgate.bus.naming import Names
 from busgate.bus.spans import (
     ATTRIBUTES,
     TRACE_ID,
+    Handling,
     Row,
     Serving,
     Span,
@@ -72,8 +73,9 @@ BUCKETS = 8
 _TRACE_BUCKET = {c: int(c, 16) % BUCKETS for c in "0123456789abcdef"}
 _KEYS = [[f"{t}.{r}" for r in range(BUCKETS)] for t in range(BUCKETS)]
 """Every bucket's name, made once: ``_KEYS[trace bucket][request bucket]``."""
-_Pending = tuple[list[bytes], list[bytes]]
-"""A bucket's encoded spans and the carried batches of other nodes, awaiting the flush."""
+_Pending = tuple[list[bytes], list[bytes], list[bytes]]
+"""A bucket's encoded spans, the carried batches of other nodes and the calls' records
+(``SpanBatch.calls``), awaiting the flush."""
 
 
 def stream_name(prefix: str) -> str:
@@ -287,8 +289,9 @@ class BusSpanProcessor:
         self.dropped = 0
         """Span messages (a bucket's calls each) lost because the bus refused them."""
         self.also: list[Callable[[Row], None]] = []
-        """The node's other exporters (OTLP): a call's record for its Reply does not end
-        through them as a span does (:meth:`reply_spans`)."""
+        """The node's other exporters (OTLP): a record (an adapter's for its Reply, an
+        edge's of a call) does not end through them as a span does, so it is handed to
+        them from here (:meth:`reply_spans`, :meth:`on_call`)."""
 
     def on_end(self, span: Row) -> None:
         """Spans end on the event loop (busgate ends none elsewhere)."""
@@ -300,14 +303,20 @@ class BusSpanProcessor:
                 return
         self._add(bucket(span[TRACE_ID], str(request_id)), 0, encode_span(span))
 
+    def on_call(self, call: Handling) -> None:
+        """An edge's SERVER span ended, as its record (``Tracing.handling``)."""
+        self._add(bucket(call.trace_id, call.values[4]), 2, call.encoded())
+        for exporter in self.also:
+            exporter(call.row())
+
     def _add(self, key: str, which: int, data: bytes) -> None:
-        """``data`` into the bucket ``key``'s pending spans (``which`` 0) or carried batches
-        (1)."""
+        """``data`` into the bucket ``key``'s pending spans (``which`` 0), carried batches
+        (1) or calls' records (2)."""
         if self._count >= MAX_BATCH:
             self._flush()
         found = self._pending.get(key)
         if found is None:
-            found = self._pending[key] = ([], [])
+            found = self._pending[key] = ([], [], [])
         found[which].append(data)
         self._count += 1
         if self._timer is None:
@@ -381,8 +390,8 @@ class BusSpanProcessor:
 
     async def _send(self, pending: dict[str, _Pending]) -> None:
         batches: list[tuple[str, bytes]] = []
-        for key, (spans, more) in pending.items():
-            self._join(key, spans, more, batches)
+        for key, parts in pending.items():
+            self._join(key, parts, batches)
         try:
             lost = await self.sink.publish_many(batches)
         except Exception as exc:
@@ -391,28 +400,20 @@ class BusSpanProcessor:
             lost = len(batches)
         self.dropped += lost
 
-    def _join(
-        self, key: str, spans: list[bytes], more: list[bytes], out: list[tuple[str, bytes]]
-    ) -> None:
-        """One message for the bucket, or several, each within the sink's limit (a span or
-        carried batch alone over it goes alone, and the sink refuses it)."""
-        room = self.sink.max_message - len(self._head) - 10  # and two array headers
-        chunk: list[bytes] = []
-        chunk_more: list[bytes] = []
+    def _join(self, key: str, parts: _Pending, out: list[tuple[str, bytes]]) -> None:
+        """One message for the bucket, or several, each within the sink's limit (a span,
+        carried batch or record alone over it goes alone, and the sink refuses it)."""
+        room = self.sink.max_message - len(self._head) - 15  # and three array headers
+        chunk: _Pending = ([], [], [])
         size = 0
-        for data in spans:
-            if size and size + len(data) > room:
-                out.append((key, join_batch(self._head, chunk)))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        for data in more:
-            if size and size + len(data) > room:
-                out.append((key, join_batch(self._head, chunk, chunk_more)))
-                chunk, chunk_more, size = [], [], 0
-            chunk_more.append(data)
-            size += len(data)
-        out.append((key, join_batch(self._head, chunk, chunk_more)))
+        for which, items in enumerate(parts):
+            for data in items:
+                if size and size + len(data) > room:
+                    out.append((key, join_batch(self._head, *chunk)))
+                    chunk, size = ([], [], []), 0
+                chunk[which].append(data)
+                size += len(data)
+        out.append((key, join_batch(self._head, *chunk)))
 
     async def aclose(self) -> None:
         """Publish what is buffered, then close the sink."""

@@ -33,6 +33,7 @@ from busgate.bus.spans import (
     REQUEST_ID_KEY,
     UNSET,
     Attributes,
+    Handling,
     Kind,
     Row,
     Serving,
@@ -52,6 +53,7 @@ __all__ = [
     "ERROR_CODE",
     "REQUEST_ID",
     "UNSET",
+    "Handling",
     "Kind",
     "Messaging",
     "Serving",
@@ -123,9 +125,10 @@ class Tracing:
 
             self.exporters.append(OtlpExporter(telemetry.otlp_endpoint, service, node))
         self._end: Callable[[Row], None] = self._fan_out
+        self._record: Callable[[Handling], None] = self._as_row
         self.bus: BusSpanProcessor | None = None
         """The bus export, once started (:meth:`export_to_bus`)."""
-        self.open: dict[str, Span | Serving] = {}
+        self.open: dict[str, Span | Serving | Handling] = {}
         """``traceparent`` -> this process's open spans whose context was handed out: a
         child of one is not parsed again (0.8-1.4 µs a span, the bench), and a span of fixed
         shape is recorded inside it (``ended_child``)."""
@@ -136,10 +139,15 @@ class Tracing:
         self._end = self.exporters[0].on_end if len(self.exporters) == 1 else self._fan_out
         if self.bus is not None:
             self.bus.also = [e.on_end for e in self.exporters if e is not self.bus]
+            self._record = self.bus.on_call
 
     def _fan_out(self, span: Row) -> None:
         for exporter in self.exporters:
             exporter.on_end(span)
+
+    def _as_row(self, call: Handling) -> None:
+        """A call's record ended, without the bus export: its row to the exporters."""
+        self._end(call.row())
 
     async def export_to_bus(self, bus: Bus, url: str) -> None:
         """Also send finished spans onto ``bus`` (``busgate trace`` reads them there)."""
@@ -206,6 +214,13 @@ class Tracing:
             open_spans[listed] = span
         return span
 
+    def handling(self, context: tuple[str, str, str], values: list[Any], listed: str) -> Handling:
+        """An HTTP call's SERVER span as a record (:class:`Handling`). ``context``: (trace id,
+        span id, parent span id) as the edge's front assigned them; ``values``:
+        ``bus.spans.SERVER_KEYS``'; ``listed``: the ``traceparent`` handed out for it, under
+        which it is listed in :attr:`open` while it lasts."""
+        return Handling(self._record, self._end, context, values, listed, self._open_spans())
+
     def serving(self, parent: str, values: list[Any], group: str) -> Serving:
         """A CONSUMER span recorded for its Reply (:class:`Serving`), a child of the
         ``traceparent`` ``parent`` (a PRODUCER span of another process)."""
@@ -213,7 +228,7 @@ class Tracing:
         trace_id, parent_id = found if found is not None else (new_trace_id(), "")
         return Serving(self._end, trace_id, parent_id, values, group, self._open_spans())
 
-    def _open_spans(self) -> dict[str, Span | Serving]:
+    def _open_spans(self) -> dict[str, Span | Serving | Handling]:
         """:attr:`open`, emptied first when full (a span that never ends must not grow it)."""
         if len(self.open) >= MAX_OPEN:
             self.open.clear()

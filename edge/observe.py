@@ -322,7 +322,7 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return 499, "cancelled"  # the client went away
 
 
-Call = tuple[tr.Span | None, float]
+Call = tuple[tr.Handling | None, float]
 """What :meth:`CallTelemetry.begin` hands to :meth:`CallTelemetry.end`: the SERVER span, if
 any, and the call's start."""
 
@@ -355,21 +355,17 @@ class CallTelemetry:
         trace_id, span_id, parent_id, flags = context
         if tracing is not None and flags[-1] in _SAMPLED:
             route = request.match_info.route.resource
-            template = route.canonical if route is not None else request.path
-            span = tracing.start(
-                f"{request.method} {template}",
-                tr.Kind.SERVER,
-                "",
-                {
-                    "http.request.method": request.method,
-                    "http.route": template,
-                    "url.path": request.path,
-                    "client.address": request.remote or "",
-                    tr.REQUEST_ID: request[keys.REQUEST_ID],
-                    "busgate.channel": request.match_info.get("channel", ""),
-                },
-                context=(trace_id, span_id, parent_id),
-                listed=request[keys.TRACEPARENT],  # the PRODUCER span's parent
+            span = tracing.handling(
+                (trace_id, span_id, parent_id),
+                [  # bus.spans.SERVER_KEYS
+                    request.method,
+                    route.canonical if route is not None else request.path,
+                    request.path,
+                    request.remote or "",
+                    request[keys.REQUEST_ID],
+                    request.match_info.get("channel", ""),
+                ],
+                request[keys.TRACEPARENT],  # the PRODUCER span's parent
             )
         if self.logs:
             calllog.CALL.set((request[keys.REQUEST_ID], trace_id))
@@ -395,11 +391,11 @@ class CallTelemetry:
             metrics.in_flight -= 1
             metrics.call(request, status, code, time.perf_counter() - start)
         if span is not None:
-            span.attributes["http.response.status_code"] = status
+            span.status_code = status
             if status >= 500 or code == "cancelled":
-                tr.fail(span, code or str(status))
+                span.error(code or str(status))
             elif code:
-                span.set_attribute(tr.ERROR_CODE, code)
+                span.error_type = code  # refused, not failed: the span's status stays unset
             span.end()
 
 

@@ -23,6 +23,7 @@ from busgate.bus.spans import (
     encode_span,
     join_batch,
 )
+from busgate.bus.trace_export import TraceSink
 from busgate.contracts.config import Telemetry
 from busgate.contracts.wire import Request
 
@@ -87,11 +88,22 @@ def test_a_newer_node_may_add_fields():
             "i",
             [("a" * 32, "b" * 16, "", "n", 2, 1, 2, {}, 0, "", [], [], [], "new")],
             [],
+            [("c" * 32, "d" * 16, "", 1, 2, ["GET", "/r"], 200, 0, "", "", [], [], "new")],
             "x",
         )
     )
-    (span,) = decode_batch(newer).spans
-    assert span.name == "n"
+    (span, call) = decode_batch(newer).all()[0].spans
+    assert span.name == "n" and call.name == "GET /r"
+
+
+def test_a_batch_from_before_call_records_decodes():
+    """An edge from before ``SpanBatch.calls`` sent its SERVER spans as spans (rolling
+    upgrades: ``busgate trace`` still reads them)."""
+    older = msgspec.msgpack.encode(
+        (1, "s", "i", [("a" * 32, "b" * 16, "", "POST /r", 2, 1, 2, {}, 0, "")], [])
+    )
+    (batch,) = decode_batch(older).all()
+    assert [s.name for s in batch.spans] == ["POST /r"] and batch.calls == []
 
 
 def producer_and_client(tracing: tr.Tracing) -> tuple[tr.Span, list, list]:
@@ -231,6 +243,93 @@ def test_otlp_conversion_keeps_ids_parent_links_and_status():
     assert link.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
     assert sdk.attributes is not None and sdk.attributes["error.type"] == "upstream_error"
     assert sdk.start_time == span.start and sdk.end_time == span.end_time
+
+
+class MemorySink(TraceSink):
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def publish(self, bucket: str, data: bytes) -> None:
+        self.published.append(data)
+
+
+CALL_VALUES = [
+    "POST",
+    "/api/request/{channel}/{path}",
+    "/api/request/demo/x",
+    "10.0.0.1",
+    "r-1",
+    "demo",
+]
+"""A call's ``bus.spans.SERVER_KEYS`` values."""
+
+
+async def test_a_call_record_reads_back_as_the_edge_server_span():
+    """An edge's SERVER span travels as a record (``SpanBatch.calls``); readers of the bus
+    and the node's other exporters (OTLP) get the span a ``Span`` would have been: name,
+    attributes, status, children; the call's other spans find it as their parent."""
+    tracing, rows = recorded()  # rows: what an OTLP exporter beside the bus export gets
+    sink = MemorySink()
+    await tracing.export_to(sink)
+    context = ("4bf92f3577b34da6a3ce929d0e0e4736", tr.new_span_id(), "00f067aa0ba902b7")
+    listed = f"00-{context[0]}-{context[1]}-01"
+    call = tracing.handling(context, list(CALL_VALUES), listed)
+    assert tracing.open[listed] is call
+    other = tracing.start("auth", tr.Kind.CLIENT, listed, {tr.REQUEST_ID: "r-1"})
+    assert (other.trace_id, other.parent_id) == (context[0], context[1])
+    other.end()
+    producer_id = tr.new_span_id()
+    values = ["nats", "busgate.req.demo", "demo", "r-1", "request"]
+    call.ended_child([producer_id, tr.Kind.PRODUCER, 1, 2, values, ERROR, "no reply", "timeout"])
+    call.status_code = 504
+    call.error("timeout")
+    call.end()
+    call.end()  # a second end does nothing
+    assert listed not in tracing.open
+    await tracing.close()  # flushes the batch
+
+    spans = [s for data in sink.published for b in decode_batch(data).all() for s in b.spans]
+    (server,) = [s for s in spans if s.kind == tr.Kind.SERVER]
+    assert (server.trace_id, server.span_id, server.parent_id) == context
+    assert server.name == "POST /api/request/{channel}/{path}"
+    assert server.attributes == {
+        "http.request.method": "POST",
+        "http.route": "/api/request/{channel}/{path}",
+        "url.path": "/api/request/demo/x",
+        "client.address": "10.0.0.1",
+        tr.REQUEST_ID: "r-1",
+        "busgate.channel": "demo",
+        "http.response.status_code": 504,
+        tr.ERROR_CODE: "timeout",
+    }
+    assert (server.status, server.message) == (ERROR, "timeout")
+    assert server.start <= server.end
+    (_, producer) = server.family()
+    assert (producer.span_id, producer.parent_id, producer.kind) == (
+        producer_id,
+        context[1],
+        tr.Kind.PRODUCER,
+    )
+    (row,) = [r for r in rows if r[4] == tr.Kind.SERVER]
+    assert row[:10] == tuple(msgspec.structs.astuple(server))[:10]
+    (sdk,) = [s for s in readable([row], Resource.create({}), None) if s.kind == SpanKind.SERVER]
+    assert sdk.status.status_code == StatusCode.ERROR and sdk.context.span_id == int(context[1], 16)
+
+
+def test_a_call_record_without_the_bus_export_and_its_late_child_go_out_as_rows():
+    tracing, rows = recorded()
+    context = ("4bf92f3577b34da6a3ce929d0e0e4736", tr.new_span_id(), "")
+    call = tracing.handling(context, list(CALL_VALUES), f"00-{context[0]}-{context[1]}-01")
+    call.status_code = 200
+    call.end()
+    ((server,),) = [[r for r in rows if r[4] == tr.Kind.SERVER]]
+    assert server[7]["http.response.status_code"] == 200 and tr.ERROR_CODE not in server[7]
+    late_id = tr.new_span_id()
+    values = ["nats", "d", "demo", "r-1", "request"]
+    call.ended_child([late_id, tr.Kind.PRODUCER, call.start, time.time_ns(), values, 0, "", ""])
+    (late,) = rows[1:]
+    assert (late[1], late[2], late[4]) == (late_id, context[1], tr.Kind.PRODUCER)
+    assert late[7][tr.REQUEST_ID] == "r-1"
 
 
 def test_a_served_record_reads_back_as_the_answering_nodes_spans():

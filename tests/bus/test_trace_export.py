@@ -14,7 +14,7 @@ from busgate.brokers import NatsServer
 from busgate.bus import trace_export
 from busgate.bus.naming import Names
 from busgate.bus.nats import transport
-from busgate.bus.spans import Kind, decode_batch, encode_batch
+from busgate.bus.spans import Handling, Kind, decode_batch, encode_batch
 from busgate.bus.trace_export import BUCKETS, BusSpanProcessor, NatsTraceSink, TraceSink, bucket
 from busgate.bus.tracing import REQUEST_ID, new_trace_id
 
@@ -31,6 +31,13 @@ class ListSink(TraceSink):
 def row(trace_id: str, span_id: str, request_id: str, kind: Kind = Kind.SERVER) -> tuple:
     attributes = {REQUEST_ID: request_id, "url.path": "/api/request/demo/echo"}
     return (trace_id, span_id, "", "POST", kind, 1, 2, attributes, 0, "", (), ())
+
+
+def end_call(processor: BusSpanProcessor, trace_id: str, span_id: str, request_id: str) -> None:
+    """An edge's SERVER span of a call, as its record (``Tracing.handling``), ended."""
+    values = ["POST", "/api/request/{channel}/{path}", "/api/request/demo/echo", "", request_id]
+    listed = f"00-{trace_id}-{span_id}-01"
+    Handling(processor.on_call, processor.on_end, (trace_id, span_id, ""), values, listed, {}).end()
 
 
 async def flushed(processor: BusSpanProcessor) -> None:
@@ -53,13 +60,14 @@ async def test_a_flush_goes_out_as_one_message_per_bucket_with_every_span_once()
     processor = BusSpanProcessor(sink, service="busgate-edge", node="e1", delay=60)
     calls = [(new_trace_id(), f"e1-{i}") for i in range(500)]
     for i, (trace_id, request_id) in enumerate(calls):
-        processor.on_end(row(trace_id, f"{i:016x}", request_id))
+        processor.on_end(row(trace_id, f"{i:016x}", request_id, Kind.PRODUCER))
+        end_call(processor, trace_id, f"{i:015x}b", request_id)
         adapter = encode_batch("busgate-adapter", "a1", [row(trace_id, f"{i:015x}a", request_id)])
         processor.carry(trace_id, request_id, adapter)
     await flushed(processor)
     assert len(sink.published) <= BUCKETS * BUCKETS < len(calls)
     seen = unpacked(sink)
-    assert sorted((t, r) for _, t, r in seen) == sorted(calls * 2)  # edge's and adapter's
+    assert sorted((t, r) for _, t, r in seen) == sorted(calls * 3)  # spans, records, carried
     assert all(key == bucket(t, r) for key, t, r in seen)
     assert len({key for key, _ in sink.published}) == len(sink.published)
 
@@ -69,14 +77,16 @@ async def test_a_bucket_over_the_message_limit_is_split_and_nothing_is_lost():
     processor = BusSpanProcessor(sink, service="busgate-edge", node="e1", delay=60)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"  # one trace, one request: one bucket
     for i in range(200):
-        processor.on_end(row(trace_id, f"{i:016x}", "r1"))
+        processor.on_end(row(trace_id, f"{i:016x}", "r1", Kind.PRODUCER))
+        end_call(processor, trace_id, f"{i:015x}b", "r1")
         adapter = encode_batch("busgate-adapter", "a1", [row(trace_id, f"{i:015x}a", "r1")])
         processor.carry(trace_id, "r1", adapter)
     await flushed(processor)
     assert len(sink.published) > 1
     assert all(len(data) <= 4096 for _, data in sink.published)
     assert {key for key, _ in sink.published} == {bucket(trace_id, "r1")}
-    assert len(unpacked(sink)) == 400 and processor.dropped == 0
+    spans = [span.span_id for _, data in sink.published for span in decode_batch(data).spans]
+    assert len(unpacked(sink)) == 600 and len(set(spans)) == 200 and processor.dropped == 0
 
 
 def test_buckets_are_the_same_in_every_process_and_in_range():

@@ -361,7 +361,9 @@ async def test_the_adapter_spans_travel_in_its_reply_and_go_out_with_the_edge_on
     assert {b.service for b in batches} == {"busgate-edge"}, (lines, batches)
     # a message holds its bucket's calls (bus.trace_export); this call's adapter record is
     # in the edge's PRODUCER child (bus.spans.Served), read back as the adapter's batch
-    (server,) = [s for b in batches for s in b.spans if s.trace_id == trace_id]
+    # and the edge's SERVER span is a call's record (bus.spans.Handled), its only span
+    assert not [s for b in batches for s in b.spans if s.trace_id == trace_id]
+    (server,) = [c for b in batches for c in b.calls if c.trace_id == trace_id]
     (producer,) = server.children
     assert producer.kind == PRODUCER and producer.served is not None
     carried = [b for b in batches for b in b.all() if b.service == "busgate-adapter"]
