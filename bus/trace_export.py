@@ -101,7 +101,10 @@ def _request_index(request_id: str) -> int:
 
 def bucket(trace_id: str, request_id: str) -> str:
     """Where a call's spans go: ``T.R``, the two-token tail of its NATS subject."""
-    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][_request_index(request_id)]
+    # _request_index written out: this runs for every span that ends
+    return _KEYS[_TRACE_BUCKET.get(trace_id[-1:], 0)][
+        ord(request_id[-1]) % BUCKETS if request_id else 0
+    ]
 
 
 class TraceSink(abc.ABC):
@@ -404,6 +407,9 @@ class BusSpanProcessor:
         """One message for the bucket, or several, each within the sink's limit (a span,
         carried batch or record alone over it goes alone, and the sink refuses it)."""
         room = self.sink.max_message - len(self._head) - 15  # and three array headers
+        if sum(map(len, parts[0])) + sum(map(len, parts[1])) + sum(map(len, parts[2])) <= room:
+            out.append((key, join_batch(self._head, *parts)))  # the usual case: it fits
+            return
         chunk: _Pending = ([], [], [])
         size = 0
         for which, items in enumerate(parts):

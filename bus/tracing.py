@@ -259,6 +259,8 @@ class Messaging:
         self.operation = operation
         self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
         self._made: dict[str, tuple[str, Attributes]] = {}
+        self._values: dict[str, tuple[str, str]] = {}
+        """System -> its destination and consumer group (``process``), for :meth:`values`."""
 
     def _of(self, system: str) -> tuple[str, Attributes]:
         found = self._made.get(system)
@@ -279,13 +281,21 @@ class Messaging:
     def values(self, req: Request) -> list[Any]:
         """The values of ``req``'s PRODUCER span recorded inside its call's SERVER span
         (``bus.spans.CHILD_KEYS``): a few values instead of a span of its own."""
-        dest = self._of(req.system)[1]["messaging.destination.name"]
-        return [self.scheme, dest, req.system, req.id, req.kind]
+        found = self._values.get(req.system) or self._shared(req.system)
+        return [self.scheme, found[0], req.system, req.id, req.kind]
+
+    def _shared(self, system: str) -> tuple[str, str]:
+        shared = self._of(system)[1]
+        found = self._values[system] = (
+            shared["messaging.destination.name"],
+            shared.get("messaging.consumer.group.name", ""),
+        )
+        return found
 
     def serving(self, tracing: Tracing, req: Request) -> Serving:
         """``req``'s CONSUMER span as a :class:`Serving` record, for its Reply."""
-        group = self._of(req.system)[1]["messaging.consumer.group.name"]
-        return tracing.serving(req.traceparent, self.values(req), group)
+        values = self.values(req)
+        return tracing.serving(req.traceparent, values, self._values[req.system][1])
 
     def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
         """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""
