@@ -173,46 +173,31 @@ class Tracing:
         parent: str,
         attributes: Attributes,
         links: Sequence[str] = (),
-        *,
-        context: tuple[str, str, str] | None = None,
-        listed: str = "",
     ) -> Span:
         """A span whose parent is the span context in ``parent`` (a ``traceparent``), or a
         new trace's root when ``parent`` is empty or invalid. ``links``: ``traceparent``s of
         related spans that are not its parent (a command's issuing call). ``attributes`` is
-        the span's from now on. ``context``: (trace id, span id, parent span id) the caller
-        already made or checked (the edge's front assigns a call's), instead of ``parent``.
-        ``listed``: the ``traceparent`` the caller hands out for the span (its own flags
-        kept), listed in :attr:`open` at once."""
-        if context is not None:
-            trace_id, span_id, parent_id = context
+        the span's from now on."""
+        open_span = self.open.get(parent) if parent else None
+        if open_span is not None:
+            trace_id, parent_id = open_span.trace_id, open_span.span_id
         else:
-            open_span = self.open.get(parent) if parent else None
-            if open_span is not None:
-                trace_id, parent_id = open_span.trace_id, open_span.span_id
-            else:
-                found = ids(parent) if parent else None
-                trace_id, parent_id = found if found is not None else (new_trace_id(), "")
-            span_id = new_span_id()
+            found = ids(parent) if parent else None
+            trace_id, parent_id = found if found is not None else (new_trace_id(), "")
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
-        open_spans = self._open_spans()
-        span = Span(
+        return Span(
             self._end,
             trace_id,
-            span_id,
+            new_span_id(),
             parent_id,
             name,
             kind,
             attributes,
             linked or None,
-            open_spans,
+            self._open_spans(),
         )
-        if listed:
-            span._traceparent = listed
-            open_spans[listed] = span
-        return span
 
     def handling(self, context: tuple[str, str, str], values: list[Any], listed: str) -> Handling:
         """An HTTP call's SERVER span as a record (:class:`Handling`). ``context``: (trace id,
@@ -258,11 +243,11 @@ class Messaging:
         self.names = names
         self.operation = operation
         self.kind = Kind.PRODUCER if operation == "send" else Kind.CONSUMER
-        self._made: dict[str, tuple[str, Attributes]] = {}
-        self._values: dict[str, tuple[str, str]] = {}
-        """System -> its destination and consumer group (``process``), for :meth:`values`."""
+        self._made: dict[str, tuple[str, Attributes, str, str]] = {}
+        """System -> its span name, the attributes its spans share, its destination and
+        consumer group (``process``)."""
 
-    def _of(self, system: str) -> tuple[str, Attributes]:
+    def _of(self, system: str) -> tuple[str, Attributes, str, str]:
         found = self._made.get(system)
         if found is None:
             dest = self.names.request(system)
@@ -272,34 +257,27 @@ class Messaging:
                 "messaging.destination.name": dest,
                 "busgate.system": system,
             }
+            group = ""
             if self.operation == "process":
-                shared["messaging.consumer.group.name"] = self.names.group(system)
+                group = shared["messaging.consumer.group.name"] = self.names.group(system)
             verb = "publish" if self.operation == "send" else "process"
-            found = self._made[system] = (f"{dest} {verb}", shared)
+            found = self._made[system] = (f"{dest} {verb}", shared, dest, group)
         return found
 
     def values(self, req: Request) -> list[Any]:
         """The values of ``req``'s PRODUCER span recorded inside its call's SERVER span
         (``bus.spans.CHILD_KEYS``): a few values instead of a span of its own."""
-        found = self._values.get(req.system) or self._shared(req.system)
-        return [self.scheme, found[0], req.system, req.id, req.kind]
-
-    def _shared(self, system: str) -> tuple[str, str]:
-        shared = self._of(system)[1]
-        found = self._values[system] = (
-            shared["messaging.destination.name"],
-            shared.get("messaging.consumer.group.name", ""),
-        )
-        return found
+        found = self._made.get(req.system) or self._of(req.system)  # no call once made
+        return [self.scheme, found[2], req.system, req.id, req.kind]
 
     def serving(self, tracing: Tracing, req: Request) -> Serving:
         """``req``'s CONSUMER span as a :class:`Serving` record, for its Reply."""
         values = self.values(req)
-        return tracing.serving(req.traceparent, values, self._values[req.system][1])
+        return tracing.serving(req.traceparent, values, self._made[req.system][3])
 
     def start(self, tracing: Tracing, req: Request, extra: Attributes | None = None) -> Span:
         """``req``'s span, a child of its ``traceparent`` (the message id is its id)."""
-        name, shared = self._of(req.system)
+        name, shared, _, _ = self._of(req.system)
         attributes = {
             **shared,
             "messaging.message.id": req.id,
