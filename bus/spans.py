@@ -247,7 +247,38 @@ class Span:
         )
 
 
-class Serving:
+class _Record:
+    """What the records of a call's spans (:class:`Serving`, :class:`Handling`) share: an
+    outcome held as values (status, message, error code) rather than as attributes."""
+
+    __slots__ = ("children", "error_type", "events", "message", "status")
+    children: list[list[Any]] | None
+    events: list[tuple[str, int, Attributes]] | None
+    status: int
+    message: str
+    error_type: str
+
+    def ended_child(self, fields: list[Any]) -> None:
+        """As :meth:`Span.ended_child` (none ends after a :class:`Serving`: a node answers
+        once its runner calls are done)."""
+        children = self.children
+        if children is None:
+            self.children = [fields]
+        else:
+            children.append(fields)
+
+    def error(self, code: str, message: str = "") -> None:
+        self.status = ERROR
+        self.message = message or code
+        self.error_type = code
+
+    def add_event(self, name: str, attributes: Attributes | None = None) -> None:
+        if self.events is None:
+            self.events = []
+        self.events.append((name, time.time_ns(), attributes or {}))
+
+
+class Serving(_Record):
     """The CONSUMER span of a request whose spans go back in its Reply, recorded as the few
     values of a :class:`Served` rather than as a :class:`Span` (this runs for every traced
     call: no attribute dict, no row until a reader wants one). Its children are recorded
@@ -257,16 +288,11 @@ class Serving:
     __slots__ = (
         "_done",
         "_open",
-        "children",
         "end_time",
-        "error_type",
-        "events",
         "group",
-        "message",
         "parent_id",
         "span_id",
         "start",
-        "status",
         "trace_id",
         "traceparent",
         "values",
@@ -300,25 +326,6 @@ class Serving:
         self._open = open_spans
         open_spans[traceparent] = self
         self.start = time.time_ns()
-
-    def ended_child(self, fields: list[Any]) -> None:
-        """As :meth:`Span.ended_child` (none ends after this record: a node answers once its
-        runner calls are done)."""
-        children = self.children
-        if children is None:
-            self.children = [fields]
-        else:
-            children.append(fields)
-
-    def error(self, code: str, message: str = "") -> None:
-        self.status = ERROR
-        self.message = message or code
-        self.error_type = code
-
-    def add_event(self, name: str, attributes: Attributes | None = None) -> None:
-        if self.events is None:
-            self.events = []
-        self.events.append((name, time.time_ns(), attributes or {}))
 
     def finish(self, service: str, instance: str) -> bytes:
         """End it, encoded as its :class:`Served` (for ``Reply.served``)."""
@@ -354,7 +361,7 @@ class Serving:
             self._done(self.row())
 
 
-class Handling:
+class Handling(_Record):
     """An edge's SERVER span of an HTTP call, recorded as the few values of a
     :class:`Handled` rather than as a :class:`Span`: this runs for every traced call, and
     its attribute names (half of its bytes on the bus) follow from its kind. Other spans of
@@ -366,15 +373,10 @@ class Handling:
         "_key",
         "_open",
         "_record",
-        "children",
         "end_time",
-        "error_type",
-        "events",
-        "message",
         "parent_id",
         "span_id",
         "start",
-        "status",
         "status_code",
         "trace_id",
         "values",
@@ -420,16 +422,6 @@ class Handling:
             self.children = [fields]
         else:
             children.append(fields)
-
-    def error(self, code: str, message: str = "") -> None:
-        self.status = ERROR
-        self.message = message or code
-        self.error_type = code
-
-    def add_event(self, name: str, attributes: Attributes | None = None) -> None:
-        if self.events is None:
-            self.events = []
-        self.events.append((name, time.time_ns(), attributes or {}))
 
     def end(self) -> None:
         """Finish it (a second call does nothing) and hand it to the node's exporters."""
