@@ -417,12 +417,8 @@ class Handling(_Record):
         if self.end_time:
             parent = {REQUEST_ID_KEY: self.values[4]}
             self._done(child_row(self.trace_id, self.span_id, parent, fields))
-            return
-        children = self.children
-        if children is None:
-            self.children = [fields]
         else:
-            children.append(fields)
+            _Record.ended_child(self, fields)
 
     def end(self) -> None:
         """Finish it (a second call does nothing) and hand it to the node's exporters."""

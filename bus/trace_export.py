@@ -309,8 +309,14 @@ class BusSpanProcessor:
     def on_call(self, call: Handling) -> None:
         """An edge's SERVER span ended, as its record (``Tracing.handling``)."""
         self._add(bucket(call.trace_id, call.values[4]), 2, call.encoded())
+        if self.also:
+            self._hand_on(call)
+
+    def _hand_on(self, record: Serving | Handling) -> None:
+        """A record's row to the node's other exporters (:attr:`also`)."""
+        row = record.row()
         for exporter in self.also:
-            exporter(call.row())
+            exporter(row)
 
     def _add(self, key: str, which: int, data: bytes) -> None:
         """``data`` into the bucket ``key``'s pending spans (``which`` 0), carried batches
@@ -337,6 +343,10 @@ class BusSpanProcessor:
         if _too_late(deadline):
             return b""
         span.end()
+        return self._held_batch(request_id)
+
+    def _held_batch(self, request_id: str) -> bytes:
+        """A call's held spans as one encoded batch (b"": none), no longer held."""
         rows = self._held.pop(request_id, None)
         return encode_batch(self.service, self.node, rows) if rows else b""
 
@@ -353,13 +363,10 @@ class BusSpanProcessor:
             return b"", self.for_reply(serving, req.id, req.deadline)
         if _too_late(req.deadline):
             return b"", b""
-        rows = self._held.pop(req.id, None)
         served = serving.finish(self.service, self.node)
         if self.also:
-            row = serving.row()
-            for exporter in self.also:
-                exporter(row)
-        return served, encode_batch(self.service, self.node, rows) if rows else b""
+            self._hand_on(serving)
+        return served, self._held_batch(req.id)
 
     def unsent(self, responder: Responder, spans: bytes) -> None:
         """``ReplySpans.unsent``: a call's spans its Reply could not take go out from here,

@@ -111,6 +111,13 @@ def new_trace_id() -> str:
     return random_hex(16)
 
 
+def _continued(parent: str) -> tuple[str, str]:
+    """(trace id, parent span id) of a span continuing the ``traceparent`` ``parent``: a new
+    trace's root when it is empty or not one."""
+    found = ids(parent) if parent else None
+    return found if found is not None else (new_trace_id(), "")
+
+
 class Tracing:
     """The tracer of one process (an edge or an adapter) and where its spans go."""
 
@@ -182,8 +189,7 @@ class Tracing:
         if open_span is not None:
             trace_id, parent_id = open_span.trace_id, open_span.span_id
         else:
-            found = ids(parent) if parent else None
-            trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+            trace_id, parent_id = _continued(parent)
         linked: list[tuple[str, str, Attributes]] | None = None
         if links:
             linked = [(ctx[0], ctx[1], {}) for link in links if (ctx := ids(link)) is not None]
@@ -209,8 +215,7 @@ class Tracing:
     def serving(self, parent: str, values: list[Any], group: str) -> Serving:
         """A CONSUMER span recorded for its Reply (:class:`Serving`), a child of the
         ``traceparent`` ``parent`` (a PRODUCER span of another process)."""
-        found = ids(parent)
-        trace_id, parent_id = found if found is not None else (new_trace_id(), "")
+        trace_id, parent_id = _continued(parent)
         return Serving(self._end, trace_id, parent_id, values, group, self._open_spans())
 
     def _open_spans(self) -> dict[str, Span | Serving | Handling]:

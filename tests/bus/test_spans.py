@@ -23,9 +23,9 @@ from busgate.bus.spans import (
     encode_span,
     join_batch,
 )
-from busgate.bus.trace_export import TraceSink
 from busgate.contracts.config import Telemetry
 from busgate.contracts.wire import Request
+from tests.bus.test_trace_export import ListSink
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ISSUER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -245,14 +245,6 @@ def test_otlp_conversion_keeps_ids_parent_links_and_status():
     assert sdk.start_time == span.start and sdk.end_time == span.end_time
 
 
-class MemorySink(TraceSink):
-    def __init__(self) -> None:
-        self.published: list[bytes] = []
-
-    async def publish(self, bucket: str, data: bytes) -> None:
-        self.published.append(data)
-
-
 CALL_VALUES = [
     "POST",
     "/api/request/{channel}/{path}",
@@ -269,7 +261,7 @@ async def test_a_call_record_reads_back_as_the_edge_server_span():
     and the node's other exporters (OTLP) get the span a ``Span`` would have been: name,
     attributes, status, children; the call's other spans find it as their parent."""
     tracing, rows = recorded()  # rows: what an OTLP exporter beside the bus export gets
-    sink = MemorySink()
+    sink = ListSink()
     await tracing.export_to(sink)
     context = ("4bf92f3577b34da6a3ce929d0e0e4736", tr.new_span_id(), "00f067aa0ba902b7")
     listed = f"00-{context[0]}-{context[1]}-01"
@@ -288,7 +280,7 @@ async def test_a_call_record_reads_back_as_the_edge_server_span():
     assert listed not in tracing.open
     await tracing.close()  # flushes the batch
 
-    spans = [s for data in sink.published for b in decode_batch(data).all() for s in b.spans]
+    spans = [s for _, data in sink.published for b in decode_batch(data).all() for s in b.spans]
     (server,) = [s for s in spans if s.kind == tr.Kind.SERVER]
     assert (server.trace_id, server.span_id, server.parent_id) == context
     assert server.name == "POST /api/request/{channel}/{path}"
