@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -70,16 +72,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+PORT_TRIES = 3
+"""How many ports a server started on a port of ``free_port`` is given before it fails."""
+
+
+class ExitedEarly(RuntimeError):
+    """The process exited before it listened (its port taken meanwhile, or it failed)."""
+
+
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    """Block until ``host:port`` accepts connections; fail early if ``proc`` died."""
+    """Block until ``proc`` (or a child of it) listens on ``host:port``; fail early if it
+    died. That the port accepts connections is not enough: another process may have bound
+    it since ``free_port`` chose it, and ``proc`` is then about to fail to bind."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
+            raise ExitedEarly(f"{proc.args!r} exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return
+            if _listens(proc.pid, port):
+                return
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def _listens(pid: int, port: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        for each in (process, *process.children(recursive=True)):
+            for conn in each.net_connections("tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return True
+    except psutil.Error:  # gone meanwhile: the caller sees it exit
+        return False
+    return False
 
 
 def _binary(name: str) -> str:
@@ -101,6 +126,8 @@ class Broker:
         self.host = host
         self.port = port or free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._may_move = port is None
+        """Until it first listens, a port chosen here may be changed for another (below)."""
 
     @property
     def url(self) -> str:
@@ -110,14 +137,26 @@ class Broker:
         raise NotImplementedError
 
     def start(self, timeout: float = 20) -> Broker:
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-        wait_for_port(self.host, self.port, timeout, self.proc)
+        """A port chosen by ``free_port`` was free when chosen, not necessarily when the
+        broker binds it (another process may take it in between): a broker that exits
+        before it listens on such a port gets another, twice. A port given stays."""
+        for attempt in range(PORT_TRIES):
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+            try:
+                wait_for_port(self.host, self.port, timeout, self.proc)
+            except ExitedEarly:
+                if not self._may_move or attempt == PORT_TRIES - 1:
+                    raise
+                self.port = free_port(self.host)
+                continue
+            self._may_move = False
+            break
         return self
 
     def stop(self) -> None:

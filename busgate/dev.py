@@ -19,9 +19,12 @@ import tempfile
 import time
 import tomllib
 import urllib.request
+from collections.abc import Callable
 
 from busgate.brokers import (
+    PORT_TRIES,
     Broker,
+    ExitedEarly,
     NatsServer,
     TansuBroker,
     die_with_parent,
@@ -48,6 +51,22 @@ class Stack:
         )
         self.procs.append((name, proc))
         return proc
+
+    def serve(self, name: str, args: Callable[[int], list[str]], env: dict[str, str]) -> int:
+        """Spawn a part that listens on a free port (``args(port)``), returned once it does.
+        A port that another process took between ``free_port`` and the part's bind ends the
+        part at once ("address already in use"): it is started again on another."""
+        for attempt in range(PORT_TRIES):
+            port = free_port()
+            proc = self.spawn(name, args(port), env)
+            try:
+                wait_for_port("127.0.0.1", port, 30, proc)
+                return port
+            except ExitedEarly:
+                self.procs.remove((name, proc))
+                if attempt == PORT_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def dead(self) -> str | None:
         for name, proc in self.procs:
@@ -103,13 +122,14 @@ def start_auth(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
     generated = not password
     if generated:
         password = secrets.token_urlsafe(12)
-    port = free_port()
+    seeds = ["--seed", "demo=user", "--seed", "admin=user,admin"]
+    db = os.path.join(workdir, "users.db")
+    port = stack.serve(
+        "auth",
+        lambda port: ["runner", "auth", "--listen", f"127.0.0.1:{port}", "--db", db, *seeds],
+        {**env, "BUSGATE_AUTH_SEED_PASSWORD": password},
+    )
     env["BUSGATE__SYSTEMS__AUTH__BASE_URL"] = f"http://127.0.0.1:{port}/api/auth"
-    args = ["runner", "auth", "--listen", f"127.0.0.1:{port}"]
-    args += ["--db", os.path.join(workdir, "users.db"), "--seed", "demo=user"]
-    args += ["--seed", "admin=user,admin"]
-    runner = stack.spawn("auth", args, {**env, "BUSGATE_AUTH_SEED_PASSWORD": password})
-    wait_for_port("127.0.0.1", port, 30, runner)
     return password if generated else None
 
 
@@ -120,13 +140,12 @@ def start_crud(stack: Stack, env: dict[str, str], config: str, workdir: str) -> 
         data = tomllib.load(f).get("systems", {}).get("data", {})
     if data.get("type") != "crud":
         return None
-    port = free_port()
+    db = "sqlite:///" + os.path.join(workdir, "data.db")  # absolute: sqlite:////tmp/…
+    port = stack.serve(
+        "crud", lambda port: ["runner", "crud", "--listen", f"127.0.0.1:{port}", "--db", db], env
+    )
     base = f"http://127.0.0.1:{port}/api/data"
     env["BUSGATE__SYSTEMS__DATA__BASE_URL"] = base
-    db = "sqlite:///" + os.path.join(workdir, "data.db")  # absolute: sqlite:////tmp/…
-    args = ["runner", "crud", "--listen", f"127.0.0.1:{port}", "--db", db]
-    runner = stack.spawn("crud", args, env)
-    wait_for_port("127.0.0.1", port, 30, runner)
     return base
 
 
@@ -137,10 +156,10 @@ def start_rsocket(stack: Stack, env: dict[str, str], config: str) -> str | None:
         system = tomllib.load(f).get("systems", {}).get("rsocket", {})
     if system.get("type") != "rsocket":
         return None
-    port = free_port()
+    port = stack.serve(
+        "rsocket", lambda port: ["runner", "rsocket", "--listen", f"127.0.0.1:{port}"], env
+    )
     env["BUSGATE__SYSTEMS__RSOCKET__HOSTS"] = f'["127.0.0.1:{port}"]'
-    runner = stack.spawn("rsocket", ["runner", "rsocket", "--listen", f"127.0.0.1:{port}"], env)
-    wait_for_port("127.0.0.1", port, 30, runner)
     return f"tcp://127.0.0.1:{port}"
 
 
@@ -244,15 +263,13 @@ def run(
         broker: Broker = TansuBroker() if bus == "kafka" else NatsServer()
         stack.broker = broker
         broker.start()
-        runner_port = free_port()
         env = dict(os.environ)
         env["BUSGATE__GATEWAY__BUS"] = broker.url
         env["BUSGATE__GATEWAY__LISTEN"] = listen
-        env["BUSGATE__SYSTEMS__DEMO__BASE_URL"] = f"http://127.0.0.1:{runner_port}/api/demo"
-        runner = stack.spawn(
-            "runner", ["runner", "rpc", "--listen", f"127.0.0.1:{runner_port}"], env
+        runner_port = stack.serve(
+            "runner", lambda port: ["runner", "rpc", "--listen", f"127.0.0.1:{port}"], env
         )
-        wait_for_port("127.0.0.1", runner_port, 30, runner)
+        env["BUSGATE__SYSTEMS__DEMO__BASE_URL"] = f"http://127.0.0.1:{runner_port}/api/demo"
         if bus == "nats" and has_events(config):  # lands in a stream: {"stream", "seq"}
             env.setdefault("BUSGATE__SERVICES__EVENTS__JETSTREAM", "true")
             env.setdefault("BUSGATE__SERVICES__EVENTS__STREAM", "EVENTS")

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from busgate.brokers import free_port, wait_for_port
+from busgate.brokers import PORT_TRIES, free_port, wait_for_port
 
 _READY = re.compile(r"busgate dev ready: (\S+)")
 _PART = re.compile(r"busgate dev: (\w+)\s+(\S+)")
@@ -48,7 +48,34 @@ def dev_stack(
     args: tuple[str, ...] = (),
     options: tuple[str, ...] = (),
 ) -> Iterator[DevStack]:
-    """``options``: more arguments to ``busgate dev``."""
+    """``options``: more arguments to ``busgate dev``. The edge's port, chosen here, may be
+    taken by another process before the edge binds it: then the stack starts again on
+    another (``busgate dev`` does the same for the ports it chooses itself)."""
+    for attempt in range(PORT_TRIES):
+        stack, stop = _start_dev(bus, env, timeout, args, options)
+        if stack.url:
+            break
+        stop()
+        if attempt == PORT_TRIES - 1 or not any(_TAKEN in line for line in stack.output):
+            raise RuntimeError("busgate dev did not get ready:\n" + "\n".join(stack.output))
+    try:
+        yield stack
+    finally:
+        stop()
+
+
+_TAKEN = "address already in use"
+
+
+def _start_dev(
+    bus: str,
+    env: dict[str, str] | None,
+    timeout: float,
+    args: tuple[str, ...],
+    options: tuple[str, ...],
+) -> tuple[DevStack, Callable[[], None]]:
+    """A started ``busgate dev`` (``stack.url`` empty if it did not get ready) and what
+    stops it."""
     port = free_port()
     stack = DevStack(bus=bus)
     proc = subprocess.Popen(
@@ -87,11 +114,8 @@ def dev_stack(
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    try:
-        if not ready.wait(timeout) or not stack.url:
-            raise RuntimeError("busgate dev did not get ready:\n" + "\n".join(stack.output))
-        yield stack
-    finally:
+
+    def stop() -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -102,6 +126,13 @@ def dev_stack(
         reader.join(5)
         if proc.stdout is not None:
             proc.stdout.close()  # else its pipe is left to the garbage collector (ResourceWarning)
+
+    try:
+        ready.wait(timeout)
+    except BaseException:
+        stop()
+        raise
+    return stack, stop
 
 
 async def start_tail(

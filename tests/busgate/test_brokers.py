@@ -26,3 +26,26 @@ def test_a_port_something_listens_on_is_never_given(monkeypatch: pytest.MonkeyPa
         tries = iter([taken, taken, given + 1])  # given + 1: free, or skipped for the next
         monkeypatch.setattr(brokers.random, "randrange", lambda *_: next(tries, given + 2))
         assert free_port() not in (taken, given)
+
+
+def test_a_broker_whose_chosen_port_was_taken_meanwhile_starts_on_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What CI met: a port free when chosen, bound by another process before the server."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        taken = listening.getsockname()[1]
+        ports = iter([taken, free_port()])
+        monkeypatch.setattr(brokers, "free_port", lambda host="127.0.0.1": next(ports))
+        server = brokers.NatsServer()
+        assert server.port == taken
+        with server:
+            assert server.port != taken
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+                assert conn.recv(4).startswith(b"INFO")
+
+
+def test_a_broker_on_a_port_it_was_given_does_not_move() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        taken = listening.getsockname()[1]
+        with pytest.raises(brokers.ExitedEarly):
+            brokers.NatsServer(port=taken).start()

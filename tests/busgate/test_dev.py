@@ -70,3 +70,30 @@ def test_children_die_with_a_killed_dev_process():
         for p in survivors:  # clean up before failing
             os.kill(p, signal.SIGKILL)
         assert not survivors
+
+
+def test_a_part_whose_port_was_taken_meanwhile_is_started_on_another(monkeypatch):
+    """``free_port`` only says a port was free when chosen: a runner that finds it taken
+    exits at once, and ``busgate dev`` starts it again on another port."""
+    import socket
+
+    from busgate import dev
+    from busgate.brokers import free_port
+
+    stack = dev.Stack()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        taken = listening.getsockname()[1]
+        ports = iter([taken, free_port()])
+        monkeypatch.setattr(dev, "free_port", lambda: next(ports))
+        try:
+            port = stack.serve(
+                "runner",
+                lambda port: ["runner", "rpc", "--listen", f"127.0.0.1:{port}"],
+                dict(os.environ),
+            )
+            assert port != taken
+            assert [name for name, _ in stack.procs] == ["runner"]  # the failed one forgotten
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/calls", timeout=5) as resp:
+                assert resp.status == 200
+        finally:
+            stack.stop()
