@@ -447,7 +447,7 @@ async def test_a_bus_native_runner_call_is_a_span_in_the_trace(traced, otlp, htt
 
 async def test_a_failed_bus_native_saga_marks_its_span(traced, otlp, http):
     async with http.post(f"{traced.url}/api/request/native/fail", json={"kind": "conflict"}) as r:
-        assert r.status == 409
+        assert r.status == 409, await r.text()
         trace_id = r.headers["X-Trace-Id"]
     consumer = one(otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER)), CONSUMER)
     assert consumer.span.status.code == Status.STATUS_CODE_ERROR
@@ -456,7 +456,7 @@ async def test_a_failed_bus_native_saga_marks_its_span(traced, otlp, http):
 
 async def test_a_bus_native_stream_is_a_span_in_the_trace(traced, otlp, http):
     async with http.post(f"{traced.url}/api/stream/native/count", json={"to": 2}) as resp:
-        assert resp.status == 200
+        assert resp.status == 200, await resp.text()
         await resp.read()
         trace_id = resp.headers["X-Trace-Id"]
     spans = otlp.wait_for(trace_id, kinds(SERVER, PRODUCER, CONSUMER))
