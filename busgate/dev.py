@@ -280,11 +280,14 @@ def run(
         rsocket = start_rsocket(stack, env, config)
         metrics = f"127.0.0.1:{free_port()}"
         stack.spawn("adapter", ["adapter", "--config", config, "--metrics-listen", metrics], env)
-        stack.spawn("edge", ["edge", "--config", config], env)
+        edge = stack.spawn("edge", ["edge", "--config", config], env)
         host, _, port = listen.rpartition(":")
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         scheme = "https" if tls else "http"
-        url = f"{scheme}://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+        url = f"{scheme}://{host}:{port}"
         native = start_native(stack, env, config, broker.url)
+        # The edge itself, not whatever else may listen there (its /readyz is asked next).
+        wait_for_port(host.strip("[]"), int(port), 60, edge)
         wait_ready(url, "demo", stack, cafile=cafile)
         if native is not None:
             wait_ready(url, native, stack, cafile=cafile)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+import tomllib
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from busgate import dev
+from busgate.brokers import free_port
+from busgate.cli import DEV_CONFIG
 from tests.stack import dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -75,11 +85,6 @@ def test_children_die_with_a_killed_dev_process():
 def test_a_part_whose_port_was_taken_meanwhile_is_started_on_another(monkeypatch):
     """``free_port`` only says a port was free when chosen: a runner that finds it taken
     exits at once, and ``busgate dev`` starts it again on another port."""
-    import socket
-
-    from busgate import dev
-    from busgate.brokers import free_port
-
     stack = dev.Stack()
     with socket.create_server(("127.0.0.1", 0)) as listening:
         taken = listening.getsockname()[1]
@@ -97,3 +102,42 @@ def test_a_part_whose_port_was_taken_meanwhile_is_started_on_another(monkeypatch
                 assert resp.status == 200
         finally:
             stack.stop()
+
+
+def test_dev_is_not_ready_on_another_server_holding_its_edge_port():
+    """Something else listens on the port given to ``--listen`` and even answers /readyz as
+    a ready edge would: ``busgate dev`` must not call that its stack (it waits for its own
+    edge to listen there), and says why it stopped."""
+    with open(DEV_CONFIG, "rb") as f:
+        systems = {name: ["impostor"] for name in tomllib.load(f)["systems"]}
+
+    class Impostor(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"ready": True, "systems": systems}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "busgate", "dev", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "busgate dev ready" not in output
+    assert "address already in use" in output
+    assert "before listening" in output
