@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from statistics import median
+from statistics import median, quantiles
 from typing import Any
 
 from bench import load as loadgen
@@ -525,6 +525,16 @@ def summarise(results: dict[str, Any]) -> None:
             ratios = [m["rps"] / b["rps"] for m, b in pairs if b["rps"]]
             entry["ratios"] = [round(r, 3) for r in ratios]
             entry["ratio"] = round(median(ratios), 3) if ratios else None
+            if len(ratios) >= 4:  # how far the rounds spread: the noise the median sits in
+                low, _, high = quantiles(ratios, n=4)
+                entry["ratio_middle_half"] = [round(low, 3), round(high, 3)]
+        # The floor's CPU per request over this scenario's: what the ratio would be if CPU
+        # alone bound both. It moves far less than req/s when a neighbour takes the
+        # machine's CPU in bursts (a round's req/s then says more about the burst).
+        mine = sum(entry.get("throughput", {}).get("cpu_us_per_request", {}).values())
+        base = sum(floor.get("throughput", {}).get("cpu_us_per_request", {}).values())
+        if mine and base:
+            entry["cpu_ratio"] = round(base / mine, 3)
         pairs = _pairs(entry.get("latency"), floor.get("latency"))
         if pairs:
             entry["p99_delta_ms"] = round(median(m["p99_ms"] - b["p99_ms"] for m, b in pairs), 3)
@@ -571,8 +581,14 @@ def judge(
     row["value"] = value
     ok = value >= limit if at_least else value <= limit
     row["status"] = "PASS" if ok and not errors else "MISS"
-    if errors:
-        row["note"] = f"{errors} errors"
+    notes = [f"{errors} errors"] if errors else []
+    if metric == "ratio":
+        if spread := entry.get("ratio_middle_half"):
+            notes.append(f"rounds' middle half {spread[0]:.3f}-{spread[1]:.3f}")
+        if (cpu := entry.get("cpu_ratio")) is not None:
+            notes.append(f"by CPU/request x{cpu:.3f}")
+    if notes:
+        row["note"] = "; ".join(notes)
     return row
 
 

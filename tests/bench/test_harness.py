@@ -88,3 +88,53 @@ def test_each_round_runs_the_scenarios_the_other_way_round_from_the_last() -> No
     # over two rounds every scenario has the same mean position
     positions = {n: sum(o.index(n) for o in orders[:2]) for n in names}
     assert len(set(positions.values())) == 1
+
+
+def _round(round_: int, rps: float, cpu_s: dict[str, float]) -> dict[str, object]:
+    return {
+        "round": round_,
+        "rps": rps,
+        "requests": int(rps * 4),
+        "p50_ms": 20.0,
+        "p99_ms": 40.0,
+        "p999_ms": 50.0,
+        "errors": 0,
+        "rss_mb": {"edge": 60.0},
+        "cpu_s": cpu_s,
+    }
+
+
+def test_a_ratio_target_shows_the_rounds_spread_and_the_cpu_ratio() -> None:
+    """Per-round ratios on a noisy machine spread widely around their median: the target's
+    note gives the middle half of them, and the ratio of CPU per request beside it."""
+    from bench.run import summarise
+
+    base_rps = [1000.0, 1000.0, 1000.0, 1000.0, 1000.0]
+    traced_rps = [700.0, 850.0, 900.0, 950.0, 1100.0]
+    # 500 µs per request untraced, 550 traced, whatever the round's req/s
+    base = [
+        _round(i + 1, r, {"edge": r * 4 * 300e-6, "adapter": r * 4 * 200e-6})
+        for i, r in enumerate(base_rps)
+    ]
+    traced = [
+        _round(i + 1, r, {"edge": r * 4 * 330e-6, "adapter": r * 4 * 220e-6})
+        for i, r in enumerate(traced_rps)
+    ]
+    results = {
+        "scenarios": {
+            "busgate-nats": {"status": "ok", "floor": None, "throughput": {"runs": base}},
+            "busgate-nats-traced": {
+                "status": "ok",
+                "floor": "busgate-nats",
+                "throughput": {"runs": traced},
+            },
+        }
+    }
+    summarise(results)
+    entry = results["scenarios"]["busgate-nats-traced"]
+    assert entry["ratio"] == 0.9
+    assert entry["ratio_middle_half"] == [0.775, 1.025]
+    assert entry["cpu_ratio"] == round(500 / 550, 3)
+    (row,) = [t for t in results["targets"] if t["target"].startswith("busgate-nats-traced ")]
+    assert row["status"] == "PASS"
+    assert row["note"] == "rounds' middle half 0.775-1.025; by CPU/request x0.909"
