@@ -95,6 +95,29 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+def start_on_free_port(
+    start: Callable[[int], subprocess.Popen[bytes]], timeout: float = 30, host: str = "127.0.0.1"
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """``start(port)`` on a port of :func:`free_port`, returned with its port once it listens
+    there; started again on another port (``PORT_TRIES`` in all) when it exits before it
+    listens, as it does when another process took the port since it was chosen. A process
+    that neither listens nor exits in ``timeout`` seconds is killed."""
+    for attempt in range(PORT_TRIES):
+        port = free_port(host)
+        proc = start(port)
+        try:
+            wait_for_port(host, port, timeout, proc)
+            return port, proc
+        except ExitedEarly:
+            if attempt == PORT_TRIES - 1:
+                raise
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    raise AssertionError("unreachable")
+
+
 def _listens(pid: int, port: int) -> bool:
     try:
         process = psutil.Process(pid)

@@ -22,13 +22,12 @@ import urllib.request
 from collections.abc import Callable
 
 from busgate.brokers import (
-    PORT_TRIES,
     Broker,
-    ExitedEarly,
     NatsServer,
     TansuBroker,
     die_with_parent,
     free_port,
+    start_on_free_port,
     wait_for_port,
 )
 
@@ -43,30 +42,24 @@ class Stack:
         """Options every child takes before its command (``--log-format``, ``--log-level``)."""
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
+        proc = self._popen(args, env)
+        self.procs.append((name, proc))
+        return proc
+
+    def _popen(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "busgate", *self.common, *args],
             env=env,
             start_new_session=True,
             preexec_fn=die_with_parent(),
         )
-        self.procs.append((name, proc))
-        return proc
 
     def serve(self, name: str, args: Callable[[int], list[str]], env: dict[str, str]) -> int:
-        """Spawn a part that listens on a free port (``args(port)``), returned once it does.
-        A port that another process took between ``free_port`` and the part's bind ends the
-        part at once ("address already in use"): it is started again on another."""
-        for attempt in range(PORT_TRIES):
-            port = free_port()
-            proc = self.spawn(name, args(port), env)
-            try:
-                wait_for_port("127.0.0.1", port, 30, proc)
-                return port
-            except ExitedEarly:
-                self.procs.remove((name, proc))
-                if attempt == PORT_TRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        """Spawn a part that listens on a free port (``args(port)``), returned once it does
+        (on another port if the first was taken meanwhile: ``start_on_free_port``)."""
+        port, proc = start_on_free_port(lambda port: self._popen(args(port), env))
+        self.procs.append((name, proc))
+        return port
 
     def dead(self) -> str | None:
         for name, proc in self.procs:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from busgate.brokers import PORT_TRIES, free_port, wait_for_port
+from busgate.brokers import PORT_TRIES, free_port, start_on_free_port
 
 _READY = re.compile(r"busgate dev ready: (\S+)")
 _PART = re.compile(r"busgate dev: (\w+)\s+(\S+)")
@@ -170,14 +170,14 @@ async def start_tail(
 @contextlib.contextmanager
 def runner_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A sample RPC runner as its own process: (base URL of its root, process)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    port, proc = start_on_free_port(
+        lambda port: subprocess.Popen(
+            [sys.executable, "-m", "busgate", "runner", "rpc", "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     )
     try:
-        wait_for_port("127.0.0.1", port, 30, proc)
         yield f"http://127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:

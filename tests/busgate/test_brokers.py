@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,16 @@ def test_a_broker_on_a_port_it_was_given_does_not_move() -> None:
         taken = listening.getsockname()[1]
         with pytest.raises(brokers.ExitedEarly):
             brokers.NatsServer(port=taken).start()
+
+
+def test_a_server_that_neither_listens_nor_exits_is_killed_at_the_timeout() -> None:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        return started[-1]
+
+    with pytest.raises(TimeoutError):
+        brokers.start_on_free_port(start, timeout=0.5)
+    (proc,) = started  # not started again: only a process that exits gets another port
+    assert proc.wait(5) == -signal.SIGKILL

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from busgate import dev
+from busgate import brokers, dev
 from busgate.brokers import free_port
 from busgate.cli import DEV_CONFIG
 from tests.stack import dev_stack
@@ -89,7 +89,7 @@ def test_a_part_whose_port_was_taken_meanwhile_is_started_on_another(monkeypatch
     with socket.create_server(("127.0.0.1", 0)) as listening:
         taken = listening.getsockname()[1]
         ports = iter([taken, free_port()])
-        monkeypatch.setattr(dev, "free_port", lambda: next(ports))
+        monkeypatch.setattr(brokers, "free_port", lambda host="127.0.0.1": next(ports))
         try:
             port = stack.serve(
                 "runner",

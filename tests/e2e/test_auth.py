@@ -16,7 +16,7 @@ import jwt
 import pytest
 from yarl import URL
 
-from busgate.brokers import free_port, wait_for_port
+from busgate.brokers import start_on_free_port
 from busgate.cli import DEV_CONFIG
 from tests.raw_http import exchange
 from tests.raw_http import request as raw_request
@@ -39,21 +39,21 @@ def auth_stack(request):
 @pytest.fixture(scope="module")
 def second_edge(auth_stack):
     """Another edge node on the same bus and config, as a separate process."""
-    port = free_port()
     env = {
         **os.environ,
         "BUSGATE_TOKEN_SECRET": SECRET,
         "BUSGATE__GATEWAY__BUS": auth_stack.parts["bus"],
-        "BUSGATE__GATEWAY__LISTEN": f"127.0.0.1:{port}",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "busgate", "edge", "--config", str(DEV_CONFIG)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    port, proc = start_on_free_port(
+        lambda port: subprocess.Popen(
+            [sys.executable, "-m", "busgate", "edge", "--config", str(DEV_CONFIG)],
+            env={**env, "BUSGATE__GATEWAY__LISTEN": f"127.0.0.1:{port}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        timeout=60,
     )
     try:
-        wait_for_port("127.0.0.1", port, 60, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from busgate.brokers import free_port, wait_for_port
+from busgate.brokers import free_port, start_on_free_port
 from tests.e2e.conftest import E2E_ENV
 from tests.postgres import shared_postgres
 from tests.sse_client import collect
@@ -32,11 +32,11 @@ def blackhole() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def pg_runner() -> Iterator[str]:
     """``busgate runner crud`` on a real PostgreSQL server (started by the tests): its base."""
-    port = free_port()
-    argv = [sys.executable, "-m", "busgate", "runner", "crud", "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen([*argv, "--db", shared_postgres().url])
+    argv = [sys.executable, "-m", "busgate", "runner", "crud", "--db", shared_postgres().url]
+    port, proc = start_on_free_port(
+        lambda port: subprocess.Popen([*argv, "--listen", f"127.0.0.1:{port}"])
+    )
     try:
-        wait_for_port("127.0.0.1", port, 30, proc)
         yield f"http://127.0.0.1:{port}/api/data"
     finally:
         proc.terminate()

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from busgate.brokers import free_port, wait_for_port
+from busgate.brokers import free_port, start_on_free_port, wait_for_port
 from busgate.cli import DEV_CONFIG
 from tests.stack import DevStack, dev_stack
 
@@ -98,18 +98,20 @@ def stack(request) -> Iterator[Stack]:
 
 
 def start_edge(stack: Stack, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSGATE")}
     env |= {k: v for k, v in stack.env.items() if k.startswith("BUSGATE__")}
     env |= {
         "BUSGATE__GATEWAY__BUS": stack.dev.parts["bus"],
-        "BUSGATE__GATEWAY__LISTEN": f"127.0.0.1:{port}",
         "BUSGATE_TOKEN_SECRET": "edge-of-the-resilience-test-" + "s" * 32,
         **extra,
     }
     args = [sys.executable, "-m", "busgate", "edge", "--config", str(DEV_CONFIG)]
-    proc = subprocess.Popen(args, env=env)
-    wait_for_port("127.0.0.1", port, 60, proc)
+    port, proc = start_on_free_port(
+        lambda port: subprocess.Popen(
+            args, env={**env, "BUSGATE__GATEWAY__LISTEN": f"127.0.0.1:{port}"}
+        ),
+        timeout=60,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
