@@ -96,14 +96,18 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
 
 
 def start_on_free_port(
-    start: Callable[[int], subprocess.Popen[bytes]], timeout: float = 30, host: str = "127.0.0.1"
+    start: Callable[[int], subprocess.Popen[bytes]],
+    timeout: float = 30,
+    host: str = "127.0.0.1",
+    first: int | None = None,
 ) -> tuple[int, subprocess.Popen[bytes]]:
-    """``start(port)`` on a port of :func:`free_port`, returned with its port once it listens
-    there; started again on another port (``PORT_TRIES`` in all) when it exits before it
-    listens, as it does when another process took the port since it was chosen. A process
-    that neither listens nor exits in ``timeout`` seconds is killed."""
+    """``start(port)`` on a port of :func:`free_port` (``first``: one chosen already),
+    returned with its port once it listens there; started again on another port
+    (``PORT_TRIES`` in all) when it exits before it listens, as it does when another process
+    took the port since it was chosen. A process that neither listens nor exits in
+    ``timeout`` seconds is killed."""
     for attempt in range(PORT_TRIES):
-        port = free_port(host)
+        port = first if attempt == 0 and first is not None else free_port(host)
         proc = start(port)
         try:
             wait_for_port(host, port, timeout, proc)
@@ -160,27 +164,29 @@ class Broker:
         raise NotImplementedError
 
     def start(self, timeout: float = 20) -> Broker:
-        """A port chosen by ``free_port`` was free when chosen, not necessarily when the
-        broker binds it (another process may take it in between): a broker that exits
-        before it listens on such a port gets another, twice. A port given stays."""
-        for attempt in range(PORT_TRIES):
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent(),
+        """A port given stays; one chosen here (``free_port``) may be taken by another process
+        before the broker binds it, and is changed for another until the broker first
+        listens (:func:`start_on_free_port`)."""
+        if self._may_move:
+            self.port, self.proc = start_on_free_port(
+                self._spawn_on, timeout, self.host, first=self.port
             )
-            try:
-                wait_for_port(self.host, self.port, timeout, self.proc)
-            except ExitedEarly:
-                if not self._may_move or attempt == PORT_TRIES - 1:
-                    raise
-                self.port = free_port(self.host)
-                continue
             self._may_move = False
-            break
+        else:
+            self.proc = self._spawn_on(self.port)
+            wait_for_port(self.host, self.port, timeout, self.proc)
         return self
+
+    def _spawn_on(self, port: int) -> subprocess.Popen[bytes]:
+        self.port = port  # what command() listens on
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+        return self.proc
 
     def stop(self) -> None:
         if self.proc is None:
